@@ -1,0 +1,58 @@
+"""unixrpc: typed RPC between Python programs and local daemons over Unix stream sockets.
+
+This module defines nothing: it re-exports the public API from the modules
+that own it. ``__all__`` is the public API (a test checks it).
+"""
+
+from .address import UnixSocketAddress
+from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
+from .exceptions import (
+    AncillaryDataTruncatedError,
+    ClientClosedError,
+    ConnectionBrokenError,
+    DeserializeError,
+    FrameTooLargeError,
+    IncrementalDeserializeError,
+    OversizedFrameError,
+    SerializeError,
+    StreamProtocolParseError,
+)
+from .protocol import StreamProtocol
+from .serializers import (
+    AbstractFramedPacketSerializer,
+    AbstractIncrementalPacketSerializer,
+    AbstractPacketSerializer,
+    JSONSerializer,
+    LengthPrefixedSerializer,
+    PydanticSerializer,
+)
+from .transport import AsyncUnixStreamClient, SocketProxy, UnixStreamClient
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AbstractFramedPacketSerializer",
+    "AbstractIncrementalPacketSerializer",
+    "AbstractPacketSerializer",
+    "AncillaryDataTruncatedError",
+    "AsyncUnixStreamClient",
+    "ClientClosedError",
+    "ConnectionBrokenError",
+    "DeserializeError",
+    "FrameTooLargeError",
+    "IncrementalDeserializeError",
+    "JSONSerializer",
+    "LengthPrefixedSerializer",
+    "OversizedFrameError",
+    "PydanticSerializer",
+    "SCMCredentials",
+    "SCMRights",
+    "SerializeError",
+    "SocketAncillary",
+    "SocketProxy",
+    "StreamProtocol",
+    "StreamProtocolParseError",
+    "UnixCredentials",
+    "UnixSocketAddress",
+    "UnixStreamClient",
+]

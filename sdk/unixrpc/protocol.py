@@ -1,0 +1,271 @@
+"""StreamProtocol and its sans-IO receiver: bytes in, packets out.
+
+Owns: turning a packet into the exact bytes of one frame (all or nothing),
+and splitting a received byte stream into packets, keeping extraneous bytes
+for the next packet, skipping invalid and oversized frames so that the
+stream stays in sync. Must never import socket, anyio, trio, asyncio or
+threading: a transport moves bytes, this module decides what they mean.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Generator
+from typing import Final, Generic, TypeVar
+
+from .exceptions import (
+    DeserializeError,
+    IncrementalDeserializeError,
+    OversizedFrameError,
+    StreamProtocolParseError,
+)
+from .serializers.abc import (
+    AbstractFramedPacketSerializer,
+    AbstractIncrementalPacketSerializer,
+    AbstractPacketSerializer,
+)
+
+__all__ = ["DEFAULT_MAX_RECV_SIZE", "NEED_DATA", "NeedData", "PacketReceiver", "StreamProtocol"]
+
+SentT = TypeVar("SentT")
+ReceivedT = TypeVar("ReceivedT")
+
+#: Default size of one socket read, and of the receive buffer's free space.
+DEFAULT_MAX_RECV_SIZE: Final = 64 * 1024
+
+
+class NeedData(enum.Enum):
+    """Type of :data:`NEED_DATA`."""
+
+    NEED_DATA = "NEED_DATA"
+
+
+#: Returned by :meth:`PacketReceiver.next_packet` when no whole packet is buffered.
+NEED_DATA: Final = NeedData.NEED_DATA
+
+
+class StreamProtocol(Generic[SentT, ReceivedT]):
+    """Turns packets into frames and a byte stream into packets, with an
+    incremental serializer.
+
+    A ``StreamProtocol`` has no per-connection state: share one between
+    clients freely. Each connection gets its own :class:`PacketReceiver`.
+
+    Args:
+        serializer: an incremental serializer (``JSONSerializer()``,
+            ``LengthPrefixedSerializer(...)``, ``PydanticSerializer(...)`` or
+            your own :class:`AbstractIncrementalPacketSerializer`).
+
+    Raises:
+        TypeError: *serializer* cannot frame packets on a stream (a one-shot
+            serializer must be wrapped, e.g. in ``LengthPrefixedSerializer``).
+    """
+
+    __slots__ = ("_serializer",)
+
+    def __init__(self, serializer: AbstractIncrementalPacketSerializer[SentT, ReceivedT]) -> None:
+        if not isinstance(serializer, AbstractIncrementalPacketSerializer):
+            if isinstance(serializer, AbstractPacketSerializer):
+                raise TypeError(
+                    f"{type(serializer).__name__} is a one-shot serializer and cannot frame packets; "
+                    "wrap it: StreamProtocol(LengthPrefixedSerializer(serializer))"
+                )
+            raise TypeError(f"expected an incremental serializer, got {serializer!r}")
+        self._serializer = serializer
+
+    @property
+    def serializer(self) -> AbstractIncrementalPacketSerializer[SentT, ReceivedT]:
+        """The serializer given at construction."""
+        return self._serializer
+
+    def serialize(self, packet: SentT) -> bytes:
+        """Return the complete frame for *packet*.
+
+        The frame is built whole before anything is sent, so a failure never
+        leaves half a frame on the wire.
+
+        Raises:
+            SerializeError: the serializer cannot encode *packet*.
+            FrameTooLargeError: the frame is over the serializer's limit.
+        """
+        serializer = self._serializer
+        if isinstance(serializer, AbstractFramedPacketSerializer):
+            return serializer.serialize_frame(packet)
+        return b"".join(serializer.incremental_serialize(packet))
+
+    def receiver(self, max_recv_size: int = DEFAULT_MAX_RECV_SIZE) -> PacketReceiver[ReceivedT]:
+        """Return a new receiver for one connection.
+
+        Raises:
+            ValueError: *max_recv_size* is not positive.
+        """
+        return PacketReceiver(self._serializer, max_recv_size)
+
+
+class PacketReceiver(Generic[ReceivedT]):
+    """The receive side of one connection, without I/O.
+
+    A transport asks :meth:`get_buffer` for space, reads into it (at most
+    ``max_recv_size`` bytes), reports the count with :meth:`buffer_updated`,
+    and calls :meth:`next_packet` until it returns :data:`NEED_DATA`.
+    :meth:`feed` is the same for bytes already in hand.
+    """
+
+    __slots__ = (
+        "_serializer",
+        "_framed",
+        "_recv_size",
+        "_buf",
+        "_view",
+        "_start",
+        "_end",
+        "_searched",
+        "_discard",
+        "_resyncing",
+        "_generator",
+    )
+
+    def __init__(
+        self, serializer: AbstractIncrementalPacketSerializer[object, ReceivedT], max_recv_size: int
+    ) -> None:
+        if max_recv_size <= 0:
+            raise ValueError(f"max_recv_size must be positive, got {max_recv_size}")
+        self._serializer = serializer
+        self._framed = serializer if isinstance(serializer, AbstractFramedPacketSerializer) else None
+        self._recv_size = max_recv_size
+        self._buf = bytearray(max_recv_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unconsumed byte
+        self._end = 0  # one past the last received byte
+        self._searched = 0  # locate_frame already scanned up to here
+        self._discard = 0  # bytes of an oversized frame still to drop
+        self._resyncing = False  # dropping bytes until serializer.resync() finds a frame
+        self._generator: Generator[None, bytes, tuple[ReceivedT, bytes]] | None = None
+
+    @property
+    def max_recv_size(self) -> int:
+        """Size of the buffer returned by :meth:`get_buffer`."""
+        return self._recv_size
+
+    def buffered_size(self) -> int:
+        """Number of received bytes not yet consumed by a packet."""
+        return self._end - self._start
+
+    def get_buffer(self) -> memoryview:
+        """Return writable space of exactly ``max_recv_size`` bytes to read into.
+
+        Drop the view before the next call; then report the count with
+        :meth:`buffer_updated`.
+        """
+        start, end, size = self._start, self._end, self._recv_size
+        if start == end:
+            self._start = self._end = self._searched = start = end = 0
+        if len(self._buf) - end < size:
+            self._make_room()
+            end = self._end
+        return self._view[end : end + size]
+
+    def _make_room(self) -> None:
+        start, end, size = self._start, self._end, self._recv_size
+        buf = self._buf
+        self._view.release()
+        pending = end - start
+        if start:
+            buf[:pending] = buf[start:end]
+            self._searched = max(self._searched - start, 0)
+            self._start, self._end = 0, pending
+        if len(buf) - pending < size:
+            buf.extend(bytes(max(len(buf), pending + size - len(buf))))
+        self._view = memoryview(buf)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Record that *nbytes* were written at the start of the last
+        :meth:`get_buffer` view."""
+        self._end += nbytes
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Append *data* to the received bytes."""
+        data = memoryview(data).cast("B")
+        size = self._recv_size
+        for offset in range(0, len(data), size):
+            chunk = data[offset : offset + size]
+            self.get_buffer()[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
+
+    def next_packet(self) -> ReceivedT | NeedData:
+        """Return the next whole packet, or :data:`NEED_DATA`.
+
+        Raises:
+            StreamProtocolParseError: the next frame is invalid or oversized.
+                It is consumed (an oversized one is dropped as its bytes
+                arrive); call again for the packet after it.
+        """
+        framed = self._framed
+        if framed is None:
+            return self._next_from_generator()
+        if (self._discard or self._resyncing) and not self._skip():
+            return NEED_DATA
+        start, end = self._start, self._end
+        if start == end:
+            return NEED_DATA
+        try:
+            location = framed.locate_frame(self._buf, start, end, max(self._searched, start))
+        except OversizedFrameError as exc:
+            if exc.next_frame_at is None:
+                self._resyncing = True
+            else:
+                self._discard = exc.next_frame_at - start
+            self._skip()
+            raise StreamProtocolParseError(exc) from None
+        if location is None:
+            self._searched = end
+            return NEED_DATA
+        body_start, body_end, self._start = location
+        try:
+            return framed.parse_frame_body(self._buf[body_start:body_end])
+        except DeserializeError as exc:
+            raise StreamProtocolParseError(exc) from exc
+
+    def _skip(self) -> bool:
+        """Drop bytes of an oversized frame; True once it is behind us."""
+        start, end = self._start, self._end
+        if self._discard:
+            dropped = min(self._discard, end - start)
+            self._start = start + dropped
+            self._discard -= dropped
+            return not self._discard
+        assert self._framed is not None
+        index = self._framed.resync(self._buf, start, end)
+        if index is None:
+            self._start = end
+            return False
+        self._start = index
+        self._resyncing = False
+        return True
+
+    def _next_from_generator(self) -> ReceivedT | NeedData:
+        start, end = self._start, self._end
+        if start == end:
+            return NEED_DATA
+        generator = self._generator
+        if generator is None:
+            generator = self._serializer.incremental_deserialize()
+            next(generator)
+            self._generator = generator
+        data = bytes(self._view[start:end])
+        self._start = self._end = 0
+        try:
+            generator.send(data)
+        except StopIteration as stop:
+            self._generator = None
+            packet, remaining = stop.value
+            self.feed(remaining)
+            return packet  # type: ignore[no-any-return]
+        except IncrementalDeserializeError as exc:
+            self._generator = None
+            self.feed(exc.remaining_data)
+            raise StreamProtocolParseError(exc) from exc
+        except DeserializeError as exc:
+            self._generator = None
+            raise StreamProtocolParseError(exc) from exc
+        return NEED_DATA

@@ -1,0 +1,475 @@
+"""AsyncUnixStreamClient: the Unix stream client for asyncio and trio (via anyio).
+
+Owns the async twin of the sync client's rules: separate send and receive
+locks, ``aclose()`` never waits for a pending receive, timeouts come from
+the framework's cancel scopes. The socket is non-blocking; every operation
+tries the syscall first and waits for readiness only when it would block.
+Framing belongs to :mod:`unixrpc.protocol`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+import anyio
+import anyio.lowlevel
+
+from ..address import UnixAddressLike, UnixSocketAddress
+from ..ancillary import SocketAncillary, UnixCredentials
+from ..exceptions import ClientClosedError, ConnectionBrokenError
+from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, StreamProtocol
+from ._common import (
+    MSG_CMSG_CLOEXEC,
+    SocketProxy,
+    check_connected_socket,
+    connect_address,
+    handle_ancillary,
+    make_cmsgs,
+    map_send_error,
+    peer_credentials,
+    resolve_ancillary_bufsize,
+)
+
+__all__ = ["AsyncUnixStreamClient"]
+
+SentT = TypeVar("SentT")
+ReceivedT = TypeVar("ReceivedT")
+
+_CONNECT_RETRY_MAX = 0.05
+
+
+class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
+    """An asynchronous connection to a Unix stream socket that sends and
+    receives packets, under asyncio or trio.
+
+    Construction does no I/O: ``await client.wait_connected()`` or
+    ``async with client:`` connects. Bound the wait with the framework's own
+    scopes (``asyncio.timeout``, ``trio.fail_after``, ``anyio.fail_after``).
+
+    Args:
+        address: a socket path (``str``, ``bytes``, ``PathLike``), an abstract
+            name (leading NUL), or an already-connected ``socket.socket``, whose
+            ownership passes to the client.
+        protocol: the :class:`~unixrpc.StreamProtocol` that frames packets.
+        max_recv_size: bytes read per ``recv`` call (default 64 KiB).
+        pass_credentials: turn on ``SO_PASSCRED``.
+
+    Raises:
+        ValueError: the given socket is not ``AF_UNIX``/``SOCK_STREAM``, or the
+            address or ``max_recv_size`` is invalid.
+        OSError: the given socket is not connected (it is left open and yours).
+
+    No external lock is needed: ``send_packet`` and ``recv_packet`` take two
+    different locks, so one task may send while another receives.
+    """
+
+    __slots__ = (
+        "_address",
+        "_sock",
+        "_protocol",
+        "_receiver",
+        "_pass_credentials",
+        "_connect_lock",
+        "_send_lock",
+        "_recv_lock",
+        "_closed",
+        "_eof_sent",
+        "_send_broken",
+        "_recv_broken",
+        "_proxy",
+        "_peer_name",
+        "_local_name",
+        "_peer_creds",
+    )
+
+    def __init__(
+        self,
+        address: UnixAddressLike | socket.socket,
+        protocol: StreamProtocol[SentT, ReceivedT],
+        *,
+        max_recv_size: int | None = None,
+        pass_credentials: bool = False,
+    ) -> None:
+        if not isinstance(protocol, StreamProtocol):
+            raise TypeError(f"expected a StreamProtocol, got {protocol!r}")
+        self._receiver = protocol.receiver(DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size)
+        self._address: str | bytes | socket.socket
+        if isinstance(address, socket.socket):
+            check_connected_socket(address)
+            self._address = address
+        else:
+            self._address = connect_address(address)
+        self._protocol = protocol
+        self._pass_credentials = pass_credentials
+        self._sock: socket.socket | None = None
+        self._connect_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._recv_lock = anyio.Lock(fast_acquire=True)
+        self._closed = False
+        self._eof_sent = False
+        self._send_broken: ConnectionBrokenError | None = None
+        self._recv_broken: ConnectionError | None = None
+        self._proxy: SocketProxy | None = None
+        self._peer_creds: UnixCredentials | None = None
+
+    # -- connecting ---------------------------------------------------------
+
+    async def wait_connected(self) -> None:
+        """Connect, if not done yet; a no-op afterwards.
+
+        Raises:
+            ClientClosedError: the client was closed.
+            FileNotFoundError, ConnectionRefusedError: nothing listens there.
+            OSError: other connection failures.
+        """
+        if self._sock is not None:
+            return
+        async with self._connect_lock:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            if self._sock is not None:
+                return
+            if isinstance(self._address, socket.socket):
+                sock = self._address
+            else:
+                sock = await self._connect(self._address)
+            try:
+                if self._closed:
+                    raise ClientClosedError("client was closed while connecting")
+                sock.setblocking(False)
+                if self._pass_credentials:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                self._peer_name = UnixSocketAddress.from_raw(sock.getpeername())
+                self._local_name = UnixSocketAddress.from_raw(sock.getsockname())
+            except BaseException:
+                sock.close()
+                raise
+            self._proxy = SocketProxy(sock)
+            self._sock = sock
+
+    @staticmethod
+    async def _connect(raw: str | bytes) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            delay = 0.001
+            while True:
+                try:
+                    sock.connect(raw)
+                    break
+                except BlockingIOError:
+                    # A non-blocking Unix connect fails with EAGAIN while the
+                    # listener's backlog is full; there is nothing to poll for.
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, _CONNECT_RETRY_MAX)
+            await anyio.lowlevel.checkpoint()
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def is_connected(self) -> bool:
+        """True once :meth:`wait_connected` succeeded and until closed."""
+        return self._sock is not None and not self._closed
+
+    def _connected_socket(self) -> socket.socket:
+        if self._closed:
+            raise ClientClosedError("client is closed")
+        if self._sock is None:
+            raise RuntimeError("client is not connected yet: await client.wait_connected() first")
+        return self._sock
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.wait_connected()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self._sock is not None else "not connected")
+        return f"<AsyncUnixStreamClient {state}>"
+
+    # -- information --------------------------------------------------------
+
+    @property
+    def socket(self) -> SocketProxy:
+        """The socket, for ``getsockopt``/``setsockopt``.
+
+        Raises:
+            RuntimeError: not connected yet.
+        """
+        self._connected_socket()
+        assert self._proxy is not None
+        return self._proxy
+
+    @property
+    def protocol(self) -> StreamProtocol[SentT, ReceivedT]:
+        """The protocol given at construction."""
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        """True once :meth:`aclose` was called."""
+        return self._closed
+
+    def get_peer_name(self) -> UnixSocketAddress:
+        """The address the client is connected to.
+
+        Raises:
+            RuntimeError: not connected yet.
+            ClientClosedError: the client is closed.
+        """
+        self._connected_socket()
+        return self._peer_name
+
+    def get_local_name(self) -> UnixSocketAddress:
+        """The client's own address (usually unnamed).
+
+        Raises:
+            RuntimeError: not connected yet.
+            ClientClosedError: the client is closed.
+        """
+        self._connected_socket()
+        return self._local_name
+
+    def get_peer_credentials(self) -> UnixCredentials:
+        """The pid, uid and gid of the peer process, as of connect time.
+
+        Raises:
+            RuntimeError: not connected yet.
+            ClientClosedError: the client is closed.
+        """
+        sock = self._connected_socket()
+        if self._peer_creds is None:
+            self._peer_creds = peer_credentials(sock)
+        return self._peer_creds
+
+    # -- sending ------------------------------------------------------------
+
+    async def send_packet(self, packet: SentT, *, ancillary_data: SocketAncillary | None = None) -> None:
+        """Send *packet*, with the control messages of *ancillary_data*
+        (``SCM_RIGHTS`` descriptors ride on the first byte of the frame).
+        Connects first if needed.
+
+        If cancelled before the first byte is written, nothing is sent; if
+        cancelled in the middle of the frame, the connection is marked broken.
+
+        Raises:
+            SerializeError, FrameTooLargeError: *packet* cannot be sent; nothing
+                was written.
+            ClientClosedError: the client was closed, or ``send_eof()`` called.
+            ConnectionBrokenError: the peer is gone, or an earlier send was
+                interrupted in the middle of a frame.
+            OSError: the kernel refused the send; nothing was written.
+        """
+        if self._sock is None:
+            await self.wait_connected()
+        data = self._protocol.serialize(packet)
+        cmsgs = make_cmsgs(ancillary_data)
+        async with self._send_lock:
+            sock = self._check_can_send()
+            total = len(data)
+            sent = 0
+            try:
+                while True:
+                    try:
+                        if not sent:
+                            sent = sock.sendmsg([data], cmsgs) if cmsgs else sock.send(data)
+                        else:
+                            sent += sock.send(memoryview(data)[sent:])
+                    except BlockingIOError:
+                        await anyio.wait_writable(sock)
+                        continue
+                    if sent >= total:
+                        return
+            except OSError as exc:
+                if sent:
+                    self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
+                elif exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                    self._send_broken = ConnectionBrokenError("peer closed the connection")
+                raise map_send_error(exc, self._closed) from exc
+            except BaseException:
+                if sent:
+                    self._send_broken = ConnectionBrokenError(
+                        "a send was cancelled in the middle of a frame"
+                    )
+                raise
+
+    def _check_can_send(self) -> socket.socket:
+        sock = self._connected_socket()
+        if self._eof_sent:
+            raise ClientClosedError("can't send packets after send_eof()")
+        if self._send_broken is not None:
+            raise ConnectionBrokenError(f"connection is broken: {self._send_broken}")
+        return sock
+
+    async def send_eof(self) -> None:
+        """Shut down the write side, after any send in progress has finished.
+        The peer reads end-of-stream; receiving still works. Idempotent.
+
+        Raises:
+            ClientClosedError: the client is closed.
+        """
+        if self._sock is None:
+            await self.wait_connected()
+        async with self._send_lock:
+            sock = self._connected_socket()
+            if self._eof_sent:
+                return
+            self._eof_sent = True
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise
+
+    # -- receiving ----------------------------------------------------------
+
+    async def recv_packet(
+        self,
+        *,
+        ancillary_data: SocketAncillary | None = None,
+        ancillary_bufsize: int | None = None,
+    ) -> ReceivedT:
+        """Return the next packet. Extra bytes received are kept for the next
+        call. Connects first if needed. Cancelling it loses nothing.
+
+        Args:
+            ancillary_data: receives the control messages that arrived with the
+                bytes read by this call (descriptors are close-on-exec and yours).
+            ancillary_bufsize: control buffer size (default about 8 KiB).
+
+        Raises:
+            StreamProtocolParseError: the next frame is invalid; it was consumed,
+                call again for the next packet.
+            ClientClosedError: the client was closed (also raised at once in a
+                task waiting here when another task closes the client).
+            ConnectionBrokenError: the peer closed the connection.
+            AncillaryDataTruncatedError: the control buffer was too small; the
+                descriptors that arrived were closed and the connection is broken.
+        """
+        bufsize = resolve_ancillary_bufsize(ancillary_data, ancillary_bufsize)
+        if self._sock is None:
+            await self.wait_connected()
+        async with self._recv_lock:
+            try:
+                return await self._recv_locked(ancillary_data, bufsize, None)
+            finally:
+                if self._closed and self._sock is not None:
+                    self._sock.close()
+
+    async def _recv_locked(
+        self, ancillary: SocketAncillary | None, bufsize: int, timeout: float | None
+    ) -> ReceivedT:
+        receiver = self._receiver
+        while True:
+            sock = self._connected_socket()
+            packet = receiver.next_packet()
+            if packet is not NEED_DATA:
+                return packet
+            if self._recv_broken is not None:
+                raise self._recv_broken
+            buffer = receiver.get_buffer()
+            try:
+                if ancillary is None:
+                    nbytes = sock.recv_into(buffer)
+                else:
+                    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buffer], bufsize, MSG_CMSG_CLOEXEC)
+                    if ancdata or msg_flags:
+                        try:
+                            handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
+                        except ConnectionBrokenError as exc:
+                            self._recv_broken = exc
+                            raise
+            except BlockingIOError:
+                del buffer
+                await self._wait_readable(sock, timeout)
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise ClientClosedError("client is closed") from exc
+                raise
+            del buffer
+            if nbytes == 0:
+                if self._closed:
+                    raise ClientClosedError("client is closed")
+                pending = receiver.buffered_size()
+                self._recv_broken = ConnectionBrokenError(
+                    "peer closed the connection"
+                    + (f" in the middle of a packet ({pending} bytes pending)" if pending else "")
+                )
+                raise self._recv_broken
+            receiver.buffer_updated(nbytes)
+
+    @staticmethod
+    async def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
+        if timeout is None:
+            await anyio.wait_readable(sock)
+            return
+        if timeout <= 0:
+            raise TimeoutError("no packet has arrived")
+        with anyio.move_on_after(timeout) as scope:
+            await anyio.wait_readable(sock)
+        if scope.cancelled_caught:
+            raise TimeoutError(f"no packet arrived within {timeout} seconds")
+
+    async def iter_received_packets(self, *, timeout: float | None = 0) -> AsyncIterator[ReceivedT]:
+        """Yield packets until one takes longer than *timeout* seconds to arrive.
+
+        With the default ``timeout=0``, yields the packets already received
+        (buffered or waiting in the socket) and stops. ``None`` waits forever.
+
+        Raises:
+            The errors of :meth:`recv_packet`.
+        """
+        if self._sock is None:
+            await self.wait_connected()
+        while True:
+            async with self._recv_lock:
+                try:
+                    packet = await self._recv_locked(None, 0, timeout)
+                except TimeoutError:
+                    return
+                finally:
+                    if self._closed and self._sock is not None:
+                        self._sock.close()
+            yield packet
+
+    # -- closing ------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection. Idempotent; a checkpoint.
+
+        Waits for a send in progress to give up, not for a pending
+        ``recv_packet()``: that one raises :class:`ClientClosedError`, and the
+        descriptor is released when it returns.
+        """
+        if not self._closed:
+            self._closed = True
+            sock = self._sock
+            if sock is None:
+                if isinstance(self._address, socket.socket):
+                    self._address.close()
+            else:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                with anyio.CancelScope(shield=True):
+                    async with self._send_lock:
+                        pass
+                # A task parked in wait_readable() is woken by the shutdown; the
+                # descriptor must outlive its wait, so the reader closes it then.
+                if not self._recv_lock.locked():
+                    sock.close()
+        await anyio.lowlevel.checkpoint()

@@ -1,0 +1,414 @@
+"""UnixStreamClient: the blocking Unix stream client. Plain sockets, no event
+loop, no thread.
+
+Owns the locking rules of the sync raw layer: one ``threading.Lock`` for
+sends, another for receives; ``close()`` never waits for a blocked receive
+(it shuts the socket down, which wakes the reader, and the descriptor is
+released by whoever holds the receive lock last). Framing belongs to
+:mod:`unixrpc.protocol`; this module only moves bytes and descriptors.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Generic, Self, TypeVar
+
+from ..address import UnixAddressLike, UnixSocketAddress
+from ..ancillary import SocketAncillary, UnixCredentials
+from ..exceptions import ClientClosedError, ConnectionBrokenError
+from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, StreamProtocol
+from ._common import (
+    MSG_CMSG_CLOEXEC,
+    SocketProxy,
+    check_connected_socket,
+    connect_address,
+    handle_ancillary,
+    make_cmsgs,
+    map_send_error,
+    peer_credentials,
+    resolve_ancillary_bufsize,
+    set_connect_timeout,
+)
+
+__all__ = ["UnixStreamClient"]
+
+SentT = TypeVar("SentT")
+ReceivedT = TypeVar("ReceivedT")
+
+
+class UnixStreamClient(Generic[SentT, ReceivedT]):
+    """A connection to a Unix stream socket that sends and receives packets.
+
+    Everything happens on construction: the client is connected when the
+    constructor returns; ``with`` only closes it on exit.
+
+    Args:
+        address: the peer's socket path (``str``, ``bytes``, ``PathLike``), an
+            abstract name (leading NUL, or ``UnixSocketAddress.from_abstract_name``),
+            or an already-connected ``socket.socket``, whose ownership passes to
+            the client.
+        protocol: the :class:`~unixrpc.StreamProtocol` that frames packets.
+        connect_timeout: seconds to wait for room in the listener's backlog.
+        max_recv_size: bytes read per ``recv`` call (default 64 KiB); also the
+            receive buffer's growth step.
+        pass_credentials: turn on ``SO_PASSCRED``, so every receive with
+            ``ancillary_data`` gets the sender's ``SCMCredentials``.
+
+    Raises:
+        TimeoutError: ``connect_timeout`` elapsed.
+        FileNotFoundError, ConnectionRefusedError: nothing listens there.
+        ValueError: the given socket is not ``AF_UNIX``/``SOCK_STREAM``, or the
+            address or ``max_recv_size`` is invalid.
+        OSError: the given socket is not connected (it is left open and yours).
+
+    All methods are thread-safe. ``send_packet`` and ``recv_packet`` use two
+    different locks, so one thread may send while another receives.
+    """
+
+    __slots__ = (
+        "_sock",
+        "_protocol",
+        "_receiver",
+        "_send_lock",
+        "_recv_lock",
+        "_closed",
+        "_eof_sent",
+        "_send_broken",
+        "_recv_broken",
+        "_poller",
+        "_proxy",
+        "_peer_name",
+        "_local_name",
+        "_peer_creds",
+        "__weakref__",
+    )
+
+    def __init__(
+        self,
+        address: UnixAddressLike | socket.socket,
+        protocol: StreamProtocol[SentT, ReceivedT],
+        *,
+        connect_timeout: float | None = None,
+        max_recv_size: int | None = None,
+        pass_credentials: bool = False,
+    ) -> None:
+        if not isinstance(protocol, StreamProtocol):
+            raise TypeError(f"expected a StreamProtocol, got {protocol!r}")
+        receiver = protocol.receiver(DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size)
+        if isinstance(address, socket.socket):
+            check_connected_socket(address)
+            sock = address
+        else:
+            sock = self._connect(connect_address(address), connect_timeout)
+        try:
+            sock.settimeout(None)
+            if pass_credentials:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            self._peer_name = UnixSocketAddress.from_raw(sock.getpeername())
+            self._local_name = UnixSocketAddress.from_raw(sock.getsockname())
+        except BaseException:
+            if sock is not address:
+                sock.close()
+            raise
+        self._sock = sock
+        self._protocol = protocol
+        self._receiver = receiver
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._closed = False
+        self._eof_sent = False
+        self._send_broken: ConnectionBrokenError | None = None
+        self._recv_broken: ConnectionError | None = None
+        self._poller: select.poll | None = None
+        self._proxy = SocketProxy(sock, self._send_lock)
+        self._peer_creds: UnixCredentials | None = None
+
+    @staticmethod
+    def _connect(raw: str | bytes, timeout: float | None) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if timeout is not None:
+                set_connect_timeout(sock, timeout)
+            try:
+                sock.connect(raw)
+            except BlockingIOError as exc:
+                if timeout is None:
+                    raise
+                raise TimeoutError(errno.ETIMEDOUT, f"could not connect within {timeout} seconds") from exc
+            if timeout is not None:
+                set_connect_timeout(sock, None)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<UnixStreamClient {state} peer={str(self._peer_name)!r}>"
+
+    # -- information --------------------------------------------------------
+
+    @property
+    def socket(self) -> SocketProxy:
+        """The socket, for ``getsockopt``/``setsockopt``; calls hold the send lock."""
+        return self._proxy
+
+    @property
+    def protocol(self) -> StreamProtocol[SentT, ReceivedT]:
+        """The protocol given at construction."""
+        return self._protocol
+
+    def is_closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def get_peer_name(self) -> UnixSocketAddress:
+        """The address the client is connected to."""
+        return self._peer_name
+
+    def get_local_name(self) -> UnixSocketAddress:
+        """The client's own address (usually unnamed)."""
+        return self._local_name
+
+    def get_peer_credentials(self) -> UnixCredentials:
+        """The pid, uid and gid of the peer process, as of connect time.
+
+        Raises:
+            ClientClosedError: the client is closed.
+            OSError: the platform cannot tell.
+        """
+        if self._peer_creds is None:
+            with self._send_lock:
+                if self._closed:
+                    raise ClientClosedError("client is closed")
+                self._peer_creds = peer_credentials(self._sock)
+        return self._peer_creds
+
+    # -- sending ------------------------------------------------------------
+
+    def send_packet(self, packet: SentT, *, ancillary_data: SocketAncillary | None = None) -> None:
+        """Send *packet*, with the control messages of *ancillary_data*
+        (``SCM_RIGHTS`` descriptors ride on the first byte of the frame).
+
+        Blocks until the whole frame is written.
+
+        Raises:
+            SerializeError, FrameTooLargeError: *packet* cannot be sent; nothing
+                was written.
+            ClientClosedError: the client was closed, or ``send_eof()`` called.
+            ConnectionBrokenError: the peer is gone, or an earlier send was
+                interrupted in the middle of a frame.
+            OSError: the kernel refused the send (e.g. ``EBADF`` for a bad fd
+                in *ancillary_data*); nothing was written.
+        """
+        data = self._protocol.serialize(packet)
+        cmsgs = make_cmsgs(ancillary_data)
+        with self._send_lock:
+            self._check_can_send()
+            sent = 0
+            try:
+                if cmsgs:
+                    sent = self._sock.sendmsg([data], cmsgs)
+                    if sent < len(data):
+                        self._sock.sendall(memoryview(data)[sent:])
+                else:
+                    self._sock.sendall(data)
+            except OSError as exc:
+                # ``sendall`` does not say how much it wrote: assume the worst
+                # unless a first ``sendmsg`` provably wrote nothing.
+                if sent or not cmsgs or exc.errno not in (errno.EBADF, errno.EINVAL, errno.ETOOMANYREFS):
+                    self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
+                raise map_send_error(exc, self._closed) from exc
+            except BaseException:
+                self._send_broken = ConnectionBrokenError("a send was interrupted in the middle of a frame")
+                raise
+
+    def _check_can_send(self) -> None:
+        if self._closed:
+            raise ClientClosedError("client is closed")
+        if self._eof_sent:
+            raise ClientClosedError("can't send packets after send_eof()")
+        if self._send_broken is not None:
+            raise ConnectionBrokenError(f"connection is broken: {self._send_broken}")
+
+    def send_eof(self) -> None:
+        """Shut down the write side, after any send in progress has finished.
+        The peer reads end-of-stream; receiving still works. Idempotent.
+
+        Raises:
+            ClientClosedError: the client is closed.
+        """
+        with self._send_lock:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            if self._eof_sent:
+                return
+            self._eof_sent = True
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno != errno.ENOTCONN:
+                    raise
+
+    # -- receiving ----------------------------------------------------------
+
+    def recv_packet(
+        self,
+        *,
+        timeout: float | None = None,
+        ancillary_data: SocketAncillary | None = None,
+        ancillary_bufsize: int | None = None,
+    ) -> ReceivedT:
+        """Return the next packet. Extra bytes received are kept for the next call.
+
+        Args:
+            timeout: seconds to wait (``None``: forever; ``0``: only what has
+                already arrived).
+            ancillary_data: receives the control messages that arrived with the
+                bytes read by this call (descriptors are close-on-exec and yours).
+            ancillary_bufsize: control buffer size (default about 8 KiB).
+
+        Raises:
+            TimeoutError: *timeout* elapsed.
+            StreamProtocolParseError: the next frame is invalid; it was consumed,
+                call again for the next packet.
+            ClientClosedError: the client was closed (also raised at once in a
+                thread blocked here when another thread closes the client).
+            ConnectionBrokenError: the peer closed the connection.
+            AncillaryDataTruncatedError: the control buffer was too small; the
+                descriptors that arrived were closed and the connection is broken.
+        """
+        bufsize = resolve_ancillary_bufsize(ancillary_data, ancillary_bufsize)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        acquired = (
+            self._recv_lock.acquire()
+            if timeout is None
+            else self._recv_lock.acquire(timeout=max(timeout, 0.0))
+        )
+        if not acquired:
+            raise TimeoutError("timed out waiting for another thread's recv_packet()")
+        try:
+            return self._recv_locked(deadline, ancillary_data, bufsize)
+        finally:
+            self._recv_lock.release()
+            if self._closed:
+                self._close_socket_if_idle()
+
+    def _recv_locked(
+        self, deadline: float | None, ancillary: SocketAncillary | None, bufsize: int
+    ) -> ReceivedT:
+        receiver = self._receiver
+        sock = self._sock
+        while True:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            packet = receiver.next_packet()
+            if packet is not NEED_DATA:
+                return packet
+            if self._recv_broken is not None:
+                raise self._recv_broken
+            flags = 0
+            if deadline is not None:
+                self._wait_readable(deadline)
+                flags = socket.MSG_DONTWAIT
+            buffer = receiver.get_buffer()
+            try:
+                if ancillary is None:
+                    nbytes = sock.recv_into(buffer, 0, flags)
+                else:
+                    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into(
+                        [buffer], bufsize, flags | MSG_CMSG_CLOEXEC
+                    )
+                    if ancdata or msg_flags:
+                        try:
+                            handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
+                        except ConnectionBrokenError as exc:
+                            self._recv_broken = exc
+                            raise
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise ClientClosedError("client is closed") from exc
+                raise
+            finally:
+                del buffer
+            if nbytes == 0:
+                if self._closed:
+                    raise ClientClosedError("client is closed")
+                pending = receiver.buffered_size()
+                self._recv_broken = ConnectionBrokenError(
+                    "peer closed the connection"
+                    + (f" in the middle of a packet ({pending} bytes pending)" if pending else "")
+                )
+                raise self._recv_broken
+            receiver.buffer_updated(nbytes)
+
+    def _wait_readable(self, deadline: float) -> None:
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+        remaining = deadline - time.monotonic()
+        if not poller.poll(max(remaining, 0.0) * 1000.0):
+            raise TimeoutError("timed out waiting for a packet")
+
+    def iter_received_packets(self, *, timeout: float | None = 0) -> Iterator[ReceivedT]:
+        """Yield packets until one takes longer than *timeout* seconds to arrive.
+
+        With the default ``timeout=0``, yields the packets already received
+        (buffered or waiting in the socket) and stops. ``None`` waits forever.
+
+        Raises:
+            The errors of :meth:`recv_packet`, except ``TimeoutError``, which
+            ends the iteration.
+        """
+        while True:
+            try:
+                packet = self.recv_packet(timeout=timeout)
+            except TimeoutError:
+                return
+            yield packet
+
+    # -- closing ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection. Idempotent.
+
+        Waits for a send in progress to give up, not for a blocked
+        ``recv_packet()``: that one raises :class:`ClientClosedError` at once,
+        and the descriptor is released when it returns.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        with self._send_lock:
+            pass
+        self._close_socket_if_idle()
+
+    def _close_socket_if_idle(self) -> None:
+        # Whoever finds the receive lock free closes: a reader blocked in recv()
+        # must never see its descriptor number reused under it.
+        if self._recv_lock.acquire(blocking=False):
+            try:
+                self._sock.close()
+            finally:
+                self._recv_lock.release()
