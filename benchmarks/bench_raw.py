@@ -26,7 +26,13 @@ from collections.abc import Callable
 import anyio
 import orjson
 
-from unixrpc import AsyncUnixStreamClient, JSONSerializer, LengthPrefixedSerializer, StreamProtocol, UnixStreamClient
+from unixrpc import (
+    AsyncUnixStreamClient,
+    JSONSerializer,
+    LengthPrefixedSerializer,
+    StreamProtocol,
+    UnixStreamClient,
+)
 
 PAYLOAD = {"id": 1, "method": "add", "params": {"a": 1, "b": 2}}
 N = 20_000
@@ -102,7 +108,8 @@ def main() -> None:
             text=True,
         )
         try:
-            assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+            assert echo.stdout is not None
+            assert echo.stdout.readline().strip() == "ready"
             results = measure(
                 {
                     "floor: blocking socket + length prefix + orjson": lambda: floor_round_trips(path, n),

@@ -45,7 +45,9 @@ class UnixSocketAddress:
         if b"\0" in raw:
             raise ValueError(f"socket path contains a NUL byte: {raw!r}")
         if len(raw) > _MAX_PATH:
-            raise ValueError(f"socket path is {len(raw)} bytes, longer than the {_MAX_PATH} bytes sun_path allows")
+            raise ValueError(
+                f"socket path is {len(raw)} bytes, longer than the {_MAX_PATH} bytes sun_path allows"
+            )
         return cls(raw)
 
     @classmethod

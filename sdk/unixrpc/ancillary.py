@@ -9,6 +9,7 @@ Does no I/O; never closes a descriptor it did not receive.
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import socket
 import struct
@@ -156,7 +157,9 @@ class SocketAncillary:
         for message in self._messages:
             if isinstance(message, SCMRights):
                 if message.fds:
-                    cmsgs.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", message.fds).tobytes()))
+                    cmsgs.append(
+                        (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", message.fds).tobytes())
+                    )
             else:
                 data = b"".join(_UCRED.pack(*c) for c in message.credentials)
                 cmsgs.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS, data))
@@ -189,9 +192,7 @@ def close_fds_in(messages: Iterable[SCMRights | SCMCredentials]) -> int:
     for message in messages:
         if isinstance(message, SCMRights):
             for fd in message.fds:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
                 count += 1
     return count

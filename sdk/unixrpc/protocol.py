@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Generator
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 from .exceptions import (
     DeserializeError,
@@ -112,26 +112,28 @@ class PacketReceiver(Generic[ReceivedT]):
     """
 
     __slots__ = (
-        "_serializer",
-        "_framed",
-        "_recv_size",
         "_buf",
-        "_view",
-        "_start",
-        "_end",
-        "_searched",
         "_discard",
-        "_resyncing",
+        "_end",
+        "_framed",
         "_generator",
+        "_recv_size",
+        "_resyncing",
+        "_searched",
+        "_serializer",
+        "_start",
+        "_view",
     )
 
     def __init__(
-        self, serializer: AbstractIncrementalPacketSerializer[object, ReceivedT], max_recv_size: int
+        self, serializer: AbstractIncrementalPacketSerializer[Any, ReceivedT], max_recv_size: int
     ) -> None:
         if max_recv_size <= 0:
             raise ValueError(f"max_recv_size must be positive, got {max_recv_size}")
         self._serializer = serializer
-        self._framed = serializer if isinstance(serializer, AbstractFramedPacketSerializer) else None
+        self._framed: AbstractFramedPacketSerializer[Any, ReceivedT] | None = (
+            serializer if isinstance(serializer, AbstractFramedPacketSerializer) else None
+        )
         self._recv_size = max_recv_size
         self._buf = bytearray(max_recv_size)
         self._view = memoryview(self._buf)
@@ -260,7 +262,7 @@ class PacketReceiver(Generic[ReceivedT]):
             self._generator = None
             packet, remaining = stop.value
             self.feed(remaining)
-            return packet  # type: ignore[no-any-return]
+            return cast(ReceivedT, packet)
         except IncrementalDeserializeError as exc:
             self._generator = None
             self.feed(exc.remaining_data)

@@ -153,9 +153,7 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
         Raises:
             DeserializeError: the stream cannot be resynchronised.
         """
-        raise OversizedFrameError(
-            f"{type(self).__name__} cannot skip an oversized frame", next_frame_at=None
-        )
+        raise OversizedFrameError(f"{type(self).__name__} cannot skip an oversized frame", next_frame_at=None)
 
     # -- generator API derived from the fast path --------------------------------
 

@@ -36,7 +36,7 @@ class JSONSerializer(LineFramedSerializer[Any, Any]):
         ValueError: ``max_frame_size`` is not positive.
     """
 
-    __slots__ = ("_default", "_option", "_line_option")
+    __slots__ = ("_default", "_line_option", "_option")
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class JSONSerializer(LineFramedSerializer[Any, Any]):
             raise FrameTooLargeError(len(data) - 1, self.max_frame_size)
         return data
 
-    def deserialize(self, data: bytes | bytearray | memoryview) -> Any:  # type: ignore[override]
+    def deserialize(self, data: bytes | bytearray | memoryview) -> Any:
         """Return the object encoded in the JSON document *data*.
 
         Raises:

@@ -36,7 +36,7 @@ class LengthPrefixedSerializer(AbstractFramedPacketSerializer[SentT, ReceivedT],
         ValueError: ``max_frame_size`` is out of range.
     """
 
-    __slots__ = ("_serializer", "max_frame_size", "_dumps", "_loads")
+    __slots__ = ("_dumps", "_loads", "_serializer", "max_frame_size")
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ import anything that does I/O.
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -37,7 +37,7 @@ class PydanticSerializer(LineFramedSerializer[T, T], Generic[T]):
             for *type_*.
     """
 
-    __slots__ = ("_adapter", "_validate_json", "_to_json", "_strict")
+    __slots__ = ("_adapter", "_strict", "_to_json", "_validate_json")
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class PydanticSerializer(LineFramedSerializer[T, T], Generic[T]):
                 ``error_info`` holds pydantic's ``errors()`` list.
         """
         try:
-            return self._validate_json(data, strict=self._strict)
+            return cast(T, self._validate_json(data, strict=self._strict))
         except ValidationError as exc:
             raise DeserializeError(
                 f"packet failed validation: {exc}", error_info=exc.errors(include_url=False)

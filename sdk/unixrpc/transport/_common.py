@@ -171,7 +171,9 @@ def map_send_error(exc: OSError, closed: bool) -> OSError:
     if closed:
         return ClientClosedError("client was closed")
     if exc.errno in _DISCONNECT_ERRNOS:
-        return ConnectionBrokenError(f"peer closed the connection ({errno.errorcode.get(exc.errno or 0, exc)})")
+        return ConnectionBrokenError(
+            f"peer closed the connection ({errno.errorcode.get(exc.errno or 0, exc)})"
+        )
     return exc
 
 
@@ -183,7 +185,7 @@ class SocketProxy:
     options never change in the middle of a write.
     """
 
-    __slots__ = ("_sock", "_lock")
+    __slots__ = ("_lock", "_sock")
 
     def __init__(self, sock: socket.socket, lock: threading.Lock | None = None) -> None:
         self._sock = sock

@@ -9,6 +9,7 @@ Framing belongs to :mod:`unixrpc.protocol`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 from collections.abc import AsyncIterator
@@ -33,6 +34,8 @@ from ._common import (
     peer_credentials,
     resolve_ancillary_bufsize,
 )
+
+_Socket = socket.socket
 
 __all__ = ["AsyncUnixStreamClient"]
 
@@ -69,21 +72,21 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
 
     __slots__ = (
         "_address",
-        "_sock",
-        "_protocol",
-        "_receiver",
-        "_pass_credentials",
-        "_connect_lock",
-        "_send_lock",
-        "_recv_lock",
         "_closed",
+        "_connect_lock",
         "_eof_sent",
-        "_send_broken",
-        "_recv_broken",
-        "_proxy",
-        "_peer_name",
         "_local_name",
+        "_pass_credentials",
         "_peer_creds",
+        "_peer_name",
+        "_protocol",
+        "_proxy",
+        "_receiver",
+        "_recv_broken",
+        "_recv_lock",
+        "_send_broken",
+        "_send_lock",
+        "_sock",
     )
 
     def __init__(
@@ -152,7 +155,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             self._sock = sock
 
     @staticmethod
-    async def _connect(raw: str | bytes) -> socket.socket:
+    async def _connect(raw: str | bytes) -> _Socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
@@ -176,7 +179,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         """True once :meth:`wait_connected` succeeded and until closed."""
         return self._sock is not None and not self._closed
 
-    def _connected_socket(self) -> socket.socket:
+    def _connected_socket(self) -> _Socket:
         if self._closed:
             raise ClientClosedError("client is closed")
         if self._sock is None:
@@ -300,12 +303,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 raise map_send_error(exc, self._closed) from exc
             except BaseException:
                 if sent:
-                    self._send_broken = ConnectionBrokenError(
-                        "a send was cancelled in the middle of a frame"
-                    )
+                    self._send_broken = ConnectionBrokenError("a send was cancelled in the middle of a frame")
                 raise
 
-    def _check_can_send(self) -> socket.socket:
+    def _check_can_send(self) -> _Socket:
         sock = self._connected_socket()
         if self._eof_sent:
             raise ClientClosedError("can't send packets after send_eof()")
@@ -412,7 +413,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             receiver.buffer_updated(nbytes)
 
     @staticmethod
-    async def _wait_readable(sock: socket.socket, timeout: float | None) -> None:
+    async def _wait_readable(sock: _Socket, timeout: float | None) -> None:
         if timeout is None:
             await anyio.wait_readable(sock)
             return
@@ -461,10 +462,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 if isinstance(self._address, socket.socket):
                     self._address.close()
             else:
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 with anyio.CancelScope(shield=True):
                     async with self._send_lock:
                         pass

@@ -10,6 +10,7 @@ released by whoever holds the receive lock last). Framing belongs to
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket
@@ -35,6 +36,8 @@ from ._common import (
     resolve_ancillary_bufsize,
     set_connect_timeout,
 )
+
+_Socket = socket.socket
 
 __all__ = ["UnixStreamClient"]
 
@@ -72,21 +75,21 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
     """
 
     __slots__ = (
-        "_sock",
-        "_protocol",
-        "_receiver",
-        "_send_lock",
-        "_recv_lock",
+        "__weakref__",
         "_closed",
         "_eof_sent",
-        "_send_broken",
-        "_recv_broken",
-        "_poller",
-        "_proxy",
-        "_peer_name",
         "_local_name",
         "_peer_creds",
-        "__weakref__",
+        "_peer_name",
+        "_poller",
+        "_protocol",
+        "_proxy",
+        "_receiver",
+        "_recv_broken",
+        "_recv_lock",
+        "_send_broken",
+        "_send_lock",
+        "_sock",
     )
 
     def __init__(
@@ -130,7 +133,7 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         self._peer_creds: UnixCredentials | None = None
 
     @staticmethod
-    def _connect(raw: str | bytes, timeout: float | None) -> socket.socket:
+    def _connect(raw: str | bytes, timeout: float | None) -> _Socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if timeout is not None:
@@ -396,10 +399,8 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         if self._closed:
             return
         self._closed = True
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         with self._send_lock:
             pass
         self._close_socket_if_idle()
