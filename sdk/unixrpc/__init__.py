@@ -8,16 +8,29 @@ from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
 from .exceptions import (
     AncillaryDataTruncatedError,
+    CallCancelledError,
     ClientClosedError,
     ConnectionBrokenError,
     DeserializeError,
     FrameTooLargeError,
     IncrementalDeserializeError,
+    InternalError,
+    InvalidParamsError,
+    InvalidResultError,
+    LocalProtocolError,
+    MethodNotFoundError,
     OversizedFrameError,
+    PermissionDeniedError,
+    ProtocolViolationError,
+    RemoteProtocolError,
+    RPCError,
     SerializeError,
+    ServerBusyError,
     StreamProtocolParseError,
 )
+from .methods import Method, StreamMethod
 from .protocol import StreamProtocol
+from .rpc import AsyncClient, AsyncStreamCall, Client, StreamCall
 from .serializers import (
     AbstractFramedPacketSerializer,
     AbstractIncrementalPacketSerializer,
@@ -26,11 +39,31 @@ from .serializers import (
     LengthPrefixedSerializer,
     PydanticSerializer,
 )
+from .server import CallContext, Server
 from .transport import AsyncUnixStreamClient, SocketProxy, UnixStreamClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
+    "AsyncStreamCall",
+    "CallCancelledError",
+    "CallContext",
+    "Client",
+    "InternalError",
+    "InvalidParamsError",
+    "InvalidResultError",
+    "LocalProtocolError",
+    "Method",
+    "MethodNotFoundError",
+    "PermissionDeniedError",
+    "ProtocolViolationError",
+    "RPCError",
+    "RemoteProtocolError",
+    "Server",
+    "ServerBusyError",
+    "StreamCall",
+    "StreamMethod",
     "AbstractFramedPacketSerializer",
     "AbstractIncrementalPacketSerializer",
     "AbstractPacketSerializer",

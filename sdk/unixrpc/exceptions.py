@@ -18,10 +18,21 @@ misbehaved":
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "AncillaryDataTruncatedError",
+    "CallCancelledError",
+    "InternalError",
+    "InvalidResultError",
+    "InvalidParamsError",
+    "LocalProtocolError",
+    "MethodNotFoundError",
+    "PermissionDeniedError",
+    "ProtocolViolationError",
+    "RPCError",
+    "RemoteProtocolError",
+    "ServerBusyError",
     "ClientClosedError",
     "ConnectionBrokenError",
     "DeserializeError",
@@ -143,3 +154,184 @@ class StreamProtocolParseError(Exception):
         super().__init__(f"invalid packet: {error}")
         self.error = error
         self.error_info = error.error_info
+
+
+# -- the RPC layer ---------------------------------------------------------------
+
+
+class LocalProtocolError(Exception):
+    """You used the RPC API in a way it cannot honour (a wrong argument type,
+    too many file descriptors for one frame...). Nothing was sent."""
+
+
+class RemoteProtocolError(ConnectionBrokenError):
+    """The peer broke the wire protocol in a way that makes the connection
+    unusable (an oversized frame, a frame that declares descriptors that never
+    came, a reply that is not an envelope). The connection is closed; every
+    call in flight on it fails with this error."""
+
+
+class InvalidResultError(ValueError):
+    """The server's result or stream item does not validate as the method's
+    declared type (the daemon and the client disagree on the method).
+
+    Attributes:
+        error_info: pydantic's error list.
+    """
+
+    def __init__(self, message: str, *, error_info: Any = None) -> None:
+        super().__init__(message)
+        self.error_info = error_info
+
+
+_ERROR_CLASSES: dict[str, type[RPCError]] = {}
+
+
+def _own_fields(cls: type) -> dict[str, Any]:
+    """The annotated fields an RPCError subclass declares (its own and its
+    parents'), excluding ClassVars."""
+    import inspect
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    fields: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is RPCError or not issubclass(klass, RPCError):
+            continue
+        for name in inspect.get_annotations(klass):
+            hint = hints.get(name)
+            if typing.get_origin(hint) is typing.ClassVar or hint is typing.ClassVar or name.startswith("_"):
+                continue
+            default = klass.__dict__.get(name, ...)
+            fields[name] = (hint, default)
+    return fields
+
+
+class RPCError(Exception):
+    """An error that crosses the wire: a ``code`` (a dotted string), a
+    ``message`` and JSON ``data``.
+
+    Declare typed application errors as subclasses with a code and fields::
+
+        class UserNotFound(RPCError, code="users.NotFound"):
+            uid: int
+
+    A handler raises ``UserNotFound(uid=7)``; the client re-raises it as
+    ``UserNotFound`` with ``.uid == 7`` (the class must be imported on the
+    client side too; otherwise it arrives as a plain ``RPCError`` with the
+    same ``code`` and ``data``).
+
+    Args:
+        message: what went wrong, for people (defaults to the class docstring's
+            first line, or the code).
+        data: free JSON data, for classes without declared fields.
+        **fields: the declared fields.
+
+    Raises:
+        pydantic.ValidationError: the fields are missing or of the wrong type.
+        TypeError: fields were given to a class that declares none.
+    """
+
+    code: ClassVar[str] = "unixrpc.Error"
+    __rpc_data_model__: ClassVar[Any] = None
+
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            _ERROR_CLASSES[code] = cls
+        fields = _own_fields(cls)
+        if fields:
+            from pydantic import create_model
+
+            cls.__rpc_data_model__ = create_model(f"{cls.__name__}Data", **fields)
+        else:
+            cls.__rpc_data_model__ = None
+
+    def __init__(self, message: str | None = None, *, data: Any = None, **fields: Any) -> None:
+        model = type(self).__rpc_data_model__
+        if model is not None:
+            validated = model(**fields)
+            for name in type(validated).model_fields:
+                setattr(self, name, getattr(validated, name))
+            data = validated.model_dump(mode="json")
+        elif fields:
+            raise TypeError(f"{type(self).__name__} declares no fields, got {sorted(fields)}")
+        if message is None:
+            doc = (type(self).__doc__ or "").strip().splitlines()
+            message = doc[0] if doc and type(self).__doc__ is not RPCError.__doc__ else self.code
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"{self.message} [{self.code}]"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, data={self.data!r})"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_error, (type(self), self.code, self.message, self.data))
+
+    @classmethod
+    def from_wire(cls, code: str, message: str, data: Any) -> RPCError:
+        """The exception for an error object received from the peer: the
+        registered class for *code* if there is one and *data* fits its fields,
+        else a plain :class:`RPCError` carrying *code*."""
+        klass = _ERROR_CLASSES.get(code)
+        if klass is not None:
+            error = klass.__new__(klass)
+            model = klass.__rpc_data_model__
+            try:
+                if model is not None:
+                    validated = model.model_validate(data if data is not None else {})
+                    for name in type(validated).model_fields:
+                        setattr(error, name, getattr(validated, name))
+            except Exception:  # the peer's data does not fit our class: keep it raw
+                pass
+            else:
+                Exception.__init__(error, message)
+                error.message, error.data = message, data
+                return error
+        error = RPCError.__new__(RPCError)
+        Exception.__init__(error, message)
+        error.message, error.data = message, data
+        if code != RPCError.code:
+            error.code = code  # type: ignore[misc]
+        return error
+
+
+def _rebuild_error(cls: type[RPCError], code: str, message: str, data: Any) -> RPCError:
+    return RPCError.from_wire(code, message, data) if cls is RPCError else cls.from_wire(code, message, data)
+
+
+class MethodNotFoundError(RPCError, code="unixrpc.MethodNotFound"):
+    """The server has no method of that name."""
+
+
+class InvalidParamsError(RPCError, code="unixrpc.InvalidParams"):
+    """The call's parameters failed validation on the server; ``data`` holds
+    pydantic's error list."""
+
+
+class InternalError(RPCError, code="unixrpc.InternalError"):
+    """The handler raised an exception that is not an RPCError. No traceback
+    crosses the wire unless the server opts in (``expose_tracebacks=True``)."""
+
+
+class PermissionDeniedError(RPCError, code="unixrpc.PermissionDenied"):
+    """The server's authorization hook refused the call."""
+
+
+class ServerBusyError(RPCError, code="unixrpc.Busy"):
+    """The server refused the call or connection because of a limit (calls in
+    flight, connections), or because it is shutting down."""
+
+
+class ProtocolViolationError(RPCError, code="unixrpc.ProtocolError"):
+    """The peer sent a frame that is not a valid envelope; the frame was
+    dropped and the connection stays usable."""
+
+
+class CallCancelledError(RPCError, code="unixrpc.Cancelled"):
+    """The server cancelled the call because the client asked it to."""

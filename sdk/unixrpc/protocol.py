@@ -117,6 +117,7 @@ class PacketReceiver(Generic[ReceivedT]):
         "_end",
         "_framed",
         "_generator",
+        "_generator_pending",
         "_recv_size",
         "_resyncing",
         "_searched",
@@ -143,6 +144,7 @@ class PacketReceiver(Generic[ReceivedT]):
         self._discard = 0  # bytes of an oversized frame still to drop
         self._resyncing = False  # dropping bytes until serializer.resync() finds a frame
         self._generator: Generator[None, bytes, tuple[ReceivedT, bytes]] | None = None
+        self._generator_pending = 0  # bytes handed to an unfinished generator
 
     @property
     def max_recv_size(self) -> int:
@@ -151,7 +153,7 @@ class PacketReceiver(Generic[ReceivedT]):
 
     def buffered_size(self) -> int:
         """Number of received bytes not yet consumed by a packet."""
-        return self._end - self._start
+        return self._end - self._start + self._generator_pending
 
     def get_buffer(self) -> memoryview:
         """Return writable space of exactly ``max_recv_size`` bytes to read into.
@@ -237,7 +239,11 @@ class PacketReceiver(Generic[ReceivedT]):
             self._discard -= dropped
             return not self._discard
         assert self._framed is not None
-        index = self._framed.resync(self._buf, start, end)
+        try:
+            index = self._framed.resync(self._buf, start, end)
+        except DeserializeError as exc:
+            # this serializer cannot find the next frame: the stream stays unusable
+            raise StreamProtocolParseError(exc) from exc
         if index is None:
             self._start = end
             return False
@@ -256,18 +262,22 @@ class PacketReceiver(Generic[ReceivedT]):
             self._generator = generator
         data = bytes(self._view[start:end])
         self._start = self._end = 0
+        self._generator_pending += len(data)
         try:
             generator.send(data)
         except StopIteration as stop:
             self._generator = None
+            self._generator_pending = 0
             packet, remaining = stop.value
             self.feed(remaining)
             return cast(ReceivedT, packet)
         except IncrementalDeserializeError as exc:
             self._generator = None
+            self._generator_pending = 0
             self.feed(exc.remaining_data)
             raise StreamProtocolParseError(exc) from exc
         except DeserializeError as exc:
             self._generator = None
+            self._generator_pending = 0
             raise StreamProtocolParseError(exc) from exc
         return NEED_DATA

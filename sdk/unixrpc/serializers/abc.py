@@ -197,7 +197,10 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
             return bytes(buffer[exc.next_frame_at :])
         data = bytes(buffer)
         while True:
-            index = self.resync(data, 0, len(data))
+            try:
+                index = self.resync(data, 0, len(data))
+            except DeserializeError as error:
+                raise IncrementalDeserializeError(str(error), b"") from error
             if index is not None:
                 return data[index:]
             data = yield

@@ -30,7 +30,8 @@ class JSONSerializer(LineFramedSerializer[Any, Any]):
             (default 16 MiB).
         default: called for objects orjson cannot encode natively (as
             ``orjson.dumps(default=...)``).
-        option: extra ``orjson.OPT_*`` flags for encoding.
+        option: extra ``orjson.OPT_*`` flags for encoding (``OPT_INDENT_2``
+            only applies to one-shot use: a JSON line is always compact).
 
     Raises:
         ValueError: ``max_frame_size`` is not positive.
@@ -48,7 +49,8 @@ class JSONSerializer(LineFramedSerializer[Any, Any]):
         super().__init__(max_frame_size=max_frame_size)
         self._default = default
         self._option = option
-        self._line_option = option | orjson.OPT_APPEND_NEWLINE
+        # one document per line: indentation would put raw newlines inside a frame
+        self._line_option = (option & ~orjson.OPT_INDENT_2) | orjson.OPT_APPEND_NEWLINE
 
     def serialize(self, packet: Any) -> bytes:
         """Return *packet* as a compact JSON document.

@@ -60,11 +60,14 @@ class PydanticSerializer(LineFramedSerializer[T, T], Generic[T]):
     def serialize(self, packet: T) -> bytes:
         """Return *packet* as compact JSON.
 
+        Fields are written by alias, as validation reads them.
+
         Raises:
-            SerializeError: pydantic cannot serialize *packet*.
+            SerializeError: pydantic cannot serialize *packet*, or it is not of
+                the serializer's type.
         """
         try:
-            return self._to_json(packet)
+            return self._to_json(packet, by_alias=True, warnings="error")
         except PydanticSerializationError as exc:
             raise SerializeError(f"cannot encode packet: {exc}") from exc
 

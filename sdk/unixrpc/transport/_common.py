@@ -44,7 +44,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-MSG_CMSG_CLOEXEC: int = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _DISCONNECT_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN})
 
 
@@ -153,7 +154,7 @@ def handle_ancillary(
             that arrived has been closed.
     """
     messages: list[SCMRights | SCMCredentials] = parse_cmsgs(ancdata) if ancdata else []
-    if msg_flags & socket.MSG_CTRUNC:
+    if msg_flags & _MSG_CTRUNC:
         closed = close_fds_in(messages)
         raise AncillaryDataTruncatedError(
             f"control data was truncated (MSG_CTRUNC): the ancillary buffer of {bufsize} bytes is too "

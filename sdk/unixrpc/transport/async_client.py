@@ -36,6 +36,7 @@ from ._common import (
 )
 
 _Socket = socket.socket
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 __all__ = ["AsyncUnixStreamClient"]
 
@@ -386,7 +387,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                     nbytes = sock.recv_into(buffer)
                 else:
                     nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buffer], bufsize, MSG_CMSG_CLOEXEC)
-                    if ancdata or msg_flags:
+                    if ancdata or msg_flags & _MSG_CTRUNC:
                         try:
                             handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
                         except ConnectionBrokenError as exc:

@@ -38,6 +38,7 @@ from ._common import (
 )
 
 _Socket = socket.socket
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
 
 __all__ = ["UnixStreamClient"]
 
@@ -336,7 +337,7 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                     nbytes, ancdata, msg_flags, _ = sock.recvmsg_into(
                         [buffer], bufsize, flags | MSG_CMSG_CLOEXEC
                     )
-                    if ancdata or msg_flags:
+                    if ancdata or msg_flags & _MSG_CTRUNC:
                         try:
                             handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
                         except ConnectionBrokenError as exc:

@@ -1,0 +1,136 @@
+"""Servers for bench_rpc.py, each run in its own process:
+
+* ``unixrpc PATH``  -- a unixrpc Server with Add (asyncio backend);
+* ``floor PATH``    -- a plain blocking socket server, thread per connection,
+  length prefix + orjson, ``{"id","method","params"}`` -> ``{"id","result"}``;
+* ``streams PATH``  -- the same protocol with hand-written asyncio streams.
+
+Prints "ready" once listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+
+import orjson
+
+from unixrpc import Method, Server
+
+
+class Add(Method[int]):
+    a: int
+    b: int
+
+
+def run_unixrpc(path: str) -> None:
+    server = Server()
+
+    @server.method(Add)
+    async def add(req: Add) -> int:
+        return req.a + req.b
+
+    async def main() -> None:
+        import anyio
+
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve, path)
+            print("ready", flush=True)
+
+    import anyio
+
+    anyio.run(main)
+
+
+def _answer(body: bytes) -> bytes:
+    request = orjson.loads(body)
+    params = request["params"]
+    reply = orjson.dumps({"id": request["id"], "result": params["a"] + params["b"]})
+    return len(reply).to_bytes(4, "big") + reply
+
+
+def run_floor(path: str) -> None:
+    def serve(conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                out = []
+                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
+                    size = int.from_bytes(buf[:4], "big")
+                    out.append(_answer(buf[4 : 4 + size]))
+                    buf = buf[4 + size :]
+                if out:
+                    conn.sendall(b"".join(out))
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def run_streams(path: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                body = await reader.readexactly(int.from_bytes(header, "big"))
+                writer.write(_answer(body))
+        except asyncio.IncompleteReadError:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_unix_server(handle, path)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+def run_floor_unixrpc(path: str) -> None:
+    """The floor server speaking the unixrpc wire format (6-byte header)."""
+
+    def serve(conn: socket.socket) -> None:
+        buf = b""
+        with conn:
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+                out = []
+                while len(buf) >= 6 and len(buf) >= 6 + int.from_bytes(buf[:4], "big"):
+                    size = int.from_bytes(buf[:4], "big")
+                    request = orjson.loads(buf[6 : 6 + size])
+                    params = request["params"]
+                    reply = orjson.dumps({"id": request["id"], "result": params["a"] + params["b"]})
+                    out.append(len(reply).to_bytes(4, "big") + b"\0\0" + reply)
+                    buf = buf[6 + size :]
+                if out:
+                    conn.sendall(b"".join(out))
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+if __name__ == "__main__":
+    peers = {
+        "unixrpc": run_unixrpc,
+        "floor": run_floor,
+        "streams": run_streams,
+        "floor-unixrpc": run_floor_unixrpc,
+    }
+    peers[sys.argv[1]](sys.argv[2])

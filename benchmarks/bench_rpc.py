@@ -1,0 +1,195 @@
+"""Typed RPC layer: call latency and 64-in-flight throughput, in one run.
+
+Each server runs in its own process; everything is pinned to one CPU (see
+bench_raw.py for why). Cases:
+
+* floor -- plain blocking socket client and server, length prefix + orjson,
+  the same payload as ``Add(a=1, b=2)``;
+* ``Client.call(Add(a=1, b=2))`` against a unixrpc Server, sequential;
+* ``AsyncClient.call`` on asyncio and on trio, sequential;
+* 64 calls in flight on one connection: AsyncClient on asyncio vs a
+  hand-written asyncio-streams client with request ids against an
+  asyncio-streams server.
+
+Run: ``python benchmarks/bench_rpc.py [CALLS]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import orjson
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _rpc_peers import Add
+
+from unixrpc import AsyncClient, Client
+
+N = 10_000
+REPEATS = 5
+IN_FLIGHT = 64
+
+
+@contextmanager
+def peer(kind: str, tmp: str) -> Iterator[str]:
+    path = os.path.join(tmp, f"{kind}.sock")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "_rpc_peers.py"), kind, path],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def floor_calls(path: str, n: int) -> float:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    try:
+        t0 = time.perf_counter()
+        for call_id in range(n):
+            body = orjson.dumps({"id": call_id, "method": "Add", "params": {"a": 1, "b": 2}})
+            sock.sendall(len(body).to_bytes(4, "big") + body)
+            got = sock.recv_into(buf)
+            while got < 4 or got < 4 + int.from_bytes(buf[:4], "big"):
+                got += sock.recv_into(view[got:])
+            reply = orjson.loads(buf[4 : 4 + int.from_bytes(buf[:4], "big")])
+            assert reply["result"] == 3
+        return (time.perf_counter() - t0) / n
+    finally:
+        sock.close()
+
+
+def sync_calls(path: str, n: int) -> float:
+    with Client(path) as client:
+        request = Add(a=1, b=2)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.call(request)
+        return (time.perf_counter() - t0) / n
+
+
+async def async_calls(path: str, n: int) -> float:
+    async with AsyncClient(path) as client:
+        request = Add(a=1, b=2)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            await client.call(request)
+        return (time.perf_counter() - t0) / n
+
+
+async def async_in_flight(path: str, n: int) -> float:
+    """Seconds per call with IN_FLIGHT tasks calling at once."""
+    async with AsyncClient(path) as client:
+        request = Add(a=1, b=2)
+
+        async def worker(count: int) -> None:
+            for _ in range(count):
+                await client.call(request)
+
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(IN_FLIGHT):
+                tg.start_soon(worker, n // IN_FLIGHT)
+        return (time.perf_counter() - t0) / (n // IN_FLIGHT * IN_FLIGHT)
+
+
+async def streams_in_flight(path: str, n: int) -> float:
+    """The asyncio-streams baseline: a reader task files replies by id."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    pending: dict[int, asyncio.Future[int]] = {}
+    ids = itertools.count()
+
+    async def read_replies() -> None:
+        while True:
+            header = await reader.readexactly(4)
+            reply = orjson.loads(await reader.readexactly(int.from_bytes(header, "big")))
+            pending.pop(reply["id"]).set_result(reply["result"])
+
+    async def call() -> int:
+        call_id = next(ids)
+        future = pending[call_id] = asyncio.get_running_loop().create_future()
+        body = orjson.dumps({"id": call_id, "method": "Add", "params": {"a": 1, "b": 2}})
+        writer.write(len(body).to_bytes(4, "big") + body)
+        return await future
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    reader_task = asyncio.create_task(read_replies())
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(n // IN_FLIGHT) for _ in range(IN_FLIGHT)))
+    elapsed = time.perf_counter() - t0
+    reader_task.cancel()
+    writer.close()
+    return elapsed / (n // IN_FLIGHT * IN_FLIGHT)
+
+
+def measure(cases: dict[str, Callable[[], float]]) -> dict[str, float]:
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(REPEATS):
+        for name, fn in cases.items():
+            samples[name].append(fn())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else N
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    with (
+        tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp,
+        peer("floor", tmp) as floor_path,
+        peer("unixrpc", tmp) as rpc_path,
+        peer("streams", tmp) as streams_path,
+    ):
+        latency = measure(
+            {
+                "floor: blocking socket + length prefix + orjson": lambda: floor_calls(floor_path, n),
+                "Client.call(Add(a=1, b=2))": lambda: sync_calls(rpc_path, n),
+                "AsyncClient.call on asyncio": lambda: anyio.run(async_calls, rpc_path, n, backend="asyncio"),
+                "AsyncClient.call on trio": lambda: anyio.run(async_calls, rpc_path, n, backend="trio"),
+            }
+        )
+        throughput = measure(
+            {
+                "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
+                "AsyncClient on asyncio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="asyncio"),
+                "AsyncClient on trio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="trio"),
+            }
+        )
+    floor = next(iter(latency.values()))
+    print(f"sequential call latency, {n} calls per run, median of {REPEATS} runs, one CPU")
+    for name, seconds in latency.items():
+        print(f"  {name:<50} {seconds * 1e6:8.2f} us  {seconds / floor:5.2f}x floor")
+    baseline = next(iter(throughput.values()))
+    print(f"throughput with {IN_FLIGHT} calls in flight on one connection")
+    for name, seconds in throughput.items():
+        print(f"  {name:<50} {1 / seconds:10.0f} calls/s  {baseline / seconds:5.2f}x baseline")
+
+
+if __name__ == "__main__":
+    main()

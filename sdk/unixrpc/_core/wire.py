@@ -1,0 +1,166 @@
+"""The unixrpc wire format: frame header and envelopes (see docs/protocol.md).
+
+Rules this module owns:
+
+* A frame is ``u32 body length | u16 fd count`` (big-endian) + body. The fd
+  count says how many descriptors, sent as ``SCM_RIGHTS`` with the frame's
+  first byte, belong to the frame.
+* The body is one JSON object, the envelope, of one of these kinds:
+  request ``{"id", "method", "params"[, "stream"]}``, notification
+  ``{"method", "params"}``, result ``{"id", "result"}``, error ``{"id",
+  "error": {"code", "message"[, "data"]}}``, stream item ``{"id", "item"}``,
+  cancel ``{"cancel": id}``, credit ``{"credit": id, "n"}``.
+* Encoding uses orjson; params, results and items arrive already encoded
+  (pydantic-core JSON) and are spliced in without re-parsing.
+
+No I/O here, and no socket, anyio, trio, asyncio or threading imports.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+__all__ = [
+    "DEFAULT_MAX_FDS_PER_FRAME",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "HEADER",
+    "HEADER_SIZE",
+    "KERNEL_MAX_FDS",
+    "RawFrame",
+    "classify",
+    "encode_cancel",
+    "encode_credit",
+    "encode_error",
+    "encode_item",
+    "encode_notification",
+    "encode_request",
+    "encode_result",
+]
+
+HEADER: Final = struct.Struct(">IH")
+HEADER_SIZE: Final = HEADER.size
+DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
+#: The kernel's SCM_MAX_FD: the most descriptors one sendmsg can carry.
+KERNEL_MAX_FDS: Final = 253
+DEFAULT_MAX_FDS_PER_FRAME: Final = KERNEL_MAX_FDS
+
+#: Envelope kinds returned by :func:`classify`.
+REQUEST: Final = "request"
+NOTIFICATION: Final = "notification"
+RESULT: Final = "result"
+ERROR: Final = "error"
+ITEM: Final = "item"
+CANCEL: Final = "cancel"
+CREDIT: Final = "credit"
+
+
+class RawFrame(NamedTuple):
+    """One frame: its JSON body and how many descriptors belong to it."""
+
+    body: bytes
+    nfds: int = 0
+
+
+def _id(call_id: int | None) -> bytes:
+    return b"null" if call_id is None else str(call_id).encode()
+
+
+def encode_request(call_id: int, method: bytes, params: bytes, stream_window: int | None = None) -> bytes:
+    """A request envelope; *method* is the JSON-encoded name, *params* JSON."""
+    extra = b"" if stream_window is None else b',"stream":' + str(stream_window).encode()
+    return b'{"id":' + _id(call_id) + b',"method":' + method + b',"params":' + params + extra + b"}"
+
+
+def encode_notification(method: bytes, params: bytes) -> bytes:
+    """A notification envelope (no id: no reply)."""
+    return b'{"method":' + method + b',"params":' + params + b"}"
+
+
+def encode_result(call_id: int, result: bytes) -> bytes:
+    """A result envelope; *result* is JSON."""
+    return b'{"id":' + _id(call_id) + b',"result":' + result + b"}"
+
+
+def encode_item(call_id: int, item: bytes) -> bytes:
+    """A stream item envelope; *item* is JSON."""
+    return b'{"id":' + _id(call_id) + b',"item":' + item + b"}"
+
+
+def encode_error(call_id: int | None, code: str, message: str, data: Any = None) -> bytes:
+    """An error envelope (``call_id`` None for errors about no call in particular).
+
+    Data that orjson cannot encode is replaced by its ``repr``."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    try:
+        encoded = orjson.dumps(error)
+    except TypeError:
+        error["data"] = repr(data)
+        encoded = orjson.dumps(error)
+    return b'{"id":' + _id(call_id) + b',"error":' + encoded + b"}"
+
+
+def encode_cancel(call_id: int) -> bytes:
+    """Ask the server to cancel call *call_id*."""
+    return b'{"cancel":' + _id(call_id) + b"}"
+
+
+def encode_credit(call_id: int, count: int) -> bytes:
+    """Allow the server *count* more items on stream *call_id*."""
+    return b'{"credit":' + _id(call_id) + b',"n":' + str(count).encode() + b"}"
+
+
+def _is_id(value: object) -> bool:
+    return type(value) is int and 0 <= value < 2**63
+
+
+def classify(envelope: object) -> str:
+    """Return the kind of a decoded envelope.
+
+    Raises:
+        ValueError: it is not a valid envelope (the message says why).
+    """
+    if type(envelope) is not dict:
+        raise ValueError(f"envelope must be a JSON object, got {type(envelope).__name__}")
+    if "method" in envelope:
+        if type(envelope["method"]) is not str:
+            raise ValueError('"method" must be a string')
+        if "id" not in envelope:
+            return NOTIFICATION
+        if not _is_id(envelope["id"]):
+            raise ValueError('"id" must be an integer in 0..2**63-1')
+        stream = envelope.get("stream")
+        if stream is not None and (not _is_id(stream) or stream == 0):
+            raise ValueError('"stream" must be a positive integer window')
+        return REQUEST
+    if "cancel" in envelope:
+        if not _is_id(envelope["cancel"]):
+            raise ValueError('"cancel" must be a call id')
+        return CANCEL
+    if "credit" in envelope:
+        if not _is_id(envelope["credit"]) or not _is_id(envelope.get("n")):
+            raise ValueError('"credit" needs a call id and a count "n"')
+        return CREDIT
+    if "id" not in envelope:
+        raise ValueError("envelope has none of method, id, cancel, credit")
+    call_id = envelope["id"]
+    if "result" in envelope:
+        kind = RESULT
+    elif "item" in envelope:
+        kind = ITEM
+    elif "error" in envelope:
+        error = envelope["error"]
+        if type(error) is not dict or type(error.get("code")) is not str:
+            raise ValueError('"error" must be an object with a string "code"')
+        kind = ERROR
+        if call_id is None:
+            return kind
+    else:
+        raise ValueError("envelope with an id has none of result, item, error")
+    if not _is_id(call_id):
+        raise ValueError('"id" must be an integer in 0..2**63-1')
+    return kind

@@ -1,0 +1,123 @@
+"""The typed layer: methods are pydantic models parametrized by their result.
+
+Owns :class:`Method` and :class:`StreamMethod`, their wire names and the
+(cached) adapters that encode params and validate results and items. No I/O.
+
+    class Add(Method[int]):                 # the parameter is the result type
+        a: int
+        b: int
+
+    class Watch(StreamMethod[Event], name="events.Watch"):   # yields Events
+        topic: str
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+
+__all__ = ["Method", "MethodSpec", "StreamMethod", "method_spec"]
+
+ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
+
+
+class MethodSpec:
+    """What the RPC layer needs to know about a method class, computed once."""
+
+    __slots__ = ("_adapter", "_result_type", "method_class", "name", "name_json", "streaming")
+
+    def __init__(self, method_class: type[BaseModel], name: str, streaming: bool, result_type: Any) -> None:
+        self.method_class = method_class
+        self.name = name
+        self.name_json = orjson.dumps(name)
+        self.streaming = streaming
+        self._result_type = result_type
+        self._adapter: TypeAdapter[Any] | None = None
+
+    @property
+    def result_adapter(self) -> TypeAdapter[Any]:
+        """Validates results (or stream items); built on first use, so forward
+        references (``Method["Later"]``) may name module-level classes defined
+        after the method."""
+        adapter = self._adapter
+        if adapter is None:
+            result_type = self._result_type
+            if isinstance(result_type, str):
+                namespace = vars(sys.modules[self.method_class.__module__])
+                try:
+                    result_type = eval(result_type, namespace)
+                except NameError as exc:
+                    owner = self.method_class.__qualname__
+                    raise TypeError(f"cannot resolve result type {result_type!r} of {owner}: {exc}") from None
+            adapter = self._adapter = TypeAdapter(result_type)
+        return adapter
+
+    def __repr__(self) -> str:
+        kind = "stream" if self.streaming else "method"
+        return f"<{kind} {self.name!r} of {self.method_class.__qualname__}>"
+
+
+def _find_result_type(cls: type, origins: tuple[type, ...]) -> Any:
+    for klass in cls.__mro__:
+        metadata = getattr(klass, "__pydantic_generic_metadata__", None)
+        if metadata and metadata["origin"] in origins and metadata["args"]:
+            return metadata["args"][0]
+    return Any
+
+
+class _MethodBase(BaseModel):
+    """Shared machinery of Method and StreamMethod."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    __rpc_spec__: ClassVar[MethodSpec]
+    __rpc_name__: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # An explicit name applies to this class only, not to its subclasses.
+        cls.__rpc_name__ = name
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        metadata = cls.__pydantic_generic_metadata__
+        if metadata["origin"] is not None or metadata["parameters"]:
+            return  # ``Method[int]`` itself, or a still-generic subclass: not a method
+        streaming = issubclass(cls, StreamMethod)
+        origins: tuple[type, ...] = (StreamMethod,) if streaming else (Method,)
+        name = cls.__dict__.get("__rpc_name__") or cls.__name__
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"method name must be a non-empty string, got {name!r}")
+        cls.__rpc_spec__ = MethodSpec(cls, name, streaming, _find_result_type(cls, origins))
+
+
+class Method(_MethodBase, Generic[ResultT]):
+    """Base class of an RPC method: its fields are the params, its type
+    parameter the result type. The wire name is the class name unless given:
+    ``class GetUser(Method[User], name="users.Get")``.
+
+    Unknown fields are rejected (``extra="forbid"``); override
+    ``model_config`` to change that.
+    """
+
+
+class StreamMethod(_MethodBase, Generic[ItemT]):
+    """Base class of a streaming method: the server yields items of the type
+    parameter; the client iterates over them with ``client.stream(...)``."""
+
+
+def method_spec(method_class: type[BaseModel]) -> MethodSpec:
+    """The spec of a concrete method class.
+
+    Raises:
+        TypeError: *method_class* is not a concrete Method/StreamMethod subclass.
+    """
+    spec = method_class.__dict__.get("__rpc_spec__") if isinstance(method_class, type) else None
+    if spec is None:
+        raise TypeError(f"expected a concrete Method or StreamMethod subclass, got {method_class!r}")
+    return spec  # type: ignore[no-any-return]

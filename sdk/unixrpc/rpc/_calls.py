@@ -1,0 +1,107 @@
+"""What both RPC clients do between the wire and the caller: build request
+frames from method objects, decode received frames, and turn final messages
+into results or exceptions. No I/O and no waiting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from .._core import wire
+from .._core.calls import FdQueue, close_fds
+from ..exceptions import InvalidResultError, RemoteProtocolError, RPCError
+from ..methods import MethodSpec, method_spec
+
+__all__ = ["decode_frame", "encode_params", "final_value", "item_value", "spec_of", "stream_end"]
+
+
+def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:
+    """The spec of a method instance, checking it is used the right way.
+
+    Raises:
+        TypeError: not a method instance, or a stream used with call() or the
+            reverse.
+    """
+    spec = getattr(type(method), "__rpc_spec__", None)
+    if spec is None or spec.method_class is not type(method):
+        spec = method_spec(type(method))
+    if spec.streaming != streaming:
+        if streaming:
+            raise TypeError(f"{type(method).__name__} is not a StreamMethod: use call() or notify()")
+        raise TypeError(f"{type(method).__name__} is a StreamMethod: iterate over client.stream() instead")
+    return spec
+
+
+def encode_params(method: BaseModel) -> bytes:
+    """The JSON of a method's params."""
+    return method.__pydantic_serializer__.to_json(method)
+
+
+def decode_frame(frame: wire.RawFrame, fd_queue: FdQueue) -> tuple[str, dict[str, Any], list[int]]:
+    """Decode a received frame: its kind, envelope and descriptors (owned by
+    the caller from now on).
+
+    Raises:
+        RemoteProtocolError: the frame is not a valid envelope, or declares
+            descriptors that never arrived.
+    """
+    try:
+        fds = fd_queue.take(frame.nfds)
+    except ValueError as exc:
+        raise RemoteProtocolError(f"peer broke the protocol: {exc}") from None
+    try:
+        envelope = orjson.loads(frame.body)
+        kind = wire.classify(envelope)
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        close_fds(fds)
+        raise RemoteProtocolError(f"peer sent an invalid envelope: {exc}") from None
+    return kind, envelope, fds
+
+
+def final_value(spec: MethodSpec, kind: str, envelope: dict[str, Any], fds: list[int]) -> Any:
+    """The result carried by a final message.
+
+    Raises:
+        RPCError: the server answered with an error (the registered subclass
+            for its code).
+        InvalidResultError: the result does not validate as the method's type.
+    """
+    if kind == wire.ERROR:
+        close_fds(fds)
+        error = envelope["error"]
+        raise RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
+    return _validated(spec, envelope["result"], fds, "result")
+
+
+def stream_end(kind: str, envelope: dict[str, Any], fds: list[int]) -> None:
+    """Check the final message of a stream (its result is null).
+
+    Raises:
+        RPCError: the stream ended with an error.
+    """
+    close_fds(fds)
+    if kind == wire.ERROR:
+        error = envelope["error"]
+        raise RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
+
+
+def item_value(spec: MethodSpec, envelope: dict[str, Any], fds: list[int]) -> Any:
+    """The item carried by a stream item message.
+
+    Raises:
+        InvalidResultError: the item does not validate as the stream's type.
+    """
+    return _validated(spec, envelope["item"], fds, "item")
+
+
+def _validated(spec: MethodSpec, value: Any, fds: list[int], what: str) -> Any:
+    close_fds(fds)  # descriptors are only meaningful inside FD fields (see the fd layer)
+    try:
+        return spec.result_adapter.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidResultError(
+            f"server sent an invalid {what} for {spec.name}: {exc}", error_info=exc.errors(include_url=False)
+        ) from None

@@ -1,0 +1,368 @@
+"""AsyncClient: the RPC client for asyncio and trio (via anyio).
+
+Owns the async side of sharing one connection: a reader task files every
+received frame under its call id and wakes the task waiting for it; a
+canceller task sends the cancel requests of calls abandoned from places that
+cannot await (a timeout's cleanup, a stream dropped without ``aclose``).
+Both live in the client's task group, entered by ``async with``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from types import TracebackType
+from typing import Any, Generic, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._core import wire
+from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from ..address import UnixAddressLike
+from ..ancillary import SocketAncillary, UnixCredentials
+from ..exceptions import (
+    ClientClosedError,
+    ConnectionBrokenError,
+    RemoteProtocolError,
+    RPCError,
+    StreamProtocolParseError,
+)
+from ..methods import Method, StreamMethod
+from ..protocol import StreamProtocol
+from ..transport.async_client import AsyncUnixStreamClient
+from ._calls import decode_frame, encode_params, final_value, item_value, spec_of, stream_end
+from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
+from .framing import FrameSerializer
+
+__all__ = ["AsyncClient", "AsyncStreamCall"]
+
+ResultT = TypeVar("ResultT")
+ItemT = TypeVar("ItemT")
+
+
+class AsyncClient:
+    """An asynchronous connection to a unixrpc server, under asyncio or trio.
+
+    Use it as ``async with AsyncClient(path) as client:``; entering connects
+    and starts the client's reader task. Any number of tasks may call at once;
+    their calls share the connection and are answered in any order.
+
+    Args:
+        address: the server's socket path, abstract name (leading NUL), or a
+            connected ``socket.socket`` (ownership passes to the client).
+        timeout: default per-call timeout in seconds (None: wait forever).
+            The framework's own scopes (``anyio.fail_after``,
+            ``asyncio.timeout``, ``trio.move_on_after``) work as well.
+        max_frame_size, max_fds_per_frame, stream_window: as for :class:`Client`.
+
+    Raises:
+        ValueError: an argument is out of range.
+        (on entering) FileNotFoundError, ConnectionRefusedError, OSError.
+    """
+
+    def __init__(
+        self,
+        address: UnixAddressLike | Any,
+        *,
+        timeout: float | None = None,
+        max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
+        max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
+        stream_window: int = DEFAULT_STREAM_WINDOW,
+    ) -> None:
+        if stream_window < 1:
+            raise ValueError(f"stream_window must be at least 1, got {stream_window}")
+        framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
+        protocol = StreamProtocol(framing)
+        self._ancillary_bufsize = framing.ancillary_bufsize
+        self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
+            address, protocol
+        )
+        self._timeout = timeout
+        self._window = stream_window
+        self._table = CallTable()
+        self._fd_queue = FdQueue()
+        self._broken: BaseException | None = None
+        self._task_group: TaskGroup | None = None
+        self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
+
+    async def __aenter__(self) -> Self:
+        if self._task_group is not None:
+            raise RuntimeError("this AsyncClient was already entered")
+        try:
+            await self._raw.wait_connected()
+        except BaseException:
+            await self._raw.aclose()
+            raise
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        task_group.start_soon(self._reader)
+        task_group.start_soon(self._canceller)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight raise ClientClosedError. Idempotent."""
+        self._fail(ClientClosedError("client is closed"))
+        await self._raw.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient {'broken' if self._broken else 'open'}>"
+
+    @property
+    def raw(self) -> AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame]:
+        """The raw packet client underneath (packets are RPC frames), for
+        socket options and peer information; do not read or write on it."""
+        return self._raw
+
+    def get_peer_credentials(self) -> UnixCredentials:
+        """The server process's pid, uid and gid.
+
+        Raises:
+            RuntimeError: not connected yet.
+        """
+        return self._raw.get_peer_credentials()
+
+    # -- calls --------------------------------------------------------------
+
+    async def call(self, method: Method[ResultT], *, timeout: float | _Default | None = DEFAULT) -> ResultT:
+        """Call *method* on the server and return its validated result.
+
+        Cancelling the awaiting task (or a timeout) cancels the call on the
+        server; a reply that comes later is dropped.
+
+        Raises:
+            RPCError: the server answered with an error (typed subclasses
+                re-raise as their own class).
+            TimeoutError: no result within *timeout*.
+            InvalidResultError: the result does not match the method's type.
+            TypeError: *method* is not a method instance, or is a StreamMethod.
+            ClientClosedError, ConnectionBrokenError: the connection is gone.
+            RuntimeError: the client was not entered with ``async with``.
+        """
+        spec = spec_of(method, streaming=False)
+        slot = await self._start(spec.name_json, encode_params(method), None)
+        kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
+        return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
+
+    async def notify(self, method: Method[Any]) -> None:
+        """Send *method* as a one-way notification: no reply, no error back.
+
+        Raises:
+            TypeError: *method* is not a method instance, or is a StreamMethod.
+            ClientClosedError, ConnectionBrokenError: the connection is gone.
+        """
+        spec = spec_of(method, streaming=False)
+        self._check_usable()
+        await self._raw.send_packet(
+            wire.RawFrame(wire.encode_notification(spec.name_json, encode_params(method)))
+        )
+
+    def stream(
+        self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
+    ) -> AsyncStreamCall[ItemT]:
+        """A streaming call: ``async for item in client.stream(Watch()):``.
+
+        The request is sent when iteration starts. Breaking out of the loop
+        cancels the call on the server (at once with ``async with
+        client.stream(...) as items``, else when the iterator is dropped).
+
+        Raises:
+            TypeError: *method* is not a StreamMethod instance.
+            (while iterating) RPCError, TimeoutError, InvalidResultError,
+            ClientClosedError, ConnectionBrokenError.
+        """
+        spec = spec_of(method, streaming=True)
+        return AsyncStreamCall(self, spec, encode_params(method), timeout)
+
+    # -- internals ------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise self._broken_error()
+        if self._task_group is None:
+            raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
+
+    def _broken_error(self) -> Exception:
+        broken = self._broken
+        if isinstance(broken, ClientClosedError):
+            return ClientClosedError("client is closed")
+        if isinstance(broken, RPCError):
+            return RPCError.from_wire(broken.code, broken.message, broken.data)
+        error = ConnectionBrokenError(f"connection is broken: {broken}")
+        error.__cause__ = broken
+        return error
+
+    async def _start(self, name_json: bytes, params: bytes, window: int | None) -> CallSlot:
+        self._check_usable()
+        slot = self._table.open()
+        try:
+            await self._raw.send_packet(
+                wire.RawFrame(wire.encode_request(slot.call_id, name_json, params, window))
+            )
+        except BaseException:
+            self._table.abandon(slot)
+            raise
+        return slot
+
+    async def _next_message(
+        self, slot: CallSlot, timeout: float | None
+    ) -> tuple[str, dict[str, Any], list[int]]:
+        try:
+            if not slot.messages:
+                if timeout is None:
+                    await self._wait(slot)
+                else:
+                    try:
+                        with anyio.fail_after(timeout):
+                            await self._wait(slot)
+                    except TimeoutError:
+                        raise TimeoutError("no reply within the timeout") from None
+            return slot.messages.popleft()
+        except BaseException:
+            self._give_up(slot)
+            raise
+
+    async def _wait(self, slot: CallSlot) -> None:
+        while not slot.messages:
+            if self._broken is not None:
+                raise self._broken_error()
+            event = slot.waiter = anyio.Event()
+            await event.wait()
+
+    def _give_up(self, slot: CallSlot) -> None:
+        """The caller no longer wants *slot*: drop what came, cancel the rest."""
+        pending = not slot.finished
+        self._table.abandon(slot)
+        if pending and self._broken is None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._cancel_send.send_nowait(slot.call_id)
+
+    async def _send_credit(self, slot: CallSlot, count: int) -> None:
+        await self._raw.send_packet(wire.RawFrame(wire.encode_credit(slot.call_id, count)))
+
+    async def _canceller(self) -> None:
+        async with self._cancel_receive:
+            async for call_id in self._cancel_receive:
+                try:
+                    await self._raw.send_packet(wire.RawFrame(wire.encode_cancel(call_id)))
+                except (OSError, RPCError):
+                    return
+
+    async def _reader(self) -> None:
+        raw, fd_queue, table = self._raw, self._fd_queue, self._table
+        ancillary = SocketAncillary()
+        try:
+            while True:
+                try:
+                    frame = await raw.recv_packet(
+                        ancillary_data=ancillary, ancillary_bufsize=self._ancillary_bufsize
+                    )
+                finally:
+                    if ancillary:
+                        fd_queue.push(ancillary.iter_fds())
+                        ancillary.clear()
+                kind, envelope, fds = decode_frame(frame, fd_queue)
+                if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
+                    close_fds(fds)  # requests from a server are not part of the protocol
+                    continue
+                if envelope["id"] is None:  # an error about the connection as a whole
+                    error = envelope["error"]
+                    self._fail(
+                        RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
+                    )
+                    return
+                slot = table.file(kind, envelope, fds)
+                if slot is not None and slot.waiter is not None:
+                    slot.waiter.set()
+                    slot.waiter = None
+        except StreamProtocolParseError as exc:
+            self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
+        except (ConnectionError, RemoteProtocolError) as exc:
+            self._fail(exc)
+        except BaseException:
+            self._fail(ClientClosedError("client is closed"))
+            raise
+
+    def _fail(self, error: BaseException) -> None:
+        """The connection is unusable: fail every call in flight."""
+        if self._broken is None:
+            self._broken = error
+        for slot in self._table.fail_all():
+            slot.discard()
+            if slot.waiter is not None:
+                slot.waiter.set()
+                slot.waiter = None
+        self._fd_queue.close_all()
+        self._cancel_send.close()
+
+
+class AsyncStreamCall(Generic[ItemT]):
+    """The items of a streaming call, as an async iterator."""
+
+    def __init__(
+        self, client: AsyncClient, spec: Any, params: bytes, timeout: float | _Default | None
+    ) -> None:
+        self._client = client
+        self._spec = spec
+        self._params = params
+        self._timeout = client._timeout if timeout is DEFAULT else timeout
+        self._slot: CallSlot | None = None
+        self._done = False
+        self._consumed = 0
+        self._credit_every = max(client._window // 2, 1)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> ItemT:
+        if self._done:
+            raise StopAsyncIteration
+        client = self._client
+        try:
+            if self._slot is None:
+                self._slot = await client._start(self._spec.name_json, self._params, client._window)
+            kind, envelope, fds = await client._next_message(self._slot, self._timeout)
+        except BaseException:
+            self._done = True
+            raise
+        if kind == wire.ITEM:
+            self._consumed += 1
+            if self._consumed >= self._credit_every:
+                await client._send_credit(self._slot, self._consumed)
+                self._consumed = 0
+            return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
+        self._done = True
+        stream_end(kind, envelope, fds)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop the stream; the server cancels its handler. Idempotent."""
+        self._close()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._slot is not None:
+                self._client._give_up(self._slot)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            self._close()

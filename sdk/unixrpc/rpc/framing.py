@@ -1,0 +1,88 @@
+"""FrameSerializer: the RPC frame (``u32 length | u16 fd count`` + JSON body)
+as a raw-layer serializer, so the RPC clients and the server run on the
+raw Unix stream clients. No I/O.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from .._core.wire import (
+    DEFAULT_MAX_FDS_PER_FRAME,
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER,
+    HEADER_SIZE,
+    KERNEL_MAX_FDS,
+    RawFrame,
+)
+from ..exceptions import FrameTooLargeError, LocalProtocolError, OversizedFrameError
+from ..serializers.abc import AbstractFramedPacketSerializer, FrameLocation
+
+__all__ = ["FrameSerializer"]
+
+
+class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
+    """Frames :class:`RawFrame` packets for the unixrpc wire protocol.
+
+    Args:
+        max_frame_size: the largest body sent or accepted, in bytes.
+        max_fds: the most descriptors one frame may declare (at most 253, the
+            kernel's limit for one ``sendmsg``).
+
+    Raises:
+        ValueError: a limit is out of range.
+    """
+
+    __slots__ = ("ancillary_bufsize", "max_fds", "max_frame_size")
+
+    def __init__(
+        self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS_PER_FRAME
+    ) -> None:
+        if not 0 < max_frame_size < 2**32:
+            raise ValueError(f"max_frame_size must be in 1..{2**32 - 1}, got {max_frame_size}")
+        if not 0 <= max_fds <= KERNEL_MAX_FDS:
+            raise ValueError(f"max_fds must be in 0..{KERNEL_MAX_FDS}, got {max_fds}")
+        self.max_frame_size = max_frame_size
+        self.max_fds = max_fds
+        #: control buffer for one read: the kernel hands over the descriptors
+        #: of at most one sendmsg per recvmsg
+        self.ancillary_bufsize = socket.CMSG_SPACE(4 * max(max_fds, 1))
+
+    def serialize_frame(self, packet: RawFrame) -> bytes:
+        """The bytes of *packet* on the wire.
+
+        Raises:
+            FrameTooLargeError: the body is over ``max_frame_size``.
+            LocalProtocolError: more descriptors than ``max_fds``.
+        """
+        body, nfds = packet
+        if len(body) > self.max_frame_size:
+            raise FrameTooLargeError(len(body), self.max_frame_size)
+        if nfds > self.max_fds:
+            raise LocalProtocolError(f"a frame may carry at most {self.max_fds} file descriptors, got {nfds}")
+        return HEADER.pack(len(body), nfds) + body
+
+    def locate_frame(
+        self, buffer: bytes | bytearray, start: int, end: int, searched: int
+    ) -> FrameLocation | None:
+        body_start = start + HEADER_SIZE
+        if end < body_start:
+            return None
+        size, nfds = HEADER.unpack_from(buffer, start)
+        body_end = body_start + size
+        if size > self.max_frame_size:
+            raise OversizedFrameError(
+                f"frame of {size} bytes is over the limit of {self.max_frame_size} bytes",
+                next_frame_at=body_end,
+            )
+        if nfds > self.max_fds:
+            raise OversizedFrameError(
+                f"frame declares {nfds} file descriptors, over the limit of {self.max_fds}",
+                next_frame_at=body_end,
+            )
+        if end < body_end:
+            return None
+        return start, body_end, body_end  # the header too: parse_frame_body needs the fd count
+
+    def parse_frame_body(self, body: bytes | bytearray) -> RawFrame:
+        return RawFrame(bytes(memoryview(body)[HEADER_SIZE:]), HEADER.unpack_from(body)[1])

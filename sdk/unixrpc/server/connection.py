@@ -1,0 +1,344 @@
+"""One client connection on the server: read frames, dispatch calls
+concurrently, send replies.
+
+Owns the per-connection rules: every call runs in its own task inside the
+connection's task group, under a cancel scope a cancel request can reach;
+every request gets exactly one final reply (result or error, ``Cancelled``
+included); a bad frame gets a protocol error and the connection goes on, unless
+the stream itself cannot be trusted any more (oversized frame, descriptors
+that never came), in which case the connection is closed. The descriptors
+of every dropped frame are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from .._core import wire
+from .._core.calls import FdQueue, close_fds
+from ..ancillary import SocketAncillary, UnixCredentials
+from ..exceptions import (
+    AncillaryDataTruncatedError,
+    CallCancelledError,
+    ClientClosedError,
+    ConnectionBrokenError,
+    InternalError,
+    InvalidParamsError,
+    MethodNotFoundError,
+    PermissionDeniedError,
+    ProtocolViolationError,
+    RPCError,
+    ServerBusyError,
+    StreamProtocolParseError,
+)
+from ..transport.async_client import AsyncUnixStreamClient
+from .context import CallContext
+
+if TYPE_CHECKING:
+    from .server import Server, _Handler
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("unixrpc.server")
+
+
+class _Credit:
+    """How many more items a stream may send before the client asks for more."""
+
+    __slots__ = ("_event", "available")
+
+    def __init__(self, window: int) -> None:
+        self.available = window
+        self._event: anyio.Event | None = None
+
+    def grant(self, count: int) -> None:
+        self.available += count
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def take(self) -> None:
+        while self.available <= 0:
+            event = self._event = anyio.Event()
+            await event.wait()
+        self.available -= 1
+
+
+class _Worker:
+    """A task of the connection's pool that runs one call at a time; reused,
+    since spawning a task per call costs more than the call itself."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        self.job: tuple[Any, ...] | None = None
+        self.wake = anyio.Event()
+
+
+class Connection:
+    """Serves one accepted connection until it ends."""
+
+    def __init__(
+        self,
+        server: Server,
+        transport: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame],
+        connection_id: int,
+    ) -> None:
+        self._server = server
+        self._transport = transport
+        self.connection_id = connection_id
+        self.peer: UnixCredentials = transport.get_peer_credentials()
+        self._fd_queue = FdQueue()
+        self.in_flight: dict[int | object, anyio.CancelScope] = {}
+        self._credits: dict[int, _Credit] = {}
+        self._idle_workers: list[_Worker] = []
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def run(self) -> None:
+        """Read and dispatch until the peer leaves or the stream breaks; calls
+        already running are let finish (a closed peer just misses the reply)."""
+        try:
+            async with anyio.create_task_group() as task_group:
+                self._task_group = task_group
+                await self._read_loop(task_group)
+                for worker in self._idle_workers:  # no more work: let the pool end
+                    worker.wake.set()
+        finally:
+            self._fd_queue.close_all()
+
+    async def _read_loop(self, task_group: anyio.abc.TaskGroup) -> None:
+        transport, fd_queue = self._transport, self._fd_queue
+        ancillary = SocketAncillary()
+        while True:
+            try:
+                frame = await transport.recv_packet(
+                    ancillary_data=ancillary, ancillary_bufsize=self._server._framing.ancillary_bufsize
+                )
+            except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
+                await self._send_error(None, ProtocolViolationError(str(exc.error)))
+                return
+            except AncillaryDataTruncatedError as exc:
+                logger.warning("connection %d: %s", self.connection_id, exc)
+                return
+            except (ConnectionBrokenError, ClientClosedError):
+                return
+            finally:
+                if ancillary:
+                    fd_queue.push(ancillary.iter_fds())
+                    ancillary.clear()
+            try:
+                fds = fd_queue.take(frame.nfds)
+            except ValueError as exc:
+                await self._send_error(None, ProtocolViolationError(str(exc)))
+                return
+            envelope: Any = None
+            try:
+                envelope = orjson.loads(frame.body)
+                kind = wire.classify(envelope)
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                close_fds(fds)
+                call_id = envelope.get("id") if isinstance(envelope, dict) else None
+                await self._send_error(
+                    call_id if type(call_id) is int else None,
+                    ProtocolViolationError(f"invalid envelope: {exc}"),
+                )
+                continue
+            if kind == wire.REQUEST or kind == wire.NOTIFICATION:
+                self._dispatch(task_group, kind, envelope, fds)
+            elif kind == wire.CANCEL:
+                close_fds(fds)
+                scope = self.in_flight.get(envelope["cancel"])
+                if scope is not None:
+                    scope.cancel()
+            elif kind == wire.CREDIT:
+                close_fds(fds)
+                credit = self._credits.get(envelope["credit"])
+                if credit is not None:
+                    credit.grant(envelope["n"])
+            else:
+                close_fds(fds)
+                await self._send_error(None, ProtocolViolationError(f"a client may not send {kind} messages"))
+
+    def _dispatch(
+        self, task_group: anyio.abc.TaskGroup, kind: str, envelope: dict[str, Any], fds: list[int]
+    ) -> None:
+        server = self._server
+        call_id: int | None = envelope.get("id")
+        name: str = envelope["method"]
+
+        def refuse(error: RPCError) -> None:
+            close_fds(fds)
+            if call_id is not None:
+                task_group.start_soon(self._send_error, call_id, error)
+            else:
+                logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+
+        if server.is_shutting_down():
+            return refuse(ServerBusyError("server is shutting down"))
+        if len(self.in_flight) >= server.max_calls_per_connection:
+            return refuse(
+                ServerBusyError(
+                    f"too many calls in flight on this connection (limit {server.max_calls_per_connection})"
+                )
+            )
+        if call_id is not None and call_id in self.in_flight:
+            return refuse(ProtocolViolationError(f"call id {call_id} is already in flight"))
+        handler = server._handlers.get(name)
+        if handler is None:
+            return refuse(MethodNotFoundError(f"no method named {name!r}"))
+        window = envelope.get("stream")
+        if handler.spec.streaming and window is None and call_id is not None:
+            return refuse(ProtocolViolationError(f'{name} is a stream method: send a "stream" window'))
+        if not handler.spec.streaming and window is not None:
+            return refuse(ProtocolViolationError(f"{name} is not a stream method"))
+        params = envelope.get("params", {})
+        try:
+            request = handler.spec.method_class.model_validate(params)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False)
+            return refuse(
+                InvalidParamsError(f"invalid params for {name}: {exc.error_count()} error(s)", data=errors)
+            )
+        close_fds(fds)  # descriptors are only meaningful inside FD fields (see the fd layer)
+        context = CallContext(self.peer, name, call_id, self.connection_id)
+        scope = anyio.CancelScope()
+        key: int | object = call_id if call_id is not None else object()
+        self.in_flight[key] = scope
+        job = (handler, request, context, scope, key, window)
+        if self._idle_workers:
+            worker = self._idle_workers.pop()
+            worker.job = job
+            worker.wake.set()
+        else:
+            worker = _Worker()
+            worker.job = job
+            task_group.start_soon(self._work, worker)
+
+    async def _work(self, worker: _Worker) -> None:
+        while worker.job is not None:
+            job, worker.job = worker.job, None
+            await self._run_call(*job)
+            worker.wake = anyio.Event()
+            self._idle_workers.append(worker)
+            await worker.wake.wait()
+
+    async def _run_call(
+        self,
+        handler: _Handler,
+        request: Any,
+        context: CallContext,
+        scope: anyio.CancelScope,
+        key: int | object,
+        window: int | None,
+    ) -> None:
+        call_id = context.call_id
+        reply: bytes | None = None
+        try:
+            with scope:
+                await self._authorize(context, request)
+                if handler.spec.streaming:
+                    assert call_id is not None or window is None
+                    await self._run_stream(handler, request, context, window or 1)
+                    reply = wire.encode_result(call_id, b"null") if call_id is not None else None
+                else:
+                    result = await self._invoke(handler, request, context)
+                    if call_id is not None:
+                        reply = wire.encode_result(call_id, self._encode(handler, result, "result"))
+            if scope.cancelled_caught:
+                reply = self._error_reply(call_id, CallCancelledError("call cancelled by the client"))
+        except RPCError as exc:
+            reply = self._error_reply(call_id, exc)
+        except Exception as exc:
+            logger.exception("handler of %s raised", context.method)
+            data = {"traceback": traceback.format_exc()} if self._server.expose_tracebacks else None
+            reply = self._error_reply(
+                call_id, InternalError(f"handler of {context.method} raised {type(exc).__name__}", data=data)
+            )
+        finally:
+            self.in_flight.pop(key, None)
+            if call_id is not None:
+                self._credits.pop(call_id, None)
+        if reply is not None:
+            await self._send(reply)
+
+    async def _authorize(self, context: CallContext, request: Any) -> None:
+        hook = self._server.authorize
+        if hook is None:
+            return
+        allowed = hook(context, request)
+        if isinstance(allowed, Awaitable):
+            allowed = await allowed
+        if not allowed:
+            raise PermissionDeniedError(
+                f"{context.method} is not allowed for uid {context.peer.uid} (pid {context.peer.pid})"
+            )
+
+    @staticmethod
+    async def _invoke(handler: _Handler, request: Any, context: CallContext) -> Any:
+        args = (request, context) if handler.wants_context else (request,)
+        if handler.is_async:
+            return await handler.function(*args)
+        return await anyio.to_thread.run_sync(handler.function, *args, abandon_on_cancel=True)
+
+    async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
+        call_id = context.call_id
+        credit = _Credit(window)
+        if call_id is not None:
+            self._credits[call_id] = credit
+        args = (request, context) if handler.wants_context else (request,)
+        items = handler.function(*args)
+        if handler.is_async:
+            try:
+                async for item in items:
+                    await self._send_item(handler, call_id, credit, item)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await items.aclose()
+        else:
+            done = object()
+            try:
+                while True:
+                    item = await anyio.to_thread.run_sync(next, items, done, abandon_on_cancel=True)
+                    if item is done:
+                        break
+                    await self._send_item(handler, call_id, credit, item)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(items.close)
+
+    async def _send_item(self, handler: _Handler, call_id: int | None, credit: _Credit, item: Any) -> None:
+        if call_id is None:
+            return
+        await credit.take()
+        await self._send(wire.encode_item(call_id, self._encode(handler, item, "item")))
+
+    @staticmethod
+    def _encode(handler: _Handler, value: Any, what: str) -> bytes:
+        try:
+            return handler.spec.result_adapter.serializer.to_json(value, by_alias=True, warnings="error")
+        except PydanticSerializationError as exc:
+            raise InternalError(f"handler of {handler.spec.name} returned an invalid {what}: {exc}") from None
+
+    @staticmethod
+    def _error_reply(call_id: int | None, error: RPCError) -> bytes | None:
+        if call_id is None:
+            logger.info("notification failed: %r", error)
+            return None
+        return wire.encode_error(call_id, error.code, error.message, error.data)
+
+    async def _send_error(self, call_id: int | None, error: RPCError) -> None:
+        await self._send(wire.encode_error(call_id, error.code, error.message, error.data))
+
+    async def _send(self, body: bytes) -> None:
+        try:
+            await self._transport.send_packet(wire.RawFrame(body))
+        except (ConnectionError, OSError) as exc:
+            logger.debug("connection %d: reply not sent: %s", self.connection_id, exc)
