@@ -13,6 +13,7 @@ of every dropped frame are closed.
 from __future__ import annotations
 
 import logging
+import select
 import traceback
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -103,16 +104,32 @@ class Connection:
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
-        """Read and dispatch until the peer leaves or the stream breaks; calls
-        already running are let finish (a closed peer just misses the reply)."""
+        """Read and dispatch until the peer leaves or the stream breaks.
+
+        If the peer only shut down its write side, calls in flight finish and
+        are answered. If it closed the connection, no answer can reach it:
+        calls in flight are cancelled, notifications are let finish."""
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 await self._read_loop(task_group)
+                if self._peer_hung_up():
+                    for key, scope in list(self.in_flight.items()):
+                        if type(key) is int:
+                            scope.cancel()
                 for worker in self._idle_workers:  # no more work: let the pool end
                     worker.wake.set()
         finally:
             self._fd_queue.close_all()
+
+    def _peer_hung_up(self) -> bool:
+        """True when the peer closed both directions (not a mere send_eof)."""
+        try:
+            poller = select.poll()
+            poller.register(self._transport.socket.fileno(), select.POLLHUP)
+            return any(events & select.POLLHUP for _, events in poller.poll(0))
+        except (OSError, RuntimeError, ClientClosedError):
+            return True
 
     async def _read_loop(self, task_group: anyio.abc.TaskGroup) -> None:
         transport, fd_queue = self._transport, self._fd_queue

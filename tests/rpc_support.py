@@ -1,0 +1,153 @@
+"""Helpers for RPC tests: methods, a server with handlers for them, and ways
+to run it (in the test's event loop, or in a thread for sync clients)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+from anyio.from_thread import start_blocking_portal
+from pydantic import BaseModel
+
+from unixrpc import CallContext, Method, RPCError, Server, StreamMethod
+
+
+class Add(Method[int]):
+    a: int
+    b: int
+
+
+class Sleep(Method[str]):
+    """Sleeps, then answers; records that it started and whether it was cancelled."""
+
+    seconds: float
+    tag: str = ""
+
+
+class Echo(Method[dict[str, object]]):
+    payload: dict[str, object]
+
+
+class User(BaseModel):
+    uid: int
+    name: str
+
+
+class GetUser(Method[User], name="users.Get"):
+    uid: int
+
+
+class WhoAmI(Method[list[int]]):
+    pass
+
+
+class Fail(Method[int]):
+    kind: str
+
+
+class Log(Method[None]):
+    line: str
+
+
+class Count(StreamMethod[int]):
+    n: int
+    delay: float = 0.0
+
+
+class UserNotFound(RPCError, code="users.NotFound"):
+    uid: int
+
+
+class Events:
+    """What handlers saw, for assertions (shared between server and test)."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.cancelled: list[str] = []
+        self.logged: list[str] = []
+        self.produced = 0
+        self.stream_closed = 0
+
+
+def make_server(events: Events | None = None, **kwargs: object) -> Server:
+    events = events if events is not None else Events()
+    server = Server(**kwargs)  # type: ignore[arg-type]
+
+    @server.method(Add)
+    async def add(req: Add) -> int:
+        return req.a + req.b
+
+    @server.method(Sleep)
+    async def sleep(req: Sleep) -> str:
+        events.started.append(req.tag)
+        try:
+            await anyio.sleep(req.seconds)
+        except anyio.get_cancelled_exc_class():
+            events.cancelled.append(req.tag)
+            raise
+        return req.tag
+
+    @server.method(Echo)
+    def echo(req: Echo) -> dict[str, object]:  # a plain def: runs in a worker thread
+        return req.payload
+
+    @server.method(GetUser)
+    def get_user(req: GetUser) -> User:
+        if req.uid == 0:
+            return User(uid=0, name="root")
+        raise UserNotFound(uid=req.uid)
+
+    @server.method(WhoAmI)
+    async def whoami(req: WhoAmI, ctx: CallContext) -> list[int]:
+        return [ctx.peer.pid, ctx.peer.uid, ctx.peer.gid]
+
+    @server.method(Fail)
+    async def fail(req: Fail) -> int:
+        if req.kind == "value":
+            raise ValueError("secret internal detail")
+        if req.kind == "bad-result":
+            return "not an int"  # type: ignore[return-value]
+        raise RPCError("plain rpc error", data={"k": 1})
+
+    @server.method(Log)
+    async def log(req: Log) -> None:
+        events.logged.append(req.line)
+
+    @server.method(Count)
+    async def count(req: Count) -> AsyncIterator[int]:
+        try:
+            for i in range(req.n):
+                events.produced += 1
+                yield i
+                if req.delay:
+                    await anyio.sleep(req.delay)
+        finally:
+            events.stream_closed += 1
+
+    return server
+
+
+@asynccontextmanager
+async def serving(server: Server, path: str) -> AsyncIterator[str]:
+    """Run *server* on *path* in the current event loop for the block."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve, path)
+        try:
+            yield path
+        finally:
+            tg.cancel_scope.cancel()
+
+
+@contextmanager
+def serving_in_thread(server: Server, path: str, backend: str = "asyncio") -> Iterator[str]:
+    """Run *server* in its own event loop in another thread (for sync clients)."""
+    with start_blocking_portal(backend) as portal:
+        future, _ = portal.start_task(server.serve, path)
+        try:
+            yield path
+        finally:
+            portal.call(server.shutdown)
+            future.result(timeout=30)
+    assert not os.path.exists(path)
