@@ -41,5 +41,5 @@ async def async_calls(client: AsyncClient) -> None:
 
 
 def wrong(client: Client) -> None:
-    total: str = client.call(Add(a=1, b=2))  # expect-error: assignment
+    total: str = client.call(Add(a=1, b=2))  # noqa: F841  # expect-error: assignment
     client.call(Watch(topic="t"))  # expect-error: arg-type
