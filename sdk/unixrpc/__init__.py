@@ -28,6 +28,7 @@ from .exceptions import (
     ServerBusyError,
     StreamProtocolParseError,
 )
+from .fds import FD, FileDescriptor
 from .methods import Method, StreamMethod
 from .protocol import StreamProtocol
 from .rpc import AsyncClient, AsyncStreamCall, Client, StreamCall
@@ -40,11 +41,15 @@ from .serializers import (
     PydanticSerializer,
 )
 from .server import CallContext, Server
+from .shared_buffer import SharedBuffer
 from .transport import AsyncUnixStreamClient, SocketProxy, UnixStreamClient
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FD",
+    "FileDescriptor",
+    "SharedBuffer",
     "AsyncClient",
     "AsyncStreamCall",
     "CallCancelledError",

@@ -254,6 +254,7 @@ class RPCError(Exception):
             validated = model(**fields)
             for name in type(validated).model_fields:
                 setattr(self, name, getattr(validated, name))
+            self._rpc_fields = validated  # re-encoded on the wire (FD fields need a frame)
             data = validated.model_dump(mode="json")
         elif fields:
             raise TypeError(f"{type(self).__name__} declares no fields, got {sorted(fields)}")
@@ -274,7 +275,7 @@ class RPCError(Exception):
         return (_rebuild_error, (type(self), self.code, self.message, self.data))
 
     @classmethod
-    def from_wire(cls, code: str, message: str, data: Any) -> RPCError:
+    def from_wire(cls, code: str, message: str, data: Any, *, context: Any = None) -> RPCError:
         """The exception for an error object received from the peer: the
         registered class for *code* if there is one and *data* fits its fields,
         else a plain :class:`RPCError` carrying *code*."""
@@ -284,7 +285,7 @@ class RPCError(Exception):
             model = klass.__rpc_data_model__
             try:
                 if model is not None:
-                    validated = model.model_validate(data if data is not None else {})
+                    validated = model.model_validate(data if data is not None else {}, context=context)
                     for name in type(validated).model_fields:
                         setattr(error, name, getattr(validated, name))
             except Exception:  # the peer's data does not fit our class: keep it raw

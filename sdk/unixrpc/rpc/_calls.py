@@ -9,13 +9,25 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
+from pydantic_core import PydanticSerializationError
 
 from .._core import wire
 from .._core.calls import FdQueue, close_fds
-from ..exceptions import InvalidResultError, RemoteProtocolError, RPCError
+from ..ancillary import SocketAncillary
+from ..exceptions import InvalidResultError, RemoteProtocolError, RPCError, SerializeError
+from ..fds import FdContext
 from ..methods import MethodSpec, method_spec
 
-__all__ = ["decode_frame", "encode_params", "final_value", "item_value", "spec_of", "stream_end"]
+__all__ = [
+    "decode_frame",
+    "encode_params",
+    "error_from_envelope",
+    "final_value",
+    "item_value",
+    "outgoing",
+    "spec_of",
+    "stream_end",
+]
 
 
 def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:
@@ -35,9 +47,28 @@ def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:
     return spec
 
 
-def encode_params(method: BaseModel) -> bytes:
-    """The JSON of a method's params."""
-    return method.__pydantic_serializer__.to_json(method)
+def encode_params(method: BaseModel) -> tuple[bytes, FdContext]:
+    """The JSON of a method's params, and the descriptors of its FD fields.
+
+    Raises:
+        SerializeError: a field cannot be encoded (e.g. a closed FileDescriptor).
+    """
+    fd_context = FdContext()
+    try:
+        serializer = method.__pydantic_serializer__
+        data = serializer.to_json(method, by_alias=True, context=fd_context.pydantic_context)
+    except (PydanticSerializationError, ValueError) as exc:
+        raise SerializeError(f"cannot encode {type(method).__name__}: {exc}") from None
+    return data, fd_context
+
+
+def outgoing(body: bytes, fd_context: FdContext | None) -> tuple[wire.RawFrame, SocketAncillary | None]:
+    """The frame for *body* and the ancillary data carrying its descriptors."""
+    if fd_context is None or not fd_context.outgoing:
+        return wire.RawFrame(body), None
+    ancillary = SocketAncillary()
+    ancillary.add_fds(handle.fileno() for handle in fd_context.outgoing)
+    return wire.RawFrame(body, len(fd_context.outgoing)), ancillary
 
 
 def decode_frame(frame: wire.RawFrame, fd_queue: FdQueue) -> tuple[str, dict[str, Any], list[int]]:
@@ -70,10 +101,23 @@ def final_value(spec: MethodSpec, kind: str, envelope: dict[str, Any], fds: list
         InvalidResultError: the result does not validate as the method's type.
     """
     if kind == wire.ERROR:
-        close_fds(fds)
-        error = envelope["error"]
-        raise RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
+        raise error_from_envelope(envelope, fds)
     return _validated(spec, envelope["result"], fds, "result")
+
+
+def error_from_envelope(envelope: dict[str, Any], fds: list[int]) -> RPCError:
+    """The exception for an error envelope; FD fields of a typed error take
+    their descriptors, the others are closed."""
+    error = envelope["error"]
+    fd_context = FdContext(fds)
+    result = RPCError.from_wire(
+        error["code"], str(error.get("message", "")), error.get("data"), context=fd_context.pydantic_context
+    )
+    if type(result).__rpc_data_model__ is None:
+        fd_context.abort()  # no typed fields took them (or the data did not fit the class)
+    else:
+        fd_context.finish()
+    return result
 
 
 def stream_end(kind: str, envelope: dict[str, Any], fds: list[int]) -> None:
@@ -82,10 +126,9 @@ def stream_end(kind: str, envelope: dict[str, Any], fds: list[int]) -> None:
     Raises:
         RPCError: the stream ended with an error.
     """
-    close_fds(fds)
     if kind == wire.ERROR:
-        error = envelope["error"]
-        raise RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
+        raise error_from_envelope(envelope, fds)
+    close_fds(fds)
 
 
 def item_value(spec: MethodSpec, envelope: dict[str, Any], fds: list[int]) -> Any:
@@ -98,10 +141,13 @@ def item_value(spec: MethodSpec, envelope: dict[str, Any], fds: list[int]) -> An
 
 
 def _validated(spec: MethodSpec, value: Any, fds: list[int], what: str) -> Any:
-    close_fds(fds)  # descriptors are only meaningful inside FD fields (see the fd layer)
+    fd_context = FdContext(fds)
     try:
-        return spec.result_adapter.validate_python(value)
+        result = spec.result_adapter.validate_python(value, context=fd_context.pydantic_context)
     except ValidationError as exc:
+        fd_context.abort()
         raise InvalidResultError(
             f"server sent an invalid {what} for {spec.name}: {exc}", error_info=exc.errors(include_url=False)
         ) from None
+    fd_context.finish()
+    return result

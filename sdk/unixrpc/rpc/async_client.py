@@ -28,10 +28,11 @@ from ..exceptions import (
     RPCError,
     StreamProtocolParseError,
 )
+from ..fds import FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
-from ._calls import decode_frame, encode_params, final_value, item_value, spec_of, stream_end
+from ._calls import decode_frame, encode_params, final_value, item_value, outgoing, spec_of, stream_end
 from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
 from .framing import FrameSerializer
 
@@ -150,7 +151,7 @@ class AsyncClient:
             RuntimeError: the client was not entered with ``async with``.
         """
         spec = spec_of(method, streaming=False)
-        slot = await self._start(spec.name_json, encode_params(method), None)
+        slot = await self._start(spec.name_json, *encode_params(method), None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
@@ -163,9 +164,12 @@ class AsyncClient:
         """
         spec = spec_of(method, streaming=False)
         self._check_usable()
-        await self._raw.send_packet(
-            wire.RawFrame(wire.encode_notification(spec.name_json, encode_params(method)))
-        )
+        params, fd_context = encode_params(method)
+        frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
+        try:
+            await self._raw.send_packet(frame, ancillary_data=ancillary)
+        finally:
+            fd_context.sent()
 
     def stream(
         self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
@@ -182,7 +186,7 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError.
         """
         spec = spec_of(method, streaming=True)
-        return AsyncStreamCall(self, spec, encode_params(method), timeout)
+        return AsyncStreamCall(self, spec, method, timeout)
 
     # -- internals ------------------------------------------------------------
 
@@ -202,16 +206,21 @@ class AsyncClient:
         error.__cause__ = broken
         return error
 
-    async def _start(self, name_json: bytes, params: bytes, window: int | None) -> CallSlot:
-        self._check_usable()
-        slot = self._table.open()
+    async def _start(
+        self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None
+    ) -> CallSlot:
         try:
-            await self._raw.send_packet(
-                wire.RawFrame(wire.encode_request(slot.call_id, name_json, params, window))
-            )
-        except BaseException:
-            self._table.abandon(slot)
-            raise
+            self._check_usable()
+            slot = self._table.open()
+            request = wire.encode_request(slot.call_id, name_json, params, window)
+            frame, ancillary = outgoing(request, fd_context)
+            try:
+                await self._raw.send_packet(frame, ancillary_data=ancillary)
+            except BaseException:
+                self._table.abandon(slot)
+                raise
+        finally:
+            fd_context.sent()
         return slot
 
     async def _next_message(
@@ -309,12 +318,10 @@ class AsyncClient:
 class AsyncStreamCall(Generic[ItemT]):
     """The items of a streaming call, as an async iterator."""
 
-    def __init__(
-        self, client: AsyncClient, spec: Any, params: bytes, timeout: float | _Default | None
-    ) -> None:
+    def __init__(self, client: AsyncClient, spec: Any, method: Any, timeout: float | _Default | None) -> None:
         self._client = client
         self._spec = spec
-        self._params = params
+        self._method = method
         self._timeout = client._timeout if timeout is DEFAULT else timeout
         self._slot: CallSlot | None = None
         self._done = False
@@ -330,7 +337,8 @@ class AsyncStreamCall(Generic[ItemT]):
         client = self._client
         try:
             if self._slot is None:
-                self._slot = await client._start(self._spec.name_json, self._params, client._window)
+                params, fd_context = encode_params(self._method)
+                self._slot = await client._start(self._spec.name_json, params, fd_context, client._window)
             kind, envelope, fds = await client._next_message(self._slot, self._timeout)
         except BaseException:
             self._done = True

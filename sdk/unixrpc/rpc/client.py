@@ -27,10 +27,11 @@ from ..exceptions import (
     RPCError,
     StreamProtocolParseError,
 )
+from ..fds import FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
-from ._calls import decode_frame, encode_params, final_value, item_value, spec_of, stream_end
+from ._calls import decode_frame, encode_params, final_value, item_value, outgoing, spec_of, stream_end
 from .framing import FrameSerializer
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
@@ -147,7 +148,7 @@ class Client:
         """
         spec = spec_of(method, streaming=False)
         deadline = self._deadline(timeout)
-        slot = self._start(spec.name_json, encode_params(method), None)
+        slot = self._start(spec.name_json, *encode_params(method), None)
         kind, envelope, fds = self._next_message(slot, deadline)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
@@ -160,7 +161,12 @@ class Client:
         """
         spec = spec_of(method, streaming=False)
         self._check_usable()
-        self._raw.send_packet(wire.RawFrame(wire.encode_notification(spec.name_json, encode_params(method))))
+        params, fd_context = encode_params(method)
+        frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
+        try:
+            self._raw.send_packet(frame, ancillary_data=ancillary)
+        finally:
+            fd_context.sent()
 
     def stream(
         self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
@@ -180,7 +186,7 @@ class Client:
             (while iterating) RPCError, TimeoutError, InvalidResultError.
         """
         spec = spec_of(method, streaming=True)
-        slot = self._start(spec.name_json, encode_params(method), self._window)
+        slot = self._start(spec.name_json, *encode_params(method), self._window)
         return StreamCall(self, spec, slot, timeout)
 
     # -- internals shared with StreamCall --------------------------------------
@@ -206,16 +212,21 @@ class Client:
         error.__cause__ = broken
         return error
 
-    def _start(self, name_json: bytes, params: bytes, window: int | None) -> CallSlot:
-        self._check_usable()
-        with self._table_lock:
-            slot = self._table.open()
+    def _start(self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None) -> CallSlot:
         try:
-            self._raw.send_packet(wire.RawFrame(wire.encode_request(slot.call_id, name_json, params, window)))
-        except BaseException:
+            self._check_usable()
             with self._table_lock:
-                self._table.abandon(slot)
-            raise
+                slot = self._table.open()
+            request = wire.encode_request(slot.call_id, name_json, params, window)
+            frame, ancillary = outgoing(request, fd_context)
+            try:
+                self._raw.send_packet(frame, ancillary_data=ancillary)
+            except BaseException:
+                with self._table_lock:
+                    self._table.abandon(slot)
+                raise
+        finally:
+            fd_context.sent()
         return slot
 
     def _give_up(self, slot: CallSlot) -> None:

@@ -40,6 +40,8 @@ from ..exceptions import (
     ServerBusyError,
     StreamProtocolParseError,
 )
+from ..fds import FdContext
+from ..rpc._calls import outgoing
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
 
@@ -217,19 +219,22 @@ class Connection:
         if not handler.spec.streaming and window is not None:
             return refuse(ProtocolViolationError(f"{name} is not a stream method"))
         params = envelope.get("params", {})
+        request_fds = FdContext(fds)
+        fds = []  # owned by request_fds from here on
         try:
-            request = handler.spec.method_class.model_validate(params)
+            request = handler.spec.method_class.model_validate(params, context=request_fds.pydantic_context)
         except ValidationError as exc:
+            request_fds.abort()
             errors = exc.errors(include_url=False, include_context=False)
             return refuse(
                 InvalidParamsError(f"invalid params for {name}: {exc.error_count()} error(s)", data=errors)
             )
-        close_fds(fds)  # descriptors are only meaningful inside FD fields (see the fd layer)
+        request_fds.finish()  # descriptors no FD field took are closed
         context = CallContext(self.peer, name, call_id, self.connection_id)
         scope = anyio.CancelScope()
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = scope
-        job = (handler, request, context, scope, key, window)
+        job = (handler, request, context, scope, key, window, request_fds)
         if self._idle_workers:
             worker = self._idle_workers.pop()
             worker.job = job
@@ -255,20 +260,22 @@ class Connection:
         scope: anyio.CancelScope,
         key: int | object,
         window: int | None,
+        request_fds: FdContext,
     ) -> None:
         call_id = context.call_id
-        reply: bytes | None = None
+        reply: tuple[bytes, FdContext | None] | None = None
         try:
             with scope:
                 await self._authorize(context, request)
                 if handler.spec.streaming:
                     assert call_id is not None or window is None
                     await self._run_stream(handler, request, context, window or 1)
-                    reply = wire.encode_result(call_id, b"null") if call_id is not None else None
+                    reply = (wire.encode_result(call_id, b"null"), None) if call_id is not None else None
                 else:
                     result = await self._invoke(handler, request, context)
                     if call_id is not None:
-                        reply = wire.encode_result(call_id, self._encode(handler, result, "result"))
+                        body, result_fds = self._encode(handler, result, "result")
+                        reply = wire.encode_result(call_id, body), result_fds
             if scope.cancelled_caught:
                 reply = self._error_reply(call_id, CallCancelledError("call cancelled by the client"))
         except RPCError as exc:
@@ -283,8 +290,10 @@ class Connection:
             self.in_flight.pop(key, None)
             if call_id is not None:
                 self._credits.pop(call_id, None)
+            # the request's descriptors live as long as the call (detach() keeps one)
+            request_fds.abort()
         if reply is not None:
-            await self._send(reply)
+            await self._send(*reply)
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
@@ -335,27 +344,44 @@ class Connection:
         if call_id is None:
             return
         await credit.take()
-        await self._send(wire.encode_item(call_id, self._encode(handler, item, "item")))
+        body, item_fds = self._encode(handler, item, "item")
+        await self._send(wire.encode_item(call_id, body), item_fds)
 
     @staticmethod
-    def _encode(handler: _Handler, value: Any, what: str) -> bytes:
+    def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext]:
+        fd_context = FdContext()
         try:
-            return handler.spec.result_adapter.serializer.to_json(value, by_alias=True, warnings="error")
-        except PydanticSerializationError as exc:
+            body = handler.spec.result_adapter.serializer.to_json(
+                value, by_alias=True, warnings="error", context=fd_context.pydantic_context
+            )
+        except (PydanticSerializationError, ValueError) as exc:
+            fd_context.sent()
             raise InternalError(f"handler of {handler.spec.name} returned an invalid {what}: {exc}") from None
+        return body, fd_context
 
     @staticmethod
-    def _error_reply(call_id: int | None, error: RPCError) -> bytes | None:
+    def _error_reply(call_id: int | None, error: RPCError) -> tuple[bytes, FdContext | None] | None:
         if call_id is None:
             logger.info("notification failed: %r", error)
             return None
-        return wire.encode_error(call_id, error.code, error.message, error.data)
+        fields = getattr(error, "_rpc_fields", None)
+        if fields is None:
+            return wire.encode_error(call_id, error.code, error.message, error.data), None
+        fd_context = FdContext()  # typed fields may hold FDs: encode them with the frame
+        data = orjson.loads(
+            fields.__pydantic_serializer__.to_json(fields, context=fd_context.pydantic_context)
+        )
+        return wire.encode_error(call_id, error.code, error.message, data), fd_context
 
     async def _send_error(self, call_id: int | None, error: RPCError) -> None:
         await self._send(wire.encode_error(call_id, error.code, error.message, error.data))
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, fd_context: FdContext | None = None) -> None:
+        frame, ancillary = outgoing(body, fd_context)
         try:
-            await self._transport.send_packet(wire.RawFrame(body))
+            await self._transport.send_packet(frame, ancillary_data=ancillary)
         except (ConnectionError, OSError) as exc:
             logger.debug("connection %d: reply not sent: %s", self.connection_id, exc)
+        finally:
+            if fd_context is not None:
+                fd_context.sent()

@@ -1,0 +1,297 @@
+"""File descriptors as typed fields: FileDescriptor (an owning handle) and the
+``FD`` annotation that makes a pydantic field travel as SCM_RIGHTS.
+
+Rules this module owns:
+
+* On the wire an ``FD`` field is an integer: the index of the descriptor in
+  the fds of the frame that carries it.
+* Ownership is explicit. A received descriptor is wrapped at once in a
+  :class:`FileDescriptor` that owns it: ``close()``, leaving its ``with``,
+  ``detach()``, ``open()``, or the garbage collector (with a
+  ``ResourceWarning``) release it. What a sender passes (an int, a file, a
+  socket, a FileDescriptor) is borrowed, not closed by sending, unless it was
+  wrapped with :meth:`FileDescriptor.transfer`.
+* Encoding and decoding happen inside a :class:`FdContext`, which collects
+  the descriptors of one frame (sending) or hands them out (receiving) and
+  closes every one that no field took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import warnings
+from typing import IO, Any, TypeAlias
+
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, SerializationInfo, ValidationInfo
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+__all__ = ["FD", "FdContext", "FileDescriptor"]
+
+_CONTEXT_KEY = "unixrpc.fds"
+
+
+class FileDescriptor:
+    """A file descriptor and whether this object owns it.
+
+    Received descriptors are owned: they are closed by :meth:`close`, by
+    leaving a ``with`` block, or by the garbage collector (which warns with a
+    ``ResourceWarning``). ``FileDescriptor(fd)`` takes ownership of *fd*;
+    :meth:`borrow` and :meth:`transfer` wrap one for sending.
+
+    Raises:
+        ValueError: *fd* is negative.
+    """
+
+    __slots__ = ("__weakref__", "_close_after_send", "_fd", "_keepalive", "_owned")
+
+    def __init__(self, fd: int) -> None:
+        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+            raise ValueError(f"invalid file descriptor: {fd!r}")
+        self._fd = fd
+        self._owned = True
+        self._keepalive: object = None
+        self._close_after_send = False
+
+    @classmethod
+    def borrow(cls, source: int | Any) -> FileDescriptor:
+        """Wrap a descriptor you keep owning (an int, or any object with
+        ``fileno()``, kept alive as long as the wrapper). Sending it leaves it
+        open; ``close()`` on the wrapper does not close it.
+
+        Raises:
+            TypeError: *source* is neither an int nor has ``fileno()``.
+            ValueError: the descriptor is negative (a closed file object).
+        """
+        if isinstance(source, FileDescriptor):
+            return source
+        if isinstance(source, int) and not isinstance(source, bool):
+            fd = source
+        elif hasattr(source, "fileno"):
+            fd = source.fileno()
+        else:
+            raise TypeError(f"expected a file descriptor (int or object with fileno()), got {source!r}")
+        handle = cls(fd)
+        handle._owned = False
+        handle._keepalive = source
+        return handle
+
+    @classmethod
+    def transfer(cls, source: int | Any) -> FileDescriptor:
+        """Wrap a descriptor whose ownership passes to the call: it is closed
+        once the frame carrying it has been sent (or when sending fails).
+        For a file or socket object, that object is closed.
+
+        Raises:
+            TypeError, ValueError: as for :meth:`borrow`.
+        """
+        handle = cls.borrow(source) if not isinstance(source, FileDescriptor) else source
+        handle._close_after_send = True
+        return handle
+
+    @property
+    def closed(self) -> bool:
+        """True once closed or detached."""
+        return self._fd < 0
+
+    @property
+    def owned(self) -> bool:
+        """True if closing this object closes the descriptor."""
+        return self._owned
+
+    def fileno(self) -> int:
+        """The descriptor number.
+
+        Raises:
+            ValueError: the descriptor was closed or detached.
+        """
+        if self._fd < 0:
+            raise ValueError("I/O operation on a closed FileDescriptor")
+        return self._fd
+
+    def detach(self) -> int:
+        """Give up ownership and return the number; you must close it.
+
+        Raises:
+            ValueError: already closed or detached.
+        """
+        fd = self.fileno()
+        self._fd = -1
+        return fd
+
+    def close(self) -> None:
+        """Close the descriptor if owned (a borrowed one is only forgotten).
+        Idempotent."""
+        fd, self._fd = self._fd, -1
+        keepalive, self._keepalive = self._keepalive, None
+        if fd < 0:
+            return
+        if self._owned:
+            os.close(fd)
+        elif self._close_after_send and keepalive is not None and hasattr(keepalive, "close"):
+            keepalive.close()
+        elif self._close_after_send:
+            os.close(fd)
+
+    def open(
+        self, mode: str = "r", buffering: int = -1, encoding: str | None = None, **kwargs: Any
+    ) -> IO[Any]:
+        """A file object over the descriptor (``os.fdopen``); the file object
+        takes ownership and this FileDescriptor is detached.
+
+        Raises:
+            ValueError: already closed or detached, or a bad *mode*.
+            OSError: the mode does not fit the descriptor.
+        """
+        fd = self.fileno()
+        if not self._owned:
+            fd = os.dup(fd)  # never hand out ownership of a borrowed descriptor
+        try:
+            result = open(fd, mode, buffering, encoding, closefd=True, **kwargs)  # noqa: SIM115 - returned
+        except BaseException:
+            if not self._owned:
+                os.close(fd)
+            raise
+        if self._owned:
+            self._fd = -1
+        return result
+
+    def socket(self) -> socket.socket:
+        """A ``socket.socket`` over the descriptor, which takes ownership
+        (this FileDescriptor is detached).
+
+        Raises:
+            ValueError: already closed or detached.
+            OSError: the descriptor is not a socket.
+        """
+        fd = self.fileno() if self._owned else os.dup(self.fileno())
+        sock = socket.socket(fileno=fd)
+        if self._owned:
+            self._fd = -1
+        return sock
+
+    def __enter__(self) -> FileDescriptor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else ("owned" if self._owned else "borrowed")
+        return f"<FileDescriptor {self._fd} {state}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0 and self._owned:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2)
+            _close_quietly(self._fd)
+            self._fd = -1
+
+
+class FdContext:
+    """The descriptors of one frame while it is encoded or decoded.
+
+    Sending: ``FdContext()``; encoding an ``FD`` field appends its
+    FileDescriptor and writes its index. Receiving: ``FdContext(fds)`` with the
+    frame's descriptors (now owned by the context); decoding an ``FD`` field
+    takes one by index. :meth:`finish` closes whatever no field took;
+    :meth:`abort` closes everything, taken or not.
+    """
+
+    __slots__ = ("_incoming", "_taken", "outgoing")
+
+    def __init__(self, incoming: list[int] | None = None) -> None:
+        self.outgoing: list[FileDescriptor] = []
+        self._incoming = incoming if incoming is not None else []
+        self._taken: dict[int, FileDescriptor] = {}
+
+    @property
+    def pydantic_context(self) -> dict[str, Any]:
+        """The ``context=`` for pydantic's validate/serialize calls."""
+        return {_CONTEXT_KEY: self}
+
+    def take(self, index: int) -> FileDescriptor:
+        if not 0 <= index < len(self._incoming):
+            count = len(self._incoming)
+            raise ValueError(f"fd index {index} out of range: the frame carries {count} descriptors")
+        if index in self._taken:
+            raise ValueError(f"fd index {index} is used twice")
+        handle = self._taken[index] = FileDescriptor(self._incoming[index])
+        return handle
+
+    def finish(self) -> None:
+        """Close the received descriptors that no field took."""
+        for index, fd in enumerate(self._incoming):
+            if index not in self._taken:
+                _close_quietly(fd)
+        self._incoming = []
+
+    def abort(self) -> None:
+        """Close every received descriptor, including those already wrapped."""
+        for handle in self._taken.values():
+            handle.close()
+        self._taken.clear()
+        self.finish()
+
+    def sent(self) -> None:
+        """The frame was sent (or given up): close what was transferred."""
+        for handle in self.outgoing:
+            if handle._close_after_send:
+                handle.close()
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _validate_fd(value: Any, info: ValidationInfo) -> FileDescriptor:
+    context = info.context.get(_CONTEXT_KEY) if isinstance(info.context, dict) else None
+    if isinstance(context, FdContext):  # from the wire: an index into the frame's fds
+        if type(value) is not int:
+            raise ValueError("an FD field must be an integer index into the frame's file descriptors")
+        return context.take(value)
+    if isinstance(value, FileDescriptor):
+        if value.closed:
+            raise ValueError("the FileDescriptor is closed")
+        return value
+    try:
+        handle = FileDescriptor.borrow(value)
+    except TypeError:
+        raise ValueError(
+            "expected a file descriptor: an int, a FileDescriptor, or an object with fileno()"
+        ) from None
+    return handle
+
+
+def _serialize_fd(value: FileDescriptor, info: SerializationInfo) -> int:
+    context = info.context.get(_CONTEXT_KEY) if isinstance(info.context, dict) else None
+    if not isinstance(context, FdContext):
+        return value.fileno()  # outside a call (model_dump in user code): the raw number
+    value.fileno()  # raises if closed
+    context.outgoing.append(value)
+    return len(context.outgoing) - 1
+
+
+def _core_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    return core_schema.with_info_plain_validator_function(
+        _validate_fd,
+        serialization=core_schema.plain_serializer_function_ser_schema(
+            _serialize_fd, info_arg=True, return_schema=core_schema.int_schema(), when_used="always"
+        ),
+    )
+
+
+def _json_schema(schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+    return {"type": "integer", "minimum": 0, "description": "index into the file descriptors of this frame"}
+
+
+FileDescriptor.__get_pydantic_core_schema__ = staticmethod(_core_schema)  # type: ignore[attr-defined]
+FileDescriptor.__get_pydantic_json_schema__ = staticmethod(_json_schema)  # type: ignore[attr-defined]
+
+#: A pydantic field type for a file descriptor that travels with the call as
+#: SCM_RIGHTS (on the wire: an index into the frame's descriptors). Accepts an
+#: int, a file, a socket or a FileDescriptor when you build a model; on the
+#: receiving side it is a FileDescriptor you own.
+FD: TypeAlias = FileDescriptor
