@@ -77,7 +77,7 @@ class AsyncClient:
         protocol = StreamProtocol(framing)
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
-            address, protocol
+            address, protocol, max_recv_size=wire.RECV_SIZE
         )
         self._timeout = timeout
         self._window = stream_window

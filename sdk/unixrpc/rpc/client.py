@@ -88,7 +88,7 @@ class Client:
         protocol = StreamProtocol(framing)
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            address, protocol, connect_timeout=connect_timeout
+            address, protocol, connect_timeout=connect_timeout, max_recv_size=wire.RECV_SIZE
         )
         self._timeout = timeout
         self._window = stream_window

@@ -243,7 +243,7 @@ class Server:
                 task_group.start_soon(self._serve_connection, conn)
 
     async def _serve_connection(self, conn: socket.socket) -> None:
-        transport = AsyncUnixStreamClient(conn, self._protocol)
+        transport = AsyncUnixStreamClient(conn, self._protocol, max_recv_size=wire.RECV_SIZE)
         async with transport:
             if len(self._connections) >= self.max_connections:
                 error = ServerBusyError(f"too many connections (limit {self.max_connections})")
