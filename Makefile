@@ -28,6 +28,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py
+	$(BIN)/python benchmarks/bench_rpc.py
+	$(BIN)/python benchmarks/bench_fds.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
