@@ -31,6 +31,7 @@ __all__ = [
     "KERNEL_MAX_FDS",
     "RawFrame",
     "classify",
+    "is_call_id",
     "encode_cancel",
     "encode_credit",
     "encode_error",
@@ -116,7 +117,8 @@ def encode_credit(call_id: int, count: int) -> bytes:
     return b'{"credit":' + _id(call_id) + b',"n":' + str(count).encode() + b"}"
 
 
-def _is_id(value: object) -> bool:
+def is_call_id(value: object) -> bool:
+    """True for a valid call id: an integer in 0..2**63-1 (not a bool)."""
     return type(value) is int and 0 <= value < 2**63
 
 
@@ -133,18 +135,18 @@ def classify(envelope: object) -> str:
             raise ValueError('"method" must be a string')
         if "id" not in envelope:
             return NOTIFICATION
-        if not _is_id(envelope["id"]):
+        if not is_call_id(envelope["id"]):
             raise ValueError('"id" must be an integer in 0..2**63-1')
         stream = envelope.get("stream")
-        if stream is not None and (not _is_id(stream) or stream == 0):
+        if stream is not None and (not is_call_id(stream) or stream == 0):
             raise ValueError('"stream" must be a positive integer window')
         return REQUEST
     if "cancel" in envelope:
-        if not _is_id(envelope["cancel"]):
+        if not is_call_id(envelope["cancel"]):
             raise ValueError('"cancel" must be a call id')
         return CANCEL
     if "credit" in envelope:
-        if not _is_id(envelope["credit"]) or not _is_id(envelope.get("n")):
+        if not is_call_id(envelope["credit"]) or not is_call_id(envelope.get("n")):
             raise ValueError('"credit" needs a call id and a count "n"')
         return CREDIT
     if "id" not in envelope:
@@ -163,6 +165,6 @@ def classify(envelope: object) -> str:
             return kind
     else:
         raise ValueError("envelope with an id has none of result, item, error")
-    if not _is_id(call_id):
+    if not is_call_id(call_id):
         raise ValueError('"id" must be an integer in 0..2**63-1')
     return kind

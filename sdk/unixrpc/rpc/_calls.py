@@ -102,6 +102,9 @@ def final_value(spec: MethodSpec, kind: str, envelope: dict[str, Any], fds: list
     """
     if kind == wire.ERROR:
         raise error_from_envelope(envelope, fds)
+    if kind != wire.RESULT:
+        close_fds(fds)
+        raise InvalidResultError(f"server sent a stream item in reply to {spec.name}, which is not a stream")
     return _validated(spec, envelope["result"], fds, "result")
 
 

@@ -153,6 +153,8 @@ class AsyncClient:
         spec = spec_of(method, streaming=False)
         slot = await self._start(spec.name_json, *encode_params(method), None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
+        if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
+            self._give_up(slot)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
     async def notify(self, method: Method[Any]) -> None:

@@ -150,6 +150,8 @@ class Client:
         deadline = self._deadline(timeout)
         slot = self._start(spec.name_json, *encode_params(method), None)
         kind, envelope, fds = self._next_message(slot, deadline)
+        if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
+            self._give_up(slot)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
     def notify(self, method: Method[Any]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import orjson
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -31,8 +32,10 @@ from ..exceptions import (
     CallCancelledError,
     ClientClosedError,
     ConnectionBrokenError,
+    FrameTooLargeError,
     InternalError,
     InvalidParamsError,
+    LocalProtocolError,
     MethodNotFoundError,
     PermissionDeniedError,
     ProtocolViolationError,
@@ -103,6 +106,7 @@ class Connection:
         self.in_flight: dict[int | object, anyio.CancelScope] = {}
         self._credits: dict[int, _Credit] = {}
         self._idle_workers: list[_Worker] = []
+        self._reading_done = False
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
@@ -115,6 +119,7 @@ class Connection:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
                 await self._read_loop(task_group)
+                self._reading_done = True
                 if self._peer_hung_up():
                     for key, scope in list(self.in_flight.items()):
                         if type(key) is int:
@@ -166,7 +171,7 @@ class Connection:
                 close_fds(fds)
                 call_id = envelope.get("id") if isinstance(envelope, dict) else None
                 await self._send_error(
-                    call_id if type(call_id) is int else None,
+                    call_id if wire.is_call_id(call_id) else None,
                     ProtocolViolationError(f"invalid envelope: {exc}"),
                 )
                 continue
@@ -212,7 +217,8 @@ class Connection:
             return refuse(ProtocolViolationError(f"call id {call_id} is already in flight"))
         handler = server._handlers.get(name)
         if handler is None:
-            return refuse(MethodNotFoundError(f"no method named {name!r}"))
+            shown = name if len(name) <= 100 else name[:100] + "..."
+            return refuse(MethodNotFoundError(f"no method named {shown!r}"))
         window = envelope.get("stream")
         if handler.spec.streaming and window is None and call_id is not None:
             return refuse(ProtocolViolationError(f'{name} is a stream method: send a "stream" window'))
@@ -234,6 +240,8 @@ class Connection:
         scope = anyio.CancelScope()
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = scope
+        if window is not None and call_id is not None:
+            self._credits[call_id] = _Credit(window)  # before any credit message can arrive
         job = (handler, request, context, scope, key, window, request_fds)
         if self._idle_workers:
             worker = self._idle_workers.pop()
@@ -248,6 +256,8 @@ class Connection:
         while worker.job is not None:
             job, worker.job = worker.job, None
             await self._run_call(*job)
+            if self._reading_done:
+                return  # no more work will come: do not park
             worker.wake = anyio.Event()
             self._idle_workers.append(worker)
             await worker.wake.wait()
@@ -293,7 +303,7 @@ class Connection:
             # the request's descriptors live as long as the call (detach() keeps one)
             request_fds.abort()
         if reply is not None:
-            await self._send(*reply)
+            await self._send(reply[0], reply[1], call_id)
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
@@ -316,9 +326,7 @@ class Connection:
 
     async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
         call_id = context.call_id
-        credit = _Credit(window)
-        if call_id is not None:
-            self._credits[call_id] = credit
+        credit = self._credits.get(call_id, _Credit(window)) if call_id is not None else _Credit(window)
         args = (request, context) if handler.wants_context else (request,)
         items = handler.function(*args)
         if handler.is_async:
@@ -343,9 +351,14 @@ class Connection:
     async def _send_item(self, handler: _Handler, call_id: int | None, credit: _Credit, item: Any) -> None:
         if call_id is None:
             return
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel between items stops the stream
         await credit.take()
         body, item_fds = self._encode(handler, item, "item")
-        await self._send(wire.encode_item(call_id, body), item_fds)
+        frame_body = wire.encode_item(call_id, body)
+        if len(frame_body) > self._server._framing.max_frame_size:
+            item_fds.sent()
+            raise InternalError(f"a stream item of {len(frame_body)} bytes is over the frame limit")
+        await self._send(frame_body, item_fds)
 
     @staticmethod
     def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext]:
@@ -376,12 +389,29 @@ class Connection:
     async def _send_error(self, call_id: int | None, error: RPCError) -> None:
         await self._send(wire.encode_error(call_id, error.code, error.message, error.data))
 
-    async def _send(self, body: bytes, fd_context: FdContext | None = None) -> None:
+    async def _send(
+        self, body: bytes, fd_context: FdContext | None = None, call_id: int | None = None
+    ) -> None:
+        """Send one frame. It is never cut by a cancellation (half a frame would
+        break the stream); shutdown unblocks a send stuck on a peer that does
+        not read by closing the transport. A reply over the frame limit is
+        replaced by a short InternalError for the same call."""
         frame, ancillary = outgoing(body, fd_context)
         try:
-            await self._transport.send_packet(frame, ancillary_data=ancillary)
+            with anyio.CancelScope(shield=True):
+                await self._transport.send_packet(frame, ancillary_data=ancillary)
+        except (FrameTooLargeError, LocalProtocolError) as exc:
+            logger.error("connection %d: reply not sent: %s", self.connection_id, exc)
+            if call_id is not None:
+                error = InternalError(f"the reply could not be sent: {exc}")
+                await self._send(wire.encode_error(call_id, error.code, error.message))
         except (ConnectionError, OSError) as exc:
             logger.debug("connection %d: reply not sent: %s", self.connection_id, exc)
         finally:
             if fd_context is not None:
                 fd_context.sent()
+
+    async def abort(self) -> None:
+        """Close the transport now: sends blocked on a peer that does not read
+        fail, calls in flight are cut off (the server is going away)."""
+        await self._transport.aclose()

@@ -225,6 +225,9 @@ class Server:
         if scope.cancelled_caught:
             left = sum(len(c.in_flight) for c in self._connections)
             logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", self.shutdown_grace, left)
+        with anyio.CancelScope(shield=True):
+            for connection in list(self._connections):
+                await connection.abort()
 
     async def _accept_loop(
         self, listener: socket.socket, task_group: anyio.abc.TaskGroup, scope: anyio.CancelScope
