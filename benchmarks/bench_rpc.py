@@ -6,6 +6,8 @@ bench_raw.py for why). Cases:
 * floor -- plain blocking socket client and server, length prefix + orjson,
   the same payload as ``Add(a=1, b=2)``;
 * ``Client.call(Add(a=1, b=2))`` against a unixrpc Server, sequential;
+* the same Client against a minimal blocking server speaking the unixrpc
+  wire format (the client's own cost, next to the floor client's);
 * ``AsyncClient.call`` on asyncio and on trio, sequential;
 * 64 calls in flight on one connection: AsyncClient on asyncio vs a
   hand-written asyncio-streams client with request ids against an
@@ -165,11 +167,13 @@ def main() -> None:
         peer("floor", tmp) as floor_path,
         peer("unixrpc", tmp) as rpc_path,
         peer("streams", tmp) as streams_path,
+        peer("floor-unixrpc", tmp) as plain_rpc_path,
     ):
         latency = measure(
             {
                 "floor: blocking socket + length prefix + orjson": lambda: floor_calls(floor_path, n),
                 "Client.call(Add(a=1, b=2))": lambda: sync_calls(rpc_path, n),
+                "Client.call, minimal blocking server": lambda: sync_calls(plain_rpc_path, n),
                 "AsyncClient.call on asyncio": lambda: anyio.run(async_calls, rpc_path, n, backend="asyncio"),
                 "AsyncClient.call on trio": lambda: anyio.run(async_calls, rpc_path, n, backend="trio"),
             }

@@ -15,6 +15,7 @@ import fcntl
 import mmap
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from .fds import FileDescriptor
@@ -23,6 +24,18 @@ __all__ = ["SharedBuffer"]
 
 _SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _CHUNK = 1 << 20
+
+
+def _sealed_memfd(name: str, fill: Callable[[int], None]) -> FileDescriptor:
+    """A new memfd, filled by *fill*, then sealed; closed if anything fails."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        fill(fd)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return FileDescriptor(fd)
 
 
 class SharedBuffer:
@@ -37,17 +50,14 @@ class SharedBuffer:
         Raises:
             OSError: the kernel refused (no memfd support, out of memory).
         """
-        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            view = memoryview(data).cast("B")
+        view = memoryview(data).cast("B")
+
+        def fill(fd: int) -> None:
             written = 0
             while written < len(view):
                 written += os.write(fd, view[written : written + (64 * _CHUNK)])
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        except BaseException:
-            os.close(fd)
-            raise
-        return FileDescriptor(fd)
+
+        return _sealed_memfd(name, fill)
 
     @staticmethod
     def from_file(path: str | os.PathLike[str], *, name: str = "unixrpc") -> FileDescriptor:
@@ -57,8 +67,8 @@ class SharedBuffer:
         Raises:
             OSError: *path* cannot be read, or the kernel refused.
         """
-        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
+
+        def fill(fd: int) -> None:
             with open(path, "rb") as source, os.fdopen(os.dup(fd), "wb", closefd=True) as target:
                 size = os.fstat(source.fileno()).st_size
                 try:
@@ -72,11 +82,8 @@ class SharedBuffer:
                     source.seek(0)
                     target.seek(0)
                     shutil.copyfileobj(source, target, _CHUNK)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-        except BaseException:
-            os.close(fd)
-            raise
-        return FileDescriptor(fd)
+
+        return _sealed_memfd(name, fill)
 
     @staticmethod
     def is_sealed(fd: FileDescriptor | int) -> bool:

@@ -14,11 +14,19 @@ from pydantic_core import PydanticSerializationError
 from .._core import wire
 from .._core.calls import FdQueue, close_fds
 from ..ancillary import SocketAncillary
-from ..exceptions import InvalidResultError, RemoteProtocolError, RPCError, SerializeError
+from ..exceptions import (
+    ClientClosedError,
+    ConnectionBrokenError,
+    InvalidResultError,
+    RemoteProtocolError,
+    RPCError,
+    SerializeError,
+)
 from ..fds import FdContext
 from ..methods import MethodSpec, method_spec
 
 __all__ = [
+    "broken_error",
     "decode_frame",
     "encode_params",
     "error_from_envelope",
@@ -28,6 +36,18 @@ __all__ = [
     "spec_of",
     "stream_end",
 ]
+
+
+def broken_error(broken: BaseException | None) -> Exception:
+    """A fresh exception to raise in a caller because the connection failed
+    with *broken* (each caller gets its own, chained to the cause)."""
+    if isinstance(broken, ClientClosedError):
+        return ClientClosedError("client is closed")
+    if isinstance(broken, RPCError):
+        return RPCError.from_wire(broken.code, broken.message, broken.data)
+    error = ConnectionBrokenError(f"connection is broken: {broken}")
+    error.__cause__ = broken
+    return error
 
 
 def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:

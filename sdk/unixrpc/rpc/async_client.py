@@ -23,7 +23,6 @@ from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     ClientClosedError,
-    ConnectionBrokenError,
     RemoteProtocolError,
     RPCError,
     StreamProtocolParseError,
@@ -32,7 +31,16 @@ from ..fds import FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
-from ._calls import decode_frame, encode_params, final_value, item_value, outgoing, spec_of, stream_end
+from ._calls import (
+    broken_error,
+    decode_frame,
+    encode_params,
+    final_value,
+    item_value,
+    outgoing,
+    spec_of,
+    stream_end,
+)
 from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
 from .framing import FrameSerializer
 
@@ -199,14 +207,7 @@ class AsyncClient:
             raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
 
     def _broken_error(self) -> Exception:
-        broken = self._broken
-        if isinstance(broken, ClientClosedError):
-            return ClientClosedError("client is closed")
-        if isinstance(broken, RPCError):
-            return RPCError.from_wire(broken.code, broken.message, broken.data)
-        error = ConnectionBrokenError(f"connection is broken: {broken}")
-        error.__cause__ = broken
-        return error
+        return broken_error(self._broken)
 
     async def _start(
         self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None

@@ -22,7 +22,6 @@ from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     ClientClosedError,
-    ConnectionBrokenError,
     RemoteProtocolError,
     RPCError,
     StreamProtocolParseError,
@@ -31,7 +30,16 @@ from ..fds import FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
-from ._calls import decode_frame, encode_params, final_value, item_value, outgoing, spec_of, stream_end
+from ._calls import (
+    broken_error,
+    decode_frame,
+    encode_params,
+    final_value,
+    item_value,
+    outgoing,
+    spec_of,
+    stream_end,
+)
 from .framing import FrameSerializer
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
@@ -205,14 +213,7 @@ class Client:
             raise ClientClosedError("client is closed")
 
     def _broken_error(self) -> Exception:
-        broken = self._broken
-        if isinstance(broken, ClientClosedError):
-            return ClientClosedError("client is closed")
-        if isinstance(broken, RPCError):
-            return RPCError.from_wire(broken.code, broken.message, broken.data)
-        error = ConnectionBrokenError(f"connection is broken: {broken}")
-        error.__cause__ = broken
-        return error
+        return broken_error(self._broken)
 
     def _start(self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None) -> CallSlot:
         try:

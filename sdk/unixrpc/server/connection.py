@@ -107,6 +107,9 @@ class Connection:
         self._credits: dict[int, _Credit] = {}
         self._idle_workers: list[_Worker] = []
         self._reading_done = False
+        # the backend's own classes, instantiated without anyio's per-call dispatch
+        self._new_event: type[anyio.Event] = type(anyio.Event())
+        self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def run(self) -> None:
@@ -177,6 +180,10 @@ class Connection:
                 continue
             if kind == wire.REQUEST or kind == wire.NOTIFICATION:
                 self._dispatch(task_group, kind, envelope, fds)
+                if not transport.buffered_size():
+                    # let the call run (and answer) before reading on: the next
+                    # request is then often waiting, which saves a poll
+                    await anyio.lowlevel.checkpoint()
             elif kind == wire.CANCEL:
                 close_fds(fds)
                 scope = self.in_flight.get(envelope["cancel"])
@@ -237,7 +244,7 @@ class Connection:
             )
         request_fds.finish()  # descriptors no FD field took are closed
         context = CallContext(self.peer, name, call_id, self.connection_id)
-        scope = anyio.CancelScope()
+        scope = self._new_scope()
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = scope
         if window is not None and call_id is not None:
@@ -258,7 +265,7 @@ class Connection:
             await self._run_call(*job)
             if self._reading_done:
                 return  # no more work will come: do not park
-            worker.wake = anyio.Event()
+            worker.wake = self._new_event()
             self._idle_workers.append(worker)
             await worker.wake.wait()
 
@@ -358,7 +365,7 @@ class Connection:
         if len(frame_body) > self._server._framing.max_frame_size:
             item_fds.sent()
             raise InternalError(f"a stream item of {len(frame_body)} bytes is over the frame limit")
-        await self._send(frame_body, item_fds)
+        await self._send(frame_body, item_fds, shield=True)
 
     @staticmethod
     def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext]:
@@ -390,15 +397,24 @@ class Connection:
         await self._send(wire.encode_error(call_id, error.code, error.message, error.data))
 
     async def _send(
-        self, body: bytes, fd_context: FdContext | None = None, call_id: int | None = None
+        self,
+        body: bytes,
+        fd_context: FdContext | None = None,
+        call_id: int | None = None,
+        *,
+        shield: bool = False,
     ) -> None:
-        """Send one frame. It is never cut by a cancellation (half a frame would
-        break the stream); shutdown unblocks a send stuck on a peer that does
-        not read by closing the transport. A reply over the frame limit is
-        replaced by a short InternalError for the same call."""
+        """Send one frame. With *shield* (frames sent inside a call's cancel
+        scope) a cancel never cuts it in half, which would break the stream;
+        shutdown unblocks a send stuck on a peer that does not read by closing
+        the transport. A reply over the frame limit is replaced by a short
+        InternalError for the same call."""
         frame, ancillary = outgoing(body, fd_context)
         try:
-            with anyio.CancelScope(shield=True):
+            if shield:
+                with anyio.CancelScope(shield=True):
+                    await self._transport.send_packet(frame, ancillary_data=ancillary)
+            else:
                 await self._transport.send_packet(frame, ancillary_data=ancillary)
         except (FrameTooLargeError, LocalProtocolError) as exc:
             logger.error("connection %d: reply not sent: %s", self.connection_id, exc)

@@ -35,6 +35,7 @@ __all__ = [
     "SocketProxy",
     "check_connected_socket",
     "connect_address",
+    "eof_error",
     "handle_ancillary",
     "make_cmsgs",
     "map_send_error",
@@ -165,6 +166,12 @@ def handle_ancillary(
         )
     for message in messages:
         into._append(message)
+
+
+def eof_error(pending: int) -> ConnectionBrokenError:
+    """The error for a peer that closed the connection, *pending* bytes into a packet."""
+    detail = f" in the middle of a packet ({pending} bytes pending)" if pending else ""
+    return ConnectionBrokenError("peer closed the connection" + detail)
 
 
 def map_send_error(exc: OSError, closed: bool) -> OSError:

@@ -28,6 +28,7 @@ from ._common import (
     SocketProxy,
     check_connected_socket,
     connect_address,
+    eof_error,
     handle_ancillary,
     make_cmsgs,
     map_send_error,
@@ -44,6 +45,15 @@ SentT = TypeVar("SentT")
 ReceivedT = TypeVar("ReceivedT")
 
 _CONNECT_RETRY_MAX = 0.05
+
+
+async def _acquire(lock: anyio.Lock) -> None:
+    """Take *lock*; without a trip through the scheduler when it is free (the
+    common case: one task sends or receives at a time)."""
+    if lock.locked():
+        await lock.acquire()
+    else:
+        lock.acquire_nowait()
 
 
 class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
@@ -222,6 +232,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         """The protocol given at construction."""
         return self._protocol
 
+    def buffered_size(self) -> int:
+        """Bytes received but not yet returned as packets."""
+        return self._receiver.buffered_size()
+
     def is_closing(self) -> bool:
         """True once :meth:`aclose` was called."""
         return self._closed
@@ -280,7 +294,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             await self.wait_connected()
         data = self._protocol.serialize(packet)
         cmsgs = make_cmsgs(ancillary_data)
-        async with self._send_lock:
+        await _acquire(self._send_lock)
+        try:
             sock = self._check_can_send()
             total = len(data)
             sent = 0
@@ -306,6 +321,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 if sent:
                     self._send_broken = ConnectionBrokenError("a send was cancelled in the middle of a frame")
                 raise
+        finally:
+            self._send_lock.release()
 
     def _check_can_send(self) -> _Socket:
         sock = self._connected_socket()
@@ -363,12 +380,13 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         bufsize = resolve_ancillary_bufsize(ancillary_data, ancillary_bufsize)
         if self._sock is None:
             await self.wait_connected()
-        async with self._recv_lock:
-            try:
-                return await self._recv_locked(ancillary_data, bufsize, None)
-            finally:
-                if self._closed and self._sock is not None:
-                    self._sock.close()
+        await _acquire(self._recv_lock)
+        try:
+            return await self._recv_locked(ancillary_data, bufsize, None)
+        finally:
+            self._recv_lock.release()
+            if self._closed and self._sock is not None:
+                self._sock.close()
 
     async def _recv_locked(
         self, ancillary: SocketAncillary | None, bufsize: int, timeout: float | None
@@ -405,11 +423,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             if nbytes == 0:
                 if self._closed:
                     raise ClientClosedError("client is closed")
-                pending = receiver.buffered_size()
-                self._recv_broken = ConnectionBrokenError(
-                    "peer closed the connection"
-                    + (f" in the middle of a packet ({pending} bytes pending)" if pending else "")
-                )
+                self._recv_broken = eof_error(receiver.buffered_size())
                 raise self._recv_broken
             receiver.buffer_updated(nbytes)
 

@@ -29,6 +29,7 @@ from ._common import (
     SocketProxy,
     check_connected_socket,
     connect_address,
+    eof_error,
     handle_ancillary,
     make_cmsgs,
     map_send_error,
@@ -354,11 +355,7 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             if nbytes == 0:
                 if self._closed:
                     raise ClientClosedError("client is closed")
-                pending = receiver.buffered_size()
-                self._recv_broken = ConnectionBrokenError(
-                    "peer closed the connection"
-                    + (f" in the middle of a packet ({pending} bytes pending)" if pending else "")
-                )
+                self._recv_broken = eof_error(receiver.buffered_size())
                 raise self._recv_broken
             receiver.buffer_updated(nbytes)
 
