@@ -744,7 +744,6 @@ def test_stdlib_client_fd_fields(sock_dir: str, no_fd_leak: None) -> None:
 # -- (a') regressions: sdk bugs found by the stdlib client ---------------------------------------------------
 
 
-
 @pytest.mark.parametrize("case", ["half close", "body over max_frame_size"])
 def test_connection_closes_once_calls_in_flight_are_answered(sock_dir: str, case: str) -> None:
     bad = "conn.sock.shutdown(socket.SHUT_WR)" if case == "half close" else "conn.send({'pad': 'x' * 2000})"
