@@ -61,7 +61,7 @@ class StreamProtocol(Generic[SentT, ReceivedT]):
             serializer must be wrapped, e.g. in ``LengthPrefixedSerializer``).
     """
 
-    __slots__ = ("_serializer",)
+    __slots__ = ("_frame_packet", "_serializer")
 
     def __init__(self, serializer: AbstractIncrementalPacketSerializer[SentT, ReceivedT]) -> None:
         if not isinstance(serializer, AbstractIncrementalPacketSerializer):
@@ -72,6 +72,9 @@ class StreamProtocol(Generic[SentT, ReceivedT]):
                 )
             raise TypeError(f"expected an incremental serializer, got {serializer!r}")
         self._serializer = serializer
+        self._frame_packet = (
+            serializer.serialize_frame if isinstance(serializer, AbstractFramedPacketSerializer) else None
+        )
 
     @property
     def serializer(self) -> AbstractIncrementalPacketSerializer[SentT, ReceivedT]:
@@ -88,10 +91,9 @@ class StreamProtocol(Generic[SentT, ReceivedT]):
             SerializeError: the serializer cannot encode *packet*.
             FrameTooLargeError: the frame is over the serializer's limit.
         """
-        serializer = self._serializer
-        if isinstance(serializer, AbstractFramedPacketSerializer):
-            return serializer.serialize_frame(packet)
-        return b"".join(serializer.incremental_serialize(packet))
+        if self._frame_packet is not None:
+            return self._frame_packet(packet)
+        return b"".join(self._serializer.incremental_serialize(packet))
 
     def receiver(self, max_recv_size: int = DEFAULT_MAX_RECV_SIZE) -> PacketReceiver[ReceivedT]:
         """Return a new receiver for one connection.
