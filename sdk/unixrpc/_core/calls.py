@@ -129,6 +129,10 @@ class CallTable:
             slot.finished = True
         return slot
 
+    def pending(self) -> list[CallSlot]:
+        """The slots still waiting for messages."""
+        return list(self._slots.values())
+
     def fail_all(self) -> list[CallSlot]:
         """Remove and return every pending slot (the connection broke)."""
         slots = list(self._slots.values())

@@ -27,6 +27,7 @@ from ..methods import MethodSpec, method_spec
 
 __all__ = [
     "broken_error",
+    "connection_error",
     "decode_frame",
     "encode_params",
     "error_from_envelope",
@@ -48,6 +49,12 @@ def broken_error(broken: BaseException | None) -> Exception:
     error = ConnectionBrokenError(f"connection is broken: {broken}")
     error.__cause__ = broken
     return error
+
+
+def connection_error(envelope: dict[str, Any]) -> RPCError:
+    """The error of an envelope with ``"id": null``: about the connection as a whole."""
+    error = envelope["error"]
+    return RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
 
 
 def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:

@@ -33,6 +33,7 @@ from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ._calls import (
     broken_error,
+    connection_error,
     decode_frame,
     encode_params,
     final_value,
@@ -45,6 +46,8 @@ from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
 from .framing import FrameSerializer
 
 __all__ = ["AsyncClient", "AsyncStreamCall"]
+
+_CANCEL_SEND_LIMIT = 1.0  # seconds a cancelled call may spend telling the server
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -94,6 +97,8 @@ class AsyncClient:
         self._broken: BaseException | None = None
         self._task_group: TaskGroup | None = None
         self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
+        self._reading = False  # a caller is reading for everyone
+        self._ancillary = SocketAncillary()  # used by the reading caller only
 
     async def __aenter__(self) -> Self:
         if self._task_group is not None:
@@ -102,11 +107,12 @@ class AsyncClient:
             await self._raw.wait_connected()
         except BaseException:
             await self._raw.aclose()
+            self._cancel_send.close()
+            self._cancel_receive.close()
             raise
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
-        task_group.start_soon(self._reader)
         task_group.start_soon(self._canceller)
         return self
 
@@ -241,23 +247,48 @@ class AsyncClient:
                         raise TimeoutError("no reply within the timeout") from None
             return slot.messages.popleft()
         except BaseException:
-            self._give_up(slot)
+            if self._give_up(slot, send_cancel=False):
+                # tell the server now, even though we are being cancelled (bounded:
+                # a server that does not read cannot hold us up)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_SEND_LIMIT):
+                    await self._send_cancel(slot.call_id)
             raise
 
+    async def _send_cancel(self, call_id: int) -> None:
+        with contextlib.suppress(OSError, RPCError):
+            await self._raw.send_packet(wire.RawFrame(wire.encode_cancel(call_id)))
+
     async def _wait(self, slot: CallSlot) -> None:
+        """Wait for a message of *slot*. If no task is reading, read for
+        everyone (no reader task: the caller reads its own reply); else wait to
+        be handed a message, or the reader role."""
         while not slot.messages:
             if self._broken is not None:
                 raise self._broken_error()
-            event = slot.waiter = anyio.Event()
-            await event.wait()
+            if not self._reading:
+                self._reading = True
+                try:
+                    await self._read_until(slot)
+                finally:
+                    self._reading = False
+                    for other in self._table.pending():  # one of them takes over reading
+                        if other.waiter is not None:
+                            other.waiter.set()
+                            other.waiter = None
+            else:
+                event = slot.waiter = anyio.Event()
+                await event.wait()
 
-    def _give_up(self, slot: CallSlot) -> None:
-        """The caller no longer wants *slot*: drop what came, cancel the rest."""
-        pending = not slot.finished
+    def _give_up(self, slot: CallSlot, *, send_cancel: bool = True) -> bool:
+        """The caller no longer wants *slot*: drop what came. Returns whether
+        the server should be told to cancel the call; with *send_cancel* the
+        canceller task tells it (for callers that cannot await)."""
+        pending = not slot.finished and self._broken is None
         self._table.abandon(slot)
-        if pending and self._broken is None:
+        if pending and send_cancel:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
                 self._cancel_send.send_nowait(slot.call_id)
+        return pending
 
     async def _send_credit(self, slot: CallSlot, count: int) -> None:
         await self._raw.send_packet(wire.RawFrame(wire.encode_credit(slot.call_id, count)))
@@ -265,16 +296,15 @@ class AsyncClient:
     async def _canceller(self) -> None:
         async with self._cancel_receive:
             async for call_id in self._cancel_receive:
-                try:
-                    await self._raw.send_packet(wire.RawFrame(wire.encode_cancel(call_id)))
-                except (OSError, RPCError):
-                    return
+                await self._send_cancel(call_id)
 
-    async def _reader(self) -> None:
+    async def _read_until(self, slot: CallSlot) -> None:
+        """Read frames and file them under their calls until *slot* has one.
+        Cancelling it loses nothing; a broken stream fails every call."""
         raw, fd_queue, table = self._raw, self._fd_queue, self._table
-        ancillary = SocketAncillary()
+        ancillary = self._ancillary
         try:
-            while True:
+            while not slot.messages:
                 try:
                     frame = await raw.recv_packet(
                         ancillary_data=ancillary, ancillary_bufsize=self._ancillary_bufsize
@@ -288,22 +318,16 @@ class AsyncClient:
                     close_fds(fds)  # requests from a server are not part of the protocol
                     continue
                 if envelope["id"] is None:  # an error about the connection as a whole
-                    error = envelope["error"]
-                    self._fail(
-                        RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
-                    )
+                    self._fail(connection_error(envelope))
                     return
-                slot = table.file(kind, envelope, fds)
-                if slot is not None and slot.waiter is not None:
-                    slot.waiter.set()
-                    slot.waiter = None
+                target = table.file(kind, envelope, fds)
+                if target is not None and target.waiter is not None:
+                    target.waiter.set()
+                    target.waiter = None
         except StreamProtocolParseError as exc:
             self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
         except (ConnectionError, RemoteProtocolError) as exc:
             self._fail(exc)
-        except BaseException:
-            self._fail(ClientClosedError("client is closed"))
-            raise
 
     def _fail(self, error: BaseException) -> None:
         """The connection is unusable: fail every call in flight."""

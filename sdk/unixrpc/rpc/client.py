@@ -22,6 +22,7 @@ from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     ClientClosedError,
+    ConnectionBrokenError,
     RemoteProtocolError,
     RPCError,
     StreamProtocolParseError,
@@ -32,6 +33,7 @@ from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
 from ._calls import (
     broken_error,
+    connection_error,
     decode_frame,
     encode_params,
     final_value,
@@ -224,13 +226,44 @@ class Client:
             frame, ancillary = outgoing(request, fd_context)
             try:
                 self._raw.send_packet(frame, ancillary_data=ancillary)
-            except BaseException:
+            except BaseException as exc:
                 with self._table_lock:
                     self._table.abandon(slot)
+                if isinstance(exc, ConnectionBrokenError):
+                    # the server may have said why before it hung up (e.g. too
+                    # many connections): that is the better error
+                    reason = self._farewell()
+                    if reason is not None:
+                        raise reason from None
                 raise
         finally:
             fd_context.sent()
         return slot
+
+    def _farewell(self) -> Exception | None:
+        """The connection-level error the server left in the receive buffer
+        before closing, if any (read without blocking)."""
+        if not self._reader_lock.acquire(blocking=False):
+            return None
+        try:
+            while True:
+                try:
+                    frame = self._raw.recv_packet(
+                        timeout=0, ancillary_data=self._ancillary, ancillary_bufsize=self._ancillary_bufsize
+                    )
+                    kind, envelope, fds = decode_frame(frame, self._fd_queue)
+                except (TimeoutError, ConnectionError, StreamProtocolParseError):
+                    return None
+                finally:
+                    if self._ancillary:
+                        self._fd_queue.push(self._ancillary.iter_fds())
+                        self._ancillary.clear()
+                close_fds(fds)
+                if kind == wire.ERROR and envelope["id"] is None:
+                    self._fail(connection_error(envelope))
+                    return self._broken_error()
+        finally:
+            self._reader_lock.release()
 
     def _give_up(self, slot: CallSlot) -> None:
         """The caller no longer wants *slot*: drop what came, cancel the rest."""
@@ -312,10 +345,7 @@ class Client:
                 raise self._broken_error() from None
             if kind in (wire.RESULT, wire.ITEM, wire.ERROR):
                 if envelope["id"] is None:  # about the connection as a whole
-                    error = envelope["error"]
-                    self._fail(
-                        RPCError.from_wire(error["code"], str(error.get("message", "")), error.get("data"))
-                    )
+                    self._fail(connection_error(envelope))
                     raise self._broken_error()
                 with self._table_lock:
                     target = self._table.file(kind, envelope, fds)

@@ -8,6 +8,7 @@ alone, and on close the file is removed only if it is still ours.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -92,6 +93,7 @@ def bind_listener(
     if parsed.is_unnamed():
         raise ValueError("cannot serve on an empty address")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    made: str | None = None  # the socket file we created, to remove if we fail after
     try:
         path = parsed.as_pathname()
         if path is None:  # abstract: no file, no permissions
@@ -107,6 +109,7 @@ def bind_listener(
             previous = os.umask(0o177)
             try:
                 sock.bind(text)
+                made = text
             finally:
                 os.umask(previous)
         if group is not None:
@@ -121,4 +124,7 @@ def bind_listener(
         return BoundListener(sock, parsed, (st.st_dev, st.st_ino))
     except BaseException:
         sock.close()
+        if made is not None:  # do not leave a half-made socket file behind
+            with contextlib.suppress(OSError):
+                os.unlink(made)
         raise

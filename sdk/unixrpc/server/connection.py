@@ -304,13 +304,16 @@ class Connection:
                 call_id, InternalError(f"handler of {context.method} raised {type(exc).__name__}", data=data)
             )
         finally:
-            self.in_flight.pop(key, None)
             if call_id is not None:
                 self._credits.pop(call_id, None)
             # the request's descriptors live as long as the call (detach() keeps one)
             request_fds.abort()
-        if reply is not None:
-            await self._send(reply[0], reply[1], call_id)
+        try:
+            if reply is not None:
+                await self._send(reply[0], reply[1], call_id)
+        finally:
+            # in flight until its reply is out: a graceful shutdown waits for it
+            self.in_flight.pop(key, None)
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize

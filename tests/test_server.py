@@ -1,0 +1,824 @@
+"""The daemon side: the socket file, limits, the authorization hook, graceful
+shutdown and signals, robustness against peers that break the wire format,
+handler errors, and descriptor hygiene. Real Unix sockets throughout; raw
+peers speak the wire format by hand (u32 body length | u16 fd count | JSON)."""
+
+from __future__ import annotations
+
+import array
+import errno
+import gc
+import grp
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from conftest import open_fds
+from rpc_support import Add, Events, Fail, Sleep, make_server, serving, serving_in_thread
+from unixrpc import (
+    AsyncClient,
+    CallContext,
+    Client,
+    ConnectionBrokenError,
+    InternalError,
+    PermissionDeniedError,
+    Server,
+    ServerBusyError,
+    UnixCredentials,
+)
+
+BACKENDS = ["asyncio", "trio"]
+PROTOCOL_ERROR = "unixrpc.ProtocolError"
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def sock_path(sock_dir: str, name: str = "s.sock") -> str:
+    return os.path.join(sock_dir, name)
+
+
+def mode_of(path: str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.005)
+
+
+def wait_until_sync(predicate: Callable[[], bool], seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@asynccontextmanager
+async def running(server: Server, path: str | bytes) -> AsyncIterator[tuple[anyio.Event, anyio.CancelScope]]:
+    """Serve in a task of the current loop. Yields an event set when serve()
+    has returned, and a scope that cancels serve() alone."""
+    stopped = anyio.Event()
+    scope = anyio.CancelScope()
+
+    async def serve(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+        try:
+            with scope:
+                await server.serve(path, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve)
+        try:
+            yield stopped, scope
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def add_via_new_client(path: str | bytes, a: int = 2, b: int = 3) -> int:
+    async with AsyncClient(path) as client:
+        return await client.call(Add(a=a, b=b))
+
+
+# raw peers: the wire format by hand
+
+
+def frame(body: bytes, nfds: int = 0) -> bytes:
+    return struct.pack(">IH", len(body), nfds) + body
+
+
+def envelope(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def request(call_id: int, method: str, params: Any) -> bytes:
+    return envelope(id=call_id, method=method, params=params)
+
+
+def raw_connect(address: str | bytes) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(5)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@contextmanager
+def raw_peer(path: str) -> Iterator[socket.socket]:
+    with raw_connect(path) as sock:
+        yield sock
+
+
+def send_with_fds(sock: socket.socket, data: bytes, count: int) -> None:
+    """Send *data* with *count* descriptors (of /dev/null); our copies are closed after."""
+    fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+    try:
+        rights = array.array("i", fds).tobytes()
+        sent = sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        if sent < len(data):
+            sock.sendall(data[sent:])
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def recv_envelope(sock: socket.socket) -> dict[str, Any] | None:
+    """The next envelope, or None at end of stream."""
+    header = recv_exactly(sock, 6)
+    if not header:
+        return None
+    size, nfds = struct.unpack(">IH", header)
+    assert nfds == 0
+    body = recv_exactly(sock, size)
+    assert len(body) == size, "connection closed in the middle of a frame"
+    return json.loads(body)  # type: ignore[no-any-return]
+
+
+def ask(sock: socket.socket, body: bytes) -> dict[str, Any] | None:
+    sock.sendall(frame(body))
+    return recv_envelope(sock)
+
+
+def assert_add_works(sock: socket.socket, call_id: int) -> None:
+    assert ask(sock, request(call_id, "Add", {"a": call_id, "b": 1})) == {
+        "id": call_id,
+        "result": call_id + 1,
+    }
+
+
+def assert_protocol_error(reply: dict[str, Any] | None, call_id: int | None, fragment: str) -> None:
+    assert reply is not None, "connection closed instead of an error reply"
+    assert reply["id"] == call_id
+    assert reply["error"]["code"] == PROTOCOL_ERROR
+    assert fragment in reply["error"]["message"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def server_path(sock_dir: str, backend: str) -> Iterator[str]:
+    """The test server, running in a thread on *backend* (for raw, blocking peers)."""
+    with serving_in_thread(make_server(max_frame_size=1024), sock_path(sock_dir), backend) as path:
+        yield path
+
+
+# -- 1. the socket file --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_socket_file_is_private_by_default(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    previous = os.umask(0)  # even with a permissive umask, never world-connectable
+    try:
+        async with serving(make_server(), path):
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+            assert mode_of(path) == 0o600
+            assert await add_via_new_client(path) == 5
+    finally:
+        os.umask(previous)
+    assert not os.path.exists(path), "removed when the server is cancelled"
+
+
+def other_gid() -> int:
+    """A gid the socket can be given that is not our primary one, if we may."""
+    if os.getuid() == 0:
+        return next(g.gr_gid for g in grp.getgrall() if g.gr_gid != os.getgid())
+    others = [g for g in os.getgroups() if g != os.getgid()]
+    return others[0] if others else os.getgid()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("group_kind", ["own-gid", "other-gid", "group-name"])
+async def test_socket_mode_and_group_are_honoured(anyio_backend: str, sock_dir: str, group_kind: str) -> None:
+    gid = os.getgid() if group_kind == "own-gid" else other_gid()
+    group: int | str = grp.getgrgid(gid).gr_name if group_kind == "group-name" else gid
+    path = sock_path(sock_dir)
+    async with serving(make_server(socket_mode=0o660, socket_group=group), path):
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == gid
+        assert await add_via_new_client(path) == 5
+
+
+@pytest.mark.anyio
+async def test_socket_file_removed_on_graceful_shutdown(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    server = make_server()
+    with anyio.fail_after(5):
+        async with running(server, path) as (stopped, _):
+            assert os.path.exists(path)
+            assert server.address is not None
+            assert str(server.address) == path
+            server.shutdown()
+            await stopped.wait()
+    assert not os.path.exists(path)
+    assert server.address is None
+
+
+@pytest.mark.anyio
+async def test_a_stopped_server_can_serve_again(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    server = make_server()
+    for _ in range(2):
+        async with anyio.create_task_group() as tg:
+            address = await tg.start(server.serve, path)
+            assert str(address) == path
+            assert not server.is_shutting_down()
+            assert await add_via_new_client(path) == 5
+            server.shutdown()
+        assert not os.path.exists(path)
+
+
+@pytest.mark.anyio
+async def test_unknown_group_leaves_no_socket_file(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    server = make_server(socket_group="no-such-group-for-unixrpc-tests")
+    with pytest.raises(KeyError, match="no-such-group-for-unixrpc-tests"), anyio.fail_after(5):
+        await server.serve(path)
+    assert server.address is None
+    assert not os.path.exists(path), "the half-made socket file is left behind"
+
+
+@pytest.mark.anyio
+async def test_cancelling_serve_cancels_calls_and_removes_the_socket_file(
+    anyio_backend: str, sock_dir: str
+) -> None:
+    path = sock_path(sock_dir)
+    events = Events()
+    with anyio.fail_after(5):
+        async with running(make_server(events), path) as (stopped, serve_scope), AsyncClient(path) as client:
+
+            async def stuck() -> None:
+                with pytest.raises(ConnectionBrokenError):
+                    await client.call(Sleep(seconds=30, tag="stuck"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stuck)
+                await wait_until(lambda: events.started == ["stuck"])
+                assert os.path.exists(path)
+                serve_scope.cancel()
+                await stopped.wait()
+    assert events.cancelled == ["stuck"]
+    assert not os.path.exists(path)
+
+
+@pytest.mark.anyio
+async def test_socket_file_replaced_behind_our_back_is_left_alone(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    async with serving(make_server(), path):
+        os.unlink(path)
+        with open(path, "w") as file:
+            file.write("someone else's")
+    with open(path) as file:
+        assert file.read() == "someone else's", "only the server's own socket file is removed"
+
+
+@pytest.mark.anyio
+async def test_stale_socket_file_is_replaced(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(path)  # bound, never listening: connecting to it is refused
+        async with serving(make_server(), path):
+            assert mode_of(path) == 0o600
+            assert await add_via_new_client(path) == 5
+    assert not os.path.exists(path)
+
+
+@pytest.mark.anyio
+async def test_live_server_is_not_displaced(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    async with serving(make_server(), path):
+        identity = os.stat(path).st_ino
+        with pytest.raises(OSError, match="already listening") as info, anyio.fail_after(5):
+            await make_server().serve(path)
+        assert info.value.errno == errno.EADDRINUSE
+        assert os.stat(path).st_ino == identity
+        assert await add_via_new_client(path) == 5, "the live server keeps working"
+
+
+@pytest.mark.anyio
+async def test_regular_file_is_not_replaced(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    with open(path, "w") as file:
+        file.write("precious")
+    server = make_server()
+    with pytest.raises(FileExistsError, match="is not a socket"), anyio.fail_after(5):
+        await server.serve(path)
+    with open(path) as file:
+        assert file.read() == "precious"
+    assert server.address is None
+
+
+@pytest.mark.anyio
+async def test_abstract_address(anyio_backend: str, sock_dir: str) -> None:
+    name = b"\0unixrpc-test-" + f"{os.getpid()}-{time.monotonic_ns()}".encode()
+    server = make_server()
+    async with serving(server, name):  # type: ignore[arg-type]
+        assert server.address is not None
+        assert server.address.as_raw() == name
+        assert server.address.as_pathname() is None
+        assert await add_via_new_client(name) == 5
+    assert server.address is None
+    with pytest.raises(ConnectionRefusedError):
+        raw_connect(name)
+
+
+async def fail_to_connect(path: str) -> None:
+    try:
+        async with AsyncClient(path):
+            raise AssertionError("connected to nothing")
+    except FileNotFoundError:
+        pass
+
+
+@pytest.mark.anyio
+async def test_async_client_failing_to_connect_leaves_nothing_open(anyio_backend: str, sock_dir: str) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await fail_to_connect(sock_path(sock_dir, "nobody-listens.sock"))
+        gc.collect()
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.anyio
+async def test_serving_twice_is_refused(anyio_backend: str, sock_dir: str) -> None:
+    server = make_server()
+    async with serving(server, sock_path(sock_dir)):
+        with pytest.raises(RuntimeError, match="already serving"), anyio.fail_after(5):
+            await server.serve(sock_path(sock_dir, "other.sock"))
+    assert not os.path.exists(sock_path(sock_dir, "other.sock"))
+
+
+# -- 2./3. limits --------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_max_connections(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    with anyio.fail_after(10):
+        async with serving(make_server(max_connections=1), path):
+            async with AsyncClient(path) as first:
+                assert await first.call(Add(a=1, b=1)) == 2  # the first connection is being served
+                async with AsyncClient(path) as second:
+                    with pytest.raises(ServerBusyError, match=r"too many connections \(limit 1\)"):
+                        await second.call(Add(a=1, b=2))
+                assert await first.call(Add(a=2, b=2)) == 4, "the first client is unaffected"
+            # the server notices the first client left, then has room again
+            while True:
+                try:
+                    assert await add_via_new_client(path) == 5
+                    break
+                except ServerBusyError:
+                    await anyio.sleep(0.01)
+
+
+def wait_for_hang_up(sock: Any) -> None:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLHUP)
+    wait_until_sync(lambda: bool(poller.poll(10)))
+
+
+def test_sync_client_refused_for_too_many_connections_sees_busy(sock_dir: str) -> None:
+    with (
+        serving_in_thread(make_server(max_connections=1), sock_path(sock_dir)) as path,
+        Client(path) as first,
+    ):
+        assert first.call(Add(a=1, b=1)) == 2
+        with Client(path, timeout=5) as second:
+            wait_for_hang_up(second.raw.socket)  # the server has told it "busy" and closed it
+            with pytest.raises(ServerBusyError, match="too many connections"):
+                second.call(Add(a=1, b=2))
+
+
+@pytest.mark.anyio
+async def test_max_calls_per_connection(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    events = Events()
+    results: dict[str, str] = {}
+    with anyio.fail_after(10):
+        async with (
+            serving(make_server(events, max_calls_per_connection=2), path),
+            AsyncClient(path) as client,
+        ):
+
+            async def slow(tag: str) -> None:
+                results[tag] = await client.call(Sleep(seconds=0.5, tag=tag))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(slow, "one")
+                tg.start_soon(slow, "two")
+                await wait_until(lambda: sorted(events.started) == ["one", "two"])
+                with pytest.raises(ServerBusyError, match=r"too many calls in flight .*\(limit 2\)"):
+                    await client.call(Add(a=1, b=2))
+            assert results == {"one": "one", "two": "two"}
+            assert events.cancelled == []
+            assert await client.call(Add(a=1, b=2)) == 3, "room again once the slow calls are done"
+
+
+def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_connections must be at least 1, got 0"):
+        Server(max_connections=0)
+    with pytest.raises(ValueError, match="max_calls_per_connection must be at least 1, got -1"):
+        Server(max_calls_per_connection=-1)
+
+
+# -- 4. the authorization hook -------------------------------------------------------------------
+
+
+def deny_sleep_hook(seen: list[tuple[CallContext, Any]], kind: str) -> Callable[..., Any]:
+    def decide(context: CallContext, request: Any) -> bool:
+        seen.append((context, request))
+        return not isinstance(request, Sleep)
+
+    if kind == "sync":
+        return decide
+
+    async def decide_async(context: CallContext, request: Any) -> bool:
+        await anyio.sleep(0)
+        return decide(context, request)
+
+    return decide_async
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+async def test_authorize_hook(anyio_backend: str, sock_dir: str, hook_kind: str) -> None:
+    path = sock_path(sock_dir)
+    events = Events()
+    seen: list[tuple[CallContext, Any]] = []
+    server = make_server(events, authorize=deny_sleep_hook(seen, hook_kind))
+    async with serving(server, path), AsyncClient(path) as client:
+        assert await client.call(Add(a=1, b=2)) == 3
+        with pytest.raises(PermissionDeniedError) as info:
+            await client.call(Sleep(seconds=0, tag="denied"))
+        assert await client.call(Add(a=3, b=4)) == 7
+    assert "Sleep is not allowed" in info.value.message
+    assert f"uid {os.getuid()}" in info.value.message
+    assert info.value.code == "unixrpc.PermissionDenied"
+    assert events.started == [], "the handler of a refused call never runs"
+    me = UnixCredentials(os.getpid(), os.getuid(), os.getgid())
+    assert [context.peer for context, _ in seen] == [me, me, me]
+    assert [context.method for context, _ in seen] == ["Add", "Sleep", "Add"]
+    assert [request for _, request in seen] == [Add(a=1, b=2), Sleep(seconds=0, tag="denied"), Add(a=3, b=4)]
+    assert all(type(context.call_id) is int for context, _ in seen)
+    assert len({context.call_id for context, _ in seen}) == 3
+    assert len({context.connection_id for context, _ in seen}) == 1
+
+
+# -- 5. graceful shutdown ------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_graceful_shutdown_lets_calls_in_flight_finish(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    events = Events()
+    server = make_server(events)
+    results: dict[str, str] = {}
+    with anyio.fail_after(10):
+        async with running(server, path) as (stopped, _):
+            async with AsyncClient(path) as client:
+
+                async def slow() -> None:
+                    results["slow"] = await client.call(Sleep(seconds=0.3, tag="slow"))
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(slow)
+                    await wait_until(lambda: events.started == ["slow"])
+                    server.shutdown()
+                    assert server.is_shutting_down()
+                    await wait_until(lambda: not os.path.exists(path))
+                    with pytest.raises(FileNotFoundError):
+                        raw_connect(path)
+                    with pytest.raises(ServerBusyError, match="shutting down"):
+                        await client.call(Add(a=1, b=2))
+                assert results == {"slow": "slow"}
+            await stopped.wait()
+    assert events.cancelled == []
+
+
+@pytest.mark.anyio
+async def test_shutdown_grace_elapsed_cancels_calls(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    events = Events()
+    server = make_server(events, shutdown_grace=0.1)
+    with anyio.fail_after(10):
+        async with running(server, path) as (stopped, _), AsyncClient(path) as client:
+
+            async def stuck() -> None:
+                with pytest.raises(ConnectionBrokenError):
+                    await client.call(Sleep(seconds=30, tag="stuck"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stuck)
+                await wait_until(lambda: events.started == ["stuck"])
+                server.shutdown()
+                await stopped.wait()
+    assert events.cancelled == ["stuck"]
+    assert not os.path.exists(path)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_shutdown_lets_a_reply_being_sent_finish(sock_dir: str, backend: str) -> None:
+    server = make_server()  # shutdown_grace 10 s
+    payload = {"blob": "x" * 2_000_000}  # far more than a socket buffer holds
+    with start_blocking_portal(backend) as portal:
+        future, _ = portal.start_task(server.serve, sock_path(sock_dir))
+        try:
+            with raw_peer(sock_path(sock_dir)) as sock:
+                sock.sendall(frame(request(1, "Echo", {"payload": payload})))
+                select.select([sock], [], [], 5)  # the reply has started: its sender waits for us to read
+                portal.call(server.shutdown)
+                # the listener is closed right before the calls in flight are drained
+                wait_until_sync(lambda: not os.path.exists(sock_path(sock_dir)))
+                data = recv_all(sock)
+        finally:
+            portal.call(server.shutdown)
+            future.result(timeout=30)
+    assert len(data) >= 6
+    size, _ = struct.unpack(">IH", data[:6])
+    assert len(data) == 6 + size, f"reply cut after {len(data)} of {6 + size} bytes"
+    assert json.loads(data[6:]) == {"id": 1, "result": payload}
+
+
+# -- 6. serve_forever and signals ----------------------------------------------------------------
+
+DAEMON = """
+import sys
+
+from unixrpc import Method, Server
+
+
+class Add(Method[int]):
+    a: int
+    b: int
+
+
+server = Server()
+
+
+@server.method(Add)
+async def add(request: Add) -> int:
+    return request.a + request.b
+
+
+server.serve_forever(sys.argv[1], backend=sys.argv[2])
+print("serve_forever returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_forever_stops_on_signal(
+    sock_dir: str, tmp_path: Any, backend: str, signum: signal.Signals
+) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(textwrap.dedent(DAEMON))
+    path = sock_path(sock_dir)
+    with subprocess.Popen(
+        [sys.executable, str(script), path, backend], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        try:
+            wait_until_sync(lambda: os.path.exists(path) or proc.poll() is not None, 30)
+            assert proc.poll() is None, proc.communicate()
+            with Client(path, timeout=10) as client:
+                assert client.call(Add(a=20, b=22)) == 42
+                assert client.get_peer_credentials().pid == proc.pid
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out == b"serve_forever returned\n"
+    assert not os.path.exists(path)
+
+
+# -- 7. robustness against peers that break the wire format -------------------------------------
+
+
+def test_body_that_is_not_json(server_path: str) -> None:
+    with raw_peer(server_path) as sock:
+        reply = ask(sock, b"{this is not json")
+        assert_protocol_error(reply, None, "invalid envelope")
+        assert_add_works(sock, 1)
+        assert_protocol_error(ask(sock, b"\xff\xfe"), None, "invalid envelope")
+        assert_add_works(sock, 2)
+    assert add_sync(server_path) == 5
+
+
+def add_sync(path: str) -> int:
+    with Client(path, timeout=5) as client:
+        return client.call(Add(a=2, b=3))
+
+
+@pytest.mark.parametrize(
+    ("body", "call_id", "fragment"),
+    [
+        (b"[1, 2]", None, "envelope must be a JSON object, got list"),
+        (b'{"foo": 1}', None, "envelope has none of method, id, cancel, credit"),
+        (b"42", None, "envelope must be a JSON object, got int"),
+        (b'{"id": 5, "foo": 1}', 5, "envelope with an id has none of result, item, error"),
+        (b'{"id": 6, "method": 7, "params": {}}', 6, '"method" must be a string'),
+        (b'{"id": -1, "method": "Add", "params": {}}', None, '"id" must be an integer'),
+        (b'{"id": 8, "result": 1}', None, "a client may not send result messages"),
+    ],
+    ids=["list", "unknown-members", "number", "id-only", "method-not-a-string", "negative-id", "result"],
+)
+def test_json_that_is_not_an_envelope(
+    server_path: str, body: bytes, call_id: int | None, fragment: str
+) -> None:
+    with raw_peer(server_path) as sock:
+        assert_protocol_error(ask(sock, body), call_id, fragment)
+        assert_add_works(sock, 1)
+    assert add_sync(server_path) == 5
+
+
+def test_invalid_params(server_path: str) -> None:
+    with raw_peer(server_path) as sock:
+        reply = ask(sock, request(7, "Add", {"a": "seven", "b": 2}))
+        assert reply is not None
+        assert reply["id"] == 7
+        error = reply["error"]
+        assert error["code"] == "unixrpc.InvalidParams"
+        assert "invalid params for Add: 1 error(s)" in error["message"]
+        assert isinstance(error["data"], list)
+        assert [item["loc"] for item in error["data"]] == [["a"]]
+        assert "integer" in error["data"][0]["msg"]
+        reply = ask(sock, request(8, "Add", [1, 2]))
+        assert reply is not None
+        assert reply["id"] == 8
+        assert reply["error"]["code"] == "unixrpc.InvalidParams"
+        assert_add_works(sock, 9)
+    assert add_sync(server_path) == 5
+
+
+def test_unknown_method(server_path: str) -> None:
+    with raw_peer(server_path) as sock:
+        reply = ask(sock, request(3, "NoSuchMethod", {}))
+        assert reply == {
+            "id": 3,
+            "error": {"code": "unixrpc.MethodNotFound", "message": "no method named 'NoSuchMethod'"},
+        }
+        assert_add_works(sock, 4)
+    assert add_sync(server_path) == 5
+
+
+def test_oversized_frame_closes_only_that_connection(server_path: str) -> None:
+    with raw_peer(server_path) as bystander, raw_peer(server_path) as sock:
+        assert_add_works(bystander, 1)
+        sock.sendall(struct.pack(">IH", 2000, 0))  # the server's max_frame_size is 1024
+        assert_protocol_error(
+            recv_envelope(sock), None, "frame of 2000 bytes is over the limit of 1024 bytes"
+        )
+        assert recv_envelope(sock) is None, "the server closes the connection"
+        assert_add_works(bystander, 2)
+    assert add_sync(server_path) == 5
+
+
+def test_descriptors_that_never_came_close_the_connection(server_path: str) -> None:
+    with raw_peer(server_path) as sock:
+        sock.sendall(frame(request(1, "Add", {"a": 1, "b": 1}), nfds=2))
+        assert_protocol_error(
+            recv_envelope(sock), None, "frame declares 2 file descriptors but only 0 arrived"
+        )
+        assert recv_envelope(sock) is None
+    assert add_sync(server_path) == 5
+
+
+# -- 8. handler exceptions -----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_handler_exception_is_hidden_and_logged(
+    anyio_backend: str, sock_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = sock_path(sock_dir)
+    caplog.set_level(logging.ERROR, logger="unixrpc.server")
+    async with serving(make_server(), path), AsyncClient(path) as client:
+        with pytest.raises(InternalError) as info:
+            await client.call(Fail(kind="value"))
+        assert await client.call(Add(a=1, b=1)) == 2
+    assert info.value.message == "handler of Fail raised ValueError"
+    assert "secret" not in info.value.message
+    assert info.value.data is None
+    records = [r for r in caplog.records if r.name == "unixrpc.server" and r.levelno == logging.ERROR]
+    assert len(records) == 1
+    assert "handler of Fail raised" in records[0].getMessage()
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[0] is ValueError
+    assert "secret internal detail" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_handler_traceback_exposed_on_request(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    async with serving(make_server(expose_tracebacks=True), path), AsyncClient(path) as client:
+        with pytest.raises(InternalError) as info:
+            await client.call(Fail(kind="value"))
+    assert info.value.message == "handler of Fail raised ValueError"
+    assert isinstance(info.value.data, dict)
+    trace = info.value.data["traceback"]
+    assert isinstance(trace, str)
+    assert trace.startswith("Traceback (most recent call last)")
+    assert "ValueError: secret internal detail" in trace
+
+
+@pytest.mark.anyio
+async def test_handler_result_of_the_wrong_type(anyio_backend: str, sock_dir: str) -> None:
+    path = sock_path(sock_dir)
+    async with serving(make_server(), path), AsyncClient(path) as client:
+        with pytest.raises(InternalError, match="handler of Fail returned an invalid result"):
+            await client.call(Fail(kind="bad-result"))
+        assert await client.call(Add(a=1, b=1)) == 2
+
+
+# -- 9. descriptor hygiene -----------------------------------------------------------------------
+
+
+BAD_FRAMES_WITH_FDS = {
+    "not-json": b"{not json",
+    "not-an-envelope": b"[1, 2]",
+    "unknown-method": request(1, "NoSuchMethod", {}),
+    "invalid-params": request(2, "Add", {"a": "x", "b": 1}),
+    "cancel": envelope(cancel=99),
+    "unused-by-method": request(3, "Add", {"a": 1, "b": 2}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FRAMES_WITH_FDS))
+def test_descriptors_of_dropped_frames_are_closed_at_once(server_path: str, case: str) -> None:
+    with raw_peer(server_path) as sock:
+        assert_add_works(sock, 10)
+        baseline = open_fds()  # the server, its loop and this connection, settled
+        send_with_fds(sock, frame(BAD_FRAMES_WITH_FDS[case], nfds=3), 3)
+        if case != "cancel":  # everything else is answered
+            assert recv_envelope(sock) is not None
+        assert_add_works(sock, 11)  # so the frame before it was handled
+        assert open_fds() == baseline
+    assert add_sync(server_path) == 5
+
+
+FATAL_FRAMES_WITH_FDS = {
+    "oversized": struct.pack(">IH", 5000, 2),
+    "never-came": frame(request(1, "Add", {"a": 1, "b": 1}), nfds=4),  # declares 4, 2 come
+}
+
+
+@pytest.mark.parametrize("case", [*FATAL_FRAMES_WITH_FDS, "undeclared"])
+def test_descriptors_are_closed_when_a_connection_ends(
+    sock_dir: str, backend: str, no_fd_leak: None, case: str
+) -> None:
+    with serving_in_thread(make_server(max_frame_size=1024), sock_path(sock_dir), backend) as path:
+        baseline = open_fds()  # before any connection
+        with raw_peer(path) as sock:
+            if case == "undeclared":  # the frame declares none: they wait until the connection ends
+                send_with_fds(sock, frame(request(1, "Add", {"a": 1, "b": 1})), 2)
+                assert recv_envelope(sock) == {"id": 1, "result": 2}
+            else:
+                send_with_fds(sock, FATAL_FRAMES_WITH_FDS[case], 2)
+                assert_protocol_error(recv_envelope(sock), None, "")
+                assert recv_envelope(sock) is None
+        wait_until_sync(lambda: open_fds() == baseline)
+        assert add_sync(path) == 5
