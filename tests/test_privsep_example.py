@@ -14,7 +14,8 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 @contextmanager
-def daemon(sock: str, root: str, uid: int) -> Iterator[subprocess.Popen[str]]:
+def daemon(sock: str, root: str, uid: int, log: list[str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """Run the daemon; on the way out stop it with SIGTERM and collect its log."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -38,7 +39,9 @@ def daemon(sock: str, root: str, uid: int) -> Iterator[subprocess.Popen[str]]:
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+        _, stderr = proc.communicate(timeout=20)
+        if log is not None:
+            log.append(stderr)
 
 
 def run_client(sock: str, *paths: str) -> list[str]:
@@ -59,11 +62,10 @@ def test_privsep_daemon_hands_out_fds(sock_dir: str, tmp_path: object) -> None:
         f.write("only the daemon could open this")
     os.symlink("/etc/hostname", os.path.join(root, "escape"))
     sock = os.path.join(sock_dir, "privsep.sock")
-    with daemon(sock, root, os.getuid()) as proc:
+    logs: list[str] = []
+    with daemon(sock, root, os.getuid(), logs) as proc:
         lines = run_client(sock, "notes.txt", "../../etc/passwd", "missing.txt", "escape")
-        proc.send_signal(signal.SIGTERM)
-        _, log = proc.communicate(timeout=20)
-        proc.stderr = None
+    log = logs[0]
     assert lines == [
         "notes.txt: only the daemon could open this",
         "../../etc/passwd: denied (outside the shared root)",

@@ -1,10 +1,12 @@
 """AsyncClient: the RPC client for asyncio and trio (via anyio).
 
-Owns the async side of sharing one connection: a reader task files every
-received frame under its call id and wakes the task waiting for it; a
-canceller task sends the cancel requests of calls abandoned from places that
-cannot await (a timeout's cleanup, a stream dropped without ``aclose``).
-Both live in the client's task group, entered by ``async with``.
+Owns the async side of sharing one connection. There is no reader task: a
+caller that needs a message and finds no one reading reads for everyone,
+filing each frame under its call id and waking the task it belongs to; when
+its own message is in, it wakes the waiters so that one of them takes over
+(as httpcore's HTTP/2 connection does). A canceller task in the client's
+task group sends the cancel requests of calls abandoned from places that
+cannot await (a stream dropped without ``aclose``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ class AsyncClient:
     """An asynchronous connection to a unixrpc server, under asyncio or trio.
 
     Use it as ``async with AsyncClient(path) as client:``; entering connects
-    and starts the client's reader task. Any number of tasks may call at once;
+    and starts its canceller task. Any number of tasks may call at once;
     their calls share the connection and are answered in any order.
 
     Args:
