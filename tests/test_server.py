@@ -23,7 +23,7 @@ import textwrap
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -124,12 +124,6 @@ def raw_connect(address: str | bytes) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-@contextmanager
-def raw_peer(path: str) -> Iterator[socket.socket]:
-    with raw_connect(path) as sock:
-        yield sock
 
 
 def send_with_fds(sock: socket.socket, data: bytes, count: int) -> None:
@@ -566,7 +560,7 @@ def test_shutdown_lets_a_reply_being_sent_finish(sock_dir: str, backend: str) ->
     with start_blocking_portal(backend) as portal:
         future, _ = portal.start_task(server.serve, sock_path(sock_dir))
         try:
-            with raw_peer(sock_path(sock_dir)) as sock:
+            with raw_connect(sock_path(sock_dir)) as sock:
                 sock.sendall(frame(request(1, "Echo", {"payload": payload})))
                 select.select([sock], [], [], 5)  # the reply has started: its sender waits for us to read
                 portal.call(server.shutdown)
@@ -608,6 +602,18 @@ print("serve_forever returned", flush=True)
 """
 
 
+def connect_to_daemon(path: str, proc: subprocess.Popen[bytes]) -> Client:
+    """A client of the daemon once it listens (its socket file appears at bind(), just before listen())."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            return Client(path, timeout=10)
+        except (FileNotFoundError, ConnectionRefusedError):
+            assert time.monotonic() < deadline, "the daemon never listened"
+            time.sleep(0.01)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_forever_stops_on_signal(
     sock_dir: str, tmp_path: Any, backend: str, signum: signal.Signals
@@ -619,9 +625,7 @@ def test_serve_forever_stops_on_signal(
         [sys.executable, str(script), path, backend], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     ) as proc:
         try:
-            wait_until_sync(lambda: os.path.exists(path) or proc.poll() is not None, 30)
-            assert proc.poll() is None, proc.communicate()
-            with Client(path, timeout=10) as client:
+            with connect_to_daemon(path, proc) as client:
                 assert client.call(Add(a=20, b=22)) == 42
                 assert client.get_peer_credentials().pid == proc.pid
             proc.send_signal(signum)
@@ -639,7 +643,7 @@ def test_serve_forever_stops_on_signal(
 
 
 def test_body_that_is_not_json(server_path: str) -> None:
-    with raw_peer(server_path) as sock:
+    with raw_connect(server_path) as sock:
         reply = ask(sock, b"{this is not json")
         assert_protocol_error(reply, None, "invalid envelope")
         assert_add_works(sock, 1)
@@ -669,14 +673,14 @@ def add_sync(path: str) -> int:
 def test_json_that_is_not_an_envelope(
     server_path: str, body: bytes, call_id: int | None, fragment: str
 ) -> None:
-    with raw_peer(server_path) as sock:
+    with raw_connect(server_path) as sock:
         assert_protocol_error(ask(sock, body), call_id, fragment)
         assert_add_works(sock, 1)
     assert add_sync(server_path) == 5
 
 
 def test_invalid_params(server_path: str) -> None:
-    with raw_peer(server_path) as sock:
+    with raw_connect(server_path) as sock:
         reply = ask(sock, request(7, "Add", {"a": "seven", "b": 2}))
         assert reply is not None
         assert reply["id"] == 7
@@ -695,7 +699,7 @@ def test_invalid_params(server_path: str) -> None:
 
 
 def test_unknown_method(server_path: str) -> None:
-    with raw_peer(server_path) as sock:
+    with raw_connect(server_path) as sock:
         reply = ask(sock, request(3, "NoSuchMethod", {}))
         assert reply == {
             "id": 3,
@@ -706,7 +710,7 @@ def test_unknown_method(server_path: str) -> None:
 
 
 def test_oversized_frame_closes_only_that_connection(server_path: str) -> None:
-    with raw_peer(server_path) as bystander, raw_peer(server_path) as sock:
+    with raw_connect(server_path) as bystander, raw_connect(server_path) as sock:
         assert_add_works(bystander, 1)
         sock.sendall(struct.pack(">IH", 2000, 0))  # the server's max_frame_size is 1024
         assert_protocol_error(
@@ -718,7 +722,7 @@ def test_oversized_frame_closes_only_that_connection(server_path: str) -> None:
 
 
 def test_descriptors_that_never_came_close_the_connection(server_path: str) -> None:
-    with raw_peer(server_path) as sock:
+    with raw_connect(server_path) as sock:
         sock.sendall(frame(request(1, "Add", {"a": 1, "b": 1}), nfds=2))
         assert_protocol_error(
             recv_envelope(sock), None, "frame declares 2 file descriptors but only 0 arrived"
@@ -788,8 +792,10 @@ BAD_FRAMES_WITH_FDS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FRAMES_WITH_FDS))
-def test_descriptors_of_dropped_frames_are_closed_at_once(server_path: str, case: str) -> None:
-    with raw_peer(server_path) as sock:
+def test_descriptors_of_dropped_frames_are_closed_at_once(
+    no_fd_leak: None, server_path: str, case: str
+) -> None:
+    with raw_connect(server_path) as sock:
         assert_add_works(sock, 10)
         baseline = open_fds()  # the server, its loop and this connection, settled
         send_with_fds(sock, frame(BAD_FRAMES_WITH_FDS[case], nfds=3), 3)
@@ -800,25 +806,29 @@ def test_descriptors_of_dropped_frames_are_closed_at_once(server_path: str, case
     assert add_sync(server_path) == 5
 
 
-FATAL_FRAMES_WITH_FDS = {
-    "oversized": struct.pack(">IH", 5000, 2),
-    "never-came": frame(request(1, "Add", {"a": 1, "b": 1}), nfds=4),  # declares 4, 2 come
+FATAL_FRAMES_WITH_FDS = {  # (what is sent with 2 descriptors, what the server says before closing)
+    "oversized": (struct.pack(">IH", 5000, 2), "frame of 5000 bytes is over the limit of 1024 bytes"),
+    "never-came": (
+        frame(request(1, "Add", {"a": 1, "b": 1}), nfds=4),
+        "frame declares 4 file descriptors but only 2 arrived",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", [*FATAL_FRAMES_WITH_FDS, "undeclared"])
 def test_descriptors_are_closed_when_a_connection_ends(
-    sock_dir: str, backend: str, no_fd_leak: None, case: str
+    no_fd_leak: None, sock_dir: str, backend: str, case: str
 ) -> None:
     with serving_in_thread(make_server(max_frame_size=1024), sock_path(sock_dir), backend) as path:
         baseline = open_fds()  # before any connection
-        with raw_peer(path) as sock:
+        with raw_connect(path) as sock:
             if case == "undeclared":  # the frame declares none: they wait until the connection ends
                 send_with_fds(sock, frame(request(1, "Add", {"a": 1, "b": 1})), 2)
                 assert recv_envelope(sock) == {"id": 1, "result": 2}
             else:
-                send_with_fds(sock, FATAL_FRAMES_WITH_FDS[case], 2)
-                assert_protocol_error(recv_envelope(sock), None, "")
+                data, message = FATAL_FRAMES_WITH_FDS[case]
+                send_with_fds(sock, data, 2)
+                assert_protocol_error(recv_envelope(sock), None, message)
                 assert recv_envelope(sock) is None
         wait_until_sync(lambda: open_fds() == baseline)
         assert add_sync(path) == 5
