@@ -543,3 +543,70 @@ def test_shared_buffer_from_file_and_unsealed(tmp_path: Any, fd_baseline: None) 
             SharedBuffer.map(unsealed)
     with SharedBuffer.from_bytes(b"") as empty:
         assert SharedBuffer.map(empty) == b""
+
+
+# -- regressions found by review --------------------------------------------------------------
+
+
+class Holder(BaseModel):
+    fd: FD
+
+
+class EchoFd(Method[Holder]):
+    fd: FD
+
+
+class Labelled(BaseModel):
+    fd: FD
+    label: int
+
+
+class Plain(BaseModel):
+    fd: FD
+    text: str
+
+
+class PickOne(Method[Labelled | Plain]):
+    """The result is a union of models with FD fields: pydantic tries both."""
+
+    text: str
+
+
+def regression_server() -> Server:
+    server = Server()
+
+    @server.method(EchoFd)
+    async def echo(req: EchoFd) -> Holder:
+        return Holder(fd=req.fd)  # hand the request's descriptor back in the reply
+
+    @server.method(PickOne)
+    async def pick(req: PickOne) -> Plain:
+        return Plain(fd=FileDescriptor.transfer(temp_file(req.text.encode())), text=req.text)
+
+    @server.method(Ping)
+    async def ping(req: Ping) -> int:
+        return 1
+
+    return server
+
+
+async def test_reply_may_hand_back_a_request_fd(anyio_backend: str, sock_dir: str, fd_baseline: None) -> None:
+    path = os.path.join(sock_dir, "fd.sock")
+    async with serving(regression_server(), path), AsyncClient(path) as client:
+        fd = temp_file(b"round trip")
+        try:
+            handle = await client.call(EchoFd(fd=fd))
+        finally:
+            os.close(fd)
+        with handle.fd:
+            assert read_all(handle.fd.fileno()) == b"round trip"
+        assert await client.call(Ping()) == 1, "the server is still alive"
+
+
+async def test_fd_fields_in_a_union(anyio_backend: str, sock_dir: str, fd_baseline: None) -> None:
+    path = os.path.join(sock_dir, "fd.sock")
+    async with serving(regression_server(), path), AsyncClient(path) as client:
+        result = await client.call(PickOne(text="second branch"))
+        assert isinstance(result, Plain)
+        with result.fd:
+            assert read_all(result.fd.fileno()) == b"second branch"

@@ -30,6 +30,7 @@ import anyio
 import anyio.abc
 import pytest
 from anyio.from_thread import start_blocking_portal
+from pydantic import field_validator
 
 from conftest import open_fds
 from rpc_support import Add, Events, Fail, Sleep, make_server, serving, serving_in_thread
@@ -39,6 +40,7 @@ from unixrpc import (
     Client,
     ConnectionBrokenError,
     InternalError,
+    Method,
     PermissionDeniedError,
     Server,
     ServerBusyError,
@@ -822,9 +824,15 @@ def test_descriptors_are_closed_when_a_connection_ends(
     with serving_in_thread(make_server(max_frame_size=1024), sock_path(sock_dir), backend) as path:
         baseline = open_fds()  # before any connection
         with raw_connect(path) as sock:
-            if case == "undeclared":  # the frame declares none: they wait until the connection ends
+            if case == "undeclared":  # the frame declares none: fds that belong to no frame are fatal
                 send_with_fds(sock, frame(request(1, "Add", {"a": 1, "b": 1})), 2)
-                assert recv_envelope(sock) == {"id": 1, "result": 2}
+                received = []
+                while (envelope := recv_envelope(sock)) is not None:
+                    received.append(envelope)
+                errors = [e for e in received if "error" in e]
+                assert len(errors) == 1
+                assert_protocol_error(errors[0], None, "2 file descriptors came with no frame")
+                assert [e for e in received if "result" in e] in ([], [{"id": 1, "result": 2}])
             else:
                 data, message = FATAL_FRAMES_WITH_FDS[case]
                 send_with_fds(sock, data, 2)
@@ -832,3 +840,34 @@ def test_descriptors_are_closed_when_a_connection_ends(
                 assert recv_envelope(sock) is None
         wait_until_sync(lambda: open_fds() == baseline)
         assert add_sync(path) == 5
+
+
+class Greet(Method[str]):
+    name: str
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def tidy(cls, value: Any) -> Any:
+        return value.strip()  # AttributeError on anything but a str
+
+
+class GreetLoose(Method[str], name="Greet"):
+    name: int
+
+
+@pytest.mark.anyio
+async def test_a_validator_that_raises_fails_the_call_not_the_server(
+    anyio_backend: str, sock_dir: str
+) -> None:
+    server = make_server()
+
+    @server.method(Greet)
+    async def greet(req: Greet) -> str:
+        return f"hello {req.name}"
+
+    path = sock_path(sock_dir)
+    async with serving(server, path), AsyncClient(path) as client:
+        with pytest.raises(InternalError, match="validating the params of Greet raised AttributeError"):
+            await client.call(GreetLoose(name=5))
+        assert await client.call(Greet(name=" you ")) == "hello you"
+        assert await add_via_new_client(path) == 5

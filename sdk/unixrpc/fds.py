@@ -215,9 +215,10 @@ class FdContext:
         if not 0 <= index < len(self._incoming):
             count = len(self._incoming)
             raise ValueError(f"fd index {index} out of range: the frame carries {count} descriptors")
-        if index in self._taken:
-            raise ValueError(f"fd index {index} is used twice")
-        handle = self._taken[index] = FileDescriptor(self._incoming[index])
+        handle = self._taken.get(index)
+        if handle is None:
+            # the same handle on a repeat take: a union tries several branches
+            handle = self._taken[index] = FileDescriptor(self._incoming[index])
         return handle
 
     def finish(self) -> None:

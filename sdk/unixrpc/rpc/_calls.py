@@ -85,6 +85,7 @@ def encode_params(method: BaseModel) -> tuple[bytes, FdContext]:
         serializer = method.__pydantic_serializer__
         data = serializer.to_json(method, by_alias=True, context=fd_context.pydantic_context)
     except (PydanticSerializationError, ValueError) as exc:
+        fd_context.sent()  # what was transferred is closed even though nothing is sent
         raise SerializeError(f"cannot encode {type(method).__name__}: {exc}") from None
     return data, fd_context
 

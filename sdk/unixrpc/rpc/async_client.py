@@ -320,6 +320,7 @@ class AsyncClient:
                     close_fds(fds)  # requests from a server are not part of the protocol
                     continue
                 if envelope["id"] is None:  # an error about the connection as a whole
+                    close_fds(fds)
                     self._fail(connection_error(envelope))
                     return
                 target = table.file(kind, envelope, fds)
@@ -375,7 +376,11 @@ class AsyncStreamCall(Generic[ItemT]):
         if kind == wire.ITEM:
             self._consumed += 1
             if self._consumed >= self._credit_every:
-                await client._send_credit(self._slot, self._consumed)
+                try:
+                    await client._send_credit(self._slot, self._consumed)
+                except BaseException:
+                    close_fds(fds)  # the item is lost with the connection: so are its fds
+                    raise
                 self._consumed = 0
             return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True

@@ -248,22 +248,28 @@ class Client:
         try:
             while True:
                 try:
-                    frame = self._raw.recv_packet(
-                        timeout=0, ancillary_data=self._ancillary, ancillary_bufsize=self._ancillary_bufsize
-                    )
+                    try:
+                        frame = self._raw.recv_packet(
+                            timeout=0,
+                            ancillary_data=self._ancillary,
+                            ancillary_bufsize=self._ancillary_bufsize,
+                        )
+                    finally:
+                        if self._ancillary:
+                            self._fd_queue.push(self._ancillary.iter_fds())
+                            self._ancillary.clear()
                     kind, envelope, fds = decode_frame(frame, self._fd_queue)
                 except (TimeoutError, ConnectionError, StreamProtocolParseError):
                     return None
-                finally:
-                    if self._ancillary:
-                        self._fd_queue.push(self._ancillary.iter_fds())
-                        self._ancillary.clear()
                 close_fds(fds)
                 if kind == wire.ERROR and envelope["id"] is None:
                     self._fail(connection_error(envelope))
                     return self._broken_error()
         finally:
             self._reader_lock.release()
+            if self._waiting:  # a caller may be waiting for the reader role
+                with self._cond:
+                    self._cond.notify_all()
 
     def _give_up(self, slot: CallSlot) -> None:
         """The caller no longer wants *slot*: drop what came, cancel the rest."""
@@ -345,6 +351,7 @@ class Client:
                 raise self._broken_error() from None
             if kind in (wire.RESULT, wire.ITEM, wire.ERROR):
                 if envelope["id"] is None:  # about the connection as a whole
+                    close_fds(fds)
                     self._fail(connection_error(envelope))
                     raise self._broken_error()
                 with self._table_lock:
@@ -405,7 +412,11 @@ class StreamCall(Generic[ItemT]):
         if kind == wire.ITEM:
             self._consumed += 1
             if self._consumed >= self._credit_every:
-                client._send_credit(self._slot, self._consumed)
+                try:
+                    client._send_credit(self._slot, self._consumed)
+                except BaseException:
+                    close_fds(fds)  # the item is lost with the connection: so are its fds
+                    raise
                 self._consumed = 0
             return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True

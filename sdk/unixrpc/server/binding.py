@@ -112,6 +112,8 @@ def bind_listener(
                 made = text
             finally:
                 os.umask(previous)
+        # listen at once: a starting rival must not take the new file for a stale one
+        sock.listen(backlog)
         if group is not None:
             import grp
 
@@ -119,7 +121,6 @@ def bind_listener(
             os.chown(text, -1, gid)
         os.chmod(text, mode)
         st = os.lstat(text)
-        sock.listen(backlog)
         sock.setblocking(False)
         return BoundListener(sock, parsed, (st.st_dev, st.st_ino))
     except BaseException:

@@ -180,7 +180,7 @@ class Connection:
                 continue
             if kind == wire.REQUEST or kind == wire.NOTIFICATION:
                 self._dispatch(task_group, kind, envelope, fds)
-                if not transport.buffered_size():
+                if not transport.buffered_size() and not fd_queue:
                     # let the call run (and answer) before reading on: the next
                     # request is then often waiting, which saves a poll
                     await anyio.lowlevel.checkpoint()
@@ -197,6 +197,12 @@ class Connection:
             else:
                 close_fds(fds)
                 await self._send_error(None, ProtocolViolationError(f"a client may not send {kind} messages"))
+            if fd_queue and not transport.buffered_size():
+                # descriptors ride on their frame's first byte: with no frame
+                # pending, these belong to none (the peer declared too few)
+                error = ProtocolViolationError(f"{len(fd_queue)} file descriptors came with no frame")
+                await self._send_error(None, error)
+                return
 
     def _dispatch(
         self, task_group: anyio.abc.TaskGroup, kind: str, envelope: dict[str, Any], fds: list[int]
@@ -242,6 +248,10 @@ class Connection:
             return refuse(
                 InvalidParamsError(f"invalid params for {name}: {exc.error_count()} error(s)", data=errors)
             )
+        except Exception as exc:  # a validator that raised something else: the call fails, not the server
+            request_fds.abort()
+            logger.exception("validating the params of %s raised", name)
+            return refuse(InternalError(f"validating the params of {name} raised {type(exc).__name__}"))
         request_fds.finish()  # descriptors no FD field took are closed
         context = CallContext(self.peer, name, call_id, self.connection_id)
         scope = self._new_scope()
@@ -306,14 +316,15 @@ class Connection:
         finally:
             if call_id is not None:
                 self._credits.pop(call_id, None)
-            # the request's descriptors live as long as the call (detach() keeps one)
-            request_fds.abort()
         try:
             if reply is not None:
                 await self._send(reply[0], reply[1], call_id)
         finally:
             # in flight until its reply is out: a graceful shutdown waits for it
             self.in_flight.pop(key, None)
+            # the request's descriptors live as long as the call, its reply
+            # included (a reply may hand one back); detach() keeps one
+            request_fds.abort()
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
@@ -332,7 +343,7 @@ class Connection:
         args = (request, context) if handler.wants_context else (request,)
         if handler.is_async:
             return await handler.function(*args)
-        return await anyio.to_thread.run_sync(handler.function, *args, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(handler.function, *args)
 
     async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
         call_id = context.call_id
@@ -350,7 +361,7 @@ class Connection:
             done = object()
             try:
                 while True:
-                    item = await anyio.to_thread.run_sync(next, items, done, abandon_on_cancel=True)
+                    item = await anyio.to_thread.run_sync(next, items, done)
                     if item is done:
                         break
                     await self._send_item(handler, call_id, credit, item)
@@ -412,14 +423,14 @@ class Connection:
         shutdown unblocks a send stuck on a peer that does not read by closing
         the transport. A reply over the frame limit is replaced by a short
         InternalError for the same call."""
-        frame, ancillary = outgoing(body, fd_context)
         try:
+            frame, ancillary = outgoing(body, fd_context)
             if shield:
                 with anyio.CancelScope(shield=True):
                     await self._transport.send_packet(frame, ancillary_data=ancillary)
             else:
                 await self._transport.send_packet(frame, ancillary_data=ancillary)
-        except (FrameTooLargeError, LocalProtocolError) as exc:
+        except (FrameTooLargeError, LocalProtocolError, ValueError) as exc:
             logger.error("connection %d: reply not sent: %s", self.connection_id, exc)
             if call_id is not None:
                 error = InternalError(f"the reply could not be sent: {exc}")
