@@ -20,7 +20,6 @@ import base64
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _fd_peers import MAX_FRAME, Add, PutInline, PutShared
+from _harness import peer, pin_to_one_cpu
 
 from unixrpc import Client, FileDescriptor, SharedBuffer
 
@@ -36,22 +36,10 @@ SIZES = {"1 MiB": 1 << 20, "64 MiB": 64 << 20, "512 MiB": 512 << 20}
 
 
 @contextmanager
-def peer(kind: str, tmp: str) -> Iterator[str]:
+def fd_peer(kind: str, tmp: str) -> Iterator[str]:
     path = os.path.join(tmp, f"{kind}.sock")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "_fd_peers.py"), kind, path],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with peer("_fd_peers.py", kind, path):
         yield path
-    finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -66,13 +54,12 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pin_to_one_cpu()
     rows: list[tuple[str, float, float, float, float]] = []
     with (
         tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp,
-        peer("floor", tmp) as floor_path,
-        peer("unixrpc", tmp) as rpc_path,
+        fd_peer("floor", tmp) as floor_path,
+        fd_peer("unixrpc", tmp) as rpc_path,
         Client(rpc_path, max_frame_size=MAX_FRAME) as client,
     ):
         small = timed(lambda: [client.call(Add(a=1, b=2)) for _ in range(1000)], repeats) / 1000

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 import anyio
 import orjson
+from _harness import measure, peer, pin_to_one_cpu
 
 from unixrpc import (
     AsyncUnixStreamClient,
@@ -80,36 +78,12 @@ async def async_round_trips(path: str, n: int) -> float:
         return (time.perf_counter() - t0) / n
 
 
-def measure(cases: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """Median per case; the cases take turns, so drift hits them all alike."""
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()  # warm up
-    for _ in range(REPEATS):
-        for name, fn in cases.items():
-            samples[name].append(fn())
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-def pin_to_one_cpu() -> None:
-    """Pin this process (and the echo peer it spawns) to one CPU."""
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else N
     pin_to_one_cpu()
     with tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp:
         path = os.path.join(tmp, "echo.sock")
-        echo = subprocess.Popen(
-            [sys.executable, os.path.join(os.path.dirname(__file__), "_echo.py"), path],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert echo.stdout is not None
-            assert echo.stdout.readline().strip() == "ready"
+        with peer("_echo.py", path):
             results = measure(
                 {
                     "floor: blocking socket + length prefix + orjson": lambda: floor_round_trips(path, n),
@@ -120,11 +94,9 @@ def main() -> None:
                     "AsyncUnixStreamClient on trio": lambda: anyio.run(
                         async_round_trips, path, n, backend="trio"
                     ),
-                }
+                },
+                REPEATS,
             )
-        finally:
-            echo.kill()
-            echo.wait()
     floor = next(iter(results.values()))
     print(f"small packet round trip, {n} per run, median of {REPEATS} runs (echo peer in another process)")
     for name, seconds in results.items():

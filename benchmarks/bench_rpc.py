@@ -22,18 +22,17 @@ import asyncio
 import itertools
 import os
 import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import measure, peer, pin_to_one_cpu
 from _rpc_peers import Add
 
 from unixrpc import AsyncClient, Client
@@ -44,22 +43,10 @@ IN_FLIGHT = 64
 
 
 @contextmanager
-def peer(kind: str, tmp: str) -> Iterator[str]:
+def rpc_peer(kind: str, tmp: str) -> Iterator[str]:
     path = os.path.join(tmp, f"{kind}.sock")
-    proc = subprocess.Popen(
-        [sys.executable, os.path.join(os.path.dirname(__file__), "_rpc_peers.py"), kind, path],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+    with peer("_rpc_peers.py", kind, path):
         yield path
-    finally:
-        proc.kill()
-        proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 def floor_calls(path: str, n: int) -> float:
@@ -148,26 +135,15 @@ async def streams_in_flight(path: str, n: int) -> float:
     return elapsed / (n // IN_FLIGHT * IN_FLIGHT)
 
 
-def measure(cases: dict[str, Callable[[], float]]) -> dict[str, float]:
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(REPEATS):
-        for name, fn in cases.items():
-            samples[name].append(fn())
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else N
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    pin_to_one_cpu()
     with (
         tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp,
-        peer("floor", tmp) as floor_path,
-        peer("unixrpc", tmp) as rpc_path,
-        peer("streams", tmp) as streams_path,
-        peer("floor-unixrpc", tmp) as plain_rpc_path,
+        rpc_peer("floor", tmp) as floor_path,
+        rpc_peer("unixrpc", tmp) as rpc_path,
+        rpc_peer("streams", tmp) as streams_path,
+        rpc_peer("floor-unixrpc", tmp) as plain_rpc_path,
     ):
         latency = measure(
             {
@@ -176,14 +152,16 @@ def main() -> None:
                 "Client.call, minimal blocking server": lambda: sync_calls(plain_rpc_path, n),
                 "AsyncClient.call on asyncio": lambda: anyio.run(async_calls, rpc_path, n, backend="asyncio"),
                 "AsyncClient.call on trio": lambda: anyio.run(async_calls, rpc_path, n, backend="trio"),
-            }
+            },
+            REPEATS,
         )
         throughput = measure(
             {
                 "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
                 "AsyncClient on asyncio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="asyncio"),
                 "AsyncClient on trio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="trio"),
-            }
+            },
+            REPEATS,
         )
     floor = next(iter(latency.values()))
     print(f"sequential call latency, {n} calls per run, median of {REPEATS} runs, one CPU")
