@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import anyio
 from anyio.from_thread import start_blocking_portal
@@ -151,3 +152,38 @@ def serving_in_thread(server: Server, path: str, backend: str = "asyncio") -> It
             portal.call(server.shutdown)
             future.result(timeout=30)
     assert not os.path.exists(path)
+
+
+class Driver:
+    """One async face for Client and AsyncClient."""
+
+    def __init__(self, kind: str, client: Any) -> None:
+        self.kind = kind
+        self.client = client
+
+    async def call(self, method: Any, **kwargs: Any) -> Any:
+        if self.kind == "sync":
+            return self.client.call(method, **kwargs)
+        return await self.client.call(method, **kwargs)
+
+    async def notify(self, method: Any) -> None:
+        if self.kind == "sync":
+            self.client.notify(method)
+        else:
+            await self.client.notify(method)
+
+    async def stream(self, method: Any, limit: int | None = None) -> list[Any]:
+        items: list[Any] = []
+        if self.kind == "sync":
+            with self.client.stream(method) as stream:
+                for item in stream:
+                    items.append(item)
+                    if limit is not None and len(items) >= limit:
+                        break
+        else:
+            async with self.client.stream(method) as stream:
+                async for item in stream:
+                    items.append(item)
+                    if limit is not None and len(items) >= limit:
+                        break
+        return items

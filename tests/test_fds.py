@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import open_fds
-from rpc_support import serving, serving_in_thread
+from rpc_support import Driver, serving, serving_in_thread
 from unixrpc import (
     FD,
     AsyncClient,
@@ -165,28 +165,6 @@ def fd_server(log_dir: str) -> Server:
             view.release()
 
     return server
-
-
-class Driver:
-    def __init__(self, kind: str, client: Any) -> None:
-        self.kind = kind
-        self.client = client
-
-    async def call(self, method: Any, **kwargs: Any) -> Any:
-        if self.kind == "sync":
-            return self.client.call(method, **kwargs)
-        return await self.client.call(method, **kwargs)
-
-    async def notify(self, method: Any) -> None:
-        if self.kind == "sync":
-            self.client.notify(method)
-        else:
-            await self.client.notify(method)
-
-    async def stream(self, method: Any) -> list[Any]:
-        if self.kind == "sync":
-            return list(self.client.stream(method))
-        return [item async for item in self.client.stream(method)]
 
 
 @asynccontextmanager

@@ -19,6 +19,7 @@ from conftest import open_fds
 from rpc_support import (
     Add,
     Count,
+    Driver,
     Echo,
     Events,
     Fail,
@@ -71,41 +72,6 @@ class AddAsList(Method[list[str]], name="Add"):
 
     a: int
     b: int
-
-
-class Driver:
-    """One async face for Client and AsyncClient."""
-
-    def __init__(self, kind: str, client: Any) -> None:
-        self.kind = kind
-        self.client = client
-
-    async def call(self, method: Any, **kwargs: Any) -> Any:
-        if self.kind == "sync":
-            return self.client.call(method, **kwargs)
-        return await self.client.call(method, **kwargs)
-
-    async def notify(self, method: Any) -> None:
-        if self.kind == "sync":
-            self.client.notify(method)
-        else:
-            await self.client.notify(method)
-
-    async def stream(self, method: Any, limit: int | None = None) -> list[Any]:
-        items: list[Any] = []
-        if self.kind == "sync":
-            with self.client.stream(method) as stream:
-                for item in stream:
-                    items.append(item)
-                    if limit is not None and len(items) >= limit:
-                        break
-        else:
-            async with self.client.stream(method) as stream:
-                async for item in stream:
-                    items.append(item)
-                    if limit is not None and len(items) >= limit:
-                        break
-        return items
 
 
 @asynccontextmanager
