@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,6 +36,7 @@ from pydantic import field_validator
 from conftest import open_fds
 from rpc_support import Add, Events, Fail, Sleep, make_server, serving, serving_in_thread
 from unixrpc import (
+    FD,
     AsyncClient,
     CallContext,
     Client,
@@ -871,3 +873,53 @@ async def test_a_validator_that_raises_fails_the_call_not_the_server(
             await client.call(GreetLoose(name=5))
         assert await client.call(Greet(name=" you ")) == "hello you"
         assert await add_via_new_client(path) == 5
+
+
+class Blocked(Method[str]):
+    """A plain-def handler that blocks until the test releases it."""
+
+    fd: FD | None = None
+
+
+def blocked_server(release: threading.Event, started: threading.Event) -> Server:
+    server = Server()
+
+    @server.method(Blocked)
+    def blocked(req: Blocked) -> str:
+        started.set()
+        release.wait(10)
+        if req.fd is not None:
+            os.fstat(req.fd.fileno())  # still open: the cancel waited for us
+        return "done"
+
+    return server
+
+
+@pytest.mark.parametrize("with_fd", [False, True])
+def test_cancelled_thread_handler_is_abandoned_unless_it_holds_fds(sock_dir: str, with_fd: bool) -> None:
+    release, started = threading.Event(), threading.Event()
+    try:
+        with (
+            serving_in_thread(blocked_server(release, started), sock_path(sock_dir)) as path,
+            raw_connect(path) as sock,
+        ):
+            if with_fd:
+                send_with_fds(sock, frame(request(1, "Blocked", {"fd": 0}), nfds=1), 1)
+            else:
+                sock.sendall(frame(request(1, "Blocked", {})))
+            assert started.wait(10)
+            sock.sendall(frame(b'{"cancel":1}'))
+            if with_fd:
+                # the thread still uses the request's descriptor: no reply until it returns
+                sock.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    sock.recv(1)
+                sock.settimeout(None)
+                release.set()
+            reply = recv_envelope(sock)
+            assert reply is not None
+            assert reply["error"]["code"] == "unixrpc.Cancelled"
+            assert not with_fd or release.is_set()
+            assert with_fd or not release.is_set(), "without fds the thread is abandoned at once"
+    finally:
+        release.set()

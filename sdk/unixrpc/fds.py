@@ -221,6 +221,10 @@ class FdContext:
             handle = self._taken[index] = FileDescriptor(self._incoming[index])
         return handle
 
+    def holds_any(self) -> bool:
+        """True if a field took one of the received descriptors."""
+        return bool(self._taken)
+
     def finish(self) -> None:
         """Close the received descriptors that no field took."""
         for index, fd in enumerate(self._incoming):

@@ -299,7 +299,8 @@ class Connection:
                     await self._run_stream(handler, request, context, window or 1)
                     reply = (wire.encode_result(call_id, b"null"), None) if call_id is not None else None
                 else:
-                    result = await self._invoke(handler, request, context)
+                    abandon = not request_fds.holds_any()
+                    result = await self._invoke(handler, request, context, abandon=abandon)
                     if call_id is not None:
                         body, result_fds = self._encode(handler, result, "result")
                         reply = wire.encode_result(call_id, body), result_fds
@@ -339,11 +340,17 @@ class Connection:
             )
 
     @staticmethod
-    async def _invoke(handler: _Handler, request: Any, context: CallContext) -> Any:
+    async def _invoke(handler: _Handler, request: Any, context: CallContext, *, abandon: bool) -> Any:
+        """Run the handler. A plain function runs in a worker thread, which a
+        cancel abandons (it runs on, its result unused) unless the request
+        holds descriptors: those must stay open while the thread may use
+        them, so the cancel then waits for the thread."""
         args = (request, context) if handler.wants_context else (request,)
         if handler.is_async:
             return await handler.function(*args)
-        return await anyio.to_thread.run_sync(handler.function, *args)
+        result = await anyio.to_thread.run_sync(handler.function, *args, abandon_on_cancel=abandon)
+        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel that waited for the thread still counts
+        return result
 
     async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
         call_id = context.call_id
