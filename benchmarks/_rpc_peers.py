@@ -44,14 +44,18 @@ def run_unixrpc(path: str) -> None:
     anyio.run(main)
 
 
-def _answer(body: bytes) -> bytes:
+def _answer(body: bytes, pad: bytes = b"") -> bytes:
+    """Answer one Add request; *pad* fills the header past the 4-byte length."""
     request = orjson.loads(body)
     params = request["params"]
     reply = orjson.dumps({"id": request["id"], "result": params["a"] + params["b"]})
-    return len(reply).to_bytes(4, "big") + reply
+    return len(reply).to_bytes(4, "big") + pad + reply
 
 
-def run_floor(path: str) -> None:
+def _serve_blocking(path: str, pad: bytes) -> None:
+    """A blocking server, a thread per connection: ``u32 length`` + *pad* + JSON."""
+    header = 4 + len(pad)
+
     def serve(conn: socket.socket) -> None:
         buf = b""
         with conn:
@@ -61,10 +65,10 @@ def run_floor(path: str) -> None:
                     return
                 buf += chunk
                 out = []
-                while len(buf) >= 4 and len(buf) >= 4 + int.from_bytes(buf[:4], "big"):
-                    size = int.from_bytes(buf[:4], "big")
-                    out.append(_answer(buf[4 : 4 + size]))
-                    buf = buf[4 + size :]
+                while len(buf) >= header and len(buf) >= header + int.from_bytes(buf[:4], "big"):
+                    end = header + int.from_bytes(buf[:4], "big")
+                    out.append(_answer(buf[header:end], pad))
+                    buf = buf[end:]
                 if out:
                     conn.sendall(b"".join(out))
 
@@ -75,6 +79,10 @@ def run_floor(path: str) -> None:
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def run_floor(path: str) -> None:
+    _serve_blocking(path, b"")
 
 
 def run_streams(path: str) -> None:
@@ -96,34 +104,8 @@ def run_streams(path: str) -> None:
 
 
 def run_floor_unixrpc(path: str) -> None:
-    """The floor server speaking the unixrpc wire format (6-byte header)."""
-
-    def serve(conn: socket.socket) -> None:
-        buf = b""
-        with conn:
-            while True:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                buf += chunk
-                out = []
-                while len(buf) >= 6 and len(buf) >= 6 + int.from_bytes(buf[:4], "big"):
-                    size = int.from_bytes(buf[:4], "big")
-                    request = orjson.loads(buf[6 : 6 + size])
-                    params = request["params"]
-                    reply = orjson.dumps({"id": request["id"], "result": params["a"] + params["b"]})
-                    out.append(len(reply).to_bytes(4, "big") + b"\0\0" + reply)
-                    buf = buf[6 + size :]
-                if out:
-                    conn.sendall(b"".join(out))
-
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(64)
-    print("ready", flush=True)
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    """The floor server speaking the unixrpc wire format (6-byte header, no fds)."""
+    _serve_blocking(path, b"\0\0")
 
 
 if __name__ == "__main__":
