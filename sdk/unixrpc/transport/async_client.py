@@ -22,7 +22,7 @@ import anyio.lowlevel
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import ClientClosedError, ConnectionBrokenError
-from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, StreamProtocol
+from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, NeedData, StreamProtocol
 from ._common import (
     MSG_CMSG_CLOEXEC,
     SocketProxy,
@@ -45,15 +45,6 @@ SentT = TypeVar("SentT")
 ReceivedT = TypeVar("ReceivedT")
 
 _CONNECT_RETRY_MAX = 0.05
-
-
-async def _acquire(lock: anyio.Lock) -> None:
-    """Take *lock*; without a trip through the scheduler when it is free (the
-    common case: one task sends or receives at a time)."""
-    if lock.locked():
-        await lock.acquire()
-    else:
-        lock.acquire_nowait()
 
 
 class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
@@ -293,36 +284,63 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if self._sock is None:
             await self.wait_connected()
         data = self._protocol.serialize(packet)
-        cmsgs = make_cmsgs(ancillary_data)
-        await _acquire(self._send_lock)
-        try:
+        cmsgs = make_cmsgs(ancillary_data) if ancillary_data is not None else None
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # No other sender: write without taking the lock. Nothing awaits
+            # before the lock is taken below, so no task can slip in between.
             sock = self._check_can_send()
-            total = len(data)
-            sent = 0
+            sent = self._first_send(sock, data, cmsgs)
+            if sent == len(data):
+                return
+            lock.acquire_nowait()
             try:
-                while True:
-                    try:
-                        if not sent:
-                            sent = sock.sendmsg([data], cmsgs) if cmsgs else sock.send(data)
-                        else:
-                            sent += sock.send(memoryview(data)[sent:])
-                    except BlockingIOError:
-                        await anyio.wait_writable(sock)
-                        continue
-                    if sent >= total:
-                        return
-            except OSError as exc:
-                if sent:
-                    self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
-                elif exc.errno in (errno.EPIPE, errno.ECONNRESET):
-                    self._send_broken = ConnectionBrokenError("peer closed the connection")
-                raise map_send_error(exc, self._closed) from exc
-            except BaseException:
-                if sent:
-                    self._send_broken = ConnectionBrokenError("a send was cancelled in the middle of a frame")
-                raise
+                await self._send_rest(sock, data, sent, cmsgs)
+            finally:
+                lock.release()
+            return
+        try:
+            await self._send_rest(self._check_can_send(), data, 0, cmsgs)
         finally:
-            self._send_lock.release()
+            lock.release()
+
+    def _first_send(self, sock: _Socket, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None) -> int:
+        """Try the first write of a frame; 0 if the socket buffer is full."""
+        try:
+            return sock.sendmsg([data], cmsgs) if cmsgs else sock.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                self._send_broken = ConnectionBrokenError("peer closed the connection")
+            raise map_send_error(exc, self._closed) from exc
+
+    async def _send_rest(
+        self, sock: _Socket, data: bytes, sent: int, cmsgs: list[tuple[int, int, bytes]] | None
+    ) -> None:
+        """Write *data* from offset *sent* on, waiting for room (send lock held)."""
+        total = len(data)
+        try:
+            while sent < total:
+                try:
+                    if not sent:
+                        sent = sock.sendmsg([data], cmsgs) if cmsgs else sock.send(data)
+                    else:
+                        sent += sock.send(memoryview(data)[sent:])
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+        except OSError as exc:
+            if sent:
+                self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
+            elif exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                self._send_broken = ConnectionBrokenError("peer closed the connection")
+            raise map_send_error(exc, self._closed) from exc
+        except BaseException:
+            if sent:
+                self._send_broken = ConnectionBrokenError("a send was cancelled in the middle of a frame")
+            raise
 
     def _check_can_send(self) -> _Socket:
         sock = self._connected_socket()
@@ -380,13 +398,65 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         bufsize = resolve_ancillary_bufsize(ancillary_data, ancillary_bufsize)
         if self._sock is None:
             await self.wait_connected()
-        await _acquire(self._recv_lock)
+        lock = self._recv_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # No other reader: take what is already there without the lock;
+            # the lock is taken only to wait (aclose() relies on it then).
+            packet = self._recv_nowait(ancillary_data, bufsize)
+            if packet is not NEED_DATA:
+                return packet
+            lock.acquire_nowait()
         try:
             return await self._recv_locked(ancillary_data, bufsize, None)
         finally:
-            self._recv_lock.release()
+            lock.release()
             if self._closed and self._sock is not None:
                 self._sock.close()
+
+    def _recv_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT | NeedData:
+        """A buffered packet, or one read without waiting; NEED_DATA if none."""
+        sock = self._connected_socket()
+        packet = self._receiver.next_packet()
+        if packet is NEED_DATA and self._recv_broken is None and self._read_once(sock, ancillary, bufsize):
+            packet = self._receiver.next_packet()
+        return packet
+
+    def _read_once(self, sock: _Socket, ancillary: SocketAncillary | None, bufsize: int) -> bool:
+        """One read into the receive buffer; False if nothing was waiting.
+
+        Raises:
+            ConnectionBrokenError, ClientClosedError, AncillaryDataTruncatedError, OSError.
+        """
+        receiver = self._receiver
+        buffer = receiver.get_buffer()
+        try:
+            if ancillary is None:
+                nbytes = sock.recv_into(buffer)
+            else:
+                nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buffer], bufsize, MSG_CMSG_CLOEXEC)
+                if ancdata or msg_flags & _MSG_CTRUNC:
+                    try:
+                        handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
+                    except ConnectionBrokenError as exc:
+                        self._recv_broken = exc
+                        raise
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if self._closed:
+                raise ClientClosedError("client is closed") from exc
+            raise
+        finally:
+            del buffer
+        if nbytes == 0:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            self._recv_broken = eof_error(receiver.buffered_size())
+            raise self._recv_broken
+        receiver.buffer_updated(nbytes)
+        return True
 
     async def _recv_locked(
         self, ancillary: SocketAncillary | None, bufsize: int, timeout: float | None
@@ -399,33 +469,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 return packet
             if self._recv_broken is not None:
                 raise self._recv_broken
-            buffer = receiver.get_buffer()
-            try:
-                if ancillary is None:
-                    nbytes = sock.recv_into(buffer)
-                else:
-                    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buffer], bufsize, MSG_CMSG_CLOEXEC)
-                    if ancdata or msg_flags & _MSG_CTRUNC:
-                        try:
-                            handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
-                        except ConnectionBrokenError as exc:
-                            self._recv_broken = exc
-                            raise
-            except BlockingIOError:
-                del buffer
+            if not self._read_once(sock, ancillary, bufsize):
                 await self._wait_readable(sock, timeout)
-                continue
-            except OSError as exc:
-                if self._closed:
-                    raise ClientClosedError("client is closed") from exc
-                raise
-            del buffer
-            if nbytes == 0:
-                if self._closed:
-                    raise ClientClosedError("client is closed")
-                self._recv_broken = eof_error(receiver.buffered_size())
-                raise self._recv_broken
-            receiver.buffer_updated(nbytes)
 
     @staticmethod
     async def _wait_readable(sock: _Socket, timeout: float | None) -> None:
