@@ -482,6 +482,36 @@ def test_stdlib_client_cancel(server_path: str, events: Events) -> None:
     assert events.cancelled == ["slow"]
 
 
+def test_stdlib_client_cancels_leave_the_workers_usable(server_path: str, events: Events) -> None:
+    # the server's workers run calls in a long-lived cancel scope, replaced
+    # after each cancel: every round gets exactly one Cancelled for the slow
+    # call and a result for the others, on the same connection
+    out = run_peer(
+        """
+        conn = connect(sys.argv[1])
+        rounds = []
+        for r in range(15):
+            slow, fast, short = 3 * r + 1, 3 * r + 2, 3 * r + 3
+            conn.send({"id": slow, "method": "Sleep", "params": {"seconds": 30, "tag": f"slow{r}"}})
+            conn.send({"id": short, "method": "Sleep", "params": {"seconds": 0.01, "tag": f"short{r}"}})
+            conn.send({"id": fast, "method": "Add", "params": {"a": r, "b": 1}})
+            conn.send({"cancel": slow})  # the slow call may have started or only be assigned
+            rounds.append(sorted((conn.next(), conn.next(), conn.next()), key=lambda m: m["id"]))
+        report(rounds=rounds, after=conn.next(0.3))
+        """,
+        server_path,
+    )
+    for r, (cancelled, added, short) in enumerate(out["rounds"]):
+        assert cancelled == error(3 * r + 1, "unixrpc.Cancelled", "call cancelled by the client")
+        assert added == {"id": 3 * r + 2, "result": r + 1}
+        assert short["id"] == 3 * r + 3 and "result" in short
+    assert out["after"] == "<timeout>"
+    # a handler sees its cancel only if it had started (a cancel may also come
+    # while the call is assigned to a worker but not started)
+    assert len(set(events.cancelled)) == len(events.cancelled)
+    assert set(events.cancelled) <= {f"slow{r}" for r in range(15)}
+
+
 def test_stdlib_client_pipelined_calls_answered_by_id(server_path: str) -> None:
     out = run_peer(
         """

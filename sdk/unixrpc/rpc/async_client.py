@@ -3,8 +3,9 @@
 Owns the async side of sharing one connection. There is no reader task: a
 caller that needs a message and finds no one reading reads for everyone,
 filing each frame under its call id and waking the task it belongs to; when
-its own message is in, it wakes the waiters so that one of them takes over
-(as httpcore's HTTP/2 connection does). A canceller task in the client's
+its own message is in, it wakes one parked waiter to take over (as
+httpcore's HTTP/2 connection does; one, not all: with many calls in flight,
+waking every waiter on each reply costs more than the calls). A canceller task in the client's
 task group sends the cancel requests of calls abandoned from places that
 cannot await (a stream dropped without ``aclose``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -100,6 +102,8 @@ class AsyncClient:
         self._task_group: TaskGroup | None = None
         self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
         self._reading = False  # a caller is reading for everyone
+        self._parked: deque[CallSlot] = deque()  # callers waiting, oldest first (may hold stale entries)
+        self._new_event: type[anyio.Event] = type(anyio.Event())  # without anyio's per-call dispatch
         self._ancillary = SocketAncillary()  # used by the reading caller only
 
     async def __aenter__(self) -> Self:
@@ -273,13 +277,29 @@ class AsyncClient:
                     await self._read_until(slot)
                 finally:
                     self._reading = False
-                    for other in self._table.pending():  # one of them takes over reading
-                        if other.waiter is not None:
-                            other.waiter.set()
-                            other.waiter = None
+                    self._pass_reading()
             else:
-                event = slot.waiter = anyio.Event()
-                await event.wait()
+                event = slot.waiter = self._new_event()
+                self._parked.append(slot)
+                try:
+                    await event.wait()
+                except BaseException:
+                    if slot.waiter is event:
+                        slot.waiter = None
+                    if not self._reading:  # we may have been picked to read next
+                        self._pass_reading()
+                    raise
+
+    def _pass_reading(self) -> None:
+        """Wake one parked caller still waiting for its message: it becomes the reader."""
+        parked = self._parked
+        while parked:
+            other = parked.popleft()
+            waiter = other.waiter
+            if waiter is not None:
+                other.waiter = None
+                waiter.set()
+                return
 
     def _give_up(self, slot: CallSlot, *, send_cancel: bool = True) -> bool:
         """The caller no longer wants *slot*: drop what came. Returns whether

@@ -80,12 +80,18 @@ class _Credit:
 
 class _Worker:
     """A task of the connection's pool that runs one call at a time; reused,
-    since spawning a task per call costs more than the call itself."""
+    since spawning a task per call costs more than the call itself.
 
-    __slots__ = ("job", "wake")
+    Its calls run in one long-lived cancel scope (entering and leaving a scope
+    per call costs about as much as a small call): the call in progress is
+    the only one a cancel can reach, and a cancelled scope is replaced."""
 
-    def __init__(self) -> None:
-        self.job: tuple[Any, ...] | None = None
+    __slots__ = ("current", "job", "scope", "wake")
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.job: tuple[Any, ...] | None = None  # assigned, not started
+        self.current: tuple[Any, ...] | None = None  # running
+        self.scope = scope
         self.wake = anyio.Event()
 
 
@@ -103,7 +109,8 @@ class Connection:
         self.connection_id = connection_id
         self.peer: UnixCredentials = transport.get_peer_credentials()
         self._fd_queue = FdQueue()
-        self.in_flight: dict[int | object, anyio.CancelScope] = {}
+        # the scope that cancels each call; None once its reply is being sent
+        self.in_flight: dict[int | object, anyio.CancelScope | None] = {}
         self._credits: dict[int, _Credit] = {}
         self._idle_workers: list[_Worker] = []
         self._reading_done = False
@@ -111,6 +118,7 @@ class Connection:
         self._new_event: type[anyio.Event] = type(anyio.Event())
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._max_frame_size = server._framing.max_frame_size
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -125,7 +133,7 @@ class Connection:
                 self._reading_done = True
                 if self._peer_hung_up():
                     for key, scope in list(self.in_flight.items()):
-                        if type(key) is int:
+                        if type(key) is int and scope is not None:
                             scope.cancel()
                 for worker in self._idle_workers:  # no more work: let the pool end
                     worker.wake.set()
@@ -254,58 +262,93 @@ class Connection:
             return refuse(InternalError(f"validating the params of {name} raised {type(exc).__name__}"))
         request_fds.finish()  # descriptors no FD field took are closed
         context = CallContext(self.peer, name, call_id, self.connection_id)
-        scope = self._new_scope()
+        worker = self._idle_workers.pop() if self._idle_workers else None
+        if worker is None:
+            worker = _Worker(self._new_scope())
+            task_group.start_soon(self._work, worker)
+        else:
+            worker.wake.set()
         key: int | object = call_id if call_id is not None else object()
-        self.in_flight[key] = scope
+        self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
             self._credits[call_id] = _Credit(window)  # before any credit message can arrive
-        job = (handler, request, context, scope, key, window, request_fds)
-        if self._idle_workers:
-            worker = self._idle_workers.pop()
-            worker.job = job
-            worker.wake.set()
-        else:
-            worker = _Worker()
-            worker.job = job
-            task_group.start_soon(self._work, worker)
+        worker.job = (handler, request, context, key, window, request_fds)
 
     async def _work(self, worker: _Worker) -> None:
         while worker.job is not None:
-            job, worker.job = worker.job, None
-            await self._run_call(*job)
+            scope = worker.scope
+            with scope:
+                await self._run_jobs(worker, scope)
+            if not scope.cancel_called:
+                return  # no more work will come
+            # a cancel ended the call in progress (or the one just assigned)
+            job = worker.current or worker.job
+            worker.current = worker.job = None
+            worker.scope = self._new_scope()
+            if job is not None:
+                await self._answer_cancelled(*job)
             if self._reading_done:
-                return  # no more work will come: do not park
-            worker.wake = self._new_event()
-            self._idle_workers.append(worker)
-            await worker.wake.wait()
+                return
+            await self._park(worker)
+
+    async def _run_jobs(self, worker: _Worker, scope: anyio.CancelScope) -> None:
+        while worker.job is not None:
+            worker.current, worker.job = worker.job, None
+            await self._run_call(*worker.current)
+            worker.current = None
+            if self._reading_done or scope.cancel_called:
+                return  # no more work will come, or this scope is spent: do not park in it
+            await self._park(worker)
+
+    async def _park(self, worker: _Worker) -> None:
+        worker.wake = self._new_event()
+        self._idle_workers.append(worker)
+        await worker.wake.wait()
+
+    async def _answer_cancelled(
+        self,
+        handler: _Handler,
+        request: Any,
+        context: CallContext,
+        key: int | object,
+        window: int | None,
+        request_fds: FdContext,
+    ) -> None:
+        call_id = context.call_id
+        try:
+            if call_id is not None:
+                self._credits.pop(call_id, None)
+                error = CallCancelledError("call cancelled by the client")
+                await self._send(wire.encode_error(call_id, error.code, error.message), shield=True)
+        finally:
+            self.in_flight.pop(key, None)
+            request_fds.abort()
 
     async def _run_call(
         self,
         handler: _Handler,
         request: Any,
         context: CallContext,
-        scope: anyio.CancelScope,
         key: int | object,
         window: int | None,
         request_fds: FdContext,
     ) -> None:
+        """Run one call inside its worker's scope. A cancel propagates out of
+        here (the worker answers it); anything else is answered here."""
         call_id = context.call_id
         reply: tuple[bytes, FdContext | None] | None = None
         try:
-            with scope:
-                await self._authorize(context, request)
-                if handler.spec.streaming:
-                    assert call_id is not None or window is None
-                    await self._run_stream(handler, request, context, window or 1)
-                    reply = (wire.encode_result(call_id, b"null"), None) if call_id is not None else None
-                else:
-                    abandon = not request_fds.holds_any()
-                    result = await self._invoke(handler, request, context, abandon=abandon)
-                    if call_id is not None:
-                        body, result_fds = self._encode(handler, result, "result")
-                        reply = wire.encode_result(call_id, body), result_fds
-            if scope.cancelled_caught:
-                reply = self._error_reply(call_id, CallCancelledError("call cancelled by the client"))
+            await self._authorize(context, request)
+            if handler.spec.streaming:
+                assert call_id is not None or window is None
+                await self._run_stream(handler, request, context, window or 1)
+                reply = (wire.encode_result(call_id, b"null"), None) if call_id is not None else None
+            else:
+                abandon = not request_fds.holds_any()
+                result = await self._invoke(handler, request, context, abandon=abandon)
+                if call_id is not None:
+                    body, result_fds = self._encode(handler, result, "result")
+                    reply = wire.encode_result(call_id, body), result_fds
         except RPCError as exc:
             reply = self._error_reply(call_id, exc)
         except Exception as exc:
@@ -317,9 +360,12 @@ class Connection:
         finally:
             if call_id is not None:
                 self._credits.pop(call_id, None)
+        # past the handler: a cancel can no longer reach this call, and its
+        # reply is shielded (the worker's scope may have been cancelled anyway)
+        self.in_flight[key] = None
         try:
             if reply is not None:
-                await self._send(reply[0], reply[1], call_id)
+                await self._send(reply[0], reply[1], call_id, shield=True)
         finally:
             # in flight until its reply is out: a graceful shutdown waits for it
             self.in_flight.pop(key, None)
@@ -430,13 +476,28 @@ class Connection:
         shutdown unblocks a send stuck on a peer that does not read by closing
         the transport. A reply over the frame limit is replaced by a short
         InternalError for the same call."""
+        transport = self._transport
         try:
+            if fd_context is None or not fd_context.outgoing:
+                # the common case, without the packet layer: the frame's bytes,
+                # written at once when the socket takes them
+                if len(body) > self._max_frame_size:
+                    raise FrameTooLargeError(len(body), self._max_frame_size)
+                data = wire.HEADER.pack(len(body), 0) + body
+                sent = transport._try_send(data)
+                if sent != len(data):
+                    if shield:
+                        with anyio.CancelScope(shield=True):
+                            await transport._finish_send(data, sent)
+                    else:
+                        await transport._finish_send(data, sent)
+                return
             frame, ancillary = outgoing(body, fd_context)
             if shield:
                 with anyio.CancelScope(shield=True):
-                    await self._transport.send_packet(frame, ancillary_data=ancillary)
+                    await transport.send_packet(frame, ancillary_data=ancillary)
             else:
-                await self._transport.send_packet(frame, ancillary_data=ancillary)
+                await transport.send_packet(frame, ancillary_data=ancillary)
         except (FrameTooLargeError, LocalProtocolError, ValueError) as exc:
             logger.error("connection %d: reply not sent: %s", self.connection_id, exc)
             if call_id is not None:

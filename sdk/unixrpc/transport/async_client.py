@@ -285,24 +285,38 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             await self.wait_connected()
         data = self._protocol.serialize(packet)
         cmsgs = make_cmsgs(ancillary_data) if ancillary_data is not None else None
+        sent = self._try_send(data, cmsgs)
+        if sent != len(data):
+            await self._finish_send(data, sent, cmsgs)
+
+    def _try_send(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> int | None:
+        """The first write of a serialized frame, when no other task is sending:
+        the bytes written (0 if the socket buffer is full). None, with nothing
+        written, if another task holds the send lock. Finish a short write
+        with :meth:`_finish_send` before the next await: nothing else may be
+        sent in between. (The lock is only taken to wait, so no task can slip
+        in while this runs without awaiting.)
+
+        Raises:
+            ClientClosedError, ConnectionBrokenError, OSError: as send_packet.
+        """
+        if self._send_lock.locked():
+            return None
+        return self._first_send(self._check_can_send(), data, cmsgs)
+
+    async def _finish_send(
+        self, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None = None
+    ) -> None:
+        """Write the rest of a frame :meth:`_try_send` began (all of it if it
+        returned None), under the send lock."""
         lock = self._send_lock
-        if lock.locked():
+        if sent is None:
             await lock.acquire()
+            sent = 0
         else:
-            # No other sender: write without taking the lock. Nothing awaits
-            # before the lock is taken below, so no task can slip in between.
-            sock = self._check_can_send()
-            sent = self._first_send(sock, data, cmsgs)
-            if sent == len(data):
-                return
-            lock.acquire_nowait()
-            try:
-                await self._send_rest(sock, data, sent, cmsgs)
-            finally:
-                lock.release()
-            return
+            lock.acquire_nowait()  # free: no await since _try_send
         try:
-            await self._send_rest(self._check_can_send(), data, 0, cmsgs)
+            await self._send_rest(self._check_can_send(), data, sent, cmsgs)
         finally:
             lock.release()
 
