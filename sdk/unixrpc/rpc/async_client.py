@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -23,6 +24,7 @@ from anyio.abc import TaskGroup
 
 from .._core import wire
 from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
@@ -103,7 +105,7 @@ class AsyncClient:
         self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
         self._reading = False  # a caller is reading for everyone
         self._parked: deque[CallSlot] = deque()  # callers waiting, oldest first (may hold stale entries)
-        self._new_event: type[anyio.Event] = type(anyio.Event())  # without anyio's per-call dispatch
+        self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
         self._ancillary = SocketAncillary()  # used by the reading caller only
 
     async def __aenter__(self) -> Self:
@@ -116,6 +118,7 @@ class AsyncClient:
             self._cancel_send.close()
             self._cancel_receive.close()
             raise
+        self._new_wakeup = wakeup_factory()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -279,7 +282,7 @@ class AsyncClient:
                     self._reading = False
                     self._pass_reading()
             else:
-                event = slot.waiter = self._new_event()
+                event = slot.waiter = self._new_wakeup()
                 self._parked.append(slot)
                 try:
                     await event.wait()

@@ -26,6 +26,7 @@ from pydantic_core import PydanticSerializationError
 
 from .._core import wire
 from .._core.calls import FdQueue, close_fds
+from .._wakeup import Wakeup, wakeup_factory
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     AncillaryDataTruncatedError,
@@ -88,11 +89,11 @@ class _Worker:
 
     __slots__ = ("current", "job", "scope", "wake")
 
-    def __init__(self, scope: anyio.CancelScope) -> None:
+    def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
         self.job: tuple[Any, ...] | None = None  # assigned, not started
         self.current: tuple[Any, ...] | None = None  # running
         self.scope = scope
-        self.wake = anyio.Event()
+        self.wake = wake
 
 
 class Connection:
@@ -115,7 +116,7 @@ class Connection:
         self._idle_workers: list[_Worker] = []
         self._reading_done = False
         # the backend's own classes, instantiated without anyio's per-call dispatch
-        self._new_event: type[anyio.Event] = type(anyio.Event())
+        self._new_wakeup = wakeup_factory()
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
         self._max_frame_size = server._framing.max_frame_size
@@ -264,7 +265,7 @@ class Connection:
         context = CallContext(self.peer, name, call_id, self.connection_id)
         worker = self._idle_workers.pop() if self._idle_workers else None
         if worker is None:
-            worker = _Worker(self._new_scope())
+            worker = _Worker(self._new_scope(), self._new_wakeup())
             task_group.start_soon(self._work, worker)
         else:
             worker.wake.set()
@@ -301,7 +302,7 @@ class Connection:
             await self._park(worker)
 
     async def _park(self, worker: _Worker) -> None:
-        worker.wake = self._new_event()
+        worker.wake = self._new_wakeup()
         self._idle_workers.append(worker)
         await worker.wake.wait()
 
