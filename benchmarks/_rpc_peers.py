@@ -1,9 +1,13 @@
 """Servers for bench_rpc.py, each run in its own process:
 
 * ``unixrpc PATH``  -- a unixrpc Server with Add (asyncio backend);
+* ``unixrpc-trio PATH`` -- the same Server under trio;
 * ``floor PATH``    -- a plain blocking socket server, thread per connection,
   length prefix + orjson, ``{"id","method","params"}`` -> ``{"id","result"}``;
-* ``streams PATH``  -- the same protocol with hand-written asyncio streams.
+* ``streams PATH``  -- the same protocol with hand-written asyncio streams;
+* ``floor-unixrpc PATH``, ``streams-unixrpc PATH`` -- the floor and streams
+  servers speaking the unixrpc wire format (6-byte header, no fds), for our
+  clients.
 
 Prints "ready" once listening.
 """
@@ -25,7 +29,7 @@ class Add(Method[int]):
     b: int
 
 
-def run_unixrpc(path: str) -> None:
+def run_unixrpc(path: str, backend: str = "asyncio") -> None:
     server = Server()
 
     @server.method(Add)
@@ -41,7 +45,11 @@ def run_unixrpc(path: str) -> None:
 
     import anyio
 
-    anyio.run(main)
+    anyio.run(main, backend=backend)
+
+
+def run_unixrpc_trio(path: str) -> None:
+    run_unixrpc(path, "trio")
 
 
 def _answer(body: bytes, pad: bytes = b"") -> bytes:
@@ -85,13 +93,13 @@ def run_floor(path: str) -> None:
     _serve_blocking(path, b"")
 
 
-def run_streams(path: str) -> None:
+def run_streams(path: str, pad: bytes = b"") -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                header = await reader.readexactly(4)
-                body = await reader.readexactly(int.from_bytes(header, "big"))
-                writer.write(_answer(body))
+                header = await reader.readexactly(4 + len(pad))
+                body = await reader.readexactly(int.from_bytes(header[:4], "big"))
+                writer.write(_answer(body, pad))
         except asyncio.IncompleteReadError:
             writer.close()
 
@@ -108,9 +116,16 @@ def run_floor_unixrpc(path: str) -> None:
     _serve_blocking(path, b"\0\0")
 
 
+def run_streams_unixrpc(path: str) -> None:
+    """The asyncio-streams server speaking the unixrpc wire format."""
+    run_streams(path, b"\0\0")
+
+
 if __name__ == "__main__":
     peers = {
         "unixrpc": run_unixrpc,
+        "unixrpc-trio": run_unixrpc_trio,
+        "streams-unixrpc": run_streams_unixrpc,
         "floor": run_floor,
         "streams": run_streams,
         "floor-unixrpc": run_floor_unixrpc,

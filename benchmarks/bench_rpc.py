@@ -5,9 +5,13 @@ bench_raw.py for why). Cases:
 
 * floor -- plain blocking socket client and server, length prefix + orjson,
   the same payload as ``Add(a=1, b=2)``;
-* ``Client.call(Add(a=1, b=2))`` against a unixrpc Server, sequential;
-* the same Client against a minimal blocking server speaking the unixrpc
-  wire format (the client's own cost, next to the floor client's);
+* the floor client against a hand-written asyncio-streams server: what an
+  event-loop server costs before any framework (the event-loop floor);
+* ``Client.call(Add(a=1, b=2))`` against a unixrpc Server (asyncio, then
+  trio), sequential;
+* the same Client against the blocking floor server and against the
+  asyncio-streams server, both speaking the unixrpc wire format: the client's
+  own cost, and the client with the event-loop floor;
 * ``AsyncClient.call`` on asyncio and on trio, sequential;
 * 64 calls in flight on one connection: AsyncClient on asyncio vs a
   hand-written asyncio-streams client with request ids against an
@@ -144,12 +148,17 @@ def main() -> None:
         rpc_peer("unixrpc", tmp) as rpc_path,
         rpc_peer("streams", tmp) as streams_path,
         rpc_peer("floor-unixrpc", tmp) as plain_rpc_path,
+        rpc_peer("streams-unixrpc", tmp) as streams_rpc_path,
+        rpc_peer("unixrpc-trio", tmp) as trio_rpc_path,
     ):
         latency = measure(
             {
                 "floor: blocking socket + length prefix + orjson": lambda: floor_calls(floor_path, n),
-                "Client.call(Add(a=1, b=2))": lambda: sync_calls(rpc_path, n),
-                "Client.call, minimal blocking server": lambda: sync_calls(plain_rpc_path, n),
+                "floor client, asyncio-streams server": lambda: floor_calls(streams_path, n),
+                "Client.call(Add(a=1, b=2)), unixrpc Server": lambda: sync_calls(rpc_path, n),
+                "Client.call, unixrpc Server on trio": lambda: sync_calls(trio_rpc_path, n),
+                "Client.call, blocking floor server": lambda: sync_calls(plain_rpc_path, n),
+                "Client.call, asyncio-streams server": lambda: sync_calls(streams_rpc_path, n),
                 "AsyncClient.call on asyncio": lambda: anyio.run(async_calls, rpc_path, n, backend="asyncio"),
                 "AsyncClient.call on trio": lambda: anyio.run(async_calls, rpc_path, n, backend="trio"),
             },
