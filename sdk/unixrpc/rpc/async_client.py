@@ -90,7 +90,7 @@ class AsyncClient:
     ) -> None:
         if stream_window < 1:
             raise ValueError(f"stream_window must be at least 1, got {stream_window}")
-        framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
+        framing = self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
         protocol = StreamProtocol(framing)
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
@@ -231,9 +231,15 @@ class AsyncClient:
             self._check_usable()
             slot = self._table.open()
             request = wire.encode_request(slot.call_id, name_json, params, window)
-            frame, ancillary = outgoing(request, fd_context)
             try:
-                await self._raw.send_packet(frame, ancillary_data=ancillary)
+                if fd_context.outgoing:
+                    frame, ancillary = outgoing(request, fd_context)
+                    await self._raw.send_packet(frame, ancillary_data=ancillary)
+                else:  # the common case, without the packet layer
+                    data = self._framing.frame_bytes(request)
+                    sent = self._raw._try_send(data)
+                    if sent != len(data):
+                        await self._raw._finish_send(data, sent)
             except BaseException:
                 self._table.abandon(slot)
                 raise

@@ -94,7 +94,7 @@ class Client:
     ) -> None:
         if stream_window < 1:
             raise ValueError(f"stream_window must be at least 1, got {stream_window}")
-        framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
+        framing = self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
         protocol = StreamProtocol(framing)
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
@@ -223,9 +223,12 @@ class Client:
             with self._table_lock:
                 slot = self._table.open()
             request = wire.encode_request(slot.call_id, name_json, params, window)
-            frame, ancillary = outgoing(request, fd_context)
             try:
-                self._raw.send_packet(frame, ancillary_data=ancillary)
+                if fd_context.outgoing:
+                    frame, ancillary = outgoing(request, fd_context)
+                    self._raw.send_packet(frame, ancillary_data=ancillary)
+                else:  # the common case, without the packet layer
+                    self._raw._send_data(self._framing.frame_bytes(request))
             except BaseException as exc:
                 with self._table_lock:
                     self._table.abandon(slot)

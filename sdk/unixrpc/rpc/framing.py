@@ -55,7 +55,15 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
             FrameTooLargeError: the body is over ``max_frame_size``.
             LocalProtocolError: more descriptors than ``max_fds``.
         """
-        body, nfds = packet
+        return self.frame_bytes(*packet)
+
+    def frame_bytes(self, body: bytes, nfds: int = 0) -> bytes:
+        """Header + *body*: what :meth:`serialize_frame` gives for
+        ``RawFrame(body, nfds)``, without building the tuple (hot paths).
+
+        Raises:
+            FrameTooLargeError, LocalProtocolError: as serialize_frame.
+        """
         if len(body) > self.max_frame_size:
             raise FrameTooLargeError(len(body), self.max_frame_size)
         if nfds > self.max_fds:

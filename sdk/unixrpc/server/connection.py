@@ -119,7 +119,7 @@ class Connection:
         self._new_wakeup = wakeup_factory()
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._max_frame_size = server._framing.max_frame_size
+        self._framing = server._framing
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -482,9 +482,7 @@ class Connection:
             if fd_context is None or not fd_context.outgoing:
                 # the common case, without the packet layer: the frame's bytes,
                 # written at once when the socket takes them
-                if len(body) > self._max_frame_size:
-                    raise FrameTooLargeError(len(body), self._max_frame_size)
-                data = wire.HEADER.pack(len(body), 0) + body
+                data = self._framing.frame_bytes(body)
                 sent = transport._try_send(data)
                 if sent != len(data):
                     if shield:
