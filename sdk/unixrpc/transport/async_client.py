@@ -413,6 +413,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if self._sock is None:
             await self.wait_connected()
         lock = self._recv_lock
+        found_empty = False
         if lock.locked():
             await lock.acquire()
         else:
@@ -422,7 +423,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             if packet is not NEED_DATA:
                 return packet
             lock.acquire_nowait()
+            found_empty = self._recv_broken is None
         try:
+            if found_empty:  # the socket was just found empty: wait before reading again
+                await self._wait_readable(self._connected_socket(), None)
             return await self._recv_locked(ancillary_data, bufsize, None)
         finally:
             lock.release()
