@@ -8,6 +8,15 @@ included); a bad frame gets a protocol error and the connection goes on, unless
 the stream itself cannot be trusted any more (oversized frame, descriptors
 that never came), in which case the connection is closed. The descriptors
 of every dropped frame are closed.
+
+How calls run: the task that reads a request runs it at once, in place. A
+call that completes without waiting (most do) costs no task switch at all.
+A call that waits hands the reading on to another task of the connection's
+pool (leader/follower) and is finished by the task that started it, so a
+slow call never holds back the next request. The hand-over happens at the
+call's first suspension, observed by stepping its coroutine once; the call
+then continues in the same task, so cancel scopes and anything else bound
+to the task stay valid.
 """
 
 from __future__ import annotations
@@ -15,7 +24,8 @@ from __future__ import annotations
 import logging
 import select
 import traceback
-from collections.abc import Awaitable
+import types
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -80,20 +90,47 @@ class _Credit:
 
 
 class _Worker:
-    """A task of the connection's pool that runs one call at a time; reused,
-    since spawning a task per call costs more than the call itself.
+    """A task of the connection's pool. It reads (one task at a time does),
+    runs the calls it reads in place, and when one of them waits, passes the
+    reading on and finishes that call; then it parks until it is given the
+    reading again. Reused: spawning a task per call costs more than the call.
 
     Its calls run in one long-lived cancel scope (entering and leaving a scope
     per call costs about as much as a small call): the call in progress is
     the only one a cancel can reach, and a cancelled scope is replaced."""
 
-    __slots__ = ("current", "job", "scope", "wake")
+    __slots__ = ("current", "scope", "wake")
 
     def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
-        self.job: tuple[Any, ...] | None = None  # assigned, not started
-        self.current: tuple[Any, ...] | None = None  # running
+        self.current: tuple[Any, ...] | None = None  # the call being run
         self.scope = scope
         self.wake = wake
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Drive *coro*, whose first step yielded *yielded*, to its end in the
+    current task: what ``await coro`` would have done after that step."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # cancellation and the like: the coroutine handles it
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+#: inline calls a reader runs back to back before it lets other tasks run
+_READER_BUDGET = 16
 
 
 class Connection:
@@ -120,6 +157,8 @@ class Connection:
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
         self._framing = server._framing
+        self._ancillary = SocketAncillary()  # the reader's
+        self._reading_over = anyio.Event()
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -130,8 +169,8 @@ class Connection:
         try:
             async with anyio.create_task_group() as task_group:
                 self._task_group = task_group
-                await self._read_loop(task_group)
-                self._reading_done = True
+                self._pass_reading()
+                await self._reading_over.wait()
                 if self._peer_hung_up():
                     for key, scope in list(self.in_flight.items()):
                         if type(key) is int and scope is not None:
@@ -150,22 +189,32 @@ class Connection:
         except (OSError, RuntimeError, ClientClosedError):
             return True
 
-    async def _read_loop(self, task_group: anyio.abc.TaskGroup) -> None:
+    async def _read(self, worker: _Worker) -> tuple[Coroutine[Any, Any, None], Any] | None:
+        """Read frames and run their calls in place until one of them waits:
+        return that call's coroutine and what its first step yielded (the
+        reading has been passed on). None once the reading is over."""
         transport, fd_queue = self._transport, self._fd_queue
-        ancillary = SocketAncillary()
+        ancillary = self._ancillary
+        budget = _READER_BUDGET
         while True:
+            if fd_queue and not transport.buffered_size():
+                # descriptors ride on their frame's first byte: with no frame
+                # pending, these belong to none (the peer declared too few)
+                error = ProtocolViolationError(f"{len(fd_queue)} file descriptors came with no frame")
+                await self._send_error(None, error)
+                return None
             try:
                 frame = await transport.recv_packet(
                     ancillary_data=ancillary, ancillary_bufsize=self._server._framing.ancillary_bufsize
                 )
             except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                 await self._send_error(None, ProtocolViolationError(str(exc.error)))
-                return
+                return None
             except AncillaryDataTruncatedError as exc:
                 logger.warning("connection %d: %s", self.connection_id, exc)
-                return
+                return None
             except (ConnectionBrokenError, ClientClosedError):
-                return
+                return None
             finally:
                 if ancillary:
                     fd_queue.push(ancillary.iter_fds())
@@ -174,7 +223,7 @@ class Connection:
                 fds = fd_queue.take(frame.nfds)
             except ValueError as exc:
                 await self._send_error(None, ProtocolViolationError(str(exc)))
-                return
+                return None
             envelope: Any = None
             try:
                 envelope = orjson.loads(frame.body)
@@ -188,10 +237,20 @@ class Connection:
                 )
                 continue
             if kind == wire.REQUEST or kind == wire.NOTIFICATION:
-                self._dispatch(task_group, kind, envelope, fds)
-                if not transport.buffered_size() and not fd_queue:
-                    # let the call run (and answer) before reading on: the next
-                    # request is then often waiting, which saves a poll
+                job = self._dispatch(worker, envelope, fds)
+                if job is not None:
+                    worker.current = job
+                    call = self._run_call(*job)
+                    try:
+                        yielded = call.send(None)
+                    except StopIteration:  # answered without waiting
+                        worker.current = None
+                    else:
+                        self._pass_reading()
+                        return call, yielded
+                budget -= 1
+                if not budget:  # a busy connection must not starve the others
+                    budget = _READER_BUDGET
                     await anyio.lowlevel.checkpoint()
             elif kind == wire.CANCEL:
                 close_fds(fds)
@@ -206,26 +265,23 @@ class Connection:
             else:
                 close_fds(fds)
                 await self._send_error(None, ProtocolViolationError(f"a client may not send {kind} messages"))
-            if fd_queue and not transport.buffered_size():
-                # descriptors ride on their frame's first byte: with no frame
-                # pending, these belong to none (the peer declared too few)
-                error = ProtocolViolationError(f"{len(fd_queue)} file descriptors came with no frame")
-                await self._send_error(None, error)
-                return
 
-    def _dispatch(
-        self, task_group: anyio.abc.TaskGroup, kind: str, envelope: dict[str, Any], fds: list[int]
-    ) -> None:
+    def _dispatch(self, worker: _Worker, envelope: dict[str, Any], fds: list[int]) -> tuple[Any, ...] | None:
+        """Check and validate a request; the job to run in *worker*, or None
+        if it was refused (the refusal is on its way)."""
         server = self._server
+        task_group = self._task_group
+        assert task_group is not None
         call_id: int | None = envelope.get("id")
         name: str = envelope["method"]
 
-        def refuse(error: RPCError) -> None:
+        def refuse(error: RPCError) -> tuple[Any, ...] | None:
             close_fds(fds)
             if call_id is not None:
                 task_group.start_soon(self._send_error, call_id, error)
             else:
                 logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+            return None
 
         if server.is_shutting_down():
             return refuse(ServerBusyError("server is shutting down"))
@@ -263,45 +319,57 @@ class Connection:
             return refuse(InternalError(f"validating the params of {name} raised {type(exc).__name__}"))
         request_fds.finish()  # descriptors no FD field took are closed
         context = CallContext(self.peer, name, call_id, self.connection_id)
-        worker = self._idle_workers.pop() if self._idle_workers else None
-        if worker is None:
-            worker = _Worker(self._new_scope(), self._new_wakeup())
-            task_group.start_soon(self._work, worker)
-        else:
-            worker.wake.set()
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
             self._credits[call_id] = _Credit(window)  # before any credit message can arrive
-        worker.job = (handler, request, context, key, window, request_fds)
+        return (handler, request, context, key, window, request_fds)
+
+    def _pass_reading(self) -> None:
+        """Give the reading to an idle task of the pool, or to a new one."""
+        if self._idle_workers:
+            self._idle_workers.pop().wake.set()
+            return
+        assert self._task_group is not None
+        self._task_group.start_soon(self._work, _Worker(self._new_scope(), self._new_wakeup()))
 
     async def _work(self, worker: _Worker) -> None:
-        while worker.job is not None:
+        """A pool task: read, run, park; until the reading is over."""
+        while True:
             scope = worker.scope
             with scope:
-                await self._run_jobs(worker, scope)
+                await self._read_and_run(worker, scope)
             if not scope.cancel_called:
-                return  # no more work will come
-            # a cancel ended the call in progress (or the one just assigned)
-            job = worker.current or worker.job
-            worker.current = worker.job = None
+                return  # the reading is over
+            # a cancel ended the call in progress
+            job, worker.current = worker.current, None
             worker.scope = self._new_scope()
             if job is not None:
                 await self._answer_cancelled(*job)
             if self._reading_done:
                 return
             await self._park(worker)
+            if self._reading_done:
+                return
 
-    async def _run_jobs(self, worker: _Worker, scope: anyio.CancelScope) -> None:
-        while worker.job is not None:
-            worker.current, worker.job = worker.job, None
-            await self._run_call(*worker.current)
+    async def _read_and_run(self, worker: _Worker, scope: anyio.CancelScope) -> None:
+        while True:
+            blocked = await self._read(worker)
+            if blocked is None:  # the reading is over: tell run()
+                self._reading_done = True
+                self._reading_over.set()
+                return
+            # someone else reads now: finish the call that waited, here
+            await _resume(*blocked)
             worker.current = None
             if self._reading_done or scope.cancel_called:
-                return  # no more work will come, or this scope is spent: do not park in it
+                return  # no more reading to take over, or this scope is spent
             await self._park(worker)
+            if self._reading_done:
+                return
 
     async def _park(self, worker: _Worker) -> None:
+        """Wait, idle, until given the reading (or told the reading is over)."""
         worker.wake = self._new_wakeup()
         self._idle_workers.append(worker)
         await worker.wake.wait()
