@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -923,3 +923,134 @@ def test_cancelled_thread_handler_is_abandoned_unless_it_holds_fds(sock_dir: str
             assert with_fd or not release.is_set(), "without fds the thread is abandoned at once"
     finally:
         release.set()
+
+
+# -- how calls run: in place in the reading task, handed over when they wait --
+
+
+class TaskProbe(Method[list[bool]]):
+    """Answers whether the handler kept its task (and its cancel scope) across waits."""
+
+    waits: int
+
+
+class Spin(Method[int]):
+    """Yields to the loop *n* times without sleeping (each a suspension)."""
+
+    n: int
+
+
+def probe_server() -> Server:
+    server = Server()
+
+    @server.method(TaskProbe)
+    async def task_probe(req: TaskProbe) -> list[bool]:
+        task = anyio.get_current_task()
+        same = []
+        with anyio.move_on_after(30) as scope:  # entered before the first wait
+            for _ in range(req.waits):
+                await anyio.sleep(0.001)
+                same.append(anyio.get_current_task().id == task.id)
+        same.append(not scope.cancelled_caught)
+        return same
+
+    @server.method(Spin)
+    async def spin(req: Spin) -> int:
+        for _ in range(req.n):
+            await anyio.lowlevel.checkpoint()
+        return req.n
+
+    @server.method(Add)
+    async def add(req: Add) -> int:
+        return req.a + req.b
+
+    return server
+
+
+async def test_a_call_that_waits_keeps_its_task_and_scopes(anyio_backend: str, sock_dir: str) -> None:
+    # the first step runs in the reading task; after it waits, the same task
+    # finishes it (so a cancel scope entered before the wait still works)
+    path = sock_path(sock_dir)
+    with anyio.fail_after(10):
+        async with serving(probe_server(), path), AsyncClient(path) as client:
+            assert await client.call(TaskProbe(waits=0)) == [True]
+            assert await client.call(TaskProbe(waits=3)) == [True, True, True, True]
+            results: list[list[bool]] = []
+
+            async def probe() -> None:
+                results.append(await client.call(TaskProbe(waits=5)))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(20):
+                    tg.start_soon(probe)
+            assert results == [[True] * 6] * 20
+
+
+async def test_waiting_calls_hand_the_reading_on(anyio_backend: str, sock_dir: str) -> None:
+    # 50 calls that each yield many times, interleaved with calls that answer
+    # at once, on one connection: every one is answered, and the pool of
+    # tasks that took turns reading ends with the connection
+    path = sock_path(sock_dir)
+    fds_before = open_fds()
+    with anyio.fail_after(20):
+        async with serving(probe_server(), path):
+            async with AsyncClient(path) as client:
+                spun: list[int] = []
+                added: list[int] = []
+
+                async def spin(n: int) -> None:
+                    spun.append(await client.call(Spin(n=n)))
+
+                async def add(i: int) -> None:
+                    added.append(await client.call(Add(a=i, b=1)))
+
+                async with anyio.create_task_group() as tg:
+                    for i in range(50):
+                        tg.start_soon(spin, 1 + i % 7)
+                        tg.start_soon(add, i)
+                assert sorted(spun) == sorted(1 + i % 7 for i in range(50))
+                assert sorted(added) == [i + 1 for i in range(50)]
+            for _ in range(100):  # the server notices the hang-up and its tasks end
+                if open_fds() == fds_before:
+                    break
+                await anyio.sleep(0.02)
+    assert open_fds() == fds_before
+
+
+def test_a_flood_of_instant_calls_does_not_starve_another_connection(sock_dir: str) -> None:
+    # one client pipelines thousands of calls that answer at once; the reader
+    # runs them in place but yields now and then, so another connection's
+    # call is answered while the flood goes on
+    path = sock_path(sock_dir)
+    with serving_in_thread(probe_server(), path):
+        flood = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        flood.connect(path)
+        try:
+            body = b'{"id":1,"method":"Add","params":{"a":1,"b":2}}'
+            frame = struct.pack(">IH", len(body), 0) + body
+            stop = threading.Event()
+            answered = threading.Event()
+
+            def pump() -> None:
+                # send floods and drain replies so the server never blocks on us
+                flood.setblocking(False)
+                while not stop.is_set():
+                    with suppress(BlockingIOError):
+                        flood.send(frame * 200)
+                    with suppress(BlockingIOError):
+                        while flood.recv(1 << 16):
+                            pass
+
+            thread = threading.Thread(target=pump)
+            thread.start()
+            try:
+                with Client(path, timeout=10) as other:
+                    for i in range(20):
+                        assert other.call(Add(a=i, b=1)) == i + 1
+                    answered.set()
+            finally:
+                stop.set()
+                thread.join(timeout=10)
+            assert answered.is_set()
+        finally:
+            flood.close()
