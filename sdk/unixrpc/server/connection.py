@@ -55,6 +55,7 @@ from ..exceptions import (
     StreamProtocolParseError,
 )
 from ..fds import FdContext
+from ..protocol import NEED_DATA
 from ..rpc._calls import outgoing
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
@@ -158,6 +159,10 @@ class Connection:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._framing = server._framing
         self._ancillary = SocketAncillary()  # the reader's
+        # While the reader runs requests it already has in hand, the frames
+        # they send (no fds) are corked and written together when it runs out.
+        self._corking = False
+        self._cork: list[bytes] = []
         self._reading_over = anyio.Event()
 
     async def run(self) -> None:
@@ -195,6 +200,7 @@ class Connection:
         reading has been passed on). None once the reading is over."""
         transport, fd_queue = self._transport, self._fd_queue
         ancillary = self._ancillary
+        bufsize = self._framing.ancillary_bufsize
         budget = _READER_BUDGET
         while True:
             if fd_queue and not transport.buffered_size():
@@ -204,9 +210,11 @@ class Connection:
                 await self._send_error(None, error)
                 return None
             try:
-                frame = await transport.recv_packet(
-                    ancillary_data=ancillary, ancillary_bufsize=self._server._framing.ancillary_bufsize
-                )
+                frame = transport._recv_nowait(ancillary, bufsize)
+                if frame is NEED_DATA:
+                    if self._cork:  # nothing more in hand: the corked replies go now
+                        await self._flush()
+                    frame = await transport.recv_packet(ancillary_data=ancillary, ancillary_bufsize=bufsize)
             except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                 await self._send_error(None, ProtocolViolationError(str(exc.error)))
                 return None
@@ -241,16 +249,21 @@ class Connection:
                 if job is not None:
                     worker.current = job
                     call = self._run_call(*job)
+                    self._corking = transport.buffered_size() > 0
                     try:
                         yielded = call.send(None)
                     except StopIteration:  # answered without waiting
                         worker.current = None
                     else:
-                        self._pass_reading()
+                        self._pass_reading()  # the next reader flushes the cork first
                         return call, yielded
+                    finally:
+                        self._corking = False
                 budget -= 1
                 if not budget:  # a busy connection must not starve the others
                     budget = _READER_BUDGET
+                    if self._cork:
+                        await self._flush()
                     await anyio.lowlevel.checkpoint()
             elif kind == wire.CANCEL:
                 close_fds(fds)
@@ -356,6 +369,8 @@ class Connection:
         while True:
             blocked = await self._read(worker)
             if blocked is None:  # the reading is over: tell run()
+                if self._cork:
+                    await self._flush()
                 self._reading_done = True
                 self._reading_over.set()
                 return
@@ -551,6 +566,12 @@ class Connection:
                 # the common case, without the packet layer: the frame's bytes,
                 # written at once when the socket takes them
                 data = self._framing.frame_bytes(body)
+                if self._corking:  # the reader has more requests in hand: one write for all
+                    self._cork.append(data)
+                    return
+                if self._cork:  # what was corked goes first: frames of a call stay in order
+                    data = b"".join(self._cork) + data
+                    self._cork.clear()
                 sent = transport._try_send(data)
                 if sent != len(data):
                     if shield:
@@ -559,6 +580,8 @@ class Connection:
                     else:
                         await transport._finish_send(data, sent)
                 return
+            if self._cork:
+                await self._flush()
             frame, ancillary = outgoing(body, fd_context)
             if shield:
                 with anyio.CancelScope(shield=True):
@@ -575,6 +598,18 @@ class Connection:
         finally:
             if fd_context is not None:
                 fd_context.sent()
+
+    async def _flush(self) -> None:
+        """Write the corked frames (shielded: frames are never cut in half)."""
+        data = b"".join(self._cork)
+        self._cork.clear()
+        try:
+            sent = self._transport._try_send(data)
+            if sent != len(data):
+                with anyio.CancelScope(shield=True):
+                    await self._transport._finish_send(data, sent)
+        except (ConnectionError, OSError) as exc:
+            logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
 
     async def abort(self) -> None:
         """Close the transport now: sends blocked on a peer that does not read
