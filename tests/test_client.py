@@ -392,6 +392,21 @@ async def test_peer_eof_mid_packet(client_kind: str, pair: tuple[socket.socket, 
     await client.close()
 
 
+async def test_peer_reset_is_the_end_of_the_connection(
+    client_kind: str, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # the peer closes with our data unread: the kernel resets the connection,
+    # and the next receive fails with ECONNRESET instead of reading EOF
+    client = await connect(client_kind, pair[0])
+    await client.send("never read")
+    pair[1].close()
+    with pytest.raises(ConnectionBrokenError, match=r"peer reset the connection$"):
+        await client.recv()
+    with pytest.raises(ConnectionBrokenError):  # and stays so
+        await client.recv()
+    await client.close()
+
+
 async def test_send_to_closed_peer(client_kind: str, pair: tuple[socket.socket, socket.socket]) -> None:
     client = await connect(client_kind, pair[0])
     pair[1].close()

@@ -432,3 +432,23 @@ async def test_closed_peer_cancels_its_calls_but_not_notifications(anyio_backend
             await wait_until(lambda: events.started == ["orphan"])
         await wait_until(lambda: events.cancelled == ["orphan"])
         await wait_until(lambda: events.logged == ["last words"])
+
+
+async def test_async_client_keeps_no_trace_of_waiters_it_woke(anyio_backend: str, sock_dir: str) -> None:
+    # while one long call reads for everyone, thousands of short calls are
+    # handed their replies: none of them stays parked in the client
+    path = os.path.join(sock_dir, "s.sock")
+    with anyio.fail_after(30):
+        async with serving(make_server(), path), AsyncClient(path) as client, anyio.create_task_group() as tg:
+            tg.start_soon(client.call, Sleep(seconds=30))  # becomes the reader and stays it
+            await anyio.sleep(0.1)
+
+            async def short(i: int) -> None:
+                assert await client.call(Add(a=i, b=1)) == i + 1
+
+            for start in range(0, 2000, 100):
+                async with anyio.create_task_group() as calls:
+                    for i in range(start, start + 100):
+                        calls.start_soon(short, i)
+            assert len(client._parked) <= 1
+            tg.cancel_scope.cancel()

@@ -34,7 +34,7 @@ from anyio.from_thread import start_blocking_portal
 from pydantic import field_validator
 
 from conftest import open_fds
-from rpc_support import Add, Events, Fail, Sleep, make_server, serving, serving_in_thread
+from rpc_support import Add, Events, Fail, Log, Sleep, make_server, serving, serving_in_thread
 from unixrpc import (
     FD,
     AsyncClient,
@@ -1054,3 +1054,116 @@ def test_a_flood_of_instant_calls_does_not_starve_another_connection(sock_dir: s
             assert answered.is_set()
         finally:
             flood.close()
+
+
+# -- regressions found in review of the in-place execution and reply corking --
+
+
+def _frame(envelope: dict[str, Any]) -> bytes:
+    body = json.dumps(envelope).encode()
+    return struct.pack(">IH", len(body), 0) + body
+
+
+def _read_frames(sock: socket.socket, count: int, timeout: float) -> list[dict[str, Any]]:
+    sock.settimeout(timeout)
+    buf = bytearray()
+    out: list[dict[str, Any]] = []
+    while len(out) < count:
+        try:
+            chunk = sock.recv(1 << 16)
+        except TimeoutError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 6 and len(buf) >= 6 + struct.unpack_from(">I", buf)[0]:
+            size = struct.unpack_from(">I", buf)[0]
+            out.append(json.loads(bytes(buf[6 : 6 + size])))
+            del buf[: 6 + size]
+    return out
+
+
+async def test_a_client_may_pipeline_everything_before_reading(anyio_backend: str, sock_dir: str) -> None:
+    # more requests than the socket buffers hold, all sent before reading a
+    # reply: the server keeps reading while its replies wait for room
+    path = sock_path(sock_dir)
+    count = 20000
+    data = b"".join(
+        _frame({"id": i, "method": "Add", "params": {"a": i, "b": 1}}) for i in range(1, count + 1)
+    )
+
+    def client() -> tuple[str, int]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            sock.settimeout(10)
+            try:
+                sock.sendall(data)
+            except TimeoutError:
+                return "the server stopped reading", 0
+            replies = _read_frames(sock, count, timeout=10)
+            ok = all(reply == {"id": reply["id"], "result": reply["id"] + 1} for reply in replies)
+            return ("ok" if ok else "wrong reply"), len({reply["id"] for reply in replies})
+
+    with anyio.fail_after(60):
+        async with serving(make_server(), path):
+            assert await anyio.to_thread.run_sync(client) == ("ok", count)
+
+
+class Big(Method[str]):
+    size: int
+
+
+async def test_graceful_shutdown_waits_for_replies_not_yet_written(anyio_backend: str, sock_dir: str) -> None:
+    # a big reply corked behind a notification, to a peer slow to read: the
+    # call is over, but shutdown waits for its reply to be written
+    path = sock_path(sock_dir)
+    server = Server(shutdown_grace=5)
+
+    @server.method(Big)
+    async def big(req: Big) -> str:
+        return "x" * req.size
+
+    @server.method(Log)
+    async def log(req: Log) -> None:
+        pass
+
+    with anyio.fail_after(20):
+        async with running(server, path) as (stopped, _):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(path)
+                sock.sendall(
+                    _frame({"id": 1, "method": "Big", "params": {"size": 2_000_000}})
+                    + _frame({"method": "Log", "params": {"line": "then"}})
+                )
+                await anyio.sleep(0.3)  # the reply fills the socket buffers and waits
+                server.shutdown()
+                replies = await anyio.to_thread.run_sync(_read_frames, sock, 1, 5.0)
+            await stopped.wait()
+    assert len(replies) == 1
+    assert replies[0]["id"] == 1
+    assert len(replies[0]["result"]) == 2_000_000
+
+
+async def test_a_peer_that_resets_the_connection_does_not_stop_the_server(
+    anyio_backend: str, sock_dir: str
+) -> None:
+    # closing with a reply unread makes the server's next read fail with
+    # ECONNRESET: that ends this connection like EOF, and nothing else
+    path = sock_path(sock_dir)
+    fds_before = open_fds()
+    with anyio.fail_after(10):
+        async with serving(make_server(), path):
+
+            def reset_peer() -> None:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.connect(path)
+                    sock.sendall(_frame({"id": 1, "method": "Add", "params": {"a": 1, "b": 2}}))
+                    time.sleep(0.2)  # the reply is now unread in our buffer
+
+            for _ in range(3):
+                await anyio.to_thread.run_sync(reset_peer)
+            await anyio.sleep(0.2)
+            async with AsyncClient(path, timeout=5) as client:
+                assert await client.call(Add(a=2, b=3)) == 5
+        await wait_until(lambda: open_fds() == fds_before)
+    assert open_fds() == fds_before

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
@@ -104,7 +103,7 @@ class AsyncClient:
         self._task_group: TaskGroup | None = None
         self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
         self._reading = False  # a caller is reading for everyone
-        self._parked: deque[CallSlot] = deque()  # callers waiting, oldest first (may hold stale entries)
+        self._parked: dict[CallSlot, None] = {}  # callers waiting for a message, oldest first
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
         self._ancillary = SocketAncillary()  # used by the reading caller only
 
@@ -289,26 +288,30 @@ class AsyncClient:
                     self._pass_reading()
             else:
                 event = slot.waiter = self._new_wakeup()
-                self._parked.append(slot)
+                self._parked[slot] = None
                 try:
                     await event.wait()
                 except BaseException:
                     if slot.waiter is event:
                         slot.waiter = None
+                        del self._parked[slot]
                     if not self._reading:  # we may have been picked to read next
                         self._pass_reading()
                     raise
 
     def _pass_reading(self) -> None:
-        """Wake one parked caller still waiting for its message: it becomes the reader."""
-        parked = self._parked
-        while parked:
-            other = parked.popleft()
-            waiter = other.waiter
-            if waiter is not None:
-                other.waiter = None
-                waiter.set()
-                return
+        """Wake the longest-parked caller: it becomes the reader."""
+        for other in self._parked:
+            del self._parked[other]
+            self._wake(other)
+            return
+
+    def _wake(self, slot: CallSlot) -> None:
+        """Wake *slot*'s parked caller (its entry is already out of ``_parked``)."""
+        waiter = slot.waiter
+        if waiter is not None:
+            slot.waiter = None
+            waiter.set()
 
     def _give_up(self, slot: CallSlot, *, send_cancel: bool = True) -> bool:
         """The caller no longer wants *slot*: drop what came. Returns whether
@@ -354,8 +357,8 @@ class AsyncClient:
                     return
                 target = table.file(kind, envelope, fds)
                 if target is not None and target.waiter is not None:
-                    target.waiter.set()
-                    target.waiter = None
+                    del self._parked[target]
+                    self._wake(target)
         except StreamProtocolParseError as exc:
             self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
         except (ConnectionError, RemoteProtocolError) as exc:
@@ -367,9 +370,8 @@ class AsyncClient:
             self._broken = error
         for slot in self._table.fail_all():
             slot.discard()
-            if slot.waiter is not None:
-                slot.waiter.set()
-                slot.waiter = None
+            self._parked.pop(slot, None)
+            self._wake(slot)
         self._fd_queue.close_all()
         self._cancel_send.close()
 

@@ -163,6 +163,7 @@ class Connection:
         # they send (no fds) are corked and written together when it runs out.
         self._corking = False
         self._cork: list[bytes] = []
+        self._unsent = 0  # corked frames not yet fully written
         self._reading_over = anyio.Event()
 
     async def run(self) -> None:
@@ -194,10 +195,11 @@ class Connection:
         except (OSError, RuntimeError, ClientClosedError):
             return True
 
-    async def _read(self, worker: _Worker) -> tuple[Coroutine[Any, Any, None], Any] | None:
-        """Read frames and run their calls in place until one of them waits:
-        return that call's coroutine and what its first step yielded (the
-        reading has been passed on). None once the reading is over."""
+    async def _read(self, worker: _Worker) -> Awaitable[Any] | None:
+        """Read frames and run their calls in place until one of them waits,
+        or a write of corked replies would: then pass the reading on and
+        return what finishes that call or write, to await in this task. None
+        once the reading is over."""
         transport, fd_queue = self._transport, self._fd_queue
         ancillary = self._ancillary
         bufsize = self._framing.ancillary_bufsize
@@ -213,7 +215,10 @@ class Connection:
                 frame = transport._recv_nowait(ancillary, bufsize)
                 if frame is NEED_DATA:
                     if self._cork:  # nothing more in hand: the corked replies go now
-                        await self._flush()
+                        pending = self._flush_nowait()
+                        if pending is not None:  # the peer is slow to read: never stop reading for it
+                            self._pass_reading()
+                            return pending
                     frame = await transport.recv_packet(ancillary_data=ancillary, ancillary_bufsize=bufsize)
             except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                 await self._send_error(None, ProtocolViolationError(str(exc.error)))
@@ -256,14 +261,17 @@ class Connection:
                         worker.current = None
                     else:
                         self._pass_reading()  # the next reader flushes the cork first
-                        return call, yielded
+                        return _resume(call, yielded)
                     finally:
                         self._corking = False
                 budget -= 1
                 if not budget:  # a busy connection must not starve the others
                     budget = _READER_BUDGET
                     if self._cork:
-                        await self._flush()
+                        pending = self._flush_nowait()
+                        if pending is not None:
+                            self._pass_reading()
+                            return pending
                     await anyio.lowlevel.checkpoint()
             elif kind == wire.CANCEL:
                 close_fds(fds)
@@ -350,8 +358,16 @@ class Connection:
         """A pool task: read, run, park; until the reading is over."""
         while True:
             scope = worker.scope
-            with scope:
-                await self._read_and_run(worker, scope)
+            try:
+                with scope:
+                    await self._read_and_run(worker, scope)
+            except BaseException:  # the connection is going away under the call
+                lost = worker.current
+                if lost is not None:
+                    worker.current = None
+                    self.in_flight.pop(lost[3], None)
+                    lost[5].abort()
+                raise
             if not scope.cancel_called:
                 return  # the reading is over
             # a cancel ended the call in progress
@@ -374,8 +390,8 @@ class Connection:
                 self._reading_done = True
                 self._reading_over.set()
                 return
-            # someone else reads now: finish the call that waited, here
-            await _resume(*blocked)
+            # someone else reads now: finish the call (or write) that waited, here
+            await blocked
             worker.current = None
             if self._reading_done or scope.cancel_called:
                 return  # no more reading to take over, or this scope is spent
@@ -568,17 +584,23 @@ class Connection:
                 data = self._framing.frame_bytes(body)
                 if self._corking:  # the reader has more requests in hand: one write for all
                     self._cork.append(data)
+                    self._unsent += 1
                     return
-                if self._cork:  # what was corked goes first: frames of a call stay in order
-                    data = b"".join(self._cork) + data
+                corked = len(self._cork)
+                if corked:  # what was corked goes first: frames of a call stay in order
+                    self._cork.append(data)
+                    data = b"".join(self._cork)
                     self._cork.clear()
-                sent = transport._try_send(data)
-                if sent != len(data):
-                    if shield:
-                        with anyio.CancelScope(shield=True):
+                try:
+                    sent = transport._try_send(data)
+                    if sent != len(data):
+                        if shield or corked:  # never cut a frame, nor lose other calls' replies
+                            with anyio.CancelScope(shield=True):
+                                await transport._finish_send(data, sent)
+                        else:
                             await transport._finish_send(data, sent)
-                    else:
-                        await transport._finish_send(data, sent)
+                finally:
+                    self._unsent -= corked
                 return
             if self._cork:
                 await self._flush()
@@ -592,7 +614,7 @@ class Connection:
             logger.error("connection %d: reply not sent: %s", self.connection_id, exc)
             if call_id is not None:
                 error = InternalError(f"the reply could not be sent: {exc}")
-                await self._send(wire.encode_error(call_id, error.code, error.message))
+                await self._send(wire.encode_error(call_id, error.code, error.message), shield=shield)
         except (ConnectionError, OSError) as exc:
             logger.debug("connection %d: reply not sent: %s", self.connection_id, exc)
         finally:
@@ -600,16 +622,41 @@ class Connection:
                 fd_context.sent()
 
     async def _flush(self) -> None:
-        """Write the corked frames (shielded: frames are never cut in half)."""
+        """Write the corked frames, waiting for room if need be."""
+        pending = self._flush_nowait()
+        if pending is not None:
+            await pending
+
+    def _flush_nowait(self) -> Awaitable[None] | None:
+        """Write the corked frames as far as the socket takes them now; if it
+        takes only part, return what writes the rest (await it before this
+        task sends or awaits anything else: it takes the send lock first)."""
         data = b"".join(self._cork)
+        corked = len(self._cork)
         self._cork.clear()
         try:
             sent = self._transport._try_send(data)
-            if sent != len(data):
-                with anyio.CancelScope(shield=True):
-                    await self._transport._finish_send(data, sent)
+        except (ConnectionError, OSError) as exc:
+            self._unsent -= corked
+            logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
+            return None
+        if sent == len(data):
+            self._unsent -= corked
+            return None
+        return self._finish_flush(data, sent, corked)
+
+    async def _finish_flush(self, data: bytes, sent: int | None, corked: int) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._transport._finish_send(data, sent)
         except (ConnectionError, OSError) as exc:
             logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
+        finally:
+            self._unsent -= corked
+
+    def busy(self) -> bool:
+        """Calls in flight, or replies not yet written: a graceful shutdown waits."""
+        return bool(self.in_flight) or self._unsent > 0
 
     async def abort(self) -> None:
         """Close the transport now: sends blocked on a peer that does not read

@@ -220,7 +220,7 @@ class Server:
 
     async def _drain(self) -> None:
         with anyio.move_on_after(self.shutdown_grace) as scope:
-            while any(connection.in_flight for connection in self._connections):
+            while any(connection.busy() for connection in self._connections):
                 await anyio.sleep(0.01)
         if scope.cancelled_caught:
             left = sum(len(c.in_flight) for c in self._connections)

@@ -174,6 +174,17 @@ def eof_error(pending: int) -> ConnectionBrokenError:
     return ConnectionBrokenError("peer closed the connection" + detail)
 
 
+def map_recv_error(exc: OSError, closed: bool, pending: int) -> OSError:
+    """The error to raise for an ``OSError`` from a receive: a reset (the peer
+    closed with our data unread) is the end of the connection, like EOF."""
+    if closed:
+        return ClientClosedError("client is closed")
+    if exc.errno == errno.ECONNRESET:
+        detail = f" in the middle of a packet ({pending} bytes pending)" if pending else ""
+        return ConnectionBrokenError(f"peer reset the connection{detail}")
+    return exc
+
+
 def map_send_error(exc: OSError, closed: bool) -> OSError:
     """The error to raise for an ``OSError`` from a send."""
     if closed:

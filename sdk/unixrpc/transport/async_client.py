@@ -31,6 +31,7 @@ from ._common import (
     eof_error,
     handle_ancillary,
     make_cmsgs,
+    map_recv_error,
     map_send_error,
     peer_credentials,
     resolve_ancillary_bufsize,
@@ -463,9 +464,12 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         except BlockingIOError:
             return False
         except OSError as exc:
-            if self._closed:
-                raise ClientClosedError("client is closed") from exc
-            raise
+            error = map_recv_error(exc, self._closed, receiver.buffered_size())
+            if isinstance(error, ConnectionBrokenError):
+                self._recv_broken = error
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             del buffer
         if nbytes == 0:

@@ -32,6 +32,7 @@ from ._common import (
     eof_error,
     handle_ancillary,
     make_cmsgs,
+    map_recv_error,
     map_send_error,
     peer_credentials,
     resolve_ancillary_bufsize,
@@ -350,9 +351,12 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             except BlockingIOError:
                 continue
             except OSError as exc:
-                if self._closed:
-                    raise ClientClosedError("client is closed") from exc
-                raise
+                error = map_recv_error(exc, self._closed, receiver.buffered_size())
+                if isinstance(error, ConnectionBrokenError):
+                    self._recv_broken = error
+                if error is exc:
+                    raise
+                raise error from exc
             finally:
                 del buffer
             if nbytes == 0:
