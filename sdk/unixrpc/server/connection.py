@@ -26,7 +26,7 @@ import select
 import traceback
 import types
 from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -90,6 +90,17 @@ class _Credit:
         self.available -= 1
 
 
+class _Job(NamedTuple):
+    """One validated call, ready to run."""
+
+    handler: _Handler
+    request: Any
+    context: CallContext
+    key: int | object  # in_flight key: the call id, or a fresh object for a notification
+    window: int | None  # a stream's credit window
+    request_fds: FdContext
+
+
 class _Worker:
     """A task of the connection's pool. It reads (one task at a time does),
     runs the calls it reads in place, and when one of them waits, passes the
@@ -103,7 +114,7 @@ class _Worker:
     __slots__ = ("current", "scope", "wake")
 
     def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
-        self.current: tuple[Any, ...] | None = None  # the call being run
+        self.current: _Job | None = None  # the call being run
         self.scope = scope
         self.wake = wake
 
@@ -253,7 +264,7 @@ class Connection:
                 job = self._dispatch(worker, envelope, fds)
                 if job is not None:
                     worker.current = job
-                    call = self._run_call(*job)
+                    call = self._run_call(job)
                     self._corking = transport.buffered_size() > 0
                     try:
                         yielded = call.send(None)
@@ -287,7 +298,7 @@ class Connection:
                 close_fds(fds)
                 await self._send_error(None, ProtocolViolationError(f"a client may not send {kind} messages"))
 
-    def _dispatch(self, worker: _Worker, envelope: dict[str, Any], fds: list[int]) -> tuple[Any, ...] | None:
+    def _dispatch(self, worker: _Worker, envelope: dict[str, Any], fds: list[int]) -> _Job | None:
         """Check and validate a request; the job to run in *worker*, or None
         if it was refused (the refusal is on its way)."""
         server = self._server
@@ -296,7 +307,7 @@ class Connection:
         call_id: int | None = envelope.get("id")
         name: str = envelope["method"]
 
-        def refuse(error: RPCError) -> tuple[Any, ...] | None:
+        def refuse(error: RPCError) -> _Job | None:
             close_fds(fds)
             if call_id is not None:
                 task_group.start_soon(self._send_error, call_id, error)
@@ -344,7 +355,7 @@ class Connection:
         self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
             self._credits[call_id] = _Credit(window)  # before any credit message can arrive
-        return (handler, request, context, key, window, request_fds)
+        return _Job(handler, request, context, key, window, request_fds)
 
     def _pass_reading(self) -> None:
         """Give the reading to an idle task of the pool, or to a new one."""
@@ -365,8 +376,8 @@ class Connection:
                 lost = worker.current
                 if lost is not None:
                     worker.current = None
-                    self.in_flight.pop(lost[3], None)
-                    lost[5].abort()
+                    self.in_flight.pop(lost.key, None)
+                    lost.request_fds.abort()
                 raise
             if not scope.cancel_called:
                 return  # the reading is over
@@ -374,7 +385,7 @@ class Connection:
             job, worker.current = worker.current, None
             worker.scope = self._new_scope()
             if job is not None:
-                await self._answer_cancelled(*job)
+                await self._answer_cancelled(job)
             if self._reading_done:
                 return
             await self._park(worker)
@@ -405,36 +416,21 @@ class Connection:
         self._idle_workers.append(worker)
         await worker.wake.wait()
 
-    async def _answer_cancelled(
-        self,
-        handler: _Handler,
-        request: Any,
-        context: CallContext,
-        key: int | object,
-        window: int | None,
-        request_fds: FdContext,
-    ) -> None:
-        call_id = context.call_id
+    async def _answer_cancelled(self, job: _Job) -> None:
+        call_id = job.context.call_id
         try:
             if call_id is not None:
                 self._credits.pop(call_id, None)
                 error = CallCancelledError("call cancelled by the client")
                 await self._send(wire.encode_error(call_id, error.code, error.message), shield=True)
         finally:
-            self.in_flight.pop(key, None)
-            request_fds.abort()
+            self.in_flight.pop(job.key, None)
+            job.request_fds.abort()
 
-    async def _run_call(
-        self,
-        handler: _Handler,
-        request: Any,
-        context: CallContext,
-        key: int | object,
-        window: int | None,
-        request_fds: FdContext,
-    ) -> None:
+    async def _run_call(self, job: _Job) -> None:
         """Run one call inside its worker's scope. A cancel propagates out of
         here (the worker answers it); anything else is answered here."""
+        handler, request, context, key, window, request_fds = job
         call_id = context.call_id
         reply: tuple[bytes, FdContext | None] | None = None
         try:
