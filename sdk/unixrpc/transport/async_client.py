@@ -406,7 +406,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 call again for the next packet.
             ClientClosedError: the client was closed (also raised at once in a
                 task waiting here when another task closes the client).
-            ConnectionBrokenError: the peer closed the connection.
+            ConnectionBrokenError: the peer closed the connection, or reset it
+                (closed it with data of ours unread).
             AncillaryDataTruncatedError: the control buffer was too small; the
                 descriptors that arrived were closed and the connection is broken.
         """

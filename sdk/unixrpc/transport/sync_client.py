@@ -297,7 +297,8 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                 call again for the next packet.
             ClientClosedError: the client was closed (also raised at once in a
                 thread blocked here when another thread closes the client).
-            ConnectionBrokenError: the peer closed the connection.
+            ConnectionBrokenError: the peer closed the connection, or reset it
+                (closed it with data of ours unread).
             AncillaryDataTruncatedError: the control buffer was too small; the
                 descriptors that arrived were closed and the connection is broken.
         """
