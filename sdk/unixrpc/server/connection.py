@@ -1,9 +1,9 @@
 """One client connection on the server: read frames, dispatch calls
 concurrently, send replies.
 
-Owns the per-connection rules: every call runs in its own task inside the
-connection's task group, under a cancel scope a cancel request can reach;
-every request gets exactly one final reply (result or error, ``Cancelled``
+Owns the per-connection rules: calls run concurrently, each under a cancel
+scope a cancel request can reach and that reaches no other call; every
+request gets exactly one final reply (result or error, ``Cancelled``
 included); a bad frame gets a protocol error and the connection goes on, unless
 the stream itself cannot be trusted any more (oversized frame, descriptors
 that never came), in which case the connection is closed. The descriptors
@@ -16,7 +16,8 @@ pool (leader/follower) and is finished by the task that started it, so a
 slow call never holds back the next request. The hand-over happens at the
 call's first suspension, observed by stepping its coroutine once; the call
 then continues in the same task, so cancel scopes and anything else bound
-to the task stay valid.
+to the task stay valid. Writing frames (and corking the replies of a batch)
+belongs to :mod:`.output`; the task pieces to :mod:`.tasks`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from __future__ import annotations
 import logging
 import select
 import traceback
-import types
-from collections.abc import Awaitable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -36,17 +36,15 @@ from pydantic_core import PydanticSerializationError
 
 from .._core import wire
 from .._core.calls import FdQueue, close_fds
-from .._wakeup import Wakeup, wakeup_factory
+from .._wakeup import wakeup_factory
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
     ClientClosedError,
     ConnectionBrokenError,
-    FrameTooLargeError,
     InternalError,
     InvalidParamsError,
-    LocalProtocolError,
     MethodNotFoundError,
     PermissionDeniedError,
     ProtocolViolationError,
@@ -56,9 +54,10 @@ from ..exceptions import (
 )
 from ..fds import FdContext
 from ..protocol import NEED_DATA
-from ..rpc._calls import outgoing
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
+from .output import FrameWriter
+from .tasks import READER_BUDGET, Credit, Job, Worker, resume
 
 if TYPE_CHECKING:
     from .server import Server, _Handler
@@ -66,83 +65,6 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 logger = logging.getLogger("unixrpc.server")
-
-
-class _Credit:
-    """How many more items a stream may send before the client asks for more."""
-
-    __slots__ = ("_event", "available")
-
-    def __init__(self, window: int) -> None:
-        self.available = window
-        self._event: anyio.Event | None = None
-
-    def grant(self, count: int) -> None:
-        self.available += count
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def take(self) -> None:
-        while self.available <= 0:
-            event = self._event = anyio.Event()
-            await event.wait()
-        self.available -= 1
-
-
-class _Job(NamedTuple):
-    """One validated call, ready to run."""
-
-    handler: _Handler
-    request: Any
-    context: CallContext
-    key: int | object  # in_flight key: the call id, or a fresh object for a notification
-    window: int | None  # a stream's credit window
-    request_fds: FdContext
-
-
-class _Worker:
-    """A task of the connection's pool. It reads (one task at a time does),
-    runs the calls it reads in place, and when one of them waits, passes the
-    reading on and finishes that call; then it parks until it is given the
-    reading again. Reused: spawning a task per call costs more than the call.
-
-    Its calls run in one long-lived cancel scope (entering and leaving a scope
-    per call costs about as much as a small call): the call in progress is
-    the only one a cancel can reach, and a cancelled scope is replaced."""
-
-    __slots__ = ("current", "scope", "wake")
-
-    def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
-        self.current: _Job | None = None  # the call being run
-        self.scope = scope
-        self.wake = wake
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Drive *coro*, whose first step yielded *yielded*, to its end in the
-    current task: what ``await coro`` would have done after that step."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:  # cancellation and the like: the coroutine handles it
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-#: inline calls a reader runs back to back before it lets other tasks run
-_READER_BUDGET = 16
 
 
 class Connection:
@@ -161,8 +83,8 @@ class Connection:
         self._fd_queue = FdQueue()
         # the scope that cancels each call; None once its reply is being sent
         self.in_flight: dict[int | object, anyio.CancelScope | None] = {}
-        self._credits: dict[int, _Credit] = {}
-        self._idle_workers: list[_Worker] = []
+        self._credits: dict[int, Credit] = {}
+        self._idle_workers: list[Worker] = []
         self._reading_done = False
         # the backend's own classes, instantiated without anyio's per-call dispatch
         self._new_wakeup = wakeup_factory()
@@ -170,11 +92,8 @@ class Connection:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._framing = server._framing
         self._ancillary = SocketAncillary()  # the reader's
-        # While the reader runs requests it already has in hand, the frames
-        # they send (no fds) are corked and written together when it runs out.
-        self._corking = False
-        self._cork: list[bytes] = []
-        self._unsent = 0  # corked frames not yet fully written
+        self._writer = FrameWriter(transport, self._framing, connection_id)
+        self._send = self._writer.send
         self._reading_over = anyio.Event()
 
     async def run(self) -> None:
@@ -206,15 +125,15 @@ class Connection:
         except (OSError, RuntimeError, ClientClosedError):
             return True
 
-    async def _read(self, worker: _Worker) -> Awaitable[Any] | None:
+    async def _read(self, worker: Worker) -> Awaitable[Any] | None:
         """Read frames and run their calls in place until one of them waits,
         or a write of corked replies would: then pass the reading on and
         return what finishes that call or write, to await in this task. None
         once the reading is over."""
-        transport, fd_queue = self._transport, self._fd_queue
+        transport, fd_queue, writer = self._transport, self._fd_queue, self._writer
         ancillary = self._ancillary
         bufsize = self._framing.ancillary_bufsize
-        budget = _READER_BUDGET
+        budget = READER_BUDGET
         while True:
             if fd_queue and not transport.buffered_size():
                 # descriptors ride on their frame's first byte: with no frame
@@ -225,8 +144,8 @@ class Connection:
             try:
                 frame = transport._recv_nowait(ancillary, bufsize)
                 if frame is NEED_DATA:
-                    if self._cork:  # nothing more in hand: the corked replies go now
-                        pending = self._flush_nowait()
+                    if self._writer.has_cork():  # nothing more in hand: the corked replies go now
+                        pending = self._writer.flush_nowait()
                         if pending is not None:  # the peer is slow to read: never stop reading for it
                             self._pass_reading()
                             return pending
@@ -265,21 +184,21 @@ class Connection:
                 if job is not None:
                     worker.current = job
                     call = self._run_call(job)
-                    self._corking = transport.buffered_size() > 0
+                    writer.corking = transport.buffered_size() > 0
                     try:
                         yielded = call.send(None)
                     except StopIteration:  # answered without waiting
                         worker.current = None
                     else:
                         self._pass_reading()  # the next reader flushes the cork first
-                        return _resume(call, yielded)
+                        return resume(call, yielded)
                     finally:
-                        self._corking = False
+                        writer.corking = False
                 budget -= 1
                 if not budget:  # a busy connection must not starve the others
-                    budget = _READER_BUDGET
-                    if self._cork:
-                        pending = self._flush_nowait()
+                    budget = READER_BUDGET
+                    if writer.has_cork():
+                        pending = writer.flush_nowait()
                         if pending is not None:
                             self._pass_reading()
                             return pending
@@ -298,7 +217,7 @@ class Connection:
                 close_fds(fds)
                 await self._send_error(None, ProtocolViolationError(f"a client may not send {kind} messages"))
 
-    def _dispatch(self, worker: _Worker, envelope: dict[str, Any], fds: list[int]) -> _Job | None:
+    def _dispatch(self, worker: Worker, envelope: dict[str, Any], fds: list[int]) -> Job | None:
         """Check and validate a request; the job to run in *worker*, or None
         if it was refused (the refusal is on its way)."""
         server = self._server
@@ -307,7 +226,7 @@ class Connection:
         call_id: int | None = envelope.get("id")
         name: str = envelope["method"]
 
-        def refuse(error: RPCError) -> _Job | None:
+        def refuse(error: RPCError) -> Job | None:
             close_fds(fds)
             if call_id is not None:
                 task_group.start_soon(self._send_error, call_id, error)
@@ -354,8 +273,8 @@ class Connection:
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
-            self._credits[call_id] = _Credit(window)  # before any credit message can arrive
-        return _Job(handler, request, context, key, window, request_fds)
+            self._credits[call_id] = Credit(window)  # before any credit message can arrive
+        return Job(handler, request, context, key, window, request_fds)
 
     def _pass_reading(self) -> None:
         """Give the reading to an idle task of the pool, or to a new one."""
@@ -363,9 +282,9 @@ class Connection:
             self._idle_workers.pop().wake.set()
             return
         assert self._task_group is not None
-        self._task_group.start_soon(self._work, _Worker(self._new_scope(), self._new_wakeup()))
+        self._task_group.start_soon(self._work, Worker(self._new_scope(), self._new_wakeup()))
 
-    async def _work(self, worker: _Worker) -> None:
+    async def _work(self, worker: Worker) -> None:
         """A pool task: read, run, park; until the reading is over."""
         while True:
             scope = worker.scope
@@ -392,12 +311,12 @@ class Connection:
             if self._reading_done:
                 return
 
-    async def _read_and_run(self, worker: _Worker, scope: anyio.CancelScope) -> None:
+    async def _read_and_run(self, worker: Worker, scope: anyio.CancelScope) -> None:
         while True:
             blocked = await self._read(worker)
             if blocked is None:  # the reading is over: tell run()
-                if self._cork:
-                    await self._flush()
+                if self._writer.has_cork():
+                    await self._writer.flush()
                 self._reading_done = True
                 self._reading_over.set()
                 return
@@ -410,13 +329,13 @@ class Connection:
             if self._reading_done:
                 return
 
-    async def _park(self, worker: _Worker) -> None:
+    async def _park(self, worker: Worker) -> None:
         """Wait, idle, until given the reading (or told the reading is over)."""
         worker.wake = self._new_wakeup()
         self._idle_workers.append(worker)
         await worker.wake.wait()
 
-    async def _answer_cancelled(self, job: _Job) -> None:
+    async def _answer_cancelled(self, job: Job) -> None:
         call_id = job.context.call_id
         try:
             if call_id is not None:
@@ -427,7 +346,7 @@ class Connection:
             self.in_flight.pop(job.key, None)
             job.request_fds.abort()
 
-    async def _run_call(self, job: _Job) -> None:
+    async def _run_call(self, job: Job) -> None:
         """Run one call inside its worker's scope. A cancel propagates out of
         here (the worker answers it); anything else is answered here."""
         handler, request, context, key, window, request_fds = job
@@ -496,7 +415,7 @@ class Connection:
 
     async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
         call_id = context.call_id
-        credit = self._credits.get(call_id, _Credit(window)) if call_id is not None else _Credit(window)
+        credit = self._credits.get(call_id, Credit(window)) if call_id is not None else Credit(window)
         args = (request, context) if handler.wants_context else (request,)
         items = handler.function(*args)
         if handler.is_async:
@@ -518,7 +437,7 @@ class Connection:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(items.close)
 
-    async def _send_item(self, handler: _Handler, call_id: int | None, credit: _Credit, item: Any) -> None:
+    async def _send_item(self, handler: _Handler, call_id: int | None, credit: Credit, item: Any) -> None:
         if call_id is None:
             return
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel between items stops the stream
@@ -559,100 +478,9 @@ class Connection:
     async def _send_error(self, call_id: int | None, error: RPCError) -> None:
         await self._send(wire.encode_error(call_id, error.code, error.message, error.data))
 
-    async def _send(
-        self,
-        body: bytes,
-        fd_context: FdContext | None = None,
-        call_id: int | None = None,
-        *,
-        shield: bool = False,
-    ) -> None:
-        """Send one frame. With *shield* (frames sent inside a call's cancel
-        scope) a cancel never cuts it in half, which would break the stream;
-        shutdown unblocks a send stuck on a peer that does not read by closing
-        the transport. A reply over the frame limit is replaced by a short
-        InternalError for the same call."""
-        transport = self._transport
-        try:
-            if fd_context is None or not fd_context.outgoing:
-                # the common case, without the packet layer: the frame's bytes,
-                # written at once when the socket takes them
-                data = self._framing.frame_bytes(body)
-                if self._corking:  # the reader has more requests in hand: one write for all
-                    self._cork.append(data)
-                    self._unsent += 1
-                    return
-                corked = len(self._cork)
-                if corked:  # what was corked goes first: frames of a call stay in order
-                    self._cork.append(data)
-                    data = b"".join(self._cork)
-                    self._cork.clear()
-                try:
-                    sent = transport._try_send(data)
-                    if sent != len(data):
-                        if shield or corked:  # never cut a frame, nor lose other calls' replies
-                            with anyio.CancelScope(shield=True):
-                                await transport._finish_send(data, sent)
-                        else:
-                            await transport._finish_send(data, sent)
-                finally:
-                    self._unsent -= corked
-                return
-            if self._cork:
-                await self._flush()
-            frame, ancillary = outgoing(body, fd_context)
-            if shield:
-                with anyio.CancelScope(shield=True):
-                    await transport.send_packet(frame, ancillary_data=ancillary)
-            else:
-                await transport.send_packet(frame, ancillary_data=ancillary)
-        except (FrameTooLargeError, LocalProtocolError, ValueError) as exc:
-            logger.error("connection %d: reply not sent: %s", self.connection_id, exc)
-            if call_id is not None:
-                error = InternalError(f"the reply could not be sent: {exc}")
-                await self._send(wire.encode_error(call_id, error.code, error.message), shield=shield)
-        except (ConnectionError, OSError) as exc:
-            logger.debug("connection %d: reply not sent: %s", self.connection_id, exc)
-        finally:
-            if fd_context is not None:
-                fd_context.sent()
-
-    async def _flush(self) -> None:
-        """Write the corked frames, waiting for room if need be."""
-        pending = self._flush_nowait()
-        if pending is not None:
-            await pending
-
-    def _flush_nowait(self) -> Awaitable[None] | None:
-        """Write the corked frames as far as the socket takes them now; if it
-        takes only part, return what writes the rest (await it before this
-        task sends or awaits anything else: it takes the send lock first)."""
-        data = b"".join(self._cork)
-        corked = len(self._cork)
-        self._cork.clear()
-        try:
-            sent = self._transport._try_send(data)
-        except (ConnectionError, OSError) as exc:
-            self._unsent -= corked
-            logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
-            return None
-        if sent == len(data):
-            self._unsent -= corked
-            return None
-        return self._finish_flush(data, sent, corked)
-
-    async def _finish_flush(self, data: bytes, sent: int | None, corked: int) -> None:
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._transport._finish_send(data, sent)
-        except (ConnectionError, OSError) as exc:
-            logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
-        finally:
-            self._unsent -= corked
-
     def busy(self) -> bool:
         """Calls in flight, or replies not yet written: a graceful shutdown waits."""
-        return bool(self.in_flight) or self._unsent > 0
+        return bool(self.in_flight) or self._writer.pending()
 
     async def abort(self) -> None:
         """Close the transport now: sends blocked on a peer that does not read
