@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from ..fds import FdContext
 from ..methods import Method, StreamMethod
-from ..protocol import StreamProtocol
+from ..protocol import NEED_DATA, StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ._calls import (
     broken_error,
@@ -333,16 +333,24 @@ class AsyncClient:
                 await self._send_cancel(call_id)
 
     async def _read_until(self, slot: CallSlot) -> None:
-        """Read frames and file them under their calls until *slot* has one.
-        Cancelling it loses nothing; a broken stream fails every call."""
+        """Read frames and file them under their calls until *slot* has one,
+        then file the frames already in hand too (without waiting): each one
+        left would cost another caller a turn at reading. Cancelling it loses
+        nothing; a broken stream fails every call."""
         raw, fd_queue, table = self._raw, self._fd_queue, self._table
-        ancillary = self._ancillary
+        ancillary, bufsize = self._ancillary, self._ancillary_bufsize
         try:
-            while not slot.messages:
+            while True:
                 try:
-                    frame = await raw.recv_packet(
-                        ancillary_data=ancillary, ancillary_bufsize=self._ancillary_bufsize
-                    )
+                    if not slot.messages:
+                        frame = await raw.recv_packet(ancillary_data=ancillary, ancillary_bufsize=bufsize)
+                    elif not raw.buffered_size():
+                        return
+                    else:
+                        drained = raw._recv_nowait(ancillary, bufsize)
+                        if drained is NEED_DATA:
+                            return
+                        frame = drained
                 finally:
                     if ancillary:
                         fd_queue.push(ancillary.iter_fds())
