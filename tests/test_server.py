@@ -12,6 +12,7 @@ import grp
 import json
 import logging
 import os
+import random
 import select
 import signal
 import socket
@@ -1167,3 +1168,111 @@ async def test_a_peer_that_resets_the_connection_does_not_stop_the_server(
                 assert await client.call(Add(a=2, b=3)) == 5
         await wait_until(lambda: open_fds() == fds_before)
     assert open_fds() == fds_before
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_pipelined_traffic_gets_exactly_one_final_reply(
+    anyio_backend: str, sock_dir: str, seed: int
+) -> None:
+    # a seeded mix of instant calls, calls that wait, streams with small
+    # windows, threaded handlers, cancels and credits, sent in random
+    # batches: every call ends with exactly one final reply, correct when it
+    # is a result, and no stream item comes out of order or after the end
+    path = sock_path(sock_dir)
+
+    def traffic() -> tuple[list[str], dict[int, str], dict[int, dict[str, Any]]]:
+        rnd = random.Random(seed)
+        calls: dict[int, str] = {}
+        batch: list[bytes] = []
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            next_id = 1
+            for _ in range(300):
+                roll = rnd.random()
+                if roll < 0.3:
+                    envelope: dict[str, Any] = {
+                        "id": next_id,
+                        "method": "Add",
+                        "params": {"a": next_id, "b": 1},
+                    }
+                    calls[next_id] = "add"
+                elif roll < 0.45:
+                    params = {"seconds": rnd.choice([0, 0.001, 0.01]), "tag": str(next_id)}
+                    envelope = {"id": next_id, "method": "Sleep", "params": params}
+                    calls[next_id] = "sleep"
+                elif roll < 0.6:
+                    params = {"n": rnd.randint(0, 5), "delay": rnd.choice([0, 0.001])}
+                    envelope = {
+                        "id": next_id,
+                        "method": "Count",
+                        "params": params,
+                        "stream": rnd.randint(1, 3),
+                    }
+                    calls[next_id] = "count"
+                elif roll < 0.7:
+                    envelope = {"id": next_id, "method": "Echo", "params": {"payload": {"n": next_id}}}
+                    calls[next_id] = "echo"
+                elif roll < 0.85 and next_id > 1:
+                    envelope = {"cancel": rnd.randint(max(1, next_id - 5), next_id - 1)}
+                elif next_id > 1:
+                    envelope = {
+                        "credit": rnd.randint(max(1, next_id - 5), next_id - 1),
+                        "n": rnd.randint(0, 3),
+                    }
+                else:
+                    continue
+                if "id" in envelope:
+                    next_id += 1
+                batch.append(_frame(envelope))
+                if rnd.random() < 0.3:
+                    sock.sendall(b"".join(batch))
+                    batch.clear()
+            sock.sendall(b"".join(batch))
+            # enough credit for every stream to finish
+            sock.sendall(
+                b"".join(_frame({"credit": i, "n": 100}) for i, kind in calls.items() if kind == "count")
+            )
+            problems: list[str] = []
+            finals: dict[int, dict[str, Any]] = {}
+            items: dict[int, list[int]] = {}
+            received: list[dict[str, Any]] = []
+            buf = bytearray()
+            sock.settimeout(5)
+            deadline = time.monotonic() + 20
+            while len(finals) < len(calls) and time.monotonic() < deadline:
+                while not received:
+                    chunk = sock.recv(1 << 16)
+                    if not chunk:
+                        problems.append("the server closed the connection")
+                        return problems, calls, finals
+                    buf += chunk
+                    while len(buf) >= 6 and len(buf) >= 6 + struct.unpack_from(">I", buf)[0]:
+                        size = struct.unpack_from(">I", buf)[0]
+                        received.append(json.loads(bytes(buf[6 : 6 + size])))
+                        del buf[: 6 + size]
+                message = received.pop(0)
+                call_id = message["id"]
+                if "item" in message:
+                    if call_id in finals:
+                        problems.append(f"item after the end of {call_id}")
+                    if message["item"] != len(items.setdefault(call_id, [])):
+                        problems.append(f"item {message['item']} of {call_id} out of order")
+                    items[call_id].append(message["item"])
+                elif call_id in finals:
+                    problems.append(f"second final reply for {call_id}")
+                else:
+                    finals[call_id] = message
+        return problems, calls, finals
+
+    with anyio.fail_after(60):
+        async with serving(make_server(), path):
+            problems, calls, finals = await anyio.to_thread.run_sync(traffic)
+    assert problems == []
+    assert sorted(finals) == sorted(calls)
+    for call_id, final in finals.items():
+        if "result" not in final:
+            assert final["error"]["code"] == "unixrpc.Cancelled", final
+        elif calls[call_id] == "add":
+            assert final["result"] == call_id + 1
+        elif calls[call_id] == "echo":
+            assert final["result"] == {"n": call_id}
