@@ -149,7 +149,7 @@ class Connection:
                         if pending is not None:  # the peer is slow to read: never stop reading for it
                             self._pass_reading()
                             return pending
-                    frame = await transport.recv_packet(ancillary_data=ancillary, ancillary_bufsize=bufsize)
+                    frame = await transport._recv_after_empty(ancillary, bufsize)
             except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                 await self._send_error(None, ProtocolViolationError(str(exc.error)))
                 return None

@@ -415,23 +415,31 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if self._sock is None:
             await self.wait_connected()
         lock = self._recv_lock
-        found_empty = False
         if lock.locked():
             await lock.acquire()
-        else:
-            # No other reader: take what is already there without the lock;
-            # the lock is taken only to wait (aclose() relies on it then).
-            packet = self._recv_nowait(ancillary_data, bufsize)
-            if packet is not NEED_DATA:
-                return packet
-            lock.acquire_nowait()
-            found_empty = self._recv_broken is None
+            return await self._recv_holding_lock(ancillary_data, bufsize, found_empty=False)
+        # No other reader: take what is already there without the lock; the
+        # lock is taken only to wait (aclose() relies on it then).
+        packet = self._recv_nowait(ancillary_data, bufsize)
+        if packet is not NEED_DATA:
+            return packet
+        return await self._recv_after_empty(ancillary_data, bufsize)
+
+    async def _recv_after_empty(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT:
+        """recv_packet() right after :meth:`_recv_nowait` found nothing (no
+        await in between): wait for data before reading again."""
+        self._recv_lock.acquire_nowait()
+        return await self._recv_holding_lock(ancillary, bufsize, found_empty=self._recv_broken is None)
+
+    async def _recv_holding_lock(
+        self, ancillary: SocketAncillary | None, bufsize: int, *, found_empty: bool
+    ) -> ReceivedT:
         try:
             if found_empty:  # the socket was just found empty: wait before reading again
                 await self._wait_readable(self._connected_socket(), None)
-            return await self._recv_locked(ancillary_data, bufsize, None)
+            return await self._recv_locked(ancillary, bufsize, None)
         finally:
-            lock.release()
+            self._recv_lock.release()
             if self._closed and self._sock is not None:
                 self._sock.close()
 
