@@ -22,15 +22,18 @@ import contextlib
 import os
 import socket
 import warnings
-from typing import IO, Any, TypeAlias
+from typing import IO, Any, Literal, TypeAlias
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, SerializationInfo, ValidationInfo
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import PydanticSerializationError, SchemaSerializer, core_schema
 
-__all__ = ["FD", "FdContext", "FileDescriptor"]
+__all__ = ["FD", "FdContext", "FileDescriptor", "schema_has_fds", "serialize"]
 
 _CONTEXT_KEY = "unixrpc.fds"
+#: in the context of a value believed to hold no FD field (see :func:`serialize`)
+_NO_FDS_EXPECTED = object()
+_NO_FDS_MARK = "unixrpc: FD field in a value serialized as holding none"
 
 
 class FileDescriptor:
@@ -227,10 +230,19 @@ class FdContext:
 
     def finish(self) -> None:
         """Close the received descriptors that no field took."""
-        for index, fd in enumerate(self._incoming):
-            if index not in self._taken:
-                _close_quietly(fd)
-        self._incoming = []
+        if self._incoming:
+            for index, fd in enumerate(self._incoming):
+                if index not in self._taken:
+                    _close_quietly(fd)
+            self._incoming = []
+
+    @classmethod
+    def receiving(cls, fds: list[int]) -> FdContext:
+        """The context for decoding a frame that carries *fds* (owned by the
+        context from now on). For a frame without descriptors, a shared
+        empty context: an FD field in it fails, as it must, and nothing in
+        it ever changes."""
+        return cls(fds) if fds else _EMPTY
 
     def abort(self) -> None:
         """Close every received descriptor, including those already wrapped."""
@@ -244,6 +256,9 @@ class FdContext:
         for handle in self.outgoing:
             if handle._close_after_send:
                 handle.close()
+
+
+_EMPTY = FdContext()
 
 
 def _close_quietly(fd: int) -> None:
@@ -272,6 +287,8 @@ def _validate_fd(value: Any, info: ValidationInfo) -> FileDescriptor:
 
 def _serialize_fd(value: FileDescriptor, info: SerializationInfo) -> int:
     context = info.context.get(_CONTEXT_KEY) if isinstance(info.context, dict) else None
+    if context is _NO_FDS_EXPECTED:  # serialize() retries with a real context
+        raise ValueError(_NO_FDS_MARK)
     if not isinstance(context, FdContext):
         return value.fileno()  # outside a call (model_dump in user code): the raw number
     value.fileno()  # raises if closed
@@ -300,3 +317,61 @@ FileDescriptor.__get_pydantic_json_schema__ = staticmethod(_json_schema)  # type
 #: int, a file, a socket or a FileDescriptor when you build a model; on the
 #: receiving side it is a FileDescriptor you own.
 FD: TypeAlias = FileDescriptor
+
+
+def schema_has_fds(schema: Any) -> bool:
+    """True if a pydantic core schema contains an ``FD`` field anywhere (its
+    nested models and definitions included), or cannot be inspected yet (a
+    model with unresolved forward references)."""
+    if not isinstance(schema, dict):
+        return True  # not built yet: assume the worst
+    stack: list[Any] = [schema]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        values = node.values() if isinstance(node, dict) else node
+        for value in values:
+            if value is _validate_fd or value is _serialize_fd:
+                return True
+            if isinstance(value, (dict, list, tuple)):
+                stack.append(value)
+    return False
+
+
+_NO_FDS_CONTEXT = {_CONTEXT_KEY: _NO_FDS_EXPECTED}
+
+
+def serialize(
+    serializer: SchemaSerializer, value: Any, *, has_fds: bool, warnings: bool | Literal["error"] = True
+) -> tuple[bytes, FdContext | None]:
+    """*value* as JSON, with the FdContext that collected its descriptors
+    (None when it has none to send).
+
+    *has_fds* says whether the schema has FD fields (:func:`schema_has_fds`).
+    Without them no FdContext is made, the common case. A descriptor that
+    turns up anyway (a model held in a field typed ``Any``) is caught and
+    the value serialized again with a real context: never is a descriptor's
+    number sent as a plain integer.
+
+    Raises:
+        PydanticSerializationError, ValueError: the value cannot be encoded
+            (what was transferred is closed even though nothing is sent).
+    """
+    if not has_fds:
+        try:
+            return serializer.to_json(value, by_alias=True, warnings=warnings, context=_NO_FDS_CONTEXT), None
+        except PydanticSerializationError as exc:
+            if _NO_FDS_MARK not in str(exc):
+                raise
+    fd_context = FdContext()
+    try:
+        data = serializer.to_json(
+            value, by_alias=True, warnings=warnings, context=fd_context.pydantic_context
+        )
+    except BaseException:
+        fd_context.sent()
+        raise
+    return data, fd_context

@@ -19,7 +19,11 @@ from typing import Any, ClassVar, Generic, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from .fds import schema_has_fds
+
 __all__ = ["Method", "MethodSpec", "StreamMethod", "method_spec"]
+
+_SCALARS = (int, str, float, bool, bytes, type(None))
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -28,7 +32,17 @@ ItemT = TypeVar("ItemT")
 class MethodSpec:
     """What the RPC layer needs to know about a method class, computed once."""
 
-    __slots__ = ("_adapter", "_result_type", "method_class", "name", "name_json", "streaming")
+    __slots__ = (
+        "_adapter",
+        "_params_have_fds",
+        "_result_has_fds",
+        "_result_type",
+        "_trusted_type",
+        "method_class",
+        "name",
+        "name_json",
+        "streaming",
+    )
 
     def __init__(self, method_class: type[BaseModel], name: str, streaming: bool, result_type: Any) -> None:
         self.method_class = method_class
@@ -37,6 +51,28 @@ class MethodSpec:
         self.streaming = streaming
         self._result_type = result_type
         self._adapter: TypeAdapter[Any] | None = None
+        self._params_have_fds: bool | None = None
+        self._result_has_fds: bool | None = None
+        self._trusted_type: type | None = None
+
+    @property
+    def params_have_fds(self) -> bool:
+        """Whether the method's fields hold FD fields (then encoding its
+        params collects descriptors). Known once the model is complete."""
+        known = self._params_have_fds
+        if known is None:
+            if not self.method_class.__pydantic_complete__:
+                return True  # forward references still unresolved: ask again later
+            known = self._params_have_fds = schema_has_fds(self.method_class.__pydantic_core_schema__)
+        return known
+
+    @property
+    def result_has_fds(self) -> bool:
+        """Whether the result (or item) type holds FD fields."""
+        known = self._result_has_fds
+        if known is None:
+            known = self._result_has_fds = schema_has_fds(self.result_adapter.core_schema)
+        return known
 
     @property
     def result_adapter(self) -> TypeAdapter[Any]:
@@ -54,7 +90,22 @@ class MethodSpec:
                     owner = self.method_class.__qualname__
                     raise TypeError(f"cannot resolve result type {result_type!r} of {owner}: {exc}") from None
             adapter = self._adapter = TypeAdapter(result_type)
+            if result_type is None:
+                result_type = type(None)
+            if result_type in _SCALARS or (
+                isinstance(result_type, type) and issubclass(result_type, BaseModel)
+            ):
+                self._trusted_type = result_type
         return adapter
+
+    @property
+    def trusted_type(self) -> type | None:
+        """The result type when it is a plain class (a scalar or a pydantic
+        model), else None. A value of exactly this class needs no type check
+        when it is encoded: it cannot mismatch (a model was checked when it
+        was built)."""
+        self.result_adapter  # noqa: B018 - resolves the type
+        return self._trusted_type
 
     def __repr__(self) -> str:
         kind = "stream" if self.streaming else "method"

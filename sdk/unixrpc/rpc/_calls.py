@@ -22,7 +22,7 @@ from ..exceptions import (
     RPCError,
     SerializeError,
 )
-from ..fds import FdContext
+from ..fds import FdContext, serialize
 from ..methods import MethodSpec, method_spec
 
 __all__ = [
@@ -74,20 +74,17 @@ def spec_of(method: BaseModel, *, streaming: bool) -> MethodSpec:
     return spec
 
 
-def encode_params(method: BaseModel) -> tuple[bytes, FdContext]:
-    """The JSON of a method's params, and the descriptors of its FD fields.
+def encode_params(method: BaseModel, spec: MethodSpec) -> tuple[bytes, FdContext | None]:
+    """The JSON of a method's params, and the descriptors of its FD fields
+    (None when it has none).
 
     Raises:
         SerializeError: a field cannot be encoded (e.g. a closed FileDescriptor).
     """
-    fd_context = FdContext()
     try:
-        serializer = method.__pydantic_serializer__
-        data = serializer.to_json(method, by_alias=True, context=fd_context.pydantic_context)
+        return serialize(method.__pydantic_serializer__, method, has_fds=spec.params_have_fds)
     except (PydanticSerializationError, ValueError) as exc:
-        fd_context.sent()  # what was transferred is closed even though nothing is sent
         raise SerializeError(f"cannot encode {type(method).__name__}: {exc}") from None
-    return data, fd_context
 
 
 def outgoing(body: bytes, fd_context: FdContext | None) -> tuple[wire.RawFrame, SocketAncillary | None]:
@@ -172,7 +169,7 @@ def item_value(spec: MethodSpec, envelope: dict[str, Any], fds: list[int]) -> An
 
 
 def _validated(spec: MethodSpec, value: Any, fds: list[int], what: str) -> Any:
-    fd_context = FdContext(fds)
+    fd_context = FdContext.receiving(fds)
     try:
         result = spec.result_adapter.validate_python(value, context=fd_context.pydantic_context)
     except ValidationError as exc:

@@ -173,7 +173,7 @@ class AsyncClient:
             RuntimeError: the client was not entered with ``async with``.
         """
         spec = spec_of(method, streaming=False)
-        slot = await self._start(spec.name_json, *encode_params(method), None)
+        slot = await self._start(spec.name_json, *encode_params(method, spec), None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
@@ -188,12 +188,13 @@ class AsyncClient:
         """
         spec = spec_of(method, streaming=False)
         self._check_usable()
-        params, fd_context = encode_params(method)
+        params, fd_context = encode_params(method, spec)
         frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
         try:
             await self._raw.send_packet(frame, ancillary_data=ancillary)
         finally:
-            fd_context.sent()
+            if fd_context is not None:
+                fd_context.sent()
 
     def stream(
         self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
@@ -224,14 +225,14 @@ class AsyncClient:
         return broken_error(self._broken)
 
     async def _start(
-        self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None
+        self, name_json: bytes, params: bytes, fd_context: FdContext | None, window: int | None
     ) -> CallSlot:
         try:
             self._check_usable()
             slot = self._table.open()
             request = wire.encode_request(slot.call_id, name_json, params, window)
             try:
-                if fd_context.outgoing:
+                if fd_context is not None and fd_context.outgoing:
                     frame, ancillary = outgoing(request, fd_context)
                     await self._raw.send_packet(frame, ancillary_data=ancillary)
                 else:  # the common case, without the packet layer
@@ -243,7 +244,8 @@ class AsyncClient:
                 self._table.abandon(slot)
                 raise
         finally:
-            fd_context.sent()
+            if fd_context is not None:
+                fd_context.sent()
         return slot
 
     async def _next_message(
@@ -406,7 +408,7 @@ class AsyncStreamCall(Generic[ItemT]):
         client = self._client
         try:
             if self._slot is None:
-                params, fd_context = encode_params(self._method)
+                params, fd_context = encode_params(self._method, self._spec)
                 self._slot = await client._start(self._spec.name_json, params, fd_context, client._window)
             kind, envelope, fds = await client._next_message(self._slot, self._timeout)
         except BaseException:

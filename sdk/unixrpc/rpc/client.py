@@ -158,7 +158,7 @@ class Client:
         """
         spec = spec_of(method, streaming=False)
         deadline = self._deadline(timeout)
-        slot = self._start(spec.name_json, *encode_params(method), None)
+        slot = self._start(spec.name_json, *encode_params(method, spec), None)
         kind, envelope, fds = self._next_message(slot, deadline)
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
@@ -173,12 +173,13 @@ class Client:
         """
         spec = spec_of(method, streaming=False)
         self._check_usable()
-        params, fd_context = encode_params(method)
+        params, fd_context = encode_params(method, spec)
         frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
         try:
             self._raw.send_packet(frame, ancillary_data=ancillary)
         finally:
-            fd_context.sent()
+            if fd_context is not None:
+                fd_context.sent()
 
     def stream(
         self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
@@ -198,7 +199,7 @@ class Client:
             (while iterating) RPCError, TimeoutError, InvalidResultError.
         """
         spec = spec_of(method, streaming=True)
-        slot = self._start(spec.name_json, *encode_params(method), self._window)
+        slot = self._start(spec.name_json, *encode_params(method, spec), self._window)
         return StreamCall(self, spec, slot, timeout)
 
     # -- internals shared with StreamCall --------------------------------------
@@ -217,14 +218,16 @@ class Client:
     def _broken_error(self) -> Exception:
         return broken_error(self._broken)
 
-    def _start(self, name_json: bytes, params: bytes, fd_context: FdContext, window: int | None) -> CallSlot:
+    def _start(
+        self, name_json: bytes, params: bytes, fd_context: FdContext | None, window: int | None
+    ) -> CallSlot:
         try:
             self._check_usable()
             with self._table_lock:
                 slot = self._table.open()
             request = wire.encode_request(slot.call_id, name_json, params, window)
             try:
-                if fd_context.outgoing:
+                if fd_context is not None and fd_context.outgoing:
                     frame, ancillary = outgoing(request, fd_context)
                     self._raw.send_packet(frame, ancillary_data=ancillary)
                 else:  # the common case, without the packet layer
@@ -240,7 +243,8 @@ class Client:
                         raise reason from None
                 raise
         finally:
-            fd_context.sent()
+            if fd_context is not None:
+                fd_context.sent()
         return slot
 
     def _farewell(self) -> Exception | None:

@@ -26,7 +26,7 @@ import logging
 import select
 import traceback
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
@@ -52,7 +52,7 @@ from ..exceptions import (
     ServerBusyError,
     StreamProtocolParseError,
 )
-from ..fds import FdContext
+from ..fds import FdContext, serialize
 from ..protocol import NEED_DATA
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
@@ -221,60 +221,75 @@ class Connection:
         """Check and validate a request; the job to run in *worker*, or None
         if it was refused (the refusal is on its way)."""
         server = self._server
-        task_group = self._task_group
-        assert task_group is not None
+        error: RPCError
         call_id: int | None = envelope.get("id")
         name: str = envelope["method"]
-
-        def refuse(error: RPCError) -> Job | None:
-            close_fds(fds)
-            if call_id is not None:
-                task_group.start_soon(self._send_error, call_id, error)
-            else:
-                logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+        if server._stopping:
+            self._refuse(call_id, name, fds, ServerBusyError("server is shutting down"))
             return None
-
-        if server.is_shutting_down():
-            return refuse(ServerBusyError("server is shutting down"))
         if len(self.in_flight) >= server.max_calls_per_connection:
-            return refuse(
-                ServerBusyError(
-                    f"too many calls in flight on this connection (limit {server.max_calls_per_connection})"
-                )
-            )
+            limit = server.max_calls_per_connection
+            error = ServerBusyError(f"too many calls in flight on this connection (limit {limit})")
+            self._refuse(call_id, name, fds, error)
+            return None
         if call_id is not None and call_id in self.in_flight:
-            return refuse(ProtocolViolationError(f"call id {call_id} is already in flight"))
+            self._refuse(
+                call_id, name, fds, ProtocolViolationError(f"call id {call_id} is already in flight")
+            )
+            return None
         handler = server._handlers.get(name)
         if handler is None:
             shown = name if len(name) <= 100 else name[:100] + "..."
-            return refuse(MethodNotFoundError(f"no method named {shown!r}"))
+            self._refuse(call_id, name, fds, MethodNotFoundError(f"no method named {shown!r}"))
+            return None
         window = envelope.get("stream")
-        if handler.spec.streaming and window is None and call_id is not None:
-            return refuse(ProtocolViolationError(f'{name} is a stream method: send a "stream" window'))
-        if not handler.spec.streaming and window is not None:
-            return refuse(ProtocolViolationError(f"{name} is not a stream method"))
+        if window is not None or handler.spec.streaming:
+            if handler.spec.streaming and window is None and call_id is not None:
+                error = ProtocolViolationError(f'{name} is a stream method: send a "stream" window')
+                self._refuse(call_id, name, fds, error)
+                return None
+            if not handler.spec.streaming and window is not None:
+                self._refuse(call_id, name, fds, ProtocolViolationError(f"{name} is not a stream method"))
+                return None
         params = envelope.get("params", {})
-        request_fds = FdContext(fds)
+        request_fds = FdContext.receiving(fds)
         fds = []  # owned by request_fds from here on
         try:
-            request = handler.spec.method_class.model_validate(params, context=request_fds.pydantic_context)
+            validator = handler.spec.method_class.__pydantic_validator__
+            request = validator.validate_python(params, context=request_fds.pydantic_context)
         except ValidationError as exc:
             request_fds.abort()
             errors = exc.errors(include_url=False, include_context=False)
-            return refuse(
-                InvalidParamsError(f"invalid params for {name}: {exc.error_count()} error(s)", data=errors)
+            error = InvalidParamsError(
+                f"invalid params for {name}: {exc.error_count()} error(s)", data=errors
             )
+            self._refuse(call_id, name, fds, error)
+            return None
         except Exception as exc:  # a validator that raised something else: the call fails, not the server
             request_fds.abort()
             logger.exception("validating the params of %s raised", name)
-            return refuse(InternalError(f"validating the params of {name} raised {type(exc).__name__}"))
+            error = InternalError(f"validating the params of {name} raised {type(exc).__name__}")
+            self._refuse(call_id, name, fds, error)
+            return None
         request_fds.finish()  # descriptors no FD field took are closed
-        context = CallContext(self.peer, name, call_id, self.connection_id)
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
             self._credits[call_id] = Credit(window)  # before any credit message can arrive
-        return Job(handler, request, context, key, window, request_fds)
+        return Job(handler, request, call_id, key, window, request_fds)
+
+    def _refuse(self, call_id: int | None, name: str, fds: list[int], error: RPCError) -> None:
+        """Turn a request down: its descriptors are closed, its error sent."""
+        close_fds(fds)
+        if call_id is not None:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._send_error, call_id, error)
+        else:
+            logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+
+    def _context(self, job: Job) -> CallContext:
+        """What a handler or the authorization hook is told about *job*."""
+        return CallContext(self.peer, job.handler.spec.name, job.call_id, self.connection_id)
 
     def _pass_reading(self) -> None:
         """Give the reading to an idle task of the pool, or to a new one."""
@@ -336,7 +351,7 @@ class Connection:
         await worker.wake.wait()
 
     async def _answer_cancelled(self, job: Job) -> None:
-        call_id = job.context.call_id
+        call_id = job.call_id
         try:
             if call_id is not None:
                 self._credits.pop(call_id, None)
@@ -349,38 +364,47 @@ class Connection:
     async def _run_call(self, job: Job) -> None:
         """Run one call inside its worker's scope. A cancel propagates out of
         here (the worker answers it); anything else is answered here."""
-        handler, request, context, key, window, request_fds = job
-        call_id = context.call_id
-        reply: tuple[bytes, FdContext | None] | None = None
+        handler, request, call_id, key, window, request_fds = job
+        body: bytes | None = None
+        body_fds: FdContext | None = None
         try:
-            await self._authorize(context, request)
+            if self._server.authorize is not None:
+                await self._authorize(self._context(job), request)
             if handler.spec.streaming:
                 assert call_id is not None or window is None
-                await self._run_stream(handler, request, context, window or 1)
-                reply = (wire.encode_result(call_id, b"null"), None) if call_id is not None else None
-            else:
-                abandon = not request_fds.holds_any()
-                result = await self._invoke(handler, request, context, abandon=abandon)
+                await self._run_stream(handler, request, job, window or 1)
                 if call_id is not None:
-                    body, result_fds = self._encode(handler, result, "result")
-                    reply = wire.encode_result(call_id, body), result_fds
+                    body = wire.encode_result(call_id, b"null")
+            else:
+                args = (request, self._context(job)) if handler.wants_context else (request,)
+                if handler.is_async:
+                    result = await handler.function(*args)
+                else:
+                    result = await self._in_thread(handler, args, abandon=not request_fds.holds_any())
+                if call_id is not None:
+                    encoded, body_fds = self._encode(handler, result, "result")
+                    body = wire.encode_result(call_id, encoded)
         except RPCError as exc:
-            reply = self._error_reply(call_id, exc)
+            body, body_fds = self._error_reply(call_id, exc)
         except Exception as exc:
-            logger.exception("handler of %s raised", context.method)
+            logger.exception("handler of %s raised", handler.spec.name)
             data = {"traceback": traceback.format_exc()} if self._server.expose_tracebacks else None
-            reply = self._error_reply(
-                call_id, InternalError(f"handler of {context.method} raised {type(exc).__name__}", data=data)
-            )
+            error = InternalError(f"handler of {handler.spec.name} raised {type(exc).__name__}", data=data)
+            body, body_fds = self._error_reply(call_id, error)
         finally:
-            if call_id is not None:
+            if window is not None and call_id is not None:
                 self._credits.pop(call_id, None)
         # past the handler: a cancel can no longer reach this call, and its
         # reply is shielded (the worker's scope may have been cancelled anyway)
         self.in_flight[key] = None
         try:
-            if reply is not None:
-                await self._send(reply[0], reply[1], call_id, shield=True)
+            if body is not None:
+                if body_fds is None:  # the common case: no coroutine unless the write waits
+                    unfinished = self._writer.send_nowait(body, call_id)
+                    if unfinished is not None:
+                        await unfinished
+                else:
+                    await self._send(body, body_fds, call_id, shield=True)
         finally:
             # in flight until its reply is out: a graceful shutdown waits for it
             self.in_flight.pop(key, None)
@@ -390,8 +414,7 @@ class Connection:
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
-        if hook is None:
-            return
+        assert hook is not None
         allowed = hook(context, request)
         if isinstance(allowed, Awaitable):
             allowed = await allowed
@@ -401,22 +424,19 @@ class Connection:
             )
 
     @staticmethod
-    async def _invoke(handler: _Handler, request: Any, context: CallContext, *, abandon: bool) -> Any:
-        """Run the handler. A plain function runs in a worker thread, which a
-        cancel abandons (it runs on, its result unused) unless the request
-        holds descriptors: those must stay open while the thread may use
-        them, so the cancel then waits for the thread."""
-        args = (request, context) if handler.wants_context else (request,)
-        if handler.is_async:
-            return await handler.function(*args)
+    async def _in_thread(handler: _Handler, args: tuple[Any, ...], *, abandon: bool) -> Any:
+        """Run a plain-function handler in a worker thread, which a cancel
+        abandons (it runs on, its result unused) unless the request holds
+        descriptors: those must stay open while the thread may use them, so
+        the cancel then waits for the thread."""
         result = await anyio.to_thread.run_sync(handler.function, *args, abandon_on_cancel=abandon)
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel that waited for the thread still counts
         return result
 
-    async def _run_stream(self, handler: _Handler, request: Any, context: CallContext, window: int) -> None:
-        call_id = context.call_id
+    async def _run_stream(self, handler: _Handler, request: Any, job: Job, window: int) -> None:
+        call_id = job.call_id
         credit = self._credits.get(call_id, Credit(window)) if call_id is not None else Credit(window)
-        args = (request, context) if handler.wants_context else (request,)
+        args = (request, self._context(job)) if handler.wants_context else (request,)
         items = handler.function(*args)
         if handler.is_async:
             try:
@@ -445,27 +465,31 @@ class Connection:
         body, item_fds = self._encode(handler, item, "item")
         frame_body = wire.encode_item(call_id, body)
         if len(frame_body) > self._server._framing.max_frame_size:
-            item_fds.sent()
+            if item_fds is not None:
+                item_fds.sent()
             raise InternalError(f"a stream item of {len(frame_body)} bytes is over the frame limit")
         await self._send(frame_body, item_fds, shield=True)
 
     @staticmethod
-    def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext]:
-        fd_context = FdContext()
+    def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext | None]:
+        spec = handler.spec
         try:
-            body = handler.spec.result_adapter.serializer.to_json(
-                value, by_alias=True, warnings="error", context=fd_context.pydantic_context
-            )
+            serializer = spec.result_adapter.serializer
+            # A value whose type could mismatch is encoded with warnings as
+            # errors, which costs pydantic-core about 1 us per call (the
+            # string argument): a value of exactly a plain class is spared.
+            warnings: bool | Literal["error"] = False if type(value) is spec.trusted_type else "error"
+            return serialize(serializer, value, has_fds=spec.result_has_fds, warnings=warnings)
         except (PydanticSerializationError, ValueError) as exc:
-            fd_context.sent()
-            raise InternalError(f"handler of {handler.spec.name} returned an invalid {what}: {exc}") from None
-        return body, fd_context
+            raise InternalError(f"handler of {spec.name} returned an invalid {what}: {exc}") from None
 
     @staticmethod
-    def _error_reply(call_id: int | None, error: RPCError) -> tuple[bytes, FdContext | None] | None:
+    def _error_reply(call_id: int | None, error: RPCError) -> tuple[bytes | None, FdContext | None]:
+        """The error frame's body for *error* and its descriptors (none for a
+        notification: it gets no reply)."""
         if call_id is None:
             logger.info("notification failed: %r", error)
-            return None
+            return None, None
         fields = getattr(error, "_rpc_fields", None)
         if fields is None:
             return wire.encode_error(call_id, error.code, error.message, error.data), None

@@ -20,6 +20,7 @@ from collections.abc import Awaitable
 import anyio
 
 from .._core import wire
+from .._core.wire import HEADER
 from ..exceptions import FrameTooLargeError, InternalError, LocalProtocolError
 from ..fds import FdContext
 from ..rpc._calls import outgoing
@@ -56,6 +57,38 @@ class FrameWriter:
 
     def has_cork(self) -> bool:
         return bool(self._cork)
+
+    def send_nowait(self, body: bytes, call_id: int | None = None) -> Awaitable[None] | None:
+        """Send a frame without descriptors as far as can be done without
+        waiting: corked while the reader has more requests in hand, else
+        written with the cork drained first. Returns None when that is all,
+        else what finishes the write (shielded: await it before this task
+        sends anything else). Errors as :meth:`send`, which it falls back
+        on for a frame over the limit."""
+        if len(body) > self._framing.max_frame_size:
+            return self.send(body, None, call_id, shield=True)  # which answers with an error
+        data = HEADER.pack(len(body), 0) + body
+        if self.corking:  # the reader has more requests in hand: one write for all
+            self._cork.append(data)
+            self._unsent += 1
+            return None
+        corked = len(self._cork)
+        if corked:  # what was corked goes first: frames of a call stay in order
+            self._cork.append(data)
+            data = b"".join(self._cork)
+            self._cork.clear()
+            self._unsent += 1
+            corked += 1
+        try:
+            sent = self._transport._try_send(data)
+        except (ConnectionError, OSError) as exc:
+            self._unsent -= corked
+            logger.debug("connection %d: reply not sent: %s", self._connection_id, exc)
+            return None
+        if sent == len(data):
+            self._unsent -= corked
+            return None
+        return self._finish_flush(data, sent, corked)
 
     async def send(
         self,

@@ -16,7 +16,6 @@ import anyio
 
 from .._wakeup import Wakeup
 from ..fds import FdContext
-from .context import CallContext
 
 if TYPE_CHECKING:
     from .server import _Handler
@@ -51,7 +50,7 @@ class Job(NamedTuple):
 
     handler: _Handler
     request: Any
-    context: CallContext
+    call_id: int | None  # None for a notification
     key: int | object  # in_flight key: the call id, or a fresh object for a notification
     window: int | None  # a stream's credit window
     request_fds: FdContext
