@@ -232,6 +232,23 @@ class PacketReceiver(Generic[ReceivedT]):
         except DeserializeError as exc:
             raise StreamProtocolParseError(exc) from exc
 
+    def next_packets(self) -> list[ReceivedT]:
+        """Every whole packet buffered now, in order (empty if none): what
+        calling :meth:`next_packet` until it returns NEED_DATA would give,
+        in one go when the serializer can split frames itself.
+
+        Raises:
+            StreamProtocolParseError: as :meth:`next_packet`, only when no
+                whole packet comes before the bad frame.
+        """
+        framed = self._framed
+        if framed is not None and not (self._discard or self._resyncing):
+            packets, self._start = framed.split_frames(self._buf, self._start, self._end)
+            if packets:
+                return packets
+        packet = self.next_packet()
+        return [] if packet is NEED_DATA else [packet]
+
     def _skip(self) -> bool:
         """Drop bytes of an oversized frame; True once it is behind us."""
         start, end = self._start, self._end

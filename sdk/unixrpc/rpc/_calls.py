@@ -171,7 +171,7 @@ def item_value(spec: MethodSpec, envelope: dict[str, Any], fds: list[int]) -> An
 def _validated(spec: MethodSpec, value: Any, fds: list[int], what: str) -> Any:
     fd_context = FdContext.receiving(fds)
     try:
-        result = spec.result_adapter.validate_python(value, context=fd_context.pydantic_context)
+        result = spec.result_adapter.validator.validate_python(value, context=fd_context.pydantic_context)
     except ValidationError as exc:
         fd_context.abort()
         raise InvalidResultError(

@@ -34,7 +34,7 @@ from ..exceptions import (
 )
 from ..fds import FdContext
 from ..methods import Method, StreamMethod
-from ..protocol import NEED_DATA, StreamProtocol
+from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ._calls import (
     broken_error,
@@ -172,8 +172,23 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError: the connection is gone.
             RuntimeError: the client was not entered with ``async with``.
         """
-        spec = spec_of(method, streaming=False)
-        slot = await self._start(spec.name_json, *encode_params(method, spec), None)
+        spec = getattr(type(method), "__rpc_spec__", None)
+        if spec is None or spec.method_class is not type(method) or spec.streaming:
+            spec = spec_of(method, streaming=False)  # raises the right TypeError
+        params, fd_context = encode_params(method, spec)
+        if fd_context is None:  # the common case, in this coroutine
+            self._check_usable()
+            slot = self._table.open()
+            data = self._framing.frame_bytes(wire.encode_request(slot.call_id, spec.name_json, params))
+            try:
+                sent = self._raw._try_send(data)
+                if sent != len(data):
+                    await self._raw._finish_send(data, sent)
+            except BaseException:
+                self._table.abandon(slot)
+                raise
+        else:
+            slot = await self._start(spec.name_json, params, fd_context, None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
@@ -343,32 +358,31 @@ class AsyncClient:
         ancillary, bufsize = self._ancillary, self._ancillary_bufsize
         try:
             while True:
+                if slot.messages and not raw.buffered_size():
+                    return
                 try:
-                    if not slot.messages:
-                        frame = await raw.recv_packet(ancillary_data=ancillary, ancillary_bufsize=bufsize)
-                    elif not raw.buffered_size():
-                        return
-                    else:
-                        drained = raw._recv_nowait(ancillary, bufsize)
-                        if drained is NEED_DATA:
+                    frames = raw._recv_all_nowait(ancillary, bufsize)
+                    if not frames:
+                        if slot.messages:
                             return
-                        frame = drained
+                        frames = [await raw._recv_after_empty(ancillary, bufsize)]
                 finally:
                     if ancillary:
                         fd_queue.push(ancillary.iter_fds())
                         ancillary.clear()
-                kind, envelope, fds = decode_frame(frame, fd_queue)
-                if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
-                    close_fds(fds)  # requests from a server are not part of the protocol
-                    continue
-                if envelope["id"] is None:  # an error about the connection as a whole
-                    close_fds(fds)
-                    self._fail(connection_error(envelope))
-                    return
-                target = table.file(kind, envelope, fds)
-                if target is not None and target.waiter is not None:
-                    del self._parked[target]
-                    self._wake(target)
+                for frame in frames:
+                    kind, envelope, fds = decode_frame(frame, fd_queue)
+                    if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
+                        close_fds(fds)  # requests from a server are not part of the protocol
+                        continue
+                    if envelope["id"] is None:  # an error about the connection as a whole
+                        close_fds(fds)
+                        self._fail(connection_error(envelope))
+                        return
+                    target = table.file(kind, envelope, fds)
+                    if target is not None and target.waiter is not None:
+                        del self._parked[target]
+                        self._wake(target)
         except StreamProtocolParseError as exc:
             self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
         except (ConnectionError, RemoteProtocolError) as exc:

@@ -92,5 +92,18 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
             return None
         return start, body_end, body_end  # the header too: parse_frame_body needs the fd count
 
+    def split_frames(self, buffer: bytes | bytearray, start: int, end: int) -> tuple[list[RawFrame], int]:
+        frames: list[RawFrame] = []
+        unpack, max_size, max_fds = HEADER.unpack_from, self.max_frame_size, self.max_fds
+        while end - start >= HEADER_SIZE:
+            size, nfds = unpack(buffer, start)
+            body_start = start + HEADER_SIZE
+            body_end = body_start + size
+            if body_end > end or size > max_size or nfds > max_fds:
+                break  # incomplete, or refused by locate_frame
+            frames.append(RawFrame(bytes(buffer[body_start:body_end]), nfds))
+            start = body_end
+        return frames, start
+
     def parse_frame_body(self, body: bytes | bytearray) -> RawFrame:
         return RawFrame(bytes(memoryview(body)[HEADER_SIZE:]), HEADER.unpack_from(body)[1])

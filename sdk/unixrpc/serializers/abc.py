@@ -142,6 +142,18 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
             DeserializeError: *body* is not a valid packet.
         """
 
+    def split_frames(self, buffer: bytes | bytearray, start: int, end: int) -> tuple[list[ReceivedT], int]:
+        """Optional fast path: every whole, valid frame from ``buffer[start]``
+        on, parsed, and where the rest begins. It stops at the first frame
+        that is incomplete or that :meth:`locate_frame` or
+        :meth:`parse_frame_body` would refuse, so that the receiver reports
+        that one through the usual path.
+
+        The default finds none (``([], start)``): the receiver then takes one
+        frame at a time. Raises nothing.
+        """
+        return [], start
+
     def resync(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
         """After an :class:`OversizedFrameError` without ``next_frame_at``, return
         the index in ``buffer[:end]`` (searching from *start*) where the next frame

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import select
 import traceback
+from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -53,7 +54,6 @@ from ..exceptions import (
     StreamProtocolParseError,
 )
 from ..fds import FdContext, serialize
-from ..protocol import NEED_DATA
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
 from .output import FrameWriter
@@ -92,6 +92,7 @@ class Connection:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._framing = server._framing
         self._ancillary = SocketAncillary()  # the reader's
+        self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet run (whoever reads takes them)
         self._writer = FrameWriter(transport, self._framing, connection_id)
         self._send = self._writer.send
         self._reading_over = anyio.Event()
@@ -131,37 +132,40 @@ class Connection:
         return what finishes that call or write, to await in this task. None
         once the reading is over."""
         transport, fd_queue, writer = self._transport, self._fd_queue, self._writer
-        ancillary = self._ancillary
+        ancillary, inbox = self._ancillary, self._inbox
         bufsize = self._framing.ancillary_bufsize
         budget = READER_BUDGET
         while True:
-            if fd_queue and not transport.buffered_size():
-                # descriptors ride on their frame's first byte: with no frame
-                # pending, these belong to none (the peer declared too few)
-                error = ProtocolViolationError(f"{len(fd_queue)} file descriptors came with no frame")
-                await self._send_error(None, error)
-                return None
-            try:
-                frame = transport._recv_nowait(ancillary, bufsize)
-                if frame is NEED_DATA:
-                    if self._writer.has_cork():  # nothing more in hand: the corked replies go now
-                        pending = self._writer.flush_nowait()
-                        if pending is not None:  # the peer is slow to read: never stop reading for it
-                            self._pass_reading()
-                            return pending
-                    frame = await transport._recv_after_empty(ancillary, bufsize)
-            except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
-                await self._send_error(None, ProtocolViolationError(str(exc.error)))
-                return None
-            except AncillaryDataTruncatedError as exc:
-                logger.warning("connection %d: %s", self.connection_id, exc)
-                return None
-            except (ConnectionBrokenError, ClientClosedError):
-                return None
-            finally:
-                if ancillary:
-                    fd_queue.push(ancillary.iter_fds())
-                    ancillary.clear()
+            if not inbox:
+                if fd_queue and not transport.buffered_size():
+                    # descriptors ride on their frame's first byte: with no frame
+                    # pending, these belong to none (the peer declared too few)
+                    error = ProtocolViolationError(f"{len(fd_queue)} file descriptors came with no frame")
+                    await self._send_error(None, error)
+                    return None
+                try:
+                    frames = transport._recv_all_nowait(ancillary, bufsize)
+                    if not frames:
+                        if writer.has_cork():  # nothing more in hand: the corked replies go now
+                            pending = writer.flush_nowait()
+                            if pending is not None:  # the peer is slow to read: never stop reading for it
+                                self._pass_reading()
+                                return pending
+                        frames = [await transport._recv_after_empty(ancillary, bufsize)]
+                except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
+                    await self._send_error(None, ProtocolViolationError(str(exc.error)))
+                    return None
+                except AncillaryDataTruncatedError as exc:
+                    logger.warning("connection %d: %s", self.connection_id, exc)
+                    return None
+                except (ConnectionBrokenError, ClientClosedError):
+                    return None
+                finally:
+                    if ancillary:
+                        fd_queue.push(ancillary.iter_fds())
+                        ancillary.clear()
+                inbox.extend(frames)
+            frame = inbox.popleft()
             try:
                 fds = fd_queue.take(frame.nfds)
             except ValueError as exc:
@@ -184,7 +188,7 @@ class Connection:
                 if job is not None:
                     worker.current = job
                     call = self._run_call(job)
-                    writer.corking = transport.buffered_size() > 0
+                    writer.corking = bool(inbox) or transport.buffered_size() > 0
                     try:
                         yielded = call.send(None)
                     except StopIteration:  # answered without waiting

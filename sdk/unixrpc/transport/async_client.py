@@ -451,6 +451,16 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             packet = self._receiver.next_packet()
         return packet
 
+    def _recv_all_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
+        """Every whole packet buffered, after one read without waiting if
+        none was; empty if none came. Errors as :meth:`recv_packet`."""
+        sock = self._connected_socket()
+        receiver = self._receiver
+        packets = receiver.next_packets()
+        if not packets and self._recv_broken is None and self._read_once(sock, ancillary, bufsize):
+            packets = receiver.next_packets()
+        return packets
+
     def _read_once(self, sock: _Socket, ancillary: SocketAncillary | None, bufsize: int) -> bool:
         """One read into the receive buffer; False if nothing was waiting.
 
