@@ -22,13 +22,13 @@ import contextlib
 import os
 import socket
 import warnings
-from typing import IO, Any, Literal, TypeAlias
+from typing import IO, Any, Final, Literal, TypeAlias
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, SerializationInfo, ValidationInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticSerializationError, SchemaSerializer, core_schema
 
-__all__ = ["FD", "FdContext", "FileDescriptor", "schema_has_fds", "serialize"]
+__all__ = ["FD", "NO_FDS", "FdContext", "FileDescriptor", "schema_has_fds", "serialize"]
 
 _CONTEXT_KEY = "unixrpc.fds"
 #: in the context of a value believed to hold no FD field (see :func:`serialize`)
@@ -246,10 +246,12 @@ class FdContext:
 
     def abort(self) -> None:
         """Close every received descriptor, including those already wrapped."""
-        for handle in self._taken.values():
-            handle.close()
-        self._taken.clear()
-        self.finish()
+        if self._taken:
+            for handle in self._taken.values():
+                handle.close()
+            self._taken.clear()
+        if self._incoming:
+            self.finish()
 
     def sent(self) -> None:
         """The frame was sent (or given up): close what was transferred."""
@@ -259,6 +261,8 @@ class FdContext:
 
 
 _EMPTY = FdContext()
+#: the pydantic context for a frame without descriptors (shared, never changes)
+NO_FDS: Final = {_CONTEXT_KEY: _EMPTY}
 
 
 def _close_quietly(fd: int) -> None:

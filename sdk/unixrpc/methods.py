@@ -99,6 +99,12 @@ class MethodSpec:
         return adapter
 
     @property
+    def result_validator(self) -> Any:
+        """The validator of results (or items): :attr:`result_adapter`'s
+        (a pydantic-core ``SchemaValidator``)."""
+        return self.result_adapter.validator
+
+    @property
     def trusted_type(self) -> type | None:
         """The result type when it is a plain class (a scalar or a pydantic
         model), else None. A value of exactly this class needs no type check

@@ -73,23 +73,24 @@ def _id(call_id: int | None) -> bytes:
 
 def encode_request(call_id: int, method: bytes, params: bytes, stream_window: int | None = None) -> bytes:
     """A request envelope; *method* is the JSON-encoded name, *params* JSON."""
-    extra = b"" if stream_window is None else b',"stream":' + str(stream_window).encode()
-    return b'{"id":' + _id(call_id) + b',"method":' + method + b',"params":' + params + extra + b"}"
+    if stream_window is None:
+        return b'{"id":%d,"method":%b,"params":%b}' % (call_id, method, params)
+    return b'{"id":%d,"method":%b,"params":%b,"stream":%d}' % (call_id, method, params, stream_window)
 
 
 def encode_notification(method: bytes, params: bytes) -> bytes:
     """A notification envelope (no id: no reply)."""
-    return b'{"method":' + method + b',"params":' + params + b"}"
+    return b'{"method":%b,"params":%b}' % (method, params)
 
 
 def encode_result(call_id: int, result: bytes) -> bytes:
     """A result envelope; *result* is JSON."""
-    return b'{"id":' + _id(call_id) + b',"result":' + result + b"}"
+    return b'{"id":%d,"result":%b}' % (call_id, result)
 
 
 def encode_item(call_id: int, item: bytes) -> bytes:
     """A stream item envelope; *item* is JSON."""
-    return b'{"id":' + _id(call_id) + b',"item":' + item + b"}"
+    return b'{"id":%d,"item":%b}' % (call_id, item)
 
 
 def encode_error(call_id: int | None, code: str, message: str, data: Any = None) -> bytes:
@@ -109,12 +110,12 @@ def encode_error(call_id: int | None, code: str, message: str, data: Any = None)
 
 def encode_cancel(call_id: int) -> bytes:
     """Ask the server to cancel call *call_id*."""
-    return b'{"cancel":' + _id(call_id) + b"}"
+    return b'{"cancel":%d}' % call_id
 
 
 def encode_credit(call_id: int, count: int) -> bytes:
     """Allow the server *count* more items on stream *call_id*."""
-    return b'{"credit":' + _id(call_id) + b',"n":' + str(count).encode() + b"}"
+    return b'{"credit":%d,"n":%d}' % (call_id, count)
 
 
 def is_call_id(value: object) -> bool:

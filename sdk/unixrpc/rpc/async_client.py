@@ -20,6 +20,7 @@ from typing import Any, Generic, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from pydantic import ValidationError
 
 from .._core import wire
 from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
@@ -32,7 +33,7 @@ from ..exceptions import (
     RPCError,
     StreamProtocolParseError,
 )
-from ..fds import FdContext
+from ..fds import NO_FDS, FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
@@ -190,6 +191,11 @@ class AsyncClient:
         else:
             slot = await self._start(spec.name_json, params, fd_context, None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
+        if kind == wire.RESULT and not fds:  # the common case, without the general path's checks
+            try:
+                return spec.result_validator.validate_python(envelope["result"], context=NO_FDS)  # type: ignore[no-any-return]
+            except ValidationError:
+                pass  # final_value raises the error
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
@@ -269,7 +275,17 @@ class AsyncClient:
         try:
             if not slot.messages:
                 if timeout is None:
-                    await self._wait(slot)
+                    if self._reading or self._broken is not None:
+                        await self._wait(slot)
+                    else:  # the common case: this caller reads
+                        self._reading = True
+                        try:
+                            await self._read_until(slot)
+                        finally:
+                            self._reading = False
+                            self._pass_reading()
+                        if not slot.messages:
+                            await self._wait(slot)
                 else:
                     try:
                         with anyio.fail_after(timeout):

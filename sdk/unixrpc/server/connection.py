@@ -26,7 +26,7 @@ import logging
 import select
 import traceback
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -187,17 +187,15 @@ class Connection:
                 job = self._dispatch(worker, envelope, fds)
                 if job is not None:
                     worker.current = job
-                    call = self._run_call(job)
                     writer.corking = bool(inbox) or transport.buffered_size() > 0
                     try:
-                        yielded = call.send(None)
-                    except StopIteration:  # answered without waiting
-                        worker.current = None
-                    else:
-                        self._pass_reading()  # the next reader flushes the cork first
-                        return resume(call, yielded)
+                        blocked = self._step(job)
                     finally:
                         writer.corking = False
+                    if blocked is not None:
+                        self._pass_reading()  # the next reader flushes the cork first
+                        return blocked
+                    worker.current = None  # answered without waiting
                 budget -= 1
                 if not budget:  # a busy connection must not starve the others
                     budget = READER_BUDGET
@@ -365,56 +363,134 @@ class Connection:
             self.in_flight.pop(job.key, None)
             job.request_fds.abort()
 
+    def _step(self, job: Job) -> Awaitable[None] | None:
+        """Run *job* in place until it is answered or first waits: None once
+        it is answered, else what finishes it, to await in this task.
+
+        A plain async handler is stepped directly (the common case: most
+        answer without waiting, and then no coroutine of ours is made);
+        streams, threaded handlers and authorization take :meth:`_run_call`.
+        """
+        handler = job.handler
+        if not handler.is_async or handler.spec.streaming or self._server.authorize is not None:
+            call = self._run_call(job)
+            try:
+                yielded = call.send(None)
+            except StopIteration:
+                return None
+            return resume(call, yielded)
+        coro = handler.function(
+            *((job.request, self._context(job)) if handler.wants_context else (job.request,))
+        )
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            body, body_fds = self._reply(job, stop.value)
+        except Exception as exc:
+            body, body_fds = self._failure(job, exc)
+        else:
+            return self._finish_call(job, coro, yielded)
+        return self._deliver(job, body, body_fds)
+
+    async def _finish_call(self, job: Job, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        """Finish a handler :meth:`_step` left waiting, and answer it."""
+        try:
+            result = await resume(coro, yielded)
+        except Exception as exc:
+            body, body_fds = self._failure(job, exc)
+        else:
+            body, body_fds = self._reply(job, result)
+        unfinished = self._deliver(job, body, body_fds)
+        if unfinished is not None:
+            await unfinished
+
     async def _run_call(self, job: Job) -> None:
-        """Run one call inside its worker's scope. A cancel propagates out of
-        here (the worker answers it); anything else is answered here."""
-        handler, request, call_id, key, window, request_fds = job
-        body: bytes | None = None
-        body_fds: FdContext | None = None
+        """Run one call inside its worker's scope, authorization, streams
+        and threaded handlers included. A cancel propagates out of here (the
+        worker answers it); anything else is answered here."""
+        handler, request, call_id, _, window, request_fds = job
         try:
             if self._server.authorize is not None:
                 await self._authorize(self._context(job), request)
             if handler.spec.streaming:
                 assert call_id is not None or window is None
                 await self._run_stream(handler, request, job, window or 1)
-                if call_id is not None:
-                    body = wire.encode_result(call_id, b"null")
+                body = wire.encode_result(call_id, b"null") if call_id is not None else None
+                body_fds = None
             else:
                 args = (request, self._context(job)) if handler.wants_context else (request,)
                 if handler.is_async:
                     result = await handler.function(*args)
                 else:
                     result = await self._in_thread(handler, args, abandon=not request_fds.holds_any())
-                if call_id is not None:
-                    encoded, body_fds = self._encode(handler, result, "result")
-                    body = wire.encode_result(call_id, encoded)
-        except RPCError as exc:
-            body, body_fds = self._error_reply(call_id, exc)
+                body, body_fds = self._reply(job, result)
         except Exception as exc:
-            logger.exception("handler of %s raised", handler.spec.name)
-            data = {"traceback": traceback.format_exc()} if self._server.expose_tracebacks else None
-            error = InternalError(f"handler of {handler.spec.name} raised {type(exc).__name__}", data=data)
-            body, body_fds = self._error_reply(call_id, error)
+            body, body_fds = self._failure(job, exc)
         finally:
             if window is not None and call_id is not None:
                 self._credits.pop(call_id, None)
-        # past the handler: a cancel can no longer reach this call, and its
-        # reply is shielded (the worker's scope may have been cancelled anyway)
+        unfinished = self._deliver(job, body, body_fds)
+        if unfinished is not None:
+            await unfinished
+
+    def _reply(self, job: Job, result: Any) -> tuple[bytes | None, FdContext | None]:
+        """The reply frame's body for a handler's *result*, and its
+        descriptors (no reply for a notification)."""
+        if job.call_id is None:
+            return None, None
+        try:
+            encoded, body_fds = self._encode(job.handler, result, "result")
+        except InternalError as exc:
+            return self._error_reply(job.call_id, exc)
+        return wire.encode_result(job.call_id, encoded), body_fds
+
+    def _failure(self, job: Job, exc: Exception) -> tuple[bytes | None, FdContext | None]:
+        """The reply for a handler that raised *exc*: a typed error as
+        itself, anything else as an InternalError (logged, traceback sent
+        only if the server exposes them)."""
+        if isinstance(exc, RPCError):
+            return self._error_reply(job.call_id, exc)
+        name = job.handler.spec.name
+        logger.error("handler of %s raised", name, exc_info=exc)
+        data = (
+            {"traceback": "".join(traceback.format_exception(exc))}
+            if self._server.expose_tracebacks
+            else None
+        )
+        return self._error_reply(
+            job.call_id, InternalError(f"handler of {name} raised {type(exc).__name__}", data=data)
+        )
+
+    def _deliver(self, job: Job, body: bytes | None, body_fds: FdContext | None) -> Awaitable[None] | None:
+        """Send a call's reply as far as can be done without waiting, and
+        retire the call once it is out: None when done, else what finishes it
+        (shielded). Past the handler a cancel can no longer reach the call."""
+        key = job.key
         self.in_flight[key] = None
+        unfinished: Awaitable[None] | None = None
         try:
             if body is not None:
                 if body_fds is None:  # the common case: no coroutine unless the write waits
-                    unfinished = self._writer.send_nowait(body, call_id)
-                    if unfinished is not None:
-                        await unfinished
+                    unfinished = self._writer.send_nowait(body, job.call_id)
                 else:
-                    await self._send(body, body_fds, call_id, shield=True)
+                    unfinished = self._send(body, body_fds, job.call_id, shield=True)
         finally:
-            # in flight until its reply is out: a graceful shutdown waits for it
-            self.in_flight.pop(key, None)
-            # the request's descriptors live as long as the call, its reply
-            # included (a reply may hand one back); detach() keeps one
-            request_fds.abort()
+            if unfinished is None:
+                self._retire(job)
+        return None if unfinished is None else self._retire_after(job, unfinished)
+
+    async def _retire_after(self, job: Job, unfinished: Awaitable[None]) -> None:
+        try:
+            await unfinished
+        finally:
+            self._retire(job)
+
+    def _retire(self, job: Job) -> None:
+        # in flight until its reply is out: a graceful shutdown waits for it
+        self.in_flight.pop(job.key, None)
+        # the request's descriptors live as long as the call, its reply
+        # included (a reply may hand one back); detach() keeps one
+        job.request_fds.abort()
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
