@@ -1276,3 +1276,50 @@ async def test_random_pipelined_traffic_gets_exactly_one_final_reply(
             assert final["result"] == call_id + 1
         elif calls[call_id] == "echo":
             assert final["result"] == {"n": call_id}
+
+
+class Gate(Method[str]):
+    name: str
+
+
+class Open(Method[bool]):
+    name: str
+
+
+async def test_calls_after_a_waiting_one_in_the_same_read_are_answered(
+    anyio_backend: str, sock_dir: str
+) -> None:
+    # one write carries a call that waits and calls that answer at once: the
+    # reader takes all of them in one read, runs the first until it waits,
+    # and the next reader must answer the others from what was already read
+    # (the frames after the waiting call are not lost with its task)
+    path = sock_path(sock_dir)
+    server = make_server()
+    gates: dict[str, anyio.Event] = {}
+
+    @server.method(Gate)
+    async def gate(req: Gate) -> str:
+        gates.setdefault(req.name, anyio.Event())
+        await gates[req.name].wait()
+        return req.name
+
+    @server.method(Open)
+    async def open_gate(req: Open) -> bool:
+        gates.setdefault(req.name, anyio.Event()).set()
+        return True
+
+    def client() -> list[dict[str, Any]]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            first = [_frame({"id": 1, "method": "Gate", "params": {"name": "g"}})]
+            first += [_frame({"id": i, "method": "Add", "params": {"a": i, "b": 1}}) for i in range(2, 6)]
+            sock.sendall(b"".join(first))
+            replies = _read_frames(sock, 4, timeout=5)  # answered while call 1 still waits
+            sock.sendall(_frame({"id": 6, "method": "Open", "params": {"name": "g"}}))
+            return replies + _read_frames(sock, 2, timeout=5)
+
+    with anyio.fail_after(20):
+        async with serving(server, path):
+            replies = await anyio.to_thread.run_sync(client)
+    assert replies[:4] == [{"id": i, "result": i + 1} for i in range(2, 6)]
+    assert sorted(replies[4:], key=lambda r: r["id"]) == [{"id": 1, "result": "g"}, {"id": 6, "result": True}]
