@@ -324,9 +324,10 @@ FD: TypeAlias = FileDescriptor
 
 
 def schema_has_fds(schema: Any) -> bool:
-    """True if a pydantic core schema contains an ``FD`` field anywhere (its
-    nested models and definitions included), or cannot be inspected yet (a
-    model with unresolved forward references)."""
+    """True if a pydantic core schema may hold an ``FD`` field: one appears
+    anywhere in it (nested models and definitions included), or a value of
+    unknown type (``Any``) may hold one, or the schema cannot be inspected
+    yet (a model with unresolved forward references)."""
     if not isinstance(schema, dict):
         return True  # not built yet: assume the worst
     stack: list[Any] = [schema]
@@ -336,7 +337,12 @@ def schema_has_fds(schema: Any) -> bool:
         if id(node) in seen:
             continue
         seen.add(id(node))
-        values = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict):
+            if node.get("type") == "any":  # encoded by what it holds at run time
+                return True
+            values: Any = node.values()
+        else:
+            values = node
         for value in values:
             if value is _validate_fd or value is _serialize_fd:
                 return True
@@ -354,11 +360,14 @@ def serialize(
     """*value* as JSON, with the FdContext that collected its descriptors
     (None when it has none to send).
 
-    *has_fds* says whether the schema has FD fields (:func:`schema_has_fds`).
-    Without them no FdContext is made, the common case. A descriptor that
-    turns up anyway (a model held in a field typed ``Any``) is caught and
-    the value serialized again with a real context: never is a descriptor's
-    number sent as a plain integer.
+    *has_fds* says whether the schema may hold FD fields
+    (:func:`schema_has_fds`). Without them no FdContext is made, the common
+    case. A descriptor that turns up anyway (a custom serializer returning a
+    model with one) trips a wire and the value is serialized again with a
+    real context: never is a descriptor's number sent as a plain integer.
+    (The wire cannot help a one-shot iterator the first pass consumed, or a
+    wrap serializer that swallows the ``ValueError``: which is why fields
+    typed ``Any`` count as holding descriptors.)
 
     Raises:
         PydanticSerializationError, ValueError: the value cannot be encoded
