@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -178,16 +178,9 @@ class AsyncClient:
             spec = spec_of(method, streaming=False)  # raises the right TypeError
         params, fd_context = encode_params(method, spec)
         if fd_context is None:  # the common case, in this coroutine
-            self._check_usable()
-            slot = self._table.open()
-            data = self._framing.frame_bytes(wire.encode_request(slot.call_id, spec.name_json, params))
-            try:
-                sent = self._raw._try_send(data)
-                if sent != len(data):
-                    await self._raw._finish_send(data, sent)
-            except BaseException:
-                self._table.abandon(slot)
-                raise
+            slot, unfinished = self._send_request_nowait(spec.name_json, params, None)
+            if unfinished is not None:
+                await unfinished
         else:
             slot = await self._start(spec.name_json, params, fd_context, None)
         kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
@@ -249,25 +242,49 @@ class AsyncClient:
         self, name_json: bytes, params: bytes, fd_context: FdContext | None, window: int | None
     ) -> CallSlot:
         try:
+            if fd_context is None or not fd_context.outgoing:
+                slot, unfinished = self._send_request_nowait(name_json, params, window)
+                if unfinished is not None:
+                    await unfinished
+                return slot
             self._check_usable()
             slot = self._table.open()
             request = wire.encode_request(slot.call_id, name_json, params, window)
+            frame, ancillary = outgoing(request, fd_context)
             try:
-                if fd_context is not None and fd_context.outgoing:
-                    frame, ancillary = outgoing(request, fd_context)
-                    await self._raw.send_packet(frame, ancillary_data=ancillary)
-                else:  # the common case, without the packet layer
-                    data = self._framing.frame_bytes(request)
-                    sent = self._raw._try_send(data)
-                    if sent != len(data):
-                        await self._raw._finish_send(data, sent)
+                await self._raw.send_packet(frame, ancillary_data=ancillary)
             except BaseException:
                 self._table.abandon(slot)
                 raise
+            return slot
         finally:
             if fd_context is not None:
                 fd_context.sent()
-        return slot
+
+    def _send_request_nowait(
+        self, name_json: bytes, params: bytes, window: int | None
+    ) -> tuple[CallSlot, Awaitable[None] | None]:
+        """Open a call and write its request (no descriptors, without the
+        packet layer) as far as the socket takes it now: the slot, and what
+        finishes the write (await it before anything else) or None."""
+        self._check_usable()
+        slot = self._table.open()
+        data = self._framing.frame_bytes(wire.encode_request(slot.call_id, name_json, params, window))
+        try:
+            sent = self._raw._try_send(data)
+        except BaseException:
+            self._table.abandon(slot)
+            raise
+        if sent == len(data):
+            return slot, None
+        return slot, self._finish_request(slot, data, sent)
+
+    async def _finish_request(self, slot: CallSlot, data: bytes, sent: int | None) -> None:
+        try:
+            await self._raw._finish_send(data, sent)
+        except BaseException:
+            self._table.abandon(slot)
+            raise
 
     async def _next_message(
         self, slot: CallSlot, timeout: float | None
