@@ -292,17 +292,7 @@ class AsyncClient:
         try:
             if not slot.messages:
                 if timeout is None:
-                    if self._reading or self._broken is not None:
-                        await self._wait(slot)
-                    else:  # the common case: this caller reads
-                        self._reading = True
-                        try:
-                            await self._read_until(slot)
-                        finally:
-                            self._reading = False
-                            self._pass_reading()
-                        if not slot.messages:
-                            await self._wait(slot)
+                    await self._wait(slot)
                 else:
                     try:
                         with anyio.fail_after(timeout):
