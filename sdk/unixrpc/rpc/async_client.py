@@ -8,6 +8,15 @@ httpcore's HTTP/2 connection does; one, not all: with many calls in flight,
 waking every waiter on each reply costs more than the calls). A canceller task in the client's
 task group sends the cancel requests of calls abandoned from places that
 cannot await (a stream dropped without ``aclose``).
+
+Requests are coalesced: a request made while other calls are in flight is
+not written at once but queued, and a flusher task in the client's task
+group writes everything queued in one ``send`` once the tasks that are
+ready have run (measured: one write per request costs a 64-in-flight load
+about a fifth of its throughput). A lone call is written at once, so
+sequential latency does not pay for the extra turn. A queued request whose
+caller gives up before it is written is dropped from the queue, and the
+server never hears of it.
 """
 
 from __future__ import annotations
@@ -107,6 +116,9 @@ class AsyncClient:
         self._parked: dict[CallSlot, None] = {}  # callers waiting for a message, oldest first
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
         self._ancillary = SocketAncillary()  # used by the reading caller only
+        # framed requests waiting for the flusher, by call id, in order
+        self._corked: dict[int, bytes] = {}
+        self._flush_wakeup: Wakeup | None = None  # set to make the flusher write
 
     async def __aenter__(self) -> Self:
         if self._task_group is not None:
@@ -119,10 +131,12 @@ class AsyncClient:
             self._cancel_receive.close()
             raise
         self._new_wakeup = wakeup_factory()
+        self._flush_wakeup = self._new_wakeup()
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         task_group.start_soon(self._canceller)
+        task_group.start_soon(self._flusher)
         return self
 
     async def __aexit__(
@@ -265,15 +279,23 @@ class AsyncClient:
         self, name_json: bytes, params: bytes, window: int | None
     ) -> tuple[CallSlot, Awaitable[None] | None]:
         """Open a call and write its request (no descriptors, without the
-        packet layer) as far as the socket takes it now: the slot, and what
-        finishes the write (await it before anything else) or None."""
+        packet layer): at once, as far as the socket takes it now, if no
+        other call is in flight; else queued for the flusher. The slot, and
+        what finishes the write (await it before anything else) or None."""
         self._check_usable()
-        slot = self._table.open()
-        data = self._framing.frame_bytes(wire.encode_request(slot.call_id, name_json, params, window))
+        table, corked = self._table, self._corked
+        slot = table.open()
         try:
+            data = self._framing.frame_bytes(wire.encode_request(slot.call_id, name_json, params, window))
+            if corked or len(table) > 1:  # others are in flight: write this with theirs
+                if not corked:
+                    assert self._flush_wakeup is not None
+                    self._flush_wakeup.set()
+                corked[slot.call_id] = data
+                return slot, None
             sent = self._raw._try_send(data)
         except BaseException:
-            self._table.abandon(slot)
+            table.abandon(slot)
             raise
         if sent == len(data):
             return slot, None
@@ -358,6 +380,8 @@ class AsyncClient:
         the server should be told to cancel the call; with *send_cancel* the
         canceller task tells it (for callers that cannot await)."""
         pending = not slot.finished and self._broken is None
+        if self._corked.pop(slot.call_id, None) is not None:
+            pending = False  # never written: the server knows nothing of it
         self._table.abandon(slot)
         if pending and send_cancel:
             with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -366,6 +390,26 @@ class AsyncClient:
 
     async def _send_credit(self, slot: CallSlot, count: int) -> None:
         await self._raw.send_packet(wire.RawFrame(wire.encode_credit(slot.call_id, count)))
+
+    async def _flusher(self) -> None:
+        """Write the queued requests, all that have gathered in one send.
+        A failed write breaks the connection: every call in flight fails."""
+        raw, corked = self._raw, self._corked
+        while True:
+            assert self._flush_wakeup is not None
+            await self._flush_wakeup.wait()
+            self._flush_wakeup = self._new_wakeup()
+            if not corked:
+                continue
+            data = b"".join(corked.values())
+            corked.clear()
+            try:
+                sent = raw._try_send(data)
+                if sent != len(data):
+                    await raw._finish_send(data, sent)
+            except (OSError, RPCError) as exc:
+                self._fail(exc)
+                return
 
     async def _canceller(self) -> None:
         async with self._cancel_receive:
@@ -415,6 +459,7 @@ class AsyncClient:
         """The connection is unusable: fail every call in flight."""
         if self._broken is None:
             self._broken = error
+        self._corked.clear()
         for slot in self._table.fail_all():
             slot.discard()
             self._parked.pop(slot, None)
