@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
+import orjson
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
@@ -63,6 +64,9 @@ from .framing import FrameSerializer
 __all__ = ["AsyncClient", "AsyncStreamCall"]
 
 _CANCEL_SEND_LIMIT = 1.0  # seconds a cancelled call may spend telling the server
+_NO_TIMEOUT = contextlib.nullcontext()
+_ID_LIMIT = 2**63
+_no_fds: Callable[[], list[int]] = list
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -197,7 +201,9 @@ class AsyncClient:
                 await unfinished
         else:
             slot = await self._start(spec.name_json, params, fd_context, None)
-        kind, envelope, fds = await self._next_message(slot, self._timeout if timeout is DEFAULT else timeout)
+        if not slot.messages:
+            await self._wait(slot, self._timeout if timeout is DEFAULT else timeout)
+        kind, envelope, fds = slot.messages.popleft()
         if kind == wire.RESULT and not fds:  # the common case, without the general path's checks
             try:
                 return spec.result_validator.validate_python(envelope["result"], context=NO_FDS)  # type: ignore[no-any-return]
@@ -311,55 +317,54 @@ class AsyncClient:
     async def _next_message(
         self, slot: CallSlot, timeout: float | None
     ) -> tuple[str, dict[str, Any], list[int]]:
-        try:
-            if not slot.messages:
-                if timeout is None:
-                    await self._wait(slot)
-                else:
-                    try:
-                        with anyio.fail_after(timeout):
-                            await self._wait(slot)
-                    except TimeoutError:
-                        raise TimeoutError("no reply within the timeout") from None
-            return slot.messages.popleft()
-        except BaseException:
-            if self._give_up(slot, send_cancel=False):
-                # tell the server now, even though we are being cancelled (bounded:
-                # a server that does not read cannot hold us up)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_SEND_LIMIT):
-                    await self._send_cancel(slot.call_id)
-            raise
+        """The next message of *slot*, waiting for it if none is in yet."""
+        if not slot.messages:
+            await self._wait(slot, timeout)
+        return slot.messages.popleft()
 
     async def _send_cancel(self, call_id: int) -> None:
         with contextlib.suppress(OSError, RPCError):
             await self._raw.send_packet(wire.RawFrame(wire.encode_cancel(call_id)))
 
-    async def _wait(self, slot: CallSlot) -> None:
+    async def _wait(self, slot: CallSlot, timeout: float | None) -> None:
         """Wait for a message of *slot*. If no task is reading, read for
         everyone (no reader task: the caller reads its own reply); else wait to
-        be handed a message, or the reader role."""
-        while not slot.messages:
-            if self._broken is not None:
-                raise self._broken_error()
-            if not self._reading:
-                self._reading = True
-                try:
-                    await self._read_until(slot)
-                finally:
-                    self._reading = False
-                    self._pass_reading()
-            else:
-                event = slot.waiter = self._new_wakeup()
-                self._parked[slot] = None
-                try:
-                    await event.wait()
-                except BaseException:
-                    if slot.waiter is event:
-                        slot.waiter = None
-                        del self._parked[slot]
-                    if not self._reading:  # we may have been picked to read next
-                        self._pass_reading()
-                    raise
+        be handed a message, or the reader role. Cancelled or timed out, the
+        call is given up and the server told (one coroutine, not two: this
+        is on every call's path)."""
+        try:
+            with _NO_TIMEOUT if timeout is None else anyio.fail_after(timeout):
+                while not slot.messages:
+                    if self._broken is not None:
+                        raise self._broken_error()
+                    if not self._reading:
+                        self._reading = True
+                        try:
+                            await self._read_until(slot)
+                        finally:
+                            self._reading = False
+                            self._pass_reading()
+                    else:
+                        event = slot.waiter = self._new_wakeup()
+                        self._parked[slot] = None
+                        try:
+                            await event.wait()
+                        except BaseException:
+                            if slot.waiter is event:
+                                slot.waiter = None
+                                del self._parked[slot]
+                            if not self._reading:  # we may have been picked to read next
+                                self._pass_reading()
+                            raise
+        except BaseException as exc:
+            if self._give_up(slot, send_cancel=False):
+                # tell the server now, even though we are being cancelled (bounded:
+                # a server that does not read cannot hold us up)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_SEND_LIMIT):
+                    await self._send_cancel(slot.call_id)
+            if timeout is not None and type(exc) is TimeoutError:
+                raise TimeoutError("no reply within the timeout") from None
+            raise
 
     def _pass_reading(self) -> None:
         """Wake the longest-parked caller: it becomes the reader."""
@@ -421,8 +426,9 @@ class AsyncClient:
         then file the frames already in hand too (without waiting): each one
         left would cost another caller a turn at reading. Cancelling it loses
         nothing; a broken stream fails every call."""
-        raw, fd_queue, table = self._raw, self._fd_queue, self._table
+        raw, fd_queue, table, parked = self._raw, self._fd_queue, self._table, self._parked
         ancillary, bufsize = self._ancillary, self._ancillary_bufsize
+        loads = orjson.loads
         try:
             while True:
                 if slot.messages and not raw.buffered_size():
@@ -438,18 +444,34 @@ class AsyncClient:
                         fd_queue.push(ancillary.iter_fds())
                         ancillary.clear()
                 for frame in frames:
-                    kind, envelope, fds = decode_frame(frame, fd_queue)
-                    if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
-                        close_fds(fds)  # requests from a server are not part of the protocol
-                        continue
-                    if envelope["id"] is None:  # an error about the connection as a whole
-                        close_fds(fds)
-                        self._fail(connection_error(envelope))
-                        return
+                    envelope = None
+                    if not frame.nfds:
+                        try:
+                            envelope = loads(frame.body)
+                        except orjson.JSONDecodeError:
+                            pass  # decode_frame says why
+                    if type(envelope) is dict and len(envelope) == 2 and "result" in envelope:
+                        # the common case, {"id": N, "result": R}, without decode_frame
+                        call_id = envelope.get("id")
+                        if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:
+                            raise RemoteProtocolError('peer sent an invalid envelope: "id" must be a call id')
+                        kind, fds = wire.RESULT, _no_fds()
+                    else:
+                        kind, envelope, fds = decode_frame(frame, fd_queue)
+                        if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
+                            close_fds(fds)  # requests from a server are not part of the protocol
+                            continue
+                        if envelope["id"] is None:  # an error about the connection as a whole
+                            close_fds(fds)
+                            self._fail(connection_error(envelope))
+                            return
                     target = table.file(kind, envelope, fds)
-                    if target is not None and target.waiter is not None:
-                        del self._parked[target]
-                        self._wake(target)
+                    if target is not None:
+                        waiter = target.waiter
+                        if waiter is not None:
+                            del parked[target]
+                            target.waiter = None
+                            waiter.set()
         except StreamProtocolParseError as exc:
             self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
         except (ConnectionError, RemoteProtocolError) as exc:
