@@ -261,6 +261,9 @@ class FdContext:
 
 
 _EMPTY = FdContext()
+#: the context of every received frame without descriptors (shared: an FD
+#: field in such a frame fails, and nothing ever changes it)
+EMPTY_FDS: Final = _EMPTY
 #: the pydantic context for a frame without descriptors (shared, never changes)
 NO_FDS: Final = {_CONTEXT_KEY: _EMPTY}
 

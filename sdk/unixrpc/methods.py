@@ -14,19 +14,29 @@ Owns :class:`Method` and :class:`StreamMethod`, their wire names and the
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from .fds import schema_has_fds
 
-__all__ = ["Method", "MethodSpec", "StreamMethod", "method_spec"]
+__all__ = ["Method", "MethodSpec", "ResultCodec", "StreamMethod", "method_spec"]
 
 _SCALARS = (int, str, float, bool, bytes, type(None))
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
+
+
+class ResultCodec(NamedTuple):
+    """What encoding and validating a method's results (or items) takes,
+    gathered in one place for the hot paths (see :meth:`MethodSpec.result_codec`)."""
+
+    validator: Any  # pydantic-core SchemaValidator
+    serializer: Any  # pydantic-core SchemaSerializer
+    has_fds: bool
+    trusted_type: type | None
 
 
 class MethodSpec:
@@ -38,6 +48,7 @@ class MethodSpec:
         "_result_has_fds",
         "_result_type",
         "_trusted_type",
+        "codec",
         "method_class",
         "name",
         "name_json",
@@ -54,6 +65,24 @@ class MethodSpec:
         self._params_have_fds: bool | None = None
         self._result_has_fds: bool | None = None
         self._trusted_type: type | None = None
+        #: :meth:`result_codec`'s answer once it has been asked (read this
+        #: first on hot paths: an attribute costs less than a call)
+        self.codec: ResultCodec | None = None
+
+    def result_codec(self) -> ResultCodec:
+        """The result validator, serializer, whether results hold FD fields,
+        and the trusted type, built on first use.
+
+        Raises:
+            TypeError: the result type is a forward reference that does not resolve.
+        """
+        codec = self.codec
+        if codec is None:
+            adapter = self.result_adapter
+            codec = self.codec = ResultCodec(
+                adapter.validator, adapter.serializer, self.result_has_fds, self.trusted_type
+            )
+        return codec
 
     @property
     def params_have_fds(self) -> bool:

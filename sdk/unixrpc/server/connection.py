@@ -53,7 +53,7 @@ from ..exceptions import (
     ServerBusyError,
     StreamProtocolParseError,
 )
-from ..fds import FdContext, serialize
+from ..fds import EMPTY_FDS, NO_FDS, FdContext, serialize
 from ..transport.async_client import AsyncUnixStreamClient
 from .context import CallContext
 from .output import FrameWriter
@@ -65,6 +65,10 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 logger = logging.getLogger("unixrpc.server")
+
+_NO_PARAMS: dict[
+    str, Any
+] = {}  # a request without "params" (never changed: pydantic does not write to input)
 
 
 class Connection:
@@ -253,12 +257,16 @@ class Connection:
             if not handler.spec.streaming and window is not None:
                 self._refuse(call_id, name, fds, ProtocolViolationError(f"{name} is not a stream method"))
                 return None
-        params = envelope.get("params", {})
-        request_fds = FdContext.receiving(fds)
-        fds = []  # owned by request_fds from here on
+        params = envelope.get("params", _NO_PARAMS)
+        if fds:
+            request_fds = FdContext(fds)
+            context = request_fds.pydantic_context
+            fds = []  # owned by request_fds from here on
+        else:  # the common case: the shared empty context, which nothing changes
+            request_fds, context = EMPTY_FDS, NO_FDS
         try:
             validator = handler.spec.method_class.__pydantic_validator__
-            request = validator.validate_python(params, context=request_fds.pydantic_context)
+            request = validator.validate_python(params, context=context)
         except ValidationError as exc:
             request_fds.abort()
             errors = exc.errors(include_url=False, include_context=False)
@@ -273,7 +281,8 @@ class Connection:
             error = InternalError(f"validating the params of {name} raised {type(exc).__name__}")
             self._refuse(call_id, name, fds, error)
             return None
-        request_fds.finish()  # descriptors no FD field took are closed
+        if request_fds is not EMPTY_FDS:
+            request_fds.finish()  # descriptors no FD field took are closed
         key: int | object = call_id if call_id is not None else object()
         self.in_flight[key] = worker.scope
         if window is not None and call_id is not None:
@@ -490,7 +499,9 @@ class Connection:
         self.in_flight.pop(job.key, None)
         # the request's descriptors live as long as the call, its reply
         # included (a reply may hand one back); detach() keeps one
-        job.request_fds.abort()
+        request_fds = job.request_fds
+        if request_fds is not EMPTY_FDS:
+            request_fds.abort()
 
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
@@ -554,12 +565,12 @@ class Connection:
     def _encode(handler: _Handler, value: Any, what: str) -> tuple[bytes, FdContext | None]:
         spec = handler.spec
         try:
-            serializer = spec.result_adapter.serializer
+            codec = spec.codec or spec.result_codec()
             # A value whose type could mismatch is encoded with warnings as
             # errors, which costs pydantic-core about 1 us per call (the
             # string argument): a value of exactly a plain class is spared.
-            warnings: bool | Literal["error"] = False if type(value) is spec.trusted_type else "error"
-            return serialize(serializer, value, has_fds=spec.result_has_fds, warnings=warnings)
+            warnings: bool | Literal["error"] = False if type(value) is codec.trusted_type else "error"
+            return serialize(codec.serializer, value, has_fds=codec.has_fds, warnings=warnings)
         except (PydanticSerializationError, ValueError) as exc:
             raise InternalError(f"handler of {spec.name} returned an invalid {what}: {exc}") from None
 

@@ -97,4 +97,4 @@ def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, 
 
 
 #: inline calls a reader runs back to back before it lets other tasks run
-READER_BUDGET = 16
+READER_BUDGET = 64
