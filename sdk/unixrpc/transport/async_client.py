@@ -36,6 +36,7 @@ from ._common import (
     peer_credentials,
     resolve_ancillary_bufsize,
 )
+from ._readwatch import ReadWatch, read_watch
 
 _Socket = socket.socket
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
@@ -84,6 +85,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         "_peer_name",
         "_protocol",
         "_proxy",
+        "_read_watch",
         "_receiver",
         "_recv_broken",
         "_recv_lock",
@@ -121,6 +123,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         self._recv_broken: ConnectionError | None = None
         self._proxy: SocketProxy | None = None
         self._peer_creds: UnixCredentials | None = None
+        self._read_watch: ReadWatch | None = None  # made by the first wait for data
 
     # -- connecting ---------------------------------------------------------
 
@@ -441,7 +444,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         finally:
             self._recv_lock.release()
             if self._closed and self._sock is not None:
-                self._sock.close()
+                self._close_socket(self._sock)
 
     def _recv_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT | NeedData:
         """A buffered packet, or one read without waiting; NEED_DATA if none."""
@@ -513,17 +516,26 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             if not self._read_once(sock, ancillary, bufsize):
                 await self._wait_readable(sock, timeout)
 
-    @staticmethod
-    async def _wait_readable(sock: _Socket, timeout: float | None) -> None:
+    async def _wait_readable(self, sock: _Socket, timeout: float | None) -> None:
+        watch = self._read_watch
+        if watch is None:
+            watch = self._read_watch = read_watch(sock)
         if timeout is None:
-            await anyio.wait_readable(sock)
+            await watch.wait()
             return
         if timeout <= 0:
             raise TimeoutError("no packet has arrived")
         with anyio.move_on_after(timeout) as scope:
-            await anyio.wait_readable(sock)
+            await watch.wait()
         if scope.cancelled_caught:
             raise TimeoutError(f"no packet arrived within {timeout} seconds")
+
+    def _close_socket(self, sock: _Socket) -> None:
+        """Close the socket, after taking it out of the event loop's watch."""
+        watch, self._read_watch = self._read_watch, None
+        if watch is not None:
+            watch.stop()
+        sock.close()
 
     async def iter_received_packets(self, *, timeout: float | None = 0) -> AsyncIterator[ReceivedT]:
         """Yield packets until one takes longer than *timeout* seconds to arrive.
@@ -544,7 +556,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                     return
                 finally:
                     if self._closed and self._sock is not None:
-                        self._sock.close()
+                        self._close_socket(self._sock)
             yield packet
 
     # -- closing ------------------------------------------------------------
@@ -571,5 +583,5 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 # A task parked in wait_readable() is woken by the shutdown; the
                 # descriptor must outlive its wait, so the reader closes it then.
                 if not self._recv_lock.locked():
-                    sock.close()
+                    self._close_socket(sock)
         await anyio.lowlevel.checkpoint()
