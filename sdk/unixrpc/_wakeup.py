@@ -14,6 +14,7 @@ waiting task raises the backend's cancellation exception, and a later
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -55,7 +56,7 @@ def wakeup_factory() -> Callable[[], Wakeup]:
     except RuntimeError:
         loop = None
     if loop is not None:
-        return lambda: _FutureWakeup(loop)
+        return functools.partial(_FutureWakeup, loop)  # a C call, where a lambda is a Python frame
     try:
         import trio
     except ImportError:  # pragma: no cover - anyio runs on asyncio or trio

@@ -118,9 +118,12 @@ def encode_credit(call_id: int, count: int) -> bytes:
     return b'{"credit":%d,"n":%d}' % (call_id, count)
 
 
+_ID_LIMIT: Final = 2**63
+
+
 def is_call_id(value: object) -> bool:
     """True for a valid call id: an integer in 0..2**63-1 (not a bool)."""
-    return type(value) is int and 0 <= value < 2**63
+    return type(value) is int and 0 <= value < _ID_LIMIT
 
 
 def classify(envelope: object) -> str:
@@ -136,7 +139,8 @@ def classify(envelope: object) -> str:
             raise ValueError('"method" must be a string')
         if "id" not in envelope:
             return NOTIFICATION
-        if not is_call_id(envelope["id"]):
+        call_id = envelope["id"]
+        if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:  # is_call_id, inline: every request
             raise ValueError('"id" must be an integer in 0..2**63-1')
         stream = envelope.get("stream")
         if stream is not None and (not is_call_id(stream) or stream == 0):
@@ -166,6 +170,6 @@ def classify(envelope: object) -> str:
             return kind
     else:
         raise ValueError("envelope with an id has none of result, item, error")
-    if not is_call_id(call_id):
+    if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:  # is_call_id, inline: every reply
         raise ValueError('"id" must be an integer in 0..2**63-1')
     return kind

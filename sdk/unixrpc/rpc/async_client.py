@@ -289,7 +289,8 @@ class AsyncClient:
         packet layer): at once, as far as the socket takes it now, if no
         other call is in flight; else queued for the flusher. The slot, and
         what finishes the write (await it before anything else) or None."""
-        self._check_usable()
+        if self._broken is not None or self._task_group is None:
+            self._check_usable()  # raises the right error
         table, corked = self._table, self._corked
         slot = table.open()
         try:

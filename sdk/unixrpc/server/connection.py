@@ -170,11 +170,13 @@ class Connection:
                         ancillary.clear()
                 inbox.extend(frames)
             frame = inbox.popleft()
-            try:
-                fds = fd_queue.take(frame.nfds)
-            except ValueError as exc:
-                await self._send_error(None, ProtocolViolationError(str(exc)))
-                return None
+            fds = []
+            if frame.nfds:
+                try:
+                    fds = fd_queue.take(frame.nfds)
+                except ValueError as exc:
+                    await self._send_error(None, ProtocolViolationError(str(exc)))
+                    return None
             envelope: Any = None
             try:
                 envelope = orjson.loads(frame.body)
@@ -485,7 +487,9 @@ class Connection:
                     unfinished = self._send(body, body_fds, job.call_id, shield=True)
         finally:
             if unfinished is None:
-                self._retire(job)
+                self.in_flight.pop(key, None)  # _retire, inline: every call
+                if job.request_fds is not EMPTY_FDS:
+                    job.request_fds.abort()
         return None if unfinished is None else self._retire_after(job, unfinished)
 
     async def _retire_after(self, job: Job, unfinished: Awaitable[None]) -> None:
