@@ -38,12 +38,26 @@ def peer(script: str, *args: str) -> Iterator[None]:
         proc.stdout.close()
 
 
-def measure(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Median per case; the cases take turns, so drift hits them all alike."""
+def measure_samples(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Every sample of every case, round by round: in each round the cases
+    take turns, so drift hits them all alike and sample *i* of two cases
+    can be compared as a pair."""
     samples: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
         fn()  # warm up
     for _ in range(repeats):
         for name, fn in cases.items():
             samples[name].append(fn())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def measure(cases: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median per case (see :func:`measure_samples`)."""
+    return {name: statistics.median(values) for name, values in measure_samples(cases, repeats).items()}
+
+
+def paired_ratio(reference: list[float], other: list[float]) -> float:
+    """Median over rounds of reference/other: the speed of *other* relative to
+    *reference* measured in the same round (robust to the machine's drift,
+    which on a shared VM moves both by tens of percent between rounds)."""
+    return statistics.median(r / o for r, o in zip(reference, other, strict=True))

@@ -26,6 +26,7 @@ import asyncio
 import itertools
 import os
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -36,13 +37,14 @@ import anyio
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import measure, peer, pin_to_one_cpu
+from _harness import measure, measure_samples, paired_ratio, peer, pin_to_one_cpu
 from _rpc_peers import Add
 
 from unixrpc import AsyncClient, Client
 
 N = 10_000
 REPEATS = 5
+THROUGHPUT_REPEATS = 9
 IN_FLIGHT = 64
 
 
@@ -164,22 +166,31 @@ def main() -> None:
             },
             REPEATS,
         )
-        throughput = measure(
+        throughput = measure_samples(
             {
                 "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
                 "AsyncClient on asyncio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="asyncio"),
                 "AsyncClient on trio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="trio"),
             },
-            REPEATS,
+            THROUGHPUT_REPEATS,
         )
     floor = next(iter(latency.values()))
     print(f"sequential call latency, {n} calls per run, median of {REPEATS} runs, one CPU")
     for name, seconds in latency.items():
         print(f"  {name:<50} {seconds * 1e6:8.2f} us  {seconds / floor:5.2f}x floor")
-    baseline = next(iter(throughput.values()))
-    print(f"throughput with {IN_FLIGHT} calls in flight on one connection")
-    for name, seconds in throughput.items():
-        print(f"  {name:<50} {1 / seconds:10.0f} calls/s  {baseline / seconds:5.2f}x baseline")
+    baseline_samples = next(iter(throughput.values()))
+    baseline = statistics.median(baseline_samples)
+    print(
+        f"throughput with {IN_FLIGHT} calls in flight on one connection, median of "
+        f"{THROUGHPUT_REPEATS} rounds; 'paired': median of the per-round ratios"
+    )
+    for name, samples in throughput.items():
+        seconds = statistics.median(samples)
+        paired = paired_ratio(baseline_samples, samples)
+        print(
+            f"  {name:<50} {1 / seconds:10.0f} calls/s  {baseline / seconds:5.2f}x baseline"
+            f"  (paired {paired:4.2f}x)"
+        )
 
 
 if __name__ == "__main__":
