@@ -21,7 +21,7 @@ import pytest
 
 from conftest import open_fds
 from rpc_support import Add, Echo, Sleep, make_server, serving
-from unixrpc import AsyncClient, ConnectionBrokenError
+from unixrpc import AsyncClient, ConnectionBrokenError, FrameTooLargeError
 from unixrpc.rpc.framing import HEADER
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +203,23 @@ async def test_failed_batch_write_fails_its_calls(anyio_backend: str) -> None:
         assert len(errors) == 6
         assert not client._corked
     assert open_fds() <= before
+
+
+async def test_request_over_the_frame_limit_leaves_no_call_behind(anyio_backend: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s.sock")
+    async with serving(make_server(), path), AsyncClient(path, max_frame_size=200) as client:
+        for _ in range(2):  # alone, then with another call in flight (the queued path)
+            with pytest.raises(FrameTooLargeError):
+                await client.call(Echo(payload={"pad": "x" * 500}))
+            assert len(client._table) == 0
+            assert not client._corked
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call, Sleep(seconds=5))
+            while len(client._table) != 1:  # until the Sleep call is in flight
+                await anyio.sleep(0.001)
+            with pytest.raises(FrameTooLargeError):
+                await client.call(Echo(payload={"pad": "x" * 500}))
+            assert len(client._table) == 1  # only the Sleep
+            assert not client._corked
+            tg.cancel_scope.cancel()
+        assert await client.call(Add(a=1, b=2)) == 3
