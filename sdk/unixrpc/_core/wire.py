@@ -31,6 +31,7 @@ __all__ = [
     "KERNEL_MAX_FDS",
     "RawFrame",
     "classify",
+    "ID_LIMIT",
     "is_call_id",
     "encode_cancel",
     "encode_credit",
@@ -118,12 +119,13 @@ def encode_credit(call_id: int, count: int) -> bytes:
     return b'{"credit":%d,"n":%d}' % (call_id, count)
 
 
-_ID_LIMIT: Final = 2**63
+#: call ids are integers in 0..ID_LIMIT-1
+ID_LIMIT: Final = 2**63
 
 
 def is_call_id(value: object) -> bool:
     """True for a valid call id: an integer in 0..2**63-1 (not a bool)."""
-    return type(value) is int and 0 <= value < _ID_LIMIT
+    return type(value) is int and 0 <= value < ID_LIMIT
 
 
 def classify(envelope: object) -> str:
@@ -140,7 +142,7 @@ def classify(envelope: object) -> str:
         if "id" not in envelope:
             return NOTIFICATION
         call_id = envelope["id"]
-        if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:  # is_call_id, inline: every request
+        if type(call_id) is not int or not 0 <= call_id < ID_LIMIT:  # is_call_id, inline: every request
             raise ValueError('"id" must be an integer in 0..2**63-1')
         stream = envelope.get("stream")
         if stream is not None and (not is_call_id(stream) or stream == 0):
@@ -170,6 +172,6 @@ def classify(envelope: object) -> str:
             return kind
     else:
         raise ValueError("envelope with an id has none of result, item, error")
-    if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:  # is_call_id, inline: every reply
+    if type(call_id) is not int or not 0 <= call_id < ID_LIMIT:  # is_call_id, inline: every reply
         raise ValueError('"id" must be an integer in 0..2**63-1')
     return kind

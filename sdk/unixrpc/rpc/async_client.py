@@ -65,8 +65,6 @@ __all__ = ["AsyncClient", "AsyncStreamCall"]
 
 _CANCEL_SEND_LIMIT = 1.0  # seconds a cancelled call may spend telling the server
 _NO_TIMEOUT = contextlib.nullcontext()
-_ID_LIMIT = 2**63
-_no_fds: Callable[[], list[int]] = list
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -446,7 +444,8 @@ class AsyncClient:
                         fd_queue.push(ancillary.iter_fds())
                         ancillary.clear()
                 for frame in frames:
-                    envelope = None
+                    envelope: Any = None
+                    fds: list[int]
                     if not frame.nfds:
                         try:  # noqa: SIM105 - suppress() costs about 0.5 us a frame
                             envelope = loads(frame.body)
@@ -455,9 +454,9 @@ class AsyncClient:
                     if type(envelope) is dict and len(envelope) == 2 and "result" in envelope:
                         # the common case, {"id": N, "result": R}, without decode_frame
                         call_id = envelope.get("id")
-                        if type(call_id) is not int or not 0 <= call_id < _ID_LIMIT:
+                        if type(call_id) is not int or not 0 <= call_id < wire.ID_LIMIT:
                             raise RemoteProtocolError('peer sent an invalid envelope: "id" must be a call id')
-                        kind, fds = wire.RESULT, _no_fds()
+                        kind, fds = wire.RESULT, []
                     else:
                         kind, envelope, fds = decode_frame(frame, fd_queue)
                         if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
