@@ -22,7 +22,7 @@ import pytest
 from conftest import open_fds
 from rpc_support import Add, Echo, Sleep, make_server, serving
 from unixrpc import AsyncClient, ConnectionBrokenError, FrameTooLargeError
-from unixrpc.rpc.framing import HEADER
+from unixrpc._core.framing import HEADER
 
 pytestmark = pytest.mark.anyio
 
@@ -58,9 +58,9 @@ def counting_writes(client: AsyncClient) -> Iterator[list[int]]:
     class Counting(original_class):  # type: ignore[misc, valid-type]
         __slots__ = ()
 
-        def _try_send(self, data: bytes, cmsgs: Any = None) -> int | None:
+        def try_send(self, data: bytes, cmsgs: Any = None) -> int | None:
             sizes.append(len(data))
-            return super()._try_send(data, cmsgs)  # type: ignore[no-any-return]
+            return super().try_send(data, cmsgs)  # type: ignore[no-any-return]
 
     raw.__class__ = Counting
     try:

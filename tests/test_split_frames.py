@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from unixrpc import StreamProtocolParseError
+from unixrpc._core.framing import FrameSerializer
 from unixrpc._core.wire import HEADER, RawFrame
 from unixrpc.protocol import NEED_DATA, PacketReceiver, StreamProtocol
-from unixrpc.rpc.framing import FrameSerializer
 from unixrpc.serializers import JSONSerializer
 
 
@@ -103,3 +103,12 @@ def test_serializers_without_split_frames_go_one_at_a_time() -> None:
     assert rx.next_packets() == []
     rx.feed(b":3}\n")
     assert rx.next_packets() == [{"c": 3}]
+
+
+def test_cmsg_space_matches_the_kernel_macro() -> None:
+    import socket
+
+    from unixrpc._core.framing import cmsg_space
+
+    for size in (0, 4, 8, 12, 4 * 253, 4 * 1000):
+        assert cmsg_space(size) == socket.CMSG_SPACE(size)

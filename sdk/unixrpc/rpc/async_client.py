@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from .._core import wire
 from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
@@ -59,7 +60,6 @@ from ._calls import (
     stream_end,
 )
 from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
-from .framing import FrameSerializer
 
 __all__ = ["AsyncClient", "AsyncStreamCall"]
 
@@ -299,7 +299,7 @@ class AsyncClient:
                     self._flush_wakeup.set()
                 corked[slot.call_id] = data
                 return slot, None
-            sent = self._raw._try_send(data)
+            sent = self._raw.try_send(data)
         except BaseException:
             table.abandon(slot)
             raise
@@ -309,7 +309,7 @@ class AsyncClient:
 
     async def _finish_request(self, slot: CallSlot, data: bytes, sent: int | None) -> None:
         try:
-            await self._raw._finish_send(data, sent)
+            await self._raw.finish_send(data, sent)
         except BaseException:
             self._table.abandon(slot)
             raise
@@ -409,9 +409,9 @@ class AsyncClient:
             data = b"".join(corked.values())
             corked.clear()
             try:
-                sent = raw._try_send(data)
+                sent = raw.try_send(data)
                 if sent != len(data):
-                    await raw._finish_send(data, sent)
+                    await raw.finish_send(data, sent)
             except (OSError, RPCError) as exc:
                 self._fail(exc)
                 return
@@ -434,11 +434,11 @@ class AsyncClient:
                 if slot.messages and not raw.buffered_size():
                     return
                 try:
-                    frames = raw._recv_all_nowait(ancillary, bufsize)
+                    frames = raw.recv_packets_nowait(ancillary, bufsize)
                     if not frames:
                         if slot.messages:
                             return
-                        frames = [await raw._recv_after_empty(ancillary, bufsize)]
+                        frames = [await raw.recv_packet_after_empty(ancillary, bufsize)]
                 finally:
                     if ancillary:
                         fd_queue.push(ancillary.iter_fds())

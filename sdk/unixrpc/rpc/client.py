@@ -18,6 +18,7 @@ from typing import Any, Final, Generic, Self, TypeVar
 
 from .._core import wire
 from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
@@ -42,7 +43,6 @@ from ._calls import (
     spec_of,
     stream_end,
 )
-from .framing import FrameSerializer
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
 
@@ -231,7 +231,7 @@ class Client:
                     frame, ancillary = outgoing(request, fd_context)
                     self._raw.send_packet(frame, ancillary_data=ancillary)
                 else:  # the common case, without the packet layer
-                    self._raw._send_data(self._framing.frame_bytes(request))
+                    self._raw.send_data(self._framing.frame_bytes(request))
             except BaseException as exc:
                 with self._table_lock:
                     self._table.abandon(slot)

@@ -148,14 +148,14 @@ class Connection:
                     await self._send_error(None, error)
                     return None
                 try:
-                    frames = transport._recv_all_nowait(ancillary, bufsize)
+                    frames = transport.recv_packets_nowait(ancillary, bufsize)
                     if not frames:
                         if writer.has_cork():  # nothing more in hand: the corked replies go now
                             pending = writer.flush_nowait()
                             if pending is not None:  # the peer is slow to read: never stop reading for it
                                 self._pass_reading()
                                 return pending
-                        frames = [await transport._recv_after_empty(ancillary, bufsize)]
+                        frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
                 except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                     await self._send_error(None, ProtocolViolationError(str(exc.error)))
                     return None

@@ -20,11 +20,11 @@ from collections.abc import Awaitable
 import anyio
 
 from .._core import wire
+from .._core.framing import FrameSerializer
 from .._core.wire import HEADER
 from ..exceptions import FrameTooLargeError, InternalError, LocalProtocolError
 from ..fds import FdContext
 from ..rpc._calls import outgoing
-from ..rpc.framing import FrameSerializer
 from ..transport.async_client import AsyncUnixStreamClient
 
 __all__ = ["FrameWriter"]
@@ -80,7 +80,7 @@ class FrameWriter:
             self._unsent += 1
             corked += 1
         try:
-            sent = self._transport._try_send(data)
+            sent = self._transport.try_send(data)
         except (ConnectionError, OSError) as exc:
             self._unsent -= corked
             logger.debug("connection %d: reply not sent: %s", self._connection_id, exc)
@@ -120,13 +120,13 @@ class FrameWriter:
                     data = b"".join(self._cork)
                     self._cork.clear()
                 try:
-                    sent = transport._try_send(data)
+                    sent = transport.try_send(data)
                     if sent != len(data):
                         if shield or corked:  # never cut a frame, nor lose other calls' replies
                             with anyio.CancelScope(shield=True):
-                                await transport._finish_send(data, sent)
+                                await transport.finish_send(data, sent)
                         else:
-                            await transport._finish_send(data, sent)
+                            await transport.finish_send(data, sent)
                 finally:
                     self._unsent -= corked
                 return
@@ -163,7 +163,7 @@ class FrameWriter:
         corked = len(self._cork)
         self._cork.clear()
         try:
-            sent = self._transport._try_send(data)
+            sent = self._transport.try_send(data)
         except (ConnectionError, OSError) as exc:
             self._unsent -= corked
             logger.debug("connection %d: replies not sent: %s", self._connection_id, exc)
@@ -176,7 +176,7 @@ class FrameWriter:
     async def _finish_flush(self, data: bytes, sent: int | None, corked: int) -> None:
         try:
             with anyio.CancelScope(shield=True):
-                await self._transport._finish_send(data, sent)
+                await self._transport.finish_send(data, sent)
         except (ConnectionError, OSError) as exc:
             logger.debug("connection %d: replies not sent: %s", self._connection_id, exc)
         finally:

@@ -22,11 +22,11 @@ import anyio
 import anyio.abc
 
 from .._core import wire
+from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..exceptions import ServerBusyError
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
-from ..rpc.framing import FrameSerializer
 from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener, bind_listener
 from .connection import Connection

@@ -289,15 +289,18 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             await self.wait_connected()
         data = self._protocol.serialize(packet)
         cmsgs = make_cmsgs(ancillary_data) if ancillary_data is not None else None
-        sent = self._try_send(data, cmsgs)
+        sent = self.try_send(data, cmsgs)
         if sent != len(data):
-            await self._finish_send(data, sent, cmsgs)
+            await self.finish_send(data, sent, cmsgs)
 
-    def _try_send(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> int | None:
-        """The first write of a serialized frame, when no other task is sending:
+    # -- driver interface: what the RPC client and the server engine build on
+    # (serialized frames in, packets out, no protocol layer on the way) --------
+
+    def try_send(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> int | None:
+        """Driver interface. The first write of a serialized frame, when no other task is sending:
         the bytes written (0 if the socket buffer is full). None, with nothing
         written, if another task holds the send lock. Finish a short write
-        with :meth:`_finish_send` before the next await: nothing else may be
+        with :meth:`finish_send` before the next await: nothing else may be
         sent in between. (The lock is only taken to wait, so no task can slip
         in while this runs without awaiting.)
 
@@ -308,17 +311,17 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             return None
         return self._first_send(self._check_can_send(), data, cmsgs)
 
-    async def _finish_send(
+    async def finish_send(
         self, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None = None
     ) -> None:
-        """Write the rest of a frame :meth:`_try_send` began (all of it if it
+        """Driver interface. Write the rest of a frame :meth:`try_send` began (all of it if it
         returned None), under the send lock."""
         lock = self._send_lock
         if sent is None:
             await lock.acquire()
             sent = 0
         else:
-            lock.acquire_nowait()  # free: no await since _try_send
+            lock.acquire_nowait()  # free: no await since try_send
         try:
             await self._send_rest(self._check_can_send(), data, sent, cmsgs)
         finally:
@@ -426,10 +429,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         packet = self._recv_nowait(ancillary_data, bufsize)
         if packet is not NEED_DATA:
             return packet
-        return await self._recv_after_empty(ancillary_data, bufsize)
+        return await self.recv_packet_after_empty(ancillary_data, bufsize)
 
-    async def _recv_after_empty(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT:
-        """recv_packet() right after :meth:`_recv_nowait` found nothing (no
+    async def recv_packet_after_empty(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT:
+        """Driver interface. recv_packet() right after :meth:`_recv_nowait` found nothing (no
         await in between): wait for data before reading again."""
         self._recv_lock.acquire_nowait()
         return await self._recv_holding_lock(ancillary, bufsize, found_empty=self._recv_broken is None)
@@ -454,8 +457,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             packet = self._receiver.next_packet()
         return packet
 
-    def _recv_all_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
-        """Every whole packet buffered, after one read without waiting if
+    def recv_packets_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
+        """Driver interface. Every whole packet buffered, after one read without waiting if
         none was; empty if none came. Errors as :meth:`recv_packet`."""
         sock = self._connected_socket()
         receiver = self._receiver

@@ -221,11 +221,11 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             OSError: the kernel refused the send (e.g. ``EBADF`` for a bad fd
                 in *ancillary_data*); nothing was written.
         """
-        self._send_data(self._protocol.serialize(packet), make_cmsgs(ancillary_data))
+        self.send_data(self._protocol.serialize(packet), make_cmsgs(ancillary_data))
 
-    def _send_data(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
-        """Write one serialized frame (send_packet without the protocol; for
-        the RPC client's hot path). Raises what send_packet raises."""
+    def send_data(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
+        """Driver interface: write one serialized frame (send_packet without
+        the protocol; for the RPC client's hot path). Raises what send_packet raises."""
         with self._send_lock:
             self._check_can_send()
             sent = 0

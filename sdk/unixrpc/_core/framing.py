@@ -1,13 +1,24 @@
 """FrameSerializer: the RPC frame (``u32 length | u16 fd count`` + JSON body)
-as a raw-layer serializer, so the RPC clients and the server run on the
-raw Unix stream clients. No I/O.
+as a raw-layer serializer, so the RPC clients and the server engines run on
+the raw Unix stream clients.
+
+Rules this module owns: a frame over ``max_frame_size`` or declaring more
+than ``max_fds`` descriptors is refused from its header, before its body is
+buffered; the control buffer of one read holds exactly one frame's worth of
+descriptors (the kernel hands over those of at most one ``sendmsg`` per
+``recvmsg``).
+
+No I/O, and no socket, anyio, trio, asyncio or threading imports.
 """
 
 from __future__ import annotations
 
-import socket
+import struct
+from typing import Final
 
-from .._core.wire import (
+from ..exceptions import FrameTooLargeError, LocalProtocolError, OversizedFrameError
+from ..serializers.abc import AbstractFramedPacketSerializer, FrameLocation
+from .wire import (
     DEFAULT_MAX_FDS_PER_FRAME,
     DEFAULT_MAX_FRAME_SIZE,
     HEADER,
@@ -15,10 +26,21 @@ from .._core.wire import (
     KERNEL_MAX_FDS,
     RawFrame,
 )
-from ..exceptions import FrameTooLargeError, LocalProtocolError, OversizedFrameError
-from ..serializers.abc import AbstractFramedPacketSerializer, FrameLocation
 
-__all__ = ["FrameSerializer"]
+__all__ = ["FrameSerializer", "cmsg_space"]
+
+_WORD: Final = struct.calcsize("P")  # cmsg alignment: sizeof(size_t)
+_CMSGHDR: Final = struct.calcsize("Pii")  # struct cmsghdr {size_t len; int level; int type}
+
+
+def _align(size: int) -> int:
+    return (size + _WORD - 1) & ~(_WORD - 1)
+
+
+def cmsg_space(data_size: int) -> int:
+    """``CMSG_SPACE(data_size)`` (Linux): the control-buffer bytes one control
+    message of *data_size* bytes takes, header and padding included."""
+    return _align(_CMSGHDR) + _align(data_size)
 
 
 class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
@@ -46,7 +68,7 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
         self.max_fds = max_fds
         #: control buffer for one read: the kernel hands over the descriptors
         #: of at most one sendmsg per recvmsg
-        self.ancillary_bufsize = socket.CMSG_SPACE(4 * max(max_fds, 1))
+        self.ancillary_bufsize = cmsg_space(4 * max(max_fds, 1))
 
     def serialize_frame(self, packet: RawFrame) -> bytes:
         """The bytes of *packet* on the wire.
