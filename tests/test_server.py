@@ -877,51 +877,73 @@ async def test_a_validator_that_raises_fails_the_call_not_the_server(
 
 
 class Blocked(Method[str]):
-    """A plain-def handler that blocks until the test releases it."""
+    """A plain-def handler that blocks until the test releases it (or its call is cancelled)."""
 
     fd: FD | None = None
 
 
-def blocked_server(release: threading.Event, started: threading.Event) -> Server:
+def blocked_server(
+    release: threading.Event, started: threading.Event, saw: list[str] | None = None
+) -> Server:
     server = Server()
 
     @server.method(Blocked)
-    def blocked(req: Blocked) -> str:
+    def blocked(req: Blocked, ctx: CallContext) -> str:
         started.set()
         release.wait(10)
+        if saw is not None:
+            saw.append("cancelled" if ctx.cancelled else "not cancelled")
         if req.fd is not None:
-            os.fstat(req.fd.fileno())  # still open: the cancel waited for us
+            os.fstat(req.fd.fileno())  # still open: the server keeps it while we run
+            if saw is not None:
+                saw.append("fd open")
         return "done"
 
     return server
 
 
+def _fd_targets() -> list[str]:
+    targets = []
+    for fd in open_fds():
+        with suppress(OSError):
+            targets.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return targets
+
+
 @pytest.mark.parametrize("with_fd", [False, True])
-def test_cancelled_thread_handler_is_abandoned_unless_it_holds_fds(sock_dir: str, with_fd: bool) -> None:
-    release, started = threading.Event(), threading.Event()
+def test_cancelled_thread_handler_is_answered_at_once_and_its_fds_kept_until_it_returns(
+    sock_dir: str, with_fd: bool
+) -> None:
+    release, started, saw = threading.Event(), threading.Event(), []
+    marker = os.path.join(sock_dir, "marker")
     try:
         with (
-            serving_in_thread(blocked_server(release, started), sock_path(sock_dir)) as path,
+            serving_in_thread(blocked_server(release, started, saw), sock_path(sock_dir)) as path,
             raw_connect(path) as sock,
         ):
             if with_fd:
-                send_with_fds(sock, frame(request(1, "Blocked", {"fd": 0}), nfds=1), 1)
+                with open(marker, "w") as f:
+                    rights = array.array("i", [f.fileno()]).tobytes()
+                    data = frame(request(1, "Blocked", {"fd": 0}), nfds=1)
+                    assert sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]) == len(data)
             else:
                 sock.sendall(frame(request(1, "Blocked", {})))
             assert started.wait(10)
             sock.sendall(frame(b'{"cancel":1}'))
-            if with_fd:
-                # the thread still uses the request's descriptor: no reply until it returns
-                sock.settimeout(0.3)
-                with pytest.raises(TimeoutError):
-                    sock.recv(1)
-                sock.settimeout(None)
-                release.set()
-            reply = recv_envelope(sock)
+            reply = recv_envelope(sock)  # at once: the handler still runs
             assert reply is not None
             assert reply["error"]["code"] == "unixrpc.Cancelled"
-            assert not with_fd or release.is_set()
-            assert with_fd or not release.is_set(), "without fds the thread is abandoned at once"
+            assert not release.is_set()
+            # the handler may still use the request's descriptor: the server keeps it open
+            assert (marker in _fd_targets()) == with_fd
+            release.set()
+            wait_until_sync(lambda: len(saw) == (2 if with_fd else 1))
+            assert saw[0] == "cancelled"  # the handler could see it through its context
+            if with_fd:
+                assert saw[1] == "fd open"
+            wait_until_sync(lambda: marker not in _fd_targets())  # released once it returned
+            sock.sendall(frame(request(2, "Blocked", {})))
+            assert recv_envelope(sock) == {"id": 2, "result": "done"}
     finally:
         release.set()
 

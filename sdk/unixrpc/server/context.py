@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from ..ancillary import UnixCredentials
 
@@ -20,9 +21,32 @@ class CallContext:
         method: the method's wire name.
         call_id: the call's id on its connection (None for a notification).
         connection_id: a number identifying the connection within this server.
+
+    A plain ``def`` handler cannot be interrupted: it learns that its call
+    was cancelled (the client gave up or cancelled, its peer left, or the
+    server is shutting down and the grace period is over) from
+    :attr:`cancelled` or :meth:`wait_cancelled`. Its reply has then already
+    been sent as ``Cancelled``; what it returns is discarded. An ``async
+    def`` handler is cancelled the usual way (its await raises the
+    backend's cancellation exception), and sees the flag set too.
     """
 
     peer: UnixCredentials
     method: str
     call_id: int | None
     connection_id: int
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the call was cancelled: stop working, the result is unused."""
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block the calling thread until the call is cancelled or *timeout*
+        seconds pass (None: for ever); True if it was cancelled. For plain
+        ``def`` handlers that wait (never call it in an event loop)."""
+        return self._cancel.wait(timeout)
+
+    def _set_cancelled(self) -> None:
+        self._cancel.set()

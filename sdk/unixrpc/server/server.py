@@ -15,7 +15,6 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -23,6 +22,7 @@ import anyio.abc
 
 from .._core import wire
 from .._core.framing import FrameSerializer
+from .._core.server import Handler, ServerRules
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..exceptions import ServerBusyError
 from ..methods import MethodSpec, method_spec
@@ -31,6 +31,7 @@ from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener, bind_listener
 from .connection import Connection
 from .context import CallContext
+from .threadpool import HandlerThreads
 
 __all__ = ["AuthorizeHook", "Server"]
 
@@ -41,14 +42,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: ``authorize(context, request) -> bool`` (or an awaitable of it): False
 #: refuses the call with PermissionDeniedError before the handler runs.
 AuthorizeHook = Callable[[CallContext, Any], "bool | Awaitable[bool]"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Handler:
-    spec: MethodSpec
-    function: Callable[..., Any]
-    wants_context: bool
-    is_async: bool
 
 
 class Server:
@@ -69,6 +62,9 @@ class Server:
         expose_tracebacks: send handler tracebacks to clients in
             ``InternalError.data`` (for development only).
         shutdown_grace: seconds calls in flight get to finish on shutdown.
+        max_threads: threads that run plain ``def`` handlers at once (more
+            calls wait for one to be free); on the threads backend, threads
+            that run calls of any kind, readers apart.
 
     Raises:
         ValueError: a limit is out of range.
@@ -86,10 +82,12 @@ class Server:
         socket_group: int | str | None = None,
         expose_tracebacks: bool = False,
         shutdown_grace: float = 10.0,
+        max_threads: int = 64,
     ) -> None:
         for name, value in (
             ("max_connections", max_connections),
             ("max_calls_per_connection", max_calls_per_connection),
+            ("max_threads", max_threads),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -102,10 +100,18 @@ class Server:
         self.shutdown_grace = shutdown_grace
         self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
         self._protocol = StreamProtocol(self._framing)
-        self._handlers: dict[str, _Handler] = {}
+        self.max_threads = max_threads
+        self._handlers: dict[str, Handler] = {}
+        self._rules = ServerRules(
+            self._handlers,
+            max_calls_per_connection=max_calls_per_connection,
+            max_frame_size=max_frame_size,
+            expose_tracebacks=expose_tracebacks,
+            authorize=authorize is not None,
+        )
+        self._handler_threads: HandlerThreads | None = None
         self._connections: set[Connection] = set()
         self._connection_ids = itertools.count(1)
-        self._stopping = False
         self._stop_event: anyio.Event | None = None
         self._listener: BoundListener | None = None
 
@@ -155,7 +161,7 @@ class Server:
         ]
         if not 1 <= len(positional) <= 2:
             raise TypeError(f"a handler takes (request) or (request, context), got {function!r}")
-        self._handlers[spec.name] = _Handler(spec, function, len(positional) == 2, is_async)
+        self._handlers[spec.name] = Handler(spec, function, len(positional) == 2, is_async)
 
     @property
     def methods(self) -> dict[str, MethodSpec]:
@@ -169,15 +175,26 @@ class Server:
         """Where the server listens, while it does."""
         return self._listener.address if self._listener is not None else None
 
+    @property
+    def _stopping(self) -> bool:
+        return self._rules.stopping
+
     def is_shutting_down(self) -> bool:
         """True once :meth:`shutdown` was called."""
-        return self._stopping
+        return self._rules.stopping
+
+    def _threads(self) -> HandlerThreads:
+        """The threads that run plain ``def`` handlers (started on first use)."""
+        pool = self._handler_threads
+        if pool is None:
+            pool = self._handler_threads = HandlerThreads(self.max_threads)
+        return pool
 
     def shutdown(self) -> None:
         """Start a graceful shutdown: stop accepting, refuse new calls, give calls
         in flight ``shutdown_grace`` seconds, then cancel the rest. Call it from
         the server's event loop (from another thread, through a portal)."""
-        self._stopping = True
+        self._rules.stopping = True
         if self._stop_event is not None:
             self._stop_event.set()
 
@@ -200,7 +217,7 @@ class Server:
             raise RuntimeError("this server is already serving")
         listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
         self._listener = listener
-        self._stopping = False
+        self._rules.stopping = False
         self._stop_event = anyio.Event()
         logger.info("serving %d methods on %s", len(self._handlers), listener.address)
         try:
@@ -216,6 +233,9 @@ class Server:
         finally:
             listener.close()
             self._listener = None
+            if self._handler_threads is not None:
+                self._handler_threads.close()
+                self._handler_threads = None
             logger.info("stopped serving on %s", listener.address)
 
     async def _drain(self) -> None:
@@ -223,7 +243,7 @@ class Server:
             while any(connection.busy() for connection in self._connections):
                 await anyio.sleep(0.01)
         if scope.cancelled_caught:
-            left = sum(len(c.in_flight) for c in self._connections)
+            left = sum(len(c.core) for c in self._connections)
             logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", self.shutdown_grace, left)
         with anyio.CancelScope(shield=True):
             for connection in list(self._connections):

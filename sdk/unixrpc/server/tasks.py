@@ -1,59 +1,24 @@
-"""The pieces a server connection's tasks are made of: a call ready to run
-(:class:`Job`), a task of the connection's pool (:class:`Worker`), a
-stream's credit (:class:`Credit`), and :func:`resume`, which finishes a
+"""The pieces the anyio engine's tasks are made of: a task of a
+connection's pool (:class:`Worker`), and :func:`resume`, which finishes a
 coroutine in the current task after its first step was taken by hand.
 
-No I/O; anyio only for events and cancel scopes.
+No I/O; anyio only for cancel scopes.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from .._wakeup import Wakeup
-from ..fds import FdContext
 
 if TYPE_CHECKING:
-    from .server import _Handler
+    from .._core.server import ServerCall
 
-__all__ = ["READER_BUDGET", "Credit", "Job", "Worker", "resume"]
-
-
-class Credit:
-    """How many more items a stream may send before the client asks for more."""
-
-    __slots__ = ("_event", "available")
-
-    def __init__(self, window: int) -> None:
-        self.available = window
-        self._event: anyio.Event | None = None
-
-    def grant(self, count: int) -> None:
-        self.available += count
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def take(self) -> None:
-        while self.available <= 0:
-            event = self._event = anyio.Event()
-            await event.wait()
-        self.available -= 1
-
-
-class Job(NamedTuple):
-    """One validated call, ready to run."""
-
-    handler: _Handler
-    request: Any
-    call_id: int | None  # None for a notification
-    key: int | object  # in_flight key: the call id, or a fresh object for a notification
-    window: int | None  # a stream's credit window
-    request_fds: FdContext
+__all__ = ["READER_BUDGET", "Worker", "resume"]
 
 
 class Worker:
@@ -66,12 +31,13 @@ class Worker:
     per call costs about as much as a small call): the call in progress is
     the only one a cancel can reach, and a cancelled scope is replaced."""
 
-    __slots__ = ("current", "scope", "wake")
+    __slots__ = ("credit", "current", "scope", "wake")
 
     def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
-        self.current: Job | None = None  # the call being run
+        self.current: ServerCall | None = None  # the call being run
         self.scope = scope
         self.wake = wake
+        self.credit: Wakeup | None = None  # what a stream waiting for credit waits on
 
 
 @types.coroutine
