@@ -2,6 +2,9 @@
 
 * ``unixrpc PATH``  -- a unixrpc Server with Add (asyncio backend);
 * ``unixrpc-trio PATH`` -- the same Server under trio;
+* ``unixrpc-def PATH`` -- the asyncio Server with a plain ``def`` Add;
+* ``threads PATH`` -- the Server on the threads backend, plain ``def`` Add;
+* ``threads-async PATH`` -- the threads backend with the ``async def`` Add;
 * ``floor PATH``    -- a plain blocking socket server, thread per connection,
   length prefix + orjson, ``{"id","method","params"}`` -> ``{"id","result"}``;
 * ``streams PATH``  -- the same protocol with hand-written asyncio streams;
@@ -29,12 +32,39 @@ class Add(Method[int]):
     b: int
 
 
-def run_unixrpc(path: str, backend: str = "asyncio") -> None:
+def add_server(plain: bool) -> Server:
     server = Server()
+    if plain:
 
-    @server.method(Add)
-    async def add(req: Add) -> int:
-        return req.a + req.b
+        @server.method(Add)
+        def add_plain(req: Add) -> int:
+            return req.a + req.b
+
+    else:
+
+        @server.method(Add)
+        async def add(req: Add) -> int:
+            return req.a + req.b
+
+    return server
+
+
+def run_threads(path: str, plain: bool = True) -> None:
+    server = add_server(plain)
+    import os
+    import time
+
+    def announce() -> None:
+        while not os.path.exists(path):
+            time.sleep(0.001)
+        print("ready", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    server.serve_forever(path, backend="threads")
+
+
+def run_unixrpc(path: str, backend: str = "asyncio", plain: bool = False) -> None:
+    server = add_server(plain)
 
     async def main() -> None:
         import anyio
@@ -125,6 +155,9 @@ if __name__ == "__main__":
     peers = {
         "unixrpc": run_unixrpc,
         "unixrpc-trio": run_unixrpc_trio,
+        "unixrpc-def": lambda path: run_unixrpc(path, plain=True),
+        "threads": run_threads,
+        "threads-async": lambda path: run_threads(path, plain=False),
         "streams-unixrpc": run_streams_unixrpc,
         "floor": run_floor,
         "streams": run_streams,

@@ -13,6 +13,10 @@ bench_raw.py for why). Cases:
   asyncio-streams server, both speaking the unixrpc wire format: the client's
   own cost, and the client with the event-loop floor;
 * ``AsyncClient.call`` on asyncio and on trio, sequential;
+* ``Client.call`` against the threads backend (plain ``def`` and ``async
+  def`` Add), and against the asyncio Server with a plain ``def`` Add;
+* 64 threads sharing one sync ``Client``, against the threads backend and
+  against the asyncio Server (the same plain ``def`` handler);
 * 64 calls in flight on one connection: AsyncClient on asyncio vs a
   hand-written asyncio-streams client with request ids against an
   asyncio-streams server.
@@ -37,7 +41,7 @@ import anyio
 import orjson
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import measure, measure_samples, paired_ratio, peer, pin_to_one_cpu
+from _harness import measure_samples, paired_ratio, peer, pin_to_one_cpu
 from _rpc_peers import Add
 
 from unixrpc import AsyncClient, Client
@@ -91,6 +95,30 @@ async def async_calls(path: str, n: int) -> float:
         for _ in range(n):
             await client.call(request)
         return (time.perf_counter() - t0) / n
+
+
+def threads_in_flight(path: str, n: int) -> float:
+    """Seconds per call with IN_FLIGHT threads sharing one sync Client."""
+    import threading
+
+    with Client(path) as client:
+        request = Add(a=1, b=2)
+        count = n // IN_FLIGHT
+        barrier = threading.Barrier(IN_FLIGHT + 1)
+
+        def worker() -> None:
+            barrier.wait()
+            for _ in range(count):
+                client.call(request)
+
+        threads = [threading.Thread(target=worker) for _ in range(IN_FLIGHT)]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        return (time.perf_counter() - t0) / (count * IN_FLIGHT)
 
 
 async def async_in_flight(path: str, n: int) -> float:
@@ -152,8 +180,11 @@ def main() -> None:
         rpc_peer("floor-unixrpc", tmp) as plain_rpc_path,
         rpc_peer("streams-unixrpc", tmp) as streams_rpc_path,
         rpc_peer("unixrpc-trio", tmp) as trio_rpc_path,
+        rpc_peer("unixrpc-def", tmp) as def_rpc_path,
+        rpc_peer("threads", tmp) as threads_path,
+        rpc_peer("threads-async", tmp) as threads_async_path,
     ):
-        latency = measure(
+        latency_samples = measure_samples(
             {
                 "floor: blocking socket + length prefix + orjson": lambda: floor_calls(floor_path, n),
                 "floor client, asyncio-streams server": lambda: floor_calls(streams_path, n),
@@ -163,9 +194,13 @@ def main() -> None:
                 "Client.call, asyncio-streams server": lambda: sync_calls(streams_rpc_path, n),
                 "AsyncClient.call on asyncio": lambda: anyio.run(async_calls, rpc_path, n, backend="asyncio"),
                 "AsyncClient.call on trio": lambda: anyio.run(async_calls, rpc_path, n, backend="trio"),
+                "Client.call, threads backend, plain def": lambda: sync_calls(threads_path, n),
+                "Client.call, threads backend, async def": lambda: sync_calls(threads_async_path, n),
+                "Client.call, asyncio Server, plain def": lambda: sync_calls(def_rpc_path, n),
             },
             REPEATS,
         )
+        latency = {name: statistics.median(values) for name, values in latency_samples.items()}
         throughput = measure_samples(
             {
                 "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
@@ -174,10 +209,34 @@ def main() -> None:
             },
             THROUGHPUT_REPEATS,
         )
-    floor = next(iter(latency.values()))
+        threads_load = measure_samples(
+            {
+                "64 threads, one Client, asyncio Server (def)": lambda: threads_in_flight(def_rpc_path, n),
+                "64 threads, one Client, threads backend (def)": lambda: threads_in_flight(threads_path, n),
+            },
+            REPEATS,
+        )
+    floor_samples = next(iter(latency_samples.values()))
+    floor = latency[next(iter(latency))]
     print(f"sequential call latency, {n} calls per run, median of {REPEATS} runs, one CPU")
+    print("  ('paired': median over runs of the case's time / the floor's in the same run)")
     for name, seconds in latency.items():
-        print(f"  {name:<50} {seconds * 1e6:8.2f} us  {seconds / floor:5.2f}x floor")
+        paired = paired_ratio(latency_samples[name], floor_samples)
+        print(f"  {name:<50} {seconds * 1e6:8.2f} us  {seconds / floor:5.2f}x floor  (paired {paired:5.2f}x)")
+    async_def = latency_samples["Client.call(Add(a=1, b=2)), unixrpc Server"]
+    plain_def = latency_samples["Client.call, asyncio Server, plain def"]
+    print(
+        "  plain def / async def handler on the asyncio Server: "
+        f"{paired_ratio(plain_def, async_def):4.2f}x (paired)"
+    )
+    print(f"{IN_FLIGHT} threads sharing one sync Client, median of {REPEATS} rounds")
+    reference = next(iter(threads_load.values()))
+    for name, samples in threads_load.items():
+        seconds = statistics.median(samples)
+        print(
+            f"  {name:<50} {1 / seconds:10.0f} calls/s"
+            f"  (paired {paired_ratio(reference, samples):4.2f}x the first)"
+        )
     baseline_samples = next(iter(throughput.values()))
     baseline = statistics.median(baseline_samples)
     print(

@@ -14,6 +14,7 @@ import itertools
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener, bind_listener
 from .connection import Connection
 from .context import CallContext
+from .thread_engine import ThreadEngine
 from .threadpool import HandlerThreads
 
 __all__ = ["AuthorizeHook", "Server"]
@@ -62,9 +64,11 @@ class Server:
         expose_tracebacks: send handler tracebacks to clients in
             ``InternalError.data`` (for development only).
         shutdown_grace: seconds calls in flight get to finish on shutdown.
-        max_threads: threads that run plain ``def`` handlers at once (more
-            calls wait for one to be free); on the threads backend, threads
-            that run calls of any kind, readers apart.
+        max_threads: threads that run plain ``def`` handlers at once, server
+            wide, on the asyncio and trio backends (more calls wait for one).
+        max_threads_per_connection: on the threads backend, the threads of one
+            connection that run calls at once (plus one that reads); more
+            calls wait for one of them while reading goes on.
 
     Raises:
         ValueError: a limit is out of range.
@@ -83,11 +87,13 @@ class Server:
         expose_tracebacks: bool = False,
         shutdown_grace: float = 10.0,
         max_threads: int = 64,
+        max_threads_per_connection: int = 16,
     ) -> None:
         for name, value in (
             ("max_connections", max_connections),
             ("max_calls_per_connection", max_calls_per_connection),
             ("max_threads", max_threads),
+            ("max_threads_per_connection", max_threads_per_connection),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -101,6 +107,8 @@ class Server:
         self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
         self._protocol = StreamProtocol(self._framing)
         self.max_threads = max_threads
+        self.max_threads_per_connection = max_threads_per_connection
+        self._thread_engine: ThreadEngine | None = None
         self._handlers: dict[str, Handler] = {}
         self._rules = ServerRules(
             self._handlers,
@@ -197,6 +205,8 @@ class Server:
         self._rules.stopping = True
         if self._stop_event is not None:
             self._stop_event.set()
+        if self._thread_engine is not None:
+            self._thread_engine.stop()
 
     async def serve(
         self,
@@ -283,12 +293,24 @@ class Server:
                 self._connections.discard(connection)
 
     def serve_forever(self, address: UnixAddressLike, *, backend: str = "asyncio") -> None:
-        """Serve on *address* in a new event loop until SIGTERM or SIGINT, then
-        shut down gracefully. Call from the main thread.
+        """Serve on *address* until SIGTERM or SIGINT (or :meth:`shutdown`),
+        then shut down gracefully.
+
+        Args:
+            backend: ``"asyncio"`` or ``"trio"`` (a new event loop, through
+                anyio), or ``"threads"`` (blocking sockets and threads, no
+                event loop: plain ``def`` handlers run on the thread that read
+                their request; see docs/rpc.md for which to pick).
 
         Raises:
             OSError, FileExistsError: as for :meth:`serve`.
+            ValueError: an unknown backend.
         """
+        if backend == "threads":
+            self._serve_threads(address)
+            return
+        if backend not in ("asyncio", "trio"):
+            raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
 
         async def main() -> None:
             async with anyio.create_task_group() as task_group:
@@ -304,3 +326,29 @@ class Server:
                 task_group.cancel_scope.cancel()
 
         anyio.run(main, backend=backend)
+
+    def _serve_threads(self, address: UnixAddressLike) -> None:
+        if self._listener is not None:
+            raise RuntimeError("this server is already serving")
+        listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
+        self._listener = listener
+        self._rules.stopping = False
+        engine = self._thread_engine = ThreadEngine(self)
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: Any) -> None:
+                logger.info("received %s: shutting down", signal.Signals(signum).name)
+                self.shutdown()
+
+            for signum in (signal.SIGTERM.value, signal.SIGINT.value):
+                previous[signum] = signal.signal(signum, on_signal)
+        logger.info("serving %d methods on %s (threads)", len(self._handlers), listener.address)
+        try:
+            engine.serve(listener)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self._thread_engine = None
+            self._listener = None
+            logger.info("stopped serving on %s", listener.address)

@@ -367,6 +367,26 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                 raise self._recv_broken
             receiver.buffer_updated(nbytes)
 
+    def recv_packets(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
+        """Driver interface (the threads engine's reader): block until at
+        least one whole packet has arrived, then return every whole packet
+        buffered. Errors as :meth:`recv_packet` (a bad frame is raised once
+        the good ones before it have been returned)."""
+        with self._recv_lock:
+            try:
+                packets = self._receiver.next_packets()
+                if not packets:
+                    packets = [self._recv_locked(None, ancillary, bufsize)]
+                    packets.extend(self._receiver.next_packets())
+                return packets
+            finally:
+                if self._closed:  # close() found us reading: the descriptor is ours to close
+                    self._sock.close()
+
+    def buffered_size(self) -> int:
+        """Bytes received but not yet returned as packets."""
+        return self._receiver.buffered_size()
+
     def _wait_readable(self, deadline: float) -> None:
         poller = self._poller
         if poller is None:

@@ -1,0 +1,161 @@
+"""The blocking threads engine: ``server.serve_forever(path, backend="threads")``.
+
+Plain sockets and threads, no event loop: the thread that calls
+:meth:`ThreadEngine.serve` accepts connections; each connection has its
+own threads (:mod:`.thread_connection`). Shutdown stops accepting, lets
+calls in flight finish for ``shutdown_grace`` seconds, then cuts the
+connections (blocked reads and writes fail, calls are cancelled).
+``shutdown()`` may be called from any thread or a signal handler: it only
+sets a flag and writes one byte to a pipe the accept loop polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .._core import wire
+from ..exceptions import ServerBusyError
+from .binding import BoundListener
+from .thread_connection import LoopThread, ThreadConnection
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["ThreadEngine"]
+
+logger = logging.getLogger("unixrpc.server")
+
+
+class ThreadEngine:
+    """Serves one :class:`~unixrpc.Server` on blocking threads until shut down."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._lock = threading.Lock()
+        self._connections: set[ThreadConnection] = set()
+        self._loop_thread: LoopThread | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stop_requested = False
+
+    # -- what connections use -------------------------------------------------------
+
+    def loop_thread(self) -> LoopThread:
+        """The event-loop thread for ``async def`` handlers (started on first use)."""
+        with self._lock:
+            if self._loop_thread is None:
+                self._loop_thread = LoopThread()
+            return self._loop_thread
+
+    def connection_done(self, connection: ThreadConnection) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+        self.wake()
+
+    # -- serving ------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Wake the accept loop (thread-safe, async-signal-safe)."""
+        fd = self._wake_w
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # the pipe is full: it is awake already
+                os.write(fd, b"x")
+
+    def stop(self) -> None:
+        """Ask the accept loop to shut down (from any thread or a signal handler)."""
+        self._stop_requested = True
+        self.wake()
+
+    def serve(self, listener: BoundListener, started: Callable[[], None] | None = None) -> None:
+        """Accept and serve on *listener* until :meth:`stop`, then shut down
+        gracefully. *listener* is closed on the way out."""
+        server = self._server
+        ids = server._connection_ids
+        try:
+            poller = select.poll()
+            poller.register(listener.socket.fileno(), select.POLLIN)
+            poller.register(self._wake_r, select.POLLIN)
+            if started is not None:
+                started()
+            while not self._stop_requested:
+                events = poller.poll()
+                if any(fd == self._wake_r for fd, _ in events):
+                    with contextlib.suppress(OSError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                try:
+                    conn, _ = listener.socket.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    logger.error("accept failed: %s", exc)
+                    time.sleep(0.1)
+                    continue
+                conn.setblocking(True)
+                self._admit(conn, next(ids))
+        finally:
+            listener.close()
+            self._shut_down()
+
+    def _admit(self, conn: socket.socket, connection_id: int) -> None:
+        server = self._server
+        with self._lock:
+            busy = len(self._connections) >= server.max_connections
+        if busy:
+            error = ServerBusyError(f"too many connections (limit {server.max_connections})")
+            with contextlib.suppress(OSError):
+                conn.sendall(_frame(wire.encode_error(None, error.code, error.message)))
+            conn.close()
+            return
+        try:
+            connection = ThreadConnection(server, self, conn, connection_id)
+        except OSError as exc:  # the peer left already
+            logger.debug("connection %d: %s", connection_id, exc)
+            conn.close()
+            return
+        with self._lock:
+            self._connections.add(connection)
+        connection.start()
+
+    def _shut_down(self) -> None:
+        server = self._server
+        server._rules.stopping = True
+        deadline = time.monotonic() + server.shutdown_grace
+        while True:
+            with self._lock:
+                connections = list(self._connections)
+            if not any(c.busy() for c in connections):
+                break
+            if time.monotonic() >= deadline:
+                left = sum(c.calls_in_flight() for c in connections)
+                logger.warning(
+                    "shutdown grace of %ss elapsed; cancelling %d calls", server.shutdown_grace, left
+                )
+                break
+            time.sleep(0.01)
+        for connection in connections:
+            connection.abort()
+        for connection in connections:
+            if not connection.finished.wait(5.0):
+                logger.warning(
+                    "connection %d: threads still running after shutdown", connection.connection_id
+                )
+        with self._lock:
+            loop, self._loop_thread = self._loop_thread, None
+        if loop is not None:
+            loop.close()
+        wake_r, wake_w = self._wake_r, self._wake_w
+        self._wake_w = self._wake_r = -1  # a late stop() writes nowhere
+        os.close(wake_r)
+        os.close(wake_w)
+
+
+def _frame(body: bytes) -> bytes:
+    return wire.HEADER.pack(len(body), 0) + body
