@@ -1,9 +1,12 @@
 """Server: the daemon side. Declare handlers for method classes, then serve
-them on a Unix socket under asyncio or trio (anyio).
+them on a Unix socket under asyncio or trio (anyio), or on blocking threads.
 
-Owns the server-wide rules: registration, limits, the accept loop, the
-authorization hook, graceful shutdown and signals. Per-connection work is
-in :mod:`.connection`; binding the socket in :mod:`.binding`.
+Owns registration, the limits and policies every engine applies (handed to
+each connection's protocol object as :class:`.._core.server.ServerRules`),
+and the serving facade: which engine runs, signals, shutdown from anywhere,
+serving in a thread. The engines are :mod:`.anyio_engine` (with
+:mod:`.connection`) and :mod:`.thread_engine` (with
+:mod:`.thread_connection`); binding the socket is :mod:`.binding`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ import inspect
 import itertools
 import logging
 import signal
-import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import anyio
@@ -25,12 +27,10 @@ from .._core import wire
 from .._core.framing import FrameSerializer
 from .._core.server import Handler, ServerRules
 from ..address import UnixAddressLike, UnixSocketAddress
-from ..exceptions import ServerBusyError
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
-from ..transport.async_client import AsyncUnixStreamClient
+from .anyio_engine import AnyioEngine
 from .binding import BoundListener, bind_listener
-from .connection import Connection
 from .context import CallContext
 from .thread_engine import ThreadEngine
 from .threadpool import HandlerThreads
@@ -118,10 +118,10 @@ class Server:
             authorize=authorize is not None,
         )
         self._handler_threads: HandlerThreads | None = None
-        self._connections: set[Connection] = set()
         self._connection_ids = itertools.count(1)
-        self._stop_event: anyio.Event | None = None
+        self._engine: AnyioEngine | ThreadEngine | None = None
         self._listener: BoundListener | None = None
+        self._serving_lock = threading.Lock()
 
     # -- declaring methods ----------------------------------------------------
 
@@ -188,7 +188,7 @@ class Server:
         return self._rules.stopping
 
     def is_shutting_down(self) -> bool:
-        """True once :meth:`shutdown` was called."""
+        """True once :meth:`shutdown` was called (until the next serve)."""
         return self._rules.stopping
 
     def _threads(self) -> HandlerThreads:
@@ -198,15 +198,35 @@ class Server:
             pool = self._handler_threads = HandlerThreads(self.max_threads)
         return pool
 
-    def shutdown(self) -> None:
-        """Start a graceful shutdown: stop accepting, refuse new calls, give calls
-        in flight ``shutdown_grace`` seconds, then cancel the rest. Call it from
-        the server's event loop (from another thread, through a portal)."""
+    def shutdown(self, grace: float | None = None) -> None:
+        """Start a graceful shutdown: stop accepting, refuse new calls, give
+        calls in flight *grace* seconds (default ``shutdown_grace``), then
+        cancel the rest. Safe from any thread, a signal handler or a handler,
+        on every backend; calling it again with a shorter grace hurries it
+        (``grace=0``: cancel what is left at once). A no-op when not serving."""
         self._rules.stopping = True
-        if self._stop_event is not None:
-            self._stop_event.set()
-        if self._thread_engine is not None:
-            self._thread_engine.stop()
+        engine = self._engine
+        if engine is not None:
+            engine.stop(self.shutdown_grace if grace is None else grace)
+
+    def _begin(self, address: UnixAddressLike, engine: AnyioEngine | ThreadEngine) -> BoundListener:
+        with self._serving_lock:
+            if self._engine is not None:
+                raise RuntimeError("this server is already serving")
+            listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
+            self._listener, self._engine = listener, engine
+            self._rules.stopping = False
+        logger.info("serving %d methods on %s", len(self._handlers), listener.address)
+        return listener
+
+    def _end(self, listener: BoundListener) -> None:
+        listener.close()
+        with self._serving_lock:
+            self._listener = self._engine = None
+            pool, self._handler_threads = self._handler_threads, None
+        if pool is not None:
+            pool.close()
+        logger.info("stopped serving on %s", listener.address)
 
     async def serve(
         self,
@@ -215,86 +235,28 @@ class Server:
         task_status: anyio.abc.TaskStatus[UnixSocketAddress] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on *address* and serve until :meth:`shutdown` (graceful) or
-        cancellation (immediate). The socket file is removed on the way out.
-        With ``task_group.start(server.serve, path)`` it returns once listening.
+        cancellation (immediate), in the running event loop (asyncio or trio).
+        The socket file is removed on the way out. With
+        ``task_group.start(server.serve, path)`` it returns once listening.
 
         Raises:
             OSError (EADDRINUSE): a live server already listens there.
             FileExistsError: the path exists and is not a socket.
             RuntimeError: this server is already serving.
         """
-        if self._listener is not None:
-            raise RuntimeError("this server is already serving")
-        listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
-        self._listener = listener
-        self._rules.stopping = False
-        self._stop_event = anyio.Event()
-        logger.info("serving %d methods on %s", len(self._handlers), listener.address)
+        engine = AnyioEngine(self)
+        listener = self._begin(address, engine)
         try:
-            async with anyio.create_task_group() as task_group:
-                accept_scope = anyio.CancelScope()
-                task_group.start_soon(self._accept_loop, listener.socket, task_group, accept_scope)
-                task_status.started(listener.address)
-                await self._stop_event.wait()
-                accept_scope.cancel()
-                listener.close()
-                await self._drain()
-                task_group.cancel_scope.cancel()
+            await engine.serve(listener, task_status)
+        except BaseExceptionGroup as group:
+            raise _unwrap(group) from None
         finally:
-            listener.close()
-            self._listener = None
-            if self._handler_threads is not None:
-                self._handler_threads.close()
-                self._handler_threads = None
-            logger.info("stopped serving on %s", listener.address)
-
-    async def _drain(self) -> None:
-        with anyio.move_on_after(self.shutdown_grace) as scope:
-            while any(connection.busy() for connection in self._connections):
-                await anyio.sleep(0.01)
-        if scope.cancelled_caught:
-            left = sum(len(c.core) for c in self._connections)
-            logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", self.shutdown_grace, left)
-        with anyio.CancelScope(shield=True):
-            for connection in list(self._connections):
-                await connection.abort()
-
-    async def _accept_loop(
-        self, listener: socket.socket, task_group: anyio.abc.TaskGroup, scope: anyio.CancelScope
-    ) -> None:
-        with scope:
-            while True:
-                await anyio.wait_readable(listener)
-                try:
-                    conn, _ = listener.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue
-                except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    logger.error("accept failed: %s", exc)
-                    await anyio.sleep(0.1)
-                    continue
-                task_group.start_soon(self._serve_connection, conn)
-
-    async def _serve_connection(self, conn: socket.socket) -> None:
-        transport = AsyncUnixStreamClient(conn, self._protocol, max_recv_size=wire.RECV_SIZE)
-        async with transport:
-            if len(self._connections) >= self.max_connections:
-                error = ServerBusyError(f"too many connections (limit {self.max_connections})")
-                with contextlib.suppress(OSError):
-                    await transport.send_packet(
-                        wire.RawFrame(wire.encode_error(None, error.code, error.message))
-                    )
-                return
-            connection = Connection(self, transport, next(self._connection_ids))
-            self._connections.add(connection)
-            try:
-                await connection.run()
-            finally:
-                self._connections.discard(connection)
+            self._end(listener)
 
     def serve_forever(self, address: UnixAddressLike, *, backend: str = "asyncio") -> None:
-        """Serve on *address* until SIGTERM or SIGINT (or :meth:`shutdown`),
-        then shut down gracefully.
+        """Serve on *address* until :meth:`shutdown`, or SIGTERM or SIGINT
+        when called in the main thread (a second signal cancels what is left
+        at once), then shut down gracefully. Works in any thread.
 
         Args:
             backend: ``"asyncio"`` or ``"trio"`` (a new event loop, through
@@ -303,52 +265,126 @@ class Server:
                 their request; see docs/rpc.md for which to pick).
 
         Raises:
-            OSError, FileExistsError: as for :meth:`serve`.
+            OSError, FileExistsError, RuntimeError: as for :meth:`serve`.
             ValueError: an unknown backend.
         """
-        if backend == "threads":
-            self._serve_threads(address)
-            return
-        if backend not in ("asyncio", "trio"):
+        self._serve_blocking(address, backend, None)
+
+    def _serve_blocking(
+        self, address: UnixAddressLike, backend: str, started: Callable[[UnixSocketAddress], None] | None
+    ) -> None:
+        if backend not in ("asyncio", "trio", "threads"):
             raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
+        with _signals_shut_down(self):
+            if backend == "threads":
+                engine = ThreadEngine(self)
+                listener = self._begin(address, engine)
+                try:
+                    engine.serve(listener, None if started is None else lambda: started(listener.address))
+                finally:
+                    self._end(listener)
+                return
 
-        async def main() -> None:
-            async with anyio.create_task_group() as task_group:
+            async def main() -> None:
+                async with anyio.create_task_group() as task_group:
+                    address_now = await task_group.start(self.serve, address)
+                    if started is not None:
+                        started(address_now)
 
-                async def on_signals() -> None:
-                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                        async for signum in signals:
-                            logger.info("received %s: shutting down", signal.Signals(signum).name)
-                            self.shutdown()
+            try:
+                anyio.run(main, backend=backend)
+            except BaseExceptionGroup as group:
+                raise _unwrap(group) from None
 
-                task_group.start_soon(on_signals)
-                await self.serve(address)
-                task_group.cancel_scope.cancel()
+    @contextlib.contextmanager
+    def serve_in_thread(
+        self, address: UnixAddressLike, *, backend: str = "threads", timeout: float = 30.0
+    ) -> Iterator[UnixSocketAddress]:
+        """Serve in a new thread for the ``with`` block: it is entered once
+        the server listens (yielding the address) and shuts the server down
+        on exit, waiting for the thread. For embedding a daemon in another
+        program, and for tests.
 
-        anyio.run(main, backend=backend)
+        Raises:
+            OSError, FileExistsError, RuntimeError, ValueError: as for
+                :meth:`serve_forever`, raised here when binding fails.
+            TimeoutError: the server did not start listening in *timeout*
+                seconds (or did not stop in *timeout* seconds on exit).
+        """
+        listening = threading.Event()
+        where: list[UnixSocketAddress] = []
+        failure: list[BaseException] = []
 
-    def _serve_threads(self, address: UnixAddressLike) -> None:
-        if self._listener is not None:
-            raise RuntimeError("this server is already serving")
-        listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
-        self._listener = listener
-        self._rules.stopping = False
-        engine = self._thread_engine = ThreadEngine(self)
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
+        def started(bound: UnixSocketAddress) -> None:
+            where.append(bound)
+            listening.set()
 
-            def on_signal(signum: int, frame: Any) -> None:
-                logger.info("received %s: shutting down", signal.Signals(signum).name)
-                self.shutdown()
+        def run() -> None:
+            try:
+                self._serve_blocking(address, backend, started)
+            except BaseException as exc:  # handed to the caller
+                failure.append(exc)
+            finally:
+                listening.set()
 
-            for signum in (signal.SIGTERM.value, signal.SIGINT.value):
-                previous[signum] = signal.signal(signum, on_signal)
-        logger.info("serving %d methods on %s (threads)", len(self._handlers), listener.address)
+        thread = threading.Thread(target=run, name="unixrpc-server", daemon=True)
+        thread.start()
+        if not listening.wait(timeout):
+            self.shutdown(grace=0)
+            raise TimeoutError(f"the server did not start listening within {timeout} s")
+        if failure:
+            thread.join()
+            raise failure[0]
         try:
-            engine.serve(listener)
+            yield where[0]
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-            self._thread_engine = None
-            self._listener = None
-            logger.info("stopped serving on %s", listener.address)
+            self.shutdown()
+            thread.join(timeout + self.shutdown_grace)
+            if thread.is_alive():
+                raise TimeoutError("the server thread did not stop")
+            if failure:
+                raise failure[0]
+
+
+def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The one exception inside *group* (task groups wrap what serving
+    raised), or the group itself when it holds several."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        else:
+            leaves.append(error)
+
+    collect(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
+@contextlib.contextmanager
+def _signals_shut_down(server: Server) -> Iterator[None]:
+    """SIGTERM and SIGINT shut *server* down gracefully, a second one at
+    once; only in the main thread (the only one where Python runs signal
+    handlers). The previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            logger.warning("received %s again: cancelling what is left", name)
+            server.shutdown(grace=0)
+        else:
+            logger.info("received %s: shutting down", name)
+            server.shutdown()
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

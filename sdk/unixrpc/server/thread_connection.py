@@ -4,15 +4,18 @@ Plain sockets and threads, no event loop. It waits and moves bytes for
 each connection's protocol object (:class:`.._core.server.ServerConnection`,
 called under the connection's lock), which decides everything else.
 
-How calls run (leader/follower): one thread of a connection, the leader,
-reads. When it reads a request it makes another thread of the connection
-the leader (an idle one, or a new one) and runs the call itself, on the
-thread that read it, with no hand-off on the way; when the call is
-answered the thread goes back to the pool and waits to lead or run again.
-A slow call never holds back a fast one, and calls of one connection run
+How calls run (leader/follower): the idle threads of a connection wait
+in one epoll, where the socket is registered one-shot, so new data wakes
+exactly one of them, the leader: it reads, re-arms the socket (the next
+data wakes another waiting thread, which leads in turn), and runs the call
+it read itself, on the thread that read it, with no hand-off on the way.
+When no other thread waits, it starts one before running the call, so a
+slow call never holds back a fast one; calls queued behind the first of a
+read wake further threads through an eventfd. Calls of one connection run
 concurrently, up to ``max_threads_per_connection`` at once; beyond that,
-calls wait for a thread of their connection while the leader goes on
-reading (so cancels and credit always get through).
+they wait for a thread of their connection while reading goes on (so
+cancels and credit always get through). A sequential caller thus costs one
+wake-up per call, as a thread-per-connection server does.
 
 A plain ``def`` handler cannot be interrupted: on a cancel (the client's,
 its peer leaving, or shutdown) its reply is ``Cancelled`` at once, it learns
@@ -27,6 +30,7 @@ from __future__ import annotations
 import array
 import contextlib
 import logging
+import os
 import select
 import socket
 import threading
@@ -55,10 +59,17 @@ __all__ = ["LoopThread", "ThreadConnection"]
 
 logger = logging.getLogger("unixrpc.server")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+_READ_ONCE = select.EPOLLIN | select.EPOLLONESHOT
+#: a thread idle this long, with another one waiting, ends
+_IDLE_SECONDS = 10.0
 
 
 class _Stop(Exception):
     """The call was cancelled: stop the stream."""
+
+
+class _Denied(Exception):
+    """The authorization hook refused the call."""
 
 
 class LoopThread:
@@ -101,11 +112,23 @@ class ThreadConnection:
         self._lock = threading.Lock()  # guards the core and everything below
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
-        self._leading = False  # a thread leads (reads) now
         self._reading_over = False
         self._writing = False  # a thread is writing (and writes what is queued meanwhile)
-        self._idle = 0
+        self._waiting = 0  # threads waiting in epoll for a request (or queued work)
         self._threads = 0
+        self._spawned = 0
+        self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
+        # Threads wait in one epoll: the socket, registered one-shot, wakes
+        # exactly one of them per batch of data (re-armed once it is read);
+        # an eventfd wakes them for calls queued beyond the first of a read,
+        # and at the end.
+        self._sock_fd = sock.fileno()
+        self._epoll = select.epoll()
+        self._work_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._work_signalled = False
+        self._epoll.register(self._work_fd, select.EPOLLIN)
+        self._epoll.register(self._sock_fd, _READ_ONCE)
+        self._armed = True
         self._running = 0  # threads running a call
         self._max_running = server.max_threads_per_connection
         self._ancillary = SocketAncillary()
@@ -113,7 +136,7 @@ class ThreadConnection:
         self.finished = threading.Event()
 
     def start(self) -> None:
-        """Start the connection's first thread (its first leader)."""
+        """Start the connection's first thread (it waits for the first request)."""
         with self._lock:
             self._spawn()
 
@@ -121,40 +144,74 @@ class ThreadConnection:
 
     def _spawn(self) -> None:  # lock held
         self._threads += 1
-        name = f"unixrpc-conn{self.connection_id}-{self._threads}"
+        self._spawned += 1
+        name = f"unixrpc-conn{self.connection_id}-{self._spawned}"
         threading.Thread(target=self._thread_main, name=name, daemon=True).start()
 
+    def _signal_work(self) -> None:  # lock held
+        if not self._work_signalled:
+            self._work_signalled = True
+            os.eventfd_write(self._work_fd, 1)
+
+    def _clear_work(self) -> None:  # lock held
+        if self._work_signalled:
+            self._work_signalled = False
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._work_fd)
+
+    def _arm(self) -> None:  # lock held
+        """Let one waiting thread be woken when the socket has data."""
+        if not self._armed and not self._reading_over:
+            self._armed = True
+            with contextlib.suppress(OSError):
+                self._epoll.modify(self._sock_fd, _READ_ONCE)
+
     def _thread_main(self) -> None:
-        cond = self._cond
+        lock, sock_fd, epoll = self._lock, self._sock_fd, self._epoll
+        call: ServerCall | None = None
         try:
             while True:
-                with cond:
-                    while True:
-                        if self._runq and self._running < self._max_running:
-                            call: ServerCall | None = self._runq.popleft()
-                            self._running += 1
-                            break
-                        if self._reading_over:
-                            return
-                        if not self._leading:
-                            self._leading = True
-                            call = None
-                            break
-                        self._idle += 1
-                        cond.wait()
-                        self._idle -= 1
-                if call is None:
-                    call = self._lead()
-                    if call is None:
-                        continue
-                try:
-                    self._run(call)
-                finally:
-                    with cond:
+                with lock:
+                    if call is not None:
                         self._running -= 1
-                        if self._runq:
-                            cond.notify()
+                        call = None
+                    runq = self._runq
+                    if runq and self._running < self._max_running:
+                        call = runq.popleft()
+                        self._running += 1
+                        if not runq:
+                            self._clear_work()
+                        if call.engine is None:
+                            call.engine = True  # running: a cancel answers it at once
+                    elif self._reading_over:
+                        return
+                    else:
+                        if not runq:
+                            self._clear_work()
+                        spare = self._waiting > 0  # another thread waits: this one may retire
+                        self._waiting += 1
+                if call is None:
+                    try:
+                        events = epoll.poll(_IDLE_SECONDS if spare else -1)
+                    except BaseException:
+                        with lock:
+                            self._waiting -= 1
+                        raise
+                    if events and any(fd == sock_fd for fd, _ in events):
+                        call = self._read()  # counts this thread out of the waiting ones
+                        if call is None:
+                            continue
+                    else:
+                        with lock:
+                            self._waiting -= 1
+                            if not events and self._waiting and not self._runq:
+                                return  # idle for a while, and not the last one waiting
+                        continue
+                self._run(call)
         finally:
+            if call is not None:
+                with lock:
+                    self._running -= 1
             self._thread_done()
 
     def _thread_done(self) -> None:
@@ -165,14 +222,14 @@ class ThreadConnection:
         if last:
             self._close()
 
-    def _lead(self) -> ServerCall | None:
-        """Read once, and take in what came: the call this thread is to run
-        (another thread leads then), or None."""
+    def _read(self) -> ServerCall | None:
+        """Read what the socket has (this thread was woken for it), take it
+        in, and re-arm the socket: the call this thread is to run, if any."""
         core, transport, ancillary = self.core, self._transport, self._ancillary
         over = False
         frames: list[wire.RawFrame] = []
         try:
-            frames = transport.recv_packets(ancillary, self._bufsize)
+            frames = transport.recv_packets_nowait(ancillary, self._bufsize)
         except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
             with self._lock:
                 core.fatal(str(exc.error))
@@ -182,10 +239,12 @@ class ThreadConnection:
             with self._lock:
                 core.fatal(str(exc), tell_peer=False)
             over = True
-        except (ConnectionBrokenError, ClientClosedError, OSError):
+        except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError):
             over = True
         mine: ServerCall | None = None
-        with self._cond:
+        with self._lock:
+            self._waiting -= 1
+            self._armed = False
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
@@ -198,31 +257,36 @@ class ThreadConnection:
                 elif type(event) is Cancel:
                     self._cancel(event.call)
                 elif type(event) is Grant:
-                    self._cond.notify_all()
+                    self._notify_all()
                 else:
                     assert type(event) is Close
                     over = True
                     break
             if not over and core.stray_fds(transport.buffered_size() > 0) is not None:
                 over = True
-            while not over and not core.wants_input() and not self._reading_over:
-                self._cond.wait()  # the peer does not read: wait for the output to drain
             if over:
                 self._end_reading()
-            elif self._runq and self._running < self._max_running:
-                mine = self._runq.popleft()
-                self._running += 1
-                self._leading = False  # someone else leads: an idle thread, or a new one
-                if self._idle:
-                    self._cond.notify()
-                else:
-                    self._spawn()
-                if self._runq:
-                    self._cond.notify(len(self._runq))
             else:
-                self._leading = False
-                self._cond.notify()
-        self._flush()
+                if core.wants_input():
+                    self._arm()  # else the writer re-arms once the peer has read
+                runq = self._runq
+                if runq and self._running < self._max_running:
+                    mine = runq.popleft()  # run here: no hand-off
+                    self._running += 1
+                    if mine.engine is None:
+                        mine.engine = True  # running: a cancel answers it at once
+                extra = min(len(runq), self._max_running - self._running)
+                if extra:
+                    if self._waiting:
+                        self._signal_work()  # each woken thread takes one, and wakes the next
+                    for _ in range(extra - self._waiting):
+                        self._spawn()
+                elif runq:
+                    self._clear_work()  # every thread is busy: the first one free takes it
+                if mine is not None and not self._waiting and not extra:
+                    self._spawn()  # someone must wait for the next request
+        if core.has_output():
+            self._flush()
         return mine
 
     def _end_reading(self) -> None:  # lock held
@@ -230,8 +294,8 @@ class ThreadConnection:
         if it only shut down its write side, they finish and are answered,
         unless it hangs up meanwhile (a watcher thread looks)."""
         self._reading_over = True
-        self._leading = False
-        self._cond.notify_all()
+        self._signal_work()  # waiting threads end
+        self._notify_all()
         if _peer_hung_up(self._transport):
             for call in self.core.hang_up():
                 self._cancel(call)
@@ -268,7 +332,7 @@ class ThreadConnection:
             future.cancel()
         else:  # not started (None), or running on its thread (True): answered now
             self.core.cancelled(call, still_running=future is not None)
-        self._cond.notify_all()  # a stream waiting for credit stops
+        self._notify_all()  # a stream waiting for credit stops
 
     # -- running calls --------------------------------------------------------------
 
@@ -282,42 +346,64 @@ class ThreadConnection:
     def _run(self, call: ServerCall) -> None:
         """Run *call* on this thread, and answer it."""
         handler, core, lock = call.handler, self.core, self._lock
-        try:
+        if call.cancel_requested:
             with lock:
-                if call.cancel_requested:
-                    core.cancelled(call)
-                    return
-                call.engine = True  # running: a cancel answers it at once
-            hook = self._server.authorize
-            if hook is not None:
-                allowed = hook(self._context(call), call.request)
-                if isinstance(allowed, Awaitable):
-                    pending = allowed
-                    allowed = self._await(call, lambda: pending)
-                if not allowed:
-                    with lock:
-                        core.deny(call, self.peer.uid, self.peer.pid)
-                    return
-            args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
-            if handler.spec.streaming:
-                self._run_stream(call, args)
-                result = None
-            elif handler.is_async:
-                result = self._await(call, lambda: handler.function(*args))
+                core.cancelled(call)
+            self._flush()
+            return
+        ok = True
+        try:
+            if handler.is_async or handler.spec.streaming or self._server.authorize is not None:
+                result = self._run_slow(call)
+            elif handler.wants_context:
+                result = handler.function(call.request, self._context(call))
             else:
-                result = handler.function(*args)
+                result = handler.function(call.request)
         except (_Stop, FutureCancelledError):
             with lock:
                 core.cancelled(call)
                 core.release(call)
-        except Exception as exc:
-            with lock:
-                core.fail(call, exc)
-        else:
-            with lock:
-                core.complete(call, result)
-        finally:
             self._flush()
+            return
+        except Exception as exc:
+            ok, result = False, exc
+        self._answer(call, ok, result)
+
+    def _run_slow(self, call: ServerCall) -> Any:
+        """What :meth:`_run` does for authorization, async handlers and streams."""
+        handler = call.handler
+        hook = self._server.authorize
+        if hook is not None:
+            allowed = hook(self._context(call), call.request)
+            if isinstance(allowed, Awaitable):
+                pending = allowed
+                allowed = self._await(call, lambda: pending)
+            if not allowed:
+                raise _Denied
+        args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
+        if handler.spec.streaming:
+            self._run_stream(call, args)
+            return None
+        if handler.is_async:
+            return self._await(call, lambda: handler.function(*args))
+        return handler.function(*args)
+
+    def _answer(self, call: ServerCall, ok: bool, value: Any) -> None:
+        """Hand *call*'s outcome to the core and write what it queued: in one
+        locked step when no other thread is writing (the common case)."""
+        core, lock = self.core, self._lock
+        with lock:
+            if ok:
+                core.complete(call, value)
+            elif type(value) is _Denied:
+                core.deny(call, self.peer.uid, self.peer.pid)
+            else:
+                core.fail(call, value)
+            if self._writing or not core.has_output():
+                return
+            self._writing = True
+            chunks = core.take_output()
+        self._write(chunks)
 
     def _await(self, call: ServerCall, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run an awaitable on the loop thread and wait for it here; a cancel
@@ -365,10 +451,10 @@ class ThreadConnection:
             items.close()
 
     def _send_item(self, call: ServerCall, item: Any) -> None:
-        core, cond = self.core, self._cond
-        with cond:
+        core = self.core
+        with self._lock:
             while not call.cancel_requested and not core.take_credit(call):
-                cond.wait()
+                self._wait()
             if call.cancel_requested:
                 raise _Stop
             core.item(call, item)  # InternalError: the stream fails with it
@@ -379,37 +465,55 @@ class ThreadConnection:
     def _flush(self) -> None:
         """Write what the core has queued, unless another thread is writing
         (it writes what was queued meanwhile before it stops)."""
+        with self._lock:
+            if self._writing or not self.core.has_output():
+                return
+            self._writing = True
+            chunks = self.core.take_output()
+        self._write(chunks)
+
+    def _write(self, chunks: list[Chunk]) -> None:
+        """Write *chunks* (this thread set ``_writing``), then what was
+        queued meanwhile, until nothing is left."""
         core, lock, transport = self.core, self._lock, self._transport
         while True:
-            with lock:
-                if self._writing or not core.has_output():
-                    return
-                self._writing = True
-                chunks = core.take_output()
+            done = 0
             try:
-                for index, chunk in enumerate(chunks):
-                    try:
-                        if type(chunk) is bytes:
-                            transport.send_data(chunk)
-                        else:
-                            assert isinstance(chunk, FdFrame)
-                            fds = array.array("i", chunk.fileno_list()).tobytes()
-                            transport.send_data(chunk.data, [(*_RIGHTS, fds)])
-                    except (ConnectionError, OSError) as exc:
-                        self._give_up(chunks[index:], exc)
-                        break
-                    with lock:
-                        core.written(chunk)
-            finally:
-                with self._cond:
+                for chunk in chunks:
+                    if type(chunk) is bytes:
+                        transport.send_data(chunk)
+                    else:
+                        assert isinstance(chunk, FdFrame)
+                        fds = array.array("i", chunk.fileno_list()).tobytes()
+                        transport.send_data(chunk.data, [(*_RIGHTS, fds)])
+                    done += 1
+            except (ConnectionError, OSError) as exc:
+                logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
+            except BaseException:
+                with lock:
                     self._writing = False
-                    self._cond.notify_all()
+                raise
+            with lock:
+                for index, chunk in enumerate(chunks):
+                    core.written(chunk, ok=index < done)
+                if not core.has_output() or core.output_failed:
+                    self._writing = False
+                    if core.wants_input():
+                        self._arm()
+                    self._notify_all()
+                    return
+                chunks = core.take_output()
 
-    def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:
-        logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
-        with self._lock:
-            for chunk in chunks:
-                self.core.written(chunk, ok=False)
+    def _notify_all(self) -> None:  # lock held
+        if self._cond_waiters:
+            self._cond.notify_all()
+
+    def _wait(self) -> None:  # lock held
+        self._cond_waiters += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._cond_waiters -= 1
 
     # -- the server's view --------------------------------------------------------------
 
@@ -429,6 +533,7 @@ class ThreadConnection:
             for call in self.core.hang_up():
                 self._cancel(call)
             self._reading_over = True
+            self._signal_work()
             self._cond.notify_all()
         self._transport.close()
 
@@ -436,6 +541,8 @@ class ThreadConnection:
         self._transport.close()
         with self._lock:
             self.core.close()
+            self._epoll.close()
+            os.close(self._work_fd)
         self._engine.connection_done(self)
         self.finished.set()
 

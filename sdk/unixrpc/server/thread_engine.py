@@ -44,6 +44,7 @@ class ThreadEngine:
         self._loop_thread: LoopThread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop_requested = False
+        self._grace: float | None = None  # set by stop()
 
     # -- what connections use -------------------------------------------------------
 
@@ -68,8 +69,12 @@ class ThreadEngine:
             with contextlib.suppress(OSError):  # the pipe is full: it is awake already
                 os.write(fd, b"x")
 
-    def stop(self) -> None:
-        """Ask the accept loop to shut down (from any thread or a signal handler)."""
+    def stop(self, grace: float) -> None:
+        """Ask the accept loop to shut down, giving calls in flight *grace*
+        seconds (from any thread or a signal handler; a shorter grace given
+        later hurries a shutdown in progress)."""
+        if self._grace is None or grace < self._grace:
+            self._grace = grace
         self._stop_requested = True
         self.wake()
 

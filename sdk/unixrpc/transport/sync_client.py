@@ -41,6 +41,7 @@ from ._common import (
 
 _Socket = socket.socket
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_RECV_NOWAIT = int(socket.MSG_DONTWAIT) | int(MSG_CMSG_CLOEXEC)
 
 __all__ = ["UnixStreamClient"]
 
@@ -367,21 +368,63 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                 raise self._recv_broken
             receiver.buffer_updated(nbytes)
 
-    def recv_packets(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
-        """Driver interface (the threads engine's reader): block until at
-        least one whole packet has arrived, then return every whole packet
-        buffered. Errors as :meth:`recv_packet` (a bad frame is raised once
-        the good ones before it have been returned)."""
-        with self._recv_lock:
-            try:
-                packets = self._receiver.next_packets()
-                if not packets:
-                    packets = [self._recv_locked(None, ancillary, bufsize)]
-                    packets.extend(self._receiver.next_packets())
-                return packets
-            finally:
-                if self._closed:  # close() found us reading: the descriptor is ours to close
-                    self._sock.close()
+    def recv_packets_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
+        """Driver interface (the threads engine's reader, which waits for
+        readability itself): every whole packet buffered, after one read that
+        does not wait if none was; empty if nothing came. Errors as
+        :meth:`recv_packet` (a bad frame is raised once the good ones before
+        it have been returned).
+
+        Raises:
+            TimeoutError: another thread is receiving.
+        """
+        if not self._recv_lock.acquire(blocking=False):
+            raise TimeoutError("another thread is receiving")
+        try:
+            receiver = self._receiver
+            packets = receiver.next_packets()
+            if not packets and self._recv_broken is None:
+                self._read_once(ancillary, bufsize)
+                packets = receiver.next_packets()
+            if not packets and self._recv_broken is not None:
+                raise self._recv_broken
+            return packets
+        finally:
+            self._recv_lock.release()
+            if self._closed:
+                self._close_socket_if_idle()
+
+    def _read_once(self, ancillary: SocketAncillary | None, bufsize: int) -> None:
+        """One read that does not wait, into the receive buffer (lock held)."""
+        receiver = self._receiver
+        buffer = receiver.get_buffer()
+        try:
+            nbytes, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                [buffer], bufsize if ancillary is not None else 0, _RECV_NOWAIT
+            )
+            if ancdata or msg_flags & _MSG_CTRUNC:
+                try:
+                    handle_ancillary(ancdata, msg_flags, bufsize, ancillary or SocketAncillary())
+                except ConnectionBrokenError as exc:
+                    self._recv_broken = exc
+                    raise
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            error = map_recv_error(exc, self._closed, receiver.buffered_size())
+            if isinstance(error, ConnectionBrokenError):
+                self._recv_broken = error
+            if error is exc:
+                raise
+            raise error from exc
+        finally:
+            del buffer
+        if nbytes == 0:
+            if self._closed:
+                raise ClientClosedError("client is closed")
+            self._recv_broken = eof_error(receiver.buffered_size())
+            return
+        receiver.buffer_updated(nbytes)
 
     def buffered_size(self) -> int:
         """Bytes received but not yet returned as packets."""

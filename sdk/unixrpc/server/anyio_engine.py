@@ -1,0 +1,145 @@
+"""The anyio engine: ``await server.serve(path)`` under asyncio or trio.
+
+Accepts connections and runs each in a task (:mod:`.connection`). Shutdown
+stops accepting, lets calls in flight finish for the grace period, then
+closes the connections (blocked writes fail, calls are cancelled).
+:meth:`AnyioEngine.stop` may be called from any thread or a signal handler:
+it reaches the event loop through its thread-safe entry
+(``call_soon_threadsafe`` on asyncio, the trio token's ``run_sync_soon``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
+
+from .._core import wire
+from ..address import UnixSocketAddress
+from ..exceptions import ServerBusyError
+from ..transport.async_client import AsyncUnixStreamClient
+from .binding import BoundListener
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["AnyioEngine"]
+
+logger = logging.getLogger("unixrpc.server")
+
+
+def _threadsafe_entry() -> Callable[[Callable[[], None]], object]:
+    """How to run a callback in the current event loop from anywhere."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        import trio
+
+        run_sync_soon = trio.lowlevel.current_trio_token().run_sync_soon
+        return lambda callback: run_sync_soon(callback)
+    return loop.call_soon_threadsafe
+
+
+class AnyioEngine:
+    """Serves one :class:`~unixrpc.Server` in the running event loop until stopped."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self.connections: set[Connection] = set()
+        self._stop_event: anyio.Event | None = None
+        self._enter: Callable[[Callable[[], None]], object] | None = None
+        self._grace: float | None = None  # set by stop()
+        self._drain_scope: anyio.CancelScope | None = None
+
+    def stop(self, grace: float) -> None:
+        """Begin a shutdown with *grace* seconds for calls in flight (a
+        shorter grace given later hurries a shutdown in progress)."""
+        if self._grace is None or grace < self._grace:
+            self._grace = grace
+        enter = self._enter
+        if enter is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closing: it stops anyway
+                enter(self._on_stop)
+
+    def _on_stop(self) -> None:  # in the loop
+        if self._stop_event is not None:
+            self._stop_event.set()
+        scope, grace = self._drain_scope, self._grace
+        if scope is not None and grace is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + grace)
+
+    async def serve(
+        self, listener: BoundListener, task_status: anyio.abc.TaskStatus[UnixSocketAddress]
+    ) -> None:
+        self._stop_event = anyio.Event()
+        self._enter = _threadsafe_entry()
+        if self._grace is not None:  # stopped before it began
+            self._stop_event.set()
+        async with anyio.create_task_group() as task_group:
+            accept_scope = anyio.CancelScope()
+            task_group.start_soon(self._accept_loop, listener.socket, task_group, accept_scope)
+            task_status.started(listener.address)
+            await self._stop_event.wait()
+            accept_scope.cancel()
+            listener.close()
+            await self._drain()
+            task_group.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        grace = self._grace if self._grace is not None else self._server.shutdown_grace
+        with anyio.CancelScope(deadline=anyio.current_time() + grace if grace > 0 else -math.inf) as scope:
+            self._drain_scope = scope
+            while any(connection.busy() for connection in self.connections):
+                await anyio.sleep(0.01)
+        self._drain_scope = None
+        if scope.cancelled_caught:
+            left = sum(len(c.core) for c in self.connections)
+            if left:
+                logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", grace, left)
+        with anyio.CancelScope(shield=True):
+            for connection in list(self.connections):
+                await connection.abort()
+
+    async def _accept_loop(
+        self, listener: socket.socket, task_group: anyio.abc.TaskGroup, scope: anyio.CancelScope
+    ) -> None:
+        with scope:
+            while True:
+                await anyio.wait_readable(listener)
+                try:
+                    conn, _ = listener.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue
+                except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                    logger.error("accept failed: %s", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                task_group.start_soon(self._serve_connection, conn)
+
+    async def _serve_connection(self, conn: socket.socket) -> None:
+        server = self._server
+        transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
+            conn, server._protocol, max_recv_size=wire.RECV_SIZE
+        )
+        async with transport:
+            if len(self.connections) >= server.max_connections:
+                error = ServerBusyError(f"too many connections (limit {server.max_connections})")
+                with contextlib.suppress(OSError):
+                    await transport.send_packet(
+                        wire.RawFrame(wire.encode_error(None, error.code, error.message))
+                    )
+                return
+            connection = Connection(server, transport, next(server._connection_ids))
+            self.connections.add(connection)
+            try:
+                await connection.run()
+            finally:
+                self.connections.discard(connection)
