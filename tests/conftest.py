@@ -13,6 +13,10 @@ import pytest
 
 #: (client kind, anyio backend) combinations a shared client test runs under.
 CLIENT_VARIANTS = [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
+#: the server engines every server test runs on
+ENGINES = ["anyio", "threads"]
+#: modules whose tests run a unixrpc Server: each runs on every engine
+SERVER_MODULES = {"test_server", "test_fds", "test_foreign_peer", "test_rpc", "test_fast_paths", "test_coalescing"}
 
 
 @pytest.fixture
@@ -21,15 +25,43 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture
+def server_engine() -> str:
+    """Overridden by pytest_generate_tests for server tests: every engine."""
+    return "anyio"
+
+
+@pytest.fixture(autouse=True)
+def _use_server_engine(server_engine: str) -> Iterator[None]:
+    """Serve the test's servers on its engine (see rpc_support.serving)."""
+    import rpc_support
+
+    rpc_support.ENGINE = server_engine
+    try:
+        yield
+    finally:
+        rpc_support.ENGINE = "anyio"
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    engines = ENGINES if module in SERVER_MODULES else ENGINES[:1]
+    if metafunc.definition.get_closest_marker("anyio_engine_only"):
+        engines = ENGINES[:1]
     if "client_kind" in metafunc.fixturenames:
+        variants = [(*variant, engine) for engine in engines for variant in CLIENT_VARIANTS]
         metafunc.parametrize(
-            ("client_kind", "anyio_backend"),
-            CLIENT_VARIANTS,
-            ids=[f"{kind}-{backend}" for kind, backend in CLIENT_VARIANTS],
+            ("client_kind", "anyio_backend", "server_engine"),
+            variants,
+            ids=[f"{kind}-{backend}-{engine}" for kind, backend, engine in variants],
         )
     elif "anyio_backend" in metafunc.fixturenames:
-        metafunc.parametrize("anyio_backend", ["asyncio", "trio"])
+        combos = [(backend, engine) for engine in engines for backend in ("asyncio", "trio")]
+        metafunc.parametrize(
+            ("anyio_backend", "server_engine"), combos, ids=[f"{b}-{e}" for b, e in combos]
+        )
+    elif len(engines) > 1:
+        metafunc.parametrize("server_engine", engines)
 
 
 @pytest.fixture

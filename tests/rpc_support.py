@@ -1,5 +1,7 @@
 """Helpers for RPC tests: methods, a server with handlers for them, and ways
-to run it (in the test's event loop, or in a thread for sync clients)."""
+to run it (in the test's event loop, or in a thread for sync clients), on
+the engine the test runs under (``ENGINE``, set per test by conftest: the
+anyio engine, or the blocking threads engine)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
-from anyio.from_thread import start_blocking_portal
 from pydantic import BaseModel
 
 from unixrpc import CallContext, Method, RPCError, Server, StreamMethod
+
+
+#: the server engine of the running test: "anyio" or "threads" (conftest sets it)
+ENGINE = "anyio"
 
 
 class Add(Method[int]):
@@ -132,7 +137,12 @@ def make_server(events: Events | None = None, **kwargs: object) -> Server:
 
 @asynccontextmanager
 async def serving(server: Server, path: str) -> AsyncIterator[str]:
-    """Run *server* on *path* in the current event loop for the block."""
+    """Run *server* on *path* for the block: in the current event loop on the
+    anyio engine, in a thread on the threads engine."""
+    if ENGINE == "threads":
+        with server.serve_in_thread(path, backend="threads"):
+            yield path
+        return
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve, path)
         try:
@@ -143,14 +153,10 @@ async def serving(server: Server, path: str) -> AsyncIterator[str]:
 
 @contextmanager
 def serving_in_thread(server: Server, path: str, backend: str = "asyncio") -> Iterator[str]:
-    """Run *server* in its own event loop in another thread (for sync clients)."""
-    with start_blocking_portal(backend) as portal:
-        future, _ = portal.start_task(server.serve, path)
-        try:
-            yield path
-        finally:
-            portal.call(server.shutdown)
-            future.result(timeout=30)
+    """Run *server* in a thread (for sync clients): its own event loop on
+    *backend*, or the threads engine when the test runs on it."""
+    with server.serve_in_thread(path, backend="threads" if ENGINE == "threads" else backend):
+        yield path
     assert not os.path.exists(path)
 
 

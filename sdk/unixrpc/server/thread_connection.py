@@ -21,8 +21,8 @@ A plain ``def`` handler cannot be interrupted: on a cancel (the client's,
 its peer leaving, or shutdown) its reply is ``Cancelled`` at once, it learns
 it from ``CallContext.cancelled``, and what it returns is discarded. An
 ``async def`` handler (or async generator) runs on one shared event-loop
-thread (asyncio), started when the first one is called, and is cancelled
-the usual way there.
+thread (asyncio), started with the server when it has any, and is
+cancelled the usual way there.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class ThreadConnection:
         self._lock = threading.Lock()  # guards the core and everything below
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
+        self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken in (no thread free)
         self._reading_over = False
         self._writing = False  # a thread is writing (and writes what is queued meanwhile)
         self._waiting = 0  # threads waiting in epoll for a request (or queued work)
@@ -160,8 +161,18 @@ class ThreadConnection:
                 os.eventfd_read(self._work_fd)
 
     def _arm(self) -> None:  # lock held
-        """Let one waiting thread be woken when the socket has data."""
-        if not self._armed and not self._reading_over:
+        """Let one waiting thread be woken when the socket has data, unless
+        the connection must not be read now: its output waits for a peer
+        that does not read, or more calls wait for a thread than there are
+        threads (reading on would only turn requests into refusals; the
+        kernel's buffers hold them meanwhile)."""
+        if (
+            not self._armed
+            and not self._reading_over
+            and not self._inbox
+            and len(self._runq) <= self._max_running
+            and self.core.wants_input()
+        ):
             self._armed = True
             with contextlib.suppress(OSError):
                 self._epoll.modify(self._sock_fd, _READ_ONCE)
@@ -181,6 +192,10 @@ class ThreadConnection:
                         self._running += 1
                         if not runq:
                             self._clear_work()
+                        if self._inbox and self._take_in():
+                            self._end_reading()
+                        elif not self._armed:
+                            self._arm()
                         if call.engine is None:
                             call.engine = True  # running: a cancel answers it at once
                     elif self._reading_over:
@@ -227,18 +242,17 @@ class ThreadConnection:
         in, and re-arm the socket: the call this thread is to run, if any."""
         core, transport, ancillary = self.core, self._transport, self._ancillary
         over = False
+        fatal: tuple[str, bool] | None = None  # why the stream cannot be trusted, tell the peer
         frames: list[wire.RawFrame] = []
         try:
             frames = transport.recv_packets_nowait(ancillary, self._bufsize)
+            if frames and transport.buffered_size() >= wire.HEADER_SIZE:
+                frames += transport.buffered_packets()  # a bad frame behind them: raised now
         except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
-            with self._lock:
-                core.fatal(str(exc.error))
-            over = True
+            fatal = (str(exc.error), True)
         except AncillaryDataTruncatedError as exc:
             logger.warning("connection %d: %s", self.connection_id, exc)
-            with self._lock:
-                core.fatal(str(exc), tell_peer=False)
-            over = True
+            fatal = (str(exc), False)
         except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError):
             over = True
         mine: ServerCall | None = None
@@ -248,46 +262,64 @@ class ThreadConnection:
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
-            for frame in frames:
-                event = core.receive_frame(frame)
-                if event is None:
-                    continue
-                if type(event) is ServerCall:
-                    self._runq.append(event)
-                elif type(event) is Cancel:
-                    self._cancel(event.call)
-                elif type(event) is Grant:
-                    self._notify_all()
-                else:
-                    assert type(event) is Close
-                    over = True
-                    break
-            if not over and core.stray_fds(transport.buffered_size() > 0) is not None:
+            self._inbox.extend(frames)
+            if fatal is not None:  # what came before the bad frame is served first
+                self._take_in(everything=True)
+                core.fatal(fatal[0], tell_peer=fatal[1])
                 over = True
-            if over:
+            if over or self._take_in():
                 self._end_reading()
             else:
-                if core.wants_input():
-                    self._arm()  # else the writer re-arms once the peer has read
                 runq = self._runq
                 if runq and self._running < self._max_running:
                     mine = runq.popleft()  # run here: no hand-off
                     self._running += 1
                     if mine.engine is None:
                         mine.engine = True  # running: a cancel answers it at once
-                extra = min(len(runq), self._max_running - self._running)
-                if extra:
-                    if self._waiting:
-                        self._signal_work()  # each woken thread takes one, and wakes the next
-                    for _ in range(extra - self._waiting):
-                        self._spawn()
-                elif runq:
-                    self._clear_work()  # every thread is busy: the first one free takes it
-                if mine is not None and not self._waiting and not extra:
-                    self._spawn()  # someone must wait for the next request
+                self._dispatch(1 if mine is not None else 0)
+                self._arm()  # if it may be read now; else the writer or a thread taking a call does
         if core.has_output():
             self._flush()
         return mine
+
+    def _take_in(self, *, everything: bool = False) -> bool:  # lock held
+        """Hand the frames read to the core, in order, while fewer calls wait
+        for a thread than there are threads (the rest wait in the inbox:
+        turned into calls now, they would only be refused), or all of them
+        (*everything*: no more will be read). True if the reading is over
+        (the stream cannot be trusted any more)."""
+        core, inbox, runq = self.core, self._inbox, self._runq
+        limit = len(inbox) + len(runq) if everything else self._max_running
+        while inbox and len(runq) <= limit:
+            event = core.receive_frame(inbox.popleft())
+            if event is None:
+                continue
+            if type(event) is ServerCall:
+                runq.append(event)
+            elif type(event) is Cancel:
+                self._cancel(event.call)
+            elif type(event) is Grant:
+                self._notify_all()
+            else:
+                assert type(event) is Close
+                inbox.clear()
+                return True
+        if everything:
+            return False
+        return not inbox and core.stray_fds(self._transport.buffered_size() > 0) is not None
+
+    def _dispatch(self, taking: int) -> None:  # lock held
+        """Get threads for the calls waiting in the queue (waiting ones
+        first, then new ones), leaving one waiting for the next request when
+        this thread, or one of them, is about to run a call (*taking*)."""
+        runq = self._runq
+        extra = min(len(runq), self._max_running - self._running)
+        if extra and self._waiting:
+            self._signal_work()  # each woken thread takes one, and wakes the next
+        elif runq and not extra:
+            self._clear_work()  # every thread is busy: the first one free takes it
+        for _ in range(extra + taking - self._waiting):
+            self._spawn()
 
     def _end_reading(self) -> None:  # lock held
         """The reading is over: if the peer is gone, its calls are cancelled;
@@ -453,8 +485,15 @@ class ThreadConnection:
     def _send_item(self, call: ServerCall, item: Any) -> None:
         core = self.core
         with self._lock:
-            while not call.cancel_requested and not core.take_credit(call):
-                self._wait()
+            if not call.cancel_requested and not core.take_credit(call):
+                # waiting for credit is not work: the slot goes to a queued call
+                self._running -= 1
+                self._dispatch(0)
+                try:
+                    while not call.cancel_requested and not core.take_credit(call):
+                        self._wait()
+                finally:
+                    self._running += 1
             if call.cancel_requested:
                 raise _Stop
             core.item(call, item)  # InternalError: the stream fails with it
@@ -498,8 +537,7 @@ class ThreadConnection:
                     core.written(chunk, ok=index < done)
                 if not core.has_output() or core.output_failed:
                     self._writing = False
-                    if core.wants_input():
-                        self._arm()
+                    self._arm()
                     self._notify_all()
                     return
                 chunks = core.take_output()
@@ -529,13 +567,13 @@ class ThreadConnection:
     def abort(self) -> None:
         """Cut the connection now (the server is going away): blocked reads
         and writes fail, calls in flight are cancelled."""
+        self._transport.close()  # first: no reply gets out any more
         with self._cond:
             for call in self.core.hang_up():
                 self._cancel(call)
             self._reading_over = True
             self._signal_work()
             self._cond.notify_all()
-        self._transport.close()
 
     def _close(self) -> None:
         self._transport.close()

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["ThreadEngine"]
 
 logger = logging.getLogger("unixrpc.server")
+#: refused connections kept open at once, each for at most _LINGER_SECONDS
+_MAX_LINGERING = 64
+_LINGER_SECONDS = 1.0
 
 
 class ThreadEngine:
@@ -44,6 +47,10 @@ class ThreadEngine:
         self._loop_thread: LoopThread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._stop_requested = False
+        self._poller = select.poll()
+        # refused connections kept open a moment, so the peer reads why
+        # instead of a reset: {fd: (socket, when to close it)}
+        self._refused: dict[int, tuple[socket.socket, float]] = {}
         self._grace: float | None = None  # set by stop()
 
     # -- what connections use -------------------------------------------------------
@@ -84,16 +91,26 @@ class ThreadEngine:
         server = self._server
         ids = server._connection_ids
         try:
-            poller = select.poll()
-            poller.register(listener.socket.fileno(), select.POLLIN)
+            if any(handler.is_async for handler in server._handlers.values()):
+                self.loop_thread()  # started with the server, not by its first async call
+            poller = self._poller
+            listening = listener.socket.fileno()
+            poller.register(listening, select.POLLIN)
             poller.register(self._wake_r, select.POLLIN)
             if started is not None:
                 started()
             while not self._stop_requested:
-                events = poller.poll()
-                if any(fd == self._wake_r for fd, _ in events):
-                    with contextlib.suppress(OSError):
-                        os.read(self._wake_r, 4096)
+                refused = self._refused
+                timeout = None
+                if refused:
+                    timeout = max(0.0, min(when for _, when in refused.values()) - time.monotonic()) * 1000
+                events = poller.poll(timeout)
+                if refused:
+                    self._linger([fd for fd, _ in events if fd in refused])
+                if not any(fd == listening for fd, _ in events):
+                    if any(fd == self._wake_r for fd, _ in events):
+                        with contextlib.suppress(OSError):
+                            os.read(self._wake_r, 4096)
                     continue
                 try:
                     conn, _ = listener.socket.accept()
@@ -115,9 +132,18 @@ class ThreadEngine:
             busy = len(self._connections) >= server.max_connections
         if busy:
             error = ServerBusyError(f"too many connections (limit {server.max_connections})")
-            with contextlib.suppress(OSError):
-                conn.sendall(_frame(wire.encode_error(None, error.code, error.message)))
-            conn.close()
+            try:
+                conn.setblocking(False)
+                conn.send(_frame(wire.encode_error(None, error.code, error.message)))
+                conn.shutdown(socket.SHUT_WR)
+            except OSError:
+                conn.close()
+                return
+            if len(self._refused) >= _MAX_LINGERING:
+                conn.close()
+                return
+            self._refused[conn.fileno()] = (conn, time.monotonic() + _LINGER_SECONDS)
+            self._poller.register(conn.fileno(), select.POLLIN)
             return
         try:
             connection = ThreadConnection(server, self, conn, connection_id)
@@ -129,20 +155,42 @@ class ThreadEngine:
             self._connections.add(connection)
         connection.start()
 
+    def _linger(self, readable: list[int]) -> None:
+        """Read and drop what refused peers send; close those that hung up
+        or whose time is up."""
+        now = time.monotonic()
+        for fd, (conn, when) in list(self._refused.items()):
+            done = when <= now
+            if fd in readable and not done:
+                try:
+                    done = not conn.recv(65536)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    done = True
+            if done:
+                self._poller.unregister(fd)
+                del self._refused[fd]
+                conn.close()
+
     def _shut_down(self) -> None:
+        for fd, (conn, _) in list(self._refused.items()):
+            self._poller.unregister(fd)
+            conn.close()
+        self._refused.clear()
         server = self._server
         server._rules.stopping = True
-        deadline = time.monotonic() + server.shutdown_grace
+        began = time.monotonic()
         while True:
             with self._lock:
                 connections = list(self._connections)
             if not any(c.busy() for c in connections):
                 break
-            if time.monotonic() >= deadline:
+            grace = self._grace if self._grace is not None else server.shutdown_grace
+            if time.monotonic() >= began + grace:  # a later stop() may have shortened it
                 left = sum(c.calls_in_flight() for c in connections)
-                logger.warning(
-                    "shutdown grace of %ss elapsed; cancelling %d calls", server.shutdown_grace, left
-                )
+                if left:
+                    logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", grace, left)
                 break
             time.sleep(0.01)
         for connection in connections:

@@ -394,6 +394,17 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             if self._closed:
                 self._close_socket_if_idle()
 
+    def buffered_packets(self) -> list[ReceivedT]:
+        """Driver interface: every whole packet already buffered, without
+        reading (after :meth:`recv_packets_nowait` returned some, what it
+        left: a bad frame behind them is raised here).
+
+        Raises:
+            StreamProtocolParseError: as :meth:`recv_packet`.
+        """
+        with self._recv_lock:
+            return self._receiver.next_packets()
+
     def _read_once(self, ancillary: SocketAncillary | None, bufsize: int) -> None:
         """One read that does not wait, into the receive buffer (lock held)."""
         receiver = self._receiver
@@ -404,7 +415,9 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             )
             if ancdata or msg_flags & _MSG_CTRUNC:
                 try:
-                    handle_ancillary(ancdata, msg_flags, bufsize, ancillary or SocketAncillary())
+                    handle_ancillary(
+                        ancdata, msg_flags, bufsize, ancillary if ancillary is not None else SocketAncillary()
+                    )
                 except ConnectionBrokenError as exc:
                     self._recv_broken = exc
                     raise
