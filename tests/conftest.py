@@ -16,7 +16,14 @@ CLIENT_VARIANTS = [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
 #: the server engines every server test runs on
 ENGINES = ["anyio", "threads"]
 #: modules whose tests run a unixrpc Server: each runs on every engine
-SERVER_MODULES = {"test_server", "test_fds", "test_foreign_peer", "test_rpc", "test_fast_paths", "test_coalescing"}
+SERVER_MODULES = {
+    "test_server",
+    "test_fds",
+    "test_foreign_peer",
+    "test_rpc",
+    "test_fast_paths",
+    "test_coalescing",
+}
 
 
 @pytest.fixture
@@ -57,9 +64,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
     elif "anyio_backend" in metafunc.fixturenames:
         combos = [(backend, engine) for engine in engines for backend in ("asyncio", "trio")]
-        metafunc.parametrize(
-            ("anyio_backend", "server_engine"), combos, ids=[f"{b}-{e}" for b, e in combos]
-        )
+        metafunc.parametrize(("anyio_backend", "server_engine"), combos, ids=[f"{b}-{e}" for b, e in combos])
     elif len(engines) > 1:
         metafunc.parametrize("server_engine", engines)
 

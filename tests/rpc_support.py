@@ -15,7 +15,6 @@ from pydantic import BaseModel
 
 from unixrpc import CallContext, Method, RPCError, Server, StreamMethod
 
-
 #: the server engine of the running test: "anyio" or "threads" (conftest sets it)
 ENGINE = "anyio"
 
