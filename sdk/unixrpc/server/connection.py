@@ -35,7 +35,7 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from .._core import wire
+from .._core import messages, wire
 from .._core.calls import FdQueue, close_fds
 from .._wakeup import wakeup_factory
 from ..ancillary import SocketAncillary, UnixCredentials
@@ -247,8 +247,8 @@ class Connection:
             return None
         handler = server._handlers.get(name)
         if handler is None:
-            shown = name if len(name) <= 100 else name[:100] + "..."
-            self._refuse(call_id, name, fds, MethodNotFoundError(f"no method named {shown!r}"))
+            error = MethodNotFoundError(messages.method_not_found(name, server._handlers))
+            self._refuse(call_id, name, fds, error)
             return None
         window = envelope.get("stream")
         if window is not None or handler.spec.streaming:
@@ -268,13 +268,11 @@ class Connection:
             request_fds, context = EMPTY_FDS, NO_FDS
         try:
             validator = handler.spec.method_class.__pydantic_validator__
-            request = validator.validate_python(params, context=context)
+            request = validator.validate_python(params, context=context, extra=handler.spec.wire_extra)
         except ValidationError as exc:
             request_fds.abort()
             errors = exc.errors(include_url=False, include_context=False)
-            error = InvalidParamsError(
-                f"invalid params for {name}: {exc.error_count()} error(s)", data=errors
-            )
+            error = InvalidParamsError(messages.invalid_params(name, errors), data=errors)
             self._refuse(call_id, name, fds, error)
             return None
         except Exception as exc:  # a validator that raised something else: the call fails, not the server
@@ -510,9 +508,15 @@ class Connection:
     async def _authorize(self, context: CallContext, request: Any) -> None:
         hook = self._server.authorize
         assert hook is not None
-        allowed = hook(context, request)
-        if isinstance(allowed, Awaitable):
-            allowed = await allowed
+        try:
+            allowed = hook(context, request)
+            if isinstance(allowed, Awaitable):
+                allowed = await allowed
+        except Exception as exc:  # the hook's failure, not the handler's (an RPCError goes as itself)
+            if isinstance(exc, RPCError):
+                raise
+            logger.error("the authorize hook raised on a call of %s", context.method, exc_info=exc)
+            raise InternalError(messages.authorize_failed(context.method, exc)) from None
         if not allowed:
             raise PermissionDeniedError(
                 f"{context.method} is not allowed for uid {context.peer.uid} (pid {context.peer.pid})"

@@ -29,6 +29,8 @@ from ._common import (
     SocketProxy,
     check_connected_socket,
     connect_address,
+    connect_error,
+    connect_timeout_error,
     eof_error,
     handle_ancillary,
     make_cmsgs,
@@ -146,7 +148,9 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             except BlockingIOError as exc:
                 if timeout is None:
                     raise
-                raise TimeoutError(errno.ETIMEDOUT, f"could not connect within {timeout} seconds") from exc
+                raise connect_timeout_error(raw, timeout) from exc
+            except OSError as exc:
+                raise connect_error(exc, raw) from None
             if timeout is not None:
                 set_connect_timeout(sock, None)
         except BaseException:
