@@ -33,6 +33,7 @@ __all__ = [
     "fd_paths",
     "method_entry",
     "openrpc_document",
+    "refs_in",
     "resolve",
 ]
 
@@ -229,4 +230,18 @@ def _refs_in(values: Iterable[Any]) -> set[str]:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+    return found
+
+
+def refs_in(values: Iterable[Any], schemas: dict[str, Any]) -> set[str]:
+    """The names in *schemas* (``components.schemas``) that *values* refer
+    to, directly or through other schemas."""
+    found: set[str] = set()
+    pending = _refs_in(values)
+    while pending:
+        name = pending.pop()
+        if name in found or name not in schemas:
+            continue
+        found.add(name)
+        pending |= _refs_in([schemas[name]]) - found
     return found
