@@ -90,12 +90,12 @@ def _nearest(name: str, served: Sequence[str], limit: int = 3) -> list[str]:
         for candidate in served
         if candidate.lower() == lowered or candidate.lower().rsplit(".", 1)[-1] == last
     ]
-    for candidate in difflib.get_close_matches(name, served, n=limit, cutoff=0.6):
+    for candidate in difflib.get_close_matches(name, served, n=limit, cutoff=0.7):
         if candidate not in found:
             found.append(candidate)
     if len(found) < limit:
         by_lower = {candidate.lower(): candidate for candidate in served}
-        for candidate in difflib.get_close_matches(lowered, list(by_lower), n=limit, cutoff=0.6):
+        for candidate in difflib.get_close_matches(lowered, list(by_lower), n=limit, cutoff=0.7):
             if by_lower[candidate] not in found:
                 found.append(by_lower[candidate])
     return found[:limit]
