@@ -330,6 +330,8 @@ def _cmd_stream(args: argparse.Namespace) -> int:
     # Ctrl-C must cancel the stream, even when started from a shell that
     # ignores SIGINT in background jobs
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.pretty is None:
+        args.pretty = False  # one JSON line per item, on a terminal too
     with _reporting(args.pretty), _connect(args) as client:
         params = _read_params(args, client)
         fds = _push_fds(args.push_fd)
