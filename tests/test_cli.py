@@ -245,6 +245,16 @@ def test_push_fd(sock_dir: str) -> None:
         assert "--push-fd: cannot open" in absent.stderr
 
 
+def test_describe_a_daemon_without_introspection(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(make_server(introspection=False), path):
+        result = unixrpc("describe", path)
+        assert result.returncode == 4
+        assert "does not describe itself" in result.stderr
+        # key=value params still work, coerced without a schema
+        assert unixrpc("call", path, "Add", "a=1", "b=2").stdout == "3\n"
+
+
 def test_abstract_names(sock_dir: str) -> None:
     name = f"unixrpc-cli-{os.getpid()}"
     with serving_in_thread(make_server(), "\0" + name):

@@ -432,11 +432,23 @@ def _summary(document: dict[str, Any], out: IO[str], only: dict[str, Any] | None
     out.flush()
 
 
-def _cmd_describe(args: argparse.Namespace) -> int:
+def _fetch_document(args: argparse.Namespace) -> Any:
+    """The daemon's interface document (``unixrpc.Describe``)."""
     with _reporting(args.pretty), _connect(args) as client:
-        reply = client.call_by_name("unixrpc.Describe")
+        try:
+            reply = client.call_by_name("unixrpc.Describe")
+        except MethodNotFoundError:
+            _fail(
+                f"the daemon at {args.socket} does not describe itself (it serves no unixrpc.Describe: "
+                "built with Server(introspection=False), or not a unixrpc daemon)",
+                "method",
+            )
         reply.close()
-        document = reply.value
+    return reply.value
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    document = _fetch_document(args)
     only = None
     if args.method is not None:
         only = _find_method(document, args.method)
@@ -453,10 +465,7 @@ def _cmd_describe(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    with _reporting(args.pretty), _connect(args) as client:
-        reply = client.call_by_name("unixrpc.Describe")
-        reply.close()
-    for entry in reply.value.get("methods", ()):
+    for entry in _fetch_document(args).get("methods", ()):
         sys.stdout.write(entry["name"] + "\n")
     return EXIT["ok"]
 
