@@ -88,7 +88,8 @@ class AsyncClient:
 
     Raises:
         ValueError: an argument is out of range.
-        (on entering) FileNotFoundError, ConnectionRefusedError, OSError.
+        (on entering) SocketNotFoundError, SocketRefusedError,
+            SocketPermissionError, ConnectError (``OSError`` subclasses).
     """
 
     def __init__(

@@ -79,8 +79,10 @@ class Client:
             what has been consumed (backpressure).
 
     Raises:
-        FileNotFoundError, ConnectionRefusedError: no server listens there.
-        TimeoutError: ``connect_timeout`` elapsed.
+        SocketNotFoundError, SocketRefusedError, SocketPermissionError: no
+            server listens there, or this user may not connect (subclasses of
+            ``FileNotFoundError``, ``ConnectionRefusedError``, ``PermissionError``).
+        ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
         ValueError: an argument is out of range.
     """
 

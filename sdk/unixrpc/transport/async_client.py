@@ -133,8 +133,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
 
         Raises:
             ClientClosedError: the client was closed.
-            FileNotFoundError, ConnectionRefusedError: nothing listens there.
-            OSError: other connection failures.
+            SocketNotFoundError, SocketRefusedError, SocketPermissionError: nothing
+                listens there, or this user may not connect (subclasses of
+                ``FileNotFoundError``, ``ConnectionRefusedError``, ``PermissionError``).
+            ConnectError: other connection failures (an ``OSError``).
         """
         if self._sock is not None:
             return

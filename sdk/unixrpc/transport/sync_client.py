@@ -69,8 +69,11 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             ``ancillary_data`` gets the sender's ``SCMCredentials``.
 
     Raises:
-        TimeoutError: ``connect_timeout`` elapsed.
-        FileNotFoundError, ConnectionRefusedError: nothing listens there.
+        ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
+        SocketNotFoundError, SocketRefusedError, SocketPermissionError: nothing
+            listens there, or this user may not connect (``FileNotFoundError``,
+            ``ConnectionRefusedError``, ``PermissionError``; the message names
+            the path and the likely cause).
         ValueError: the given socket is not ``AF_UNIX``/``SOCK_STREAM``, or the
             address or ``max_recv_size`` is invalid.
         OSError: the given socket is not connected (it is left open and yours).
