@@ -19,6 +19,7 @@ import signal
 import stat
 import sys
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, NoReturn
 
@@ -140,14 +141,21 @@ def _connect(args: argparse.Namespace) -> Client:
     return Client(_address(args.socket), timeout=args.timeout, connect_timeout=args.timeout)
 
 
+_documents: weakref.WeakKeyDictionary[Client, dict[str, Any] | None] = weakref.WeakKeyDictionary()
+
+
 def _describe(client: Client) -> dict[str, Any] | None:
-    """The daemon's document, or None if it does not describe itself (to us)."""
-    try:
-        reply = client.call_by_name("unixrpc.Describe")
-    except (MethodNotFoundError, PermissionDeniedError):
-        return None
-    reply.close()
-    return reply.value if isinstance(reply.value, dict) else None
+    """The daemon's document, or None if it does not describe itself (to
+    us); asked once per connection."""
+    if client not in _documents:
+        try:
+            reply = client.call_by_name("unixrpc.Describe")
+        except (MethodNotFoundError, PermissionDeniedError):
+            _documents[client] = None
+        else:
+            reply.close()
+            _documents[client] = reply.value if isinstance(reply.value, dict) else None
+    return _documents[client]
 
 
 def _find_method(document: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
