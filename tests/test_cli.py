@@ -168,6 +168,16 @@ def test_describe_list_ping(rpc_daemon: str) -> None:
 def test_stream_to_its_end(rpc_daemon: str) -> None:
     result = unixrpc("stream", rpc_daemon, "Countdown", "start=3")
     assert (result.returncode, result.stdout) == (0, "3\n2\n1\n0\n")
+    wrong = unixrpc("call", rpc_daemon, "Countdown", "start=3")
+    assert (wrong.returncode, wrong.stderr) == (
+        2,
+        "unixrpc: Countdown is a stream method: use `unixrpc stream`\n",
+    )
+    other = unixrpc("stream", rpc_daemon, "Add", "a=1", "b=2")
+    assert (other.returncode, other.stderr) == (
+        2,
+        "unixrpc: Add is not a stream method: use `unixrpc call`\n",
+    )
 
 
 def test_stream_interrupted_cancels_on_the_server(sock_dir: str) -> None:

@@ -30,6 +30,7 @@ from .exceptions import (
     InvalidParamsError,
     MethodNotFoundError,
     PermissionDeniedError,
+    ProtocolViolationError,
     RPCError,
 )
 from .fds import FileDescriptor
@@ -218,6 +219,16 @@ def _read_params(args: argparse.Namespace, client: Client) -> dict[str, Any]:
     return params
 
 
+def _wrong_kind(client: Client, method: str, *, stream: bool) -> None:
+    """If *method* is described as the other kind (a stream called with
+    ``call``, or the reverse), say which command to use."""
+    entry = _find_method(_describe(client), method)
+    if entry is not None and bool(entry.get("x-unixrpc-stream")) != stream:
+        right = "stream" if entry.get("x-unixrpc-stream") else "call"
+        kind = "a stream method" if right == "stream" else "not a stream method"
+        _fail(f"{method} is {kind}: use `unixrpc {right}`", "usage")
+
+
 def _push_fds(paths: Sequence[str]) -> list[int]:
     """Open the ``--push-fd`` arguments: a number is a descriptor this process
     inherited (``3<file``), anything else a path, opened read-only."""
@@ -326,6 +337,9 @@ def _cmd_call(args: argparse.Namespace) -> int:
         fds = _push_fds(args.push_fd)
         try:
             reply = client.call_by_name(args.method, params, fds=fds)
+        except ProtocolViolationError:
+            _wrong_kind(client, args.method, stream=False)
+            raise
         finally:
             for fd, path in zip(fds, args.push_fd, strict=True):
                 if not path.isdigit():
@@ -353,6 +367,9 @@ def _cmd_stream(args: argparse.Namespace) -> int:
                 try:
                     for item in items:
                         _output_reply(item, args, client, saved, "item")
+                except ProtocolViolationError:
+                    _wrong_kind(client, args.method, stream=True)
+                    raise
                 except KeyboardInterrupt:
                     items.close()  # tells the daemon to cancel the stream
                     sys.stderr.write("unixrpc: interrupted; the stream was cancelled\n")
