@@ -85,7 +85,7 @@ def prepare(case: str, sock_dir: str) -> tuple[Any, str, type[OSError], str]:
         os.mkdir(path)
         return path, path, SocketRefusedError, "it is a directory, not a socket"
     name = f"unixrpc-test-{os.getpid()}-nothing"
-    return b"\0" + name.encode(), "@" + name, SocketNotFoundError, "nothing listens on the abstract name"
+    return b"\0" + name.encode(), "@" + name, SocketRefusedError, "nothing listens on the abstract name"
 
 
 async def connect_once(kind: str, address: Any) -> None:

@@ -84,14 +84,14 @@ class ConnectError(Error, OSError):
 
 
 class SocketNotFoundError(ConnectError, FileNotFoundError):
-    """Nothing exists at the socket path (or the abstract name is not bound):
-    the daemon is not running, or listens elsewhere."""
+    """Nothing exists at the socket path: the daemon is not running, or
+    listens elsewhere."""
 
 
 class SocketRefusedError(ConnectError, ConnectionRefusedError):
-    """The path exists but nothing accepts connections there: a socket left
-    behind by a daemon that is gone, or a path that is a regular file or a
-    directory rather than a socket."""
+    """Nothing accepts connections there: a socket file left behind by a
+    daemon that is gone, a path that is a regular file or a directory rather
+    than a socket, or an abstract name no one has bound."""
 
 
 class SocketPermissionError(ConnectError, PermissionError):

@@ -104,8 +104,8 @@ def connect_error(exc: OSError, raw: str | bytes) -> OSError:
     code = exc.errno or 0
     abstract = isinstance(raw, bytes) and raw[:1] == b"\0"
     if abstract:
-        if code == errno.ECONNREFUSED:
-            return SocketNotFoundError(
+        if code == errno.ECONNREFUSED:  # what Linux says of an unbound name: kept a ConnectionRefusedError
+            return SocketRefusedError(
                 code, f"nothing listens on the abstract name {where} (is the daemon running?)", where
             )
         return ConnectError(code, f"cannot connect to {where}: {exc.strerror}", where)
