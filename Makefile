@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest demo bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# the interface documents of the example daemons (tests/test_interface_documents.py checks they are current)
+schemas: $(STAMP)
+	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json
+	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py

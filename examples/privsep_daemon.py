@@ -27,16 +27,18 @@ class OpenedFile(BaseModel):
     fd: FD
 
 
-class OpenFile(Method[OpenedFile], name="privsep.Open"):
-    path: str
-    mode: Literal["read", "append"] = "read"
-
-
 class AccessDenied(RPCError, code="privsep.AccessDenied"):
     """The daemon will not open that path for you."""
 
     path: str
     reason: str
+
+
+class OpenFile(Method[OpenedFile], name="privsep.Open", errors=[AccessDenied]):
+    """Open a file under the shared root and hand back its descriptor."""
+
+    path: str
+    mode: Literal["read", "append"] = "read"
 
 
 def build_server(root: str, allowed_uids: set[int]) -> Server:
@@ -45,7 +47,7 @@ def build_server(root: str, allowed_uids: set[int]) -> Server:
     def authorize(context: CallContext, request: Any) -> bool:
         return context.peer.uid in allowed_uids
 
-    server = Server(authorize=authorize, socket_mode=0o666)
+    server = Server(name="example.privsep", version="1.0.0", authorize=authorize, socket_mode=0o666)
 
     @server.method(OpenFile)
     def open_file(request: OpenFile, context: CallContext) -> OpenedFile:
@@ -73,6 +75,11 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     build_server(args.root, set(args.allow_uid)).serve_forever(args.socket)
+
+
+#: the daemon as ``unixrpc schema examples/privsep_daemon.py:server`` sees it
+#: (its interface does not depend on the root and the uids)
+server = build_server("/", set())
 
 
 if __name__ == "__main__":

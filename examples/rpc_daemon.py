@@ -18,6 +18,8 @@ from unixrpc import FD, CallContext, FileDescriptor, Method, RPCError, Server, S
 
 
 class Add(Method[int]):
+    """a + b."""
+
     a: int
     b: int
 
@@ -27,21 +29,25 @@ class User(BaseModel):
     name: str
 
 
-class GetUser(Method[User], name="users.Get"):
-    uid: int
-
-
 class UserNotFound(RPCError, code="users.NotFound"):
     """No such user."""
 
     uid: int
 
 
+class GetUser(Method[User], name="users.Get", errors=[UserNotFound]):
+    """The user with this uid."""
+
+    uid: int
+
+
 class WhoAmI(Method[dict[str, int]]):
-    pass
+    """The caller's pid, uid and gid, as the kernel told the daemon."""
 
 
 class Countdown(StreamMethod[int]):
+    """start, start - 1, ... 0, one item every 10 ms."""
+
     start: int
 
 
@@ -58,7 +64,7 @@ class OpenScratch(Method[ScratchFile]):
 
 USERS = {0: User(uid=0, name="root"), 1000: User(uid=1000, name="alice")}
 
-server = Server()
+server = Server(name="example.rpc", version="1.0.0", description="The example daemon of the unixrpc tour.")
 
 
 @server.method(Add)

@@ -888,7 +888,10 @@ async def test_server_refuses_an_fd_field_without_a_descriptor(
         for _ in range(3):
             with pytest.raises(InvalidParamsError) as info:
                 await client.call(TakeFdAsInt(data=index))
-            assert info.value.message == "invalid params for TakeFd: 1 error(s)"
+            assert info.value.message == (
+                f"invalid params for TakeFd: data: fd index {index} out of range: "
+                f"the frame carries 0 descriptors (got {index})"
+            )
             [error] = info.value.data
             assert error["loc"] == ["data"]
             assert f"fd index {index} out of range: the frame carries 0 descriptors" in error["msg"]

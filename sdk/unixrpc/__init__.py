@@ -10,8 +10,11 @@ from .exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
     ClientClosedError,
+    ConnectError,
     ConnectionBrokenError,
+    ConnectTimeoutError,
     DeserializeError,
+    Error,
     FrameTooLargeError,
     IncrementalDeserializeError,
     InternalError,
@@ -26,6 +29,9 @@ from .exceptions import (
     RPCError,
     SerializeError,
     ServerBusyError,
+    SocketNotFoundError,
+    SocketPermissionError,
+    SocketRefusedError,
     StreamProtocolParseError,
 )
 from .fds import FD, FileDescriptor
@@ -43,10 +49,18 @@ from .serializers import (
 from .server import CallContext, Server
 from .shared_buffer import SharedBuffer
 from .transport import AsyncUnixStreamClient, SocketProxy, UnixStreamClient
+from .untyped import JSONReply
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConnectError",
+    "ConnectTimeoutError",
+    "Error",
+    "JSONReply",
+    "SocketNotFoundError",
+    "SocketPermissionError",
+    "SocketRefusedError",
     "FD",
     "FileDescriptor",
     "SharedBuffer",

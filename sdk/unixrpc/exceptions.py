@@ -3,6 +3,11 @@
 This module owns every exception class a user may catch. It imports nothing
 of ours, so any layer may import it.
 
+Every class here derives from :class:`Error`, so ``except unixrpc.Error``
+catches whatever the library raises on purpose; each also keeps the
+standard base it always had (``ConnectionError``, ``OSError``,
+``ValueError``...), so ``except`` clauses written against those keep working.
+
 Naming follows anyio's split between "you closed it" and "it broke under
 you", and h11's split between "you misused the API" and "the peer
 misbehaved":
@@ -22,6 +27,12 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AncillaryDataTruncatedError",
+    "ConnectError",
+    "Error",
+    "SocketNotFoundError",
+    "SocketPermissionError",
+    "SocketRefusedError",
+    "ConnectTimeoutError",
     "CallCancelledError",
     "InternalError",
     "InvalidResultError",
@@ -44,12 +55,61 @@ __all__ = [
 ]
 
 
-class ClientClosedError(ConnectionError):
+class Error(Exception):
+    """The base of every exception unixrpc raises on purpose: ``except
+    unixrpc.Error`` catches them all (errors from the peer, broken or closed
+    connections, failed connects, invalid packets, misuse of the API).
+
+    The subclasses keep their standard bases as well (``ConnectionError``,
+    ``FileNotFoundError``, ``ValueError``, ``TypeError``...)."""
+
+
+class ConnectError(Error, OSError):
+    """Connecting to a daemon's socket failed. The message names the address
+    and the likely cause; ``errno`` is the system's.
+
+    Attributes:
+        address: the address as given (``@name`` for an abstract name).
+    """
+
+    def __init__(self, errno: int, message: str, address: str) -> None:
+        super().__init__(errno, message)
+        self.address = address
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.errno, self.strerror, self.address))
+
+
+class SocketNotFoundError(ConnectError, FileNotFoundError):
+    """Nothing exists at the socket path: the daemon is not running, or
+    listens elsewhere."""
+
+
+class SocketRefusedError(ConnectError, ConnectionRefusedError):
+    """Nothing accepts connections there: a socket file left behind by a
+    daemon that is gone, a path that is a regular file or a directory rather
+    than a socket, or an abstract name no one has bound."""
+
+
+class SocketPermissionError(ConnectError, PermissionError):
+    """The socket file (or a directory on its path) does not let this user
+    connect: see the daemon's ``socket_mode`` / ``socket_group``."""
+
+
+class ConnectTimeoutError(ConnectError, TimeoutError):
+    """The daemon's listen backlog stayed full for the whole connect timeout:
+    it exists but is not accepting connections (busy, or hung)."""
+
+
+class ClientClosedError(Error, ConnectionError):
     """The client was closed by this process (``close()``/``aclose()``), or its
     write side was shut down with ``send_eof()`` and a send was attempted."""
 
 
-class ConnectionBrokenError(ConnectionError):
+class ConnectionBrokenError(Error, ConnectionError):
     """The connection broke under you: the peer closed it, reset it, or it is in
     a state the client cannot recover from (for example a send that was
     interrupted in the middle of a frame). Every later operation on the same
@@ -75,12 +135,12 @@ class AncillaryDataTruncatedError(ConnectionBrokenError):
         self.closed_fds = closed_fds
 
 
-class SerializeError(TypeError):
+class SerializeError(Error, TypeError):
     """A packet could not be turned into bytes (an object the serializer does not
     know how to encode). Nothing was sent."""
 
 
-class FrameTooLargeError(ValueError):
+class FrameTooLargeError(Error, ValueError):
     """A packet to send encodes to more bytes than the serializer's size limit.
     Nothing was sent.
 
@@ -95,7 +155,7 @@ class FrameTooLargeError(ValueError):
         self.limit = limit
 
 
-class DeserializeError(Exception):
+class DeserializeError(Error):
     """Raised by a serializer when bytes are not a valid packet.
 
     Attributes:
@@ -138,7 +198,7 @@ class IncrementalDeserializeError(DeserializeError):
         self.remaining_data = remaining_data
 
 
-class StreamProtocolParseError(Exception):
+class StreamProtocolParseError(Error):
     """The peer sent a frame that is not a valid packet.
 
     The bad frame has been consumed; the stream stays in sync, so the next
@@ -159,7 +219,7 @@ class StreamProtocolParseError(Exception):
 # -- the RPC layer ---------------------------------------------------------------
 
 
-class LocalProtocolError(Exception):
+class LocalProtocolError(Error):
     """You used the RPC API in a way it cannot honour (a wrong argument type,
     too many file descriptors for one frame...). Nothing was sent."""
 
@@ -171,7 +231,7 @@ class RemoteProtocolError(ConnectionBrokenError):
     call in flight on it fails with this error."""
 
 
-class InvalidResultError(ValueError):
+class InvalidResultError(Error, ValueError):
     """The server's result or stream item does not validate as the method's
     declared type (the daemon and the client disagree on the method).
 
@@ -207,7 +267,7 @@ def _own_fields(cls: type) -> dict[str, Any]:
     return fields
 
 
-class RPCError(Exception):
+class RPCError(Error):
     """An error that crosses the wire: a ``code`` (a dotted string), a
     ``message`` and JSON ``data``.
 
@@ -266,7 +326,14 @@ class RPCError(Exception):
         self.data = data
 
     def __str__(self) -> str:
-        return f"{self.message} [{self.code}]"
+        # "No such user. [users.NotFound] (uid=7)"; a class without a
+        # docstring has its code as message: "users.NotFound (uid=7)"
+        text = self.message if self.message == self.code else f"{self.message} [{self.code}]"
+        model = type(self).__rpc_data_model__
+        if model is not None:
+            shown = ", ".join(f"{name}={getattr(self, name, None)!r}" for name in model.model_fields)
+            text = f"{text} ({shown})"
+        return text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, data={self.data!r})"

@@ -224,6 +224,12 @@ class FdContext:
             handle = self._taken[index] = FileDescriptor(self._incoming[index])
         return handle
 
+    def take_all(self) -> list[FileDescriptor]:
+        """Every received descriptor, in frame order, each as a
+        :class:`FileDescriptor` owned by this context until :meth:`finish`
+        (for a reply decoded without a type: the untyped calls)."""
+        return [self.take(index) for index in range(len(self._incoming))]
+
     def holds_any(self) -> bool:
         """True if a field took one of the received descriptors."""
         return bool(self._taken)
@@ -313,7 +319,12 @@ def _core_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.Core
 
 
 def _json_schema(schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
-    return {"type": "integer", "minimum": 0, "description": "index into the file descriptors of this frame"}
+    return {
+        "type": "integer",
+        "minimum": 0,
+        "description": "index into the file descriptors of this frame",
+        "x-unixrpc-fd": True,
+    }
 
 
 FileDescriptor.__get_pydantic_core_schema__ = staticmethod(_core_schema)  # type: ignore[attr-defined]

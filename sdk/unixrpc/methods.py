@@ -9,11 +9,21 @@ Owns :class:`Method` and :class:`StreamMethod`, their wire names and the
 
     class Watch(StreamMethod[Event], name="events.Watch"):   # yields Events
         topic: str
+
+    class GetUser(Method[User], name="users.Get", errors=(UserNotFound,)):
+        uid: int                            # errors: the typed errors it may raise
+
+Building a method object rejects unknown fields (a typo is caught where it
+is made), but a server validating a request from the wire ignores params the
+method does not declare (:attr:`MethodSpec.wire_extra`), so a newer client may
+send a new optional param to an older daemon: docs/interfaces.md has the
+evolution rules this follows.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
@@ -49,14 +59,30 @@ class MethodSpec:
         "_result_type",
         "_trusted_type",
         "codec",
+        "errors",
         "method_class",
         "name",
         "name_json",
         "streaming",
+        "wire_extra",
     )
 
-    def __init__(self, method_class: type[BaseModel], name: str, streaming: bool, result_type: Any) -> None:
+    def __init__(
+        self,
+        method_class: type[BaseModel],
+        name: str,
+        streaming: bool,
+        result_type: Any,
+        errors: tuple[type[Any], ...] = (),
+    ) -> None:
         self.method_class = method_class
+        #: the typed RPCError classes the method declares it may raise (for
+        #: interface documents; a handler may still raise any RPCError)
+        self.errors = errors
+        #: the ``extra=`` a server validates requests with: ``"ignore"``
+        #: (params the method does not declare are dropped: the evolution
+        #: rule), or None when the class itself chose ``extra="allow"``
+        self.wire_extra: Any = None if method_class.model_config.get("extra") == "allow" else "ignore"
         self.name = name
         self.name_json = orjson.dumps(name)
         self.streaming = streaming
@@ -162,11 +188,23 @@ class _MethodBase(BaseModel):
 
     __rpc_spec__: ClassVar[MethodSpec]
     __rpc_name__: ClassVar[str | None] = None
+    __rpc_errors__: ClassVar[tuple[type[Any], ...]] = ()
 
-    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(
+        cls, *, name: str | None = None, errors: Iterable[type[Any]] | None = None, **kwargs: Any
+    ) -> None:
         super().__init_subclass__(**kwargs)
-        # An explicit name applies to this class only, not to its subclasses.
+        # An explicit name applies to this class only, not to its subclasses;
+        # declared errors are inherited unless given again.
         cls.__rpc_name__ = name
+        if errors is not None:
+            from .exceptions import RPCError
+
+            declared = tuple(errors)
+            for error in declared:
+                if not (isinstance(error, type) and issubclass(error, RPCError)):
+                    raise TypeError(f"errors= takes RPCError subclasses, got {error!r}")
+            cls.__rpc_errors__ = declared
 
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
@@ -179,7 +217,8 @@ class _MethodBase(BaseModel):
         name = cls.__dict__.get("__rpc_name__") or cls.__name__
         if not isinstance(name, str) or not name:
             raise TypeError(f"method name must be a non-empty string, got {name!r}")
-        cls.__rpc_spec__ = MethodSpec(cls, name, streaming, _find_result_type(cls, origins))
+        result_type = _find_result_type(cls, origins)
+        cls.__rpc_spec__ = MethodSpec(cls, name, streaming, result_type, cls.__rpc_errors__)
 
 
 class Method(_MethodBase, Generic[ResultT]):
@@ -187,14 +226,27 @@ class Method(_MethodBase, Generic[ResultT]):
     parameter the result type. The wire name is the class name unless given:
     ``class GetUser(Method[User], name="users.Get")``.
 
-    Unknown fields are rejected (``extra="forbid"``); override
-    ``model_config`` to change that.
+    Class keywords:
+        name: the wire name (default: the class name).
+        errors: the typed :class:`~unixrpc.RPCError` classes the method may
+            raise; they appear in its interface document (``unixrpc describe``).
+
+    Building an instance with a field the class does not declare raises
+    (``extra="forbid"``), but a server ignores params it does not know in a
+    request from the wire, so clients may add optional params before
+    daemons know them (docs/interfaces.md). With ``model_config =
+    ConfigDict(extra="allow")`` the server keeps them instead.
+
+    Raises:
+        TypeError: (at class creation) an empty name, or ``errors`` that are
+            not RPCError subclasses.
     """
 
 
 class StreamMethod(_MethodBase, Generic[ItemT]):
     """Base class of a streaming method: the server yields items of the type
-    parameter; the client iterates over them with ``client.stream(...)``."""
+    parameter; the client iterates over them with ``client.stream(...)``.
+    Takes the same class keywords (``name``, ``errors``) as :class:`Method`."""
 
 
 def method_spec(method_class: type[BaseModel]) -> MethodSpec:

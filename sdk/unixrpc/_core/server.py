@@ -72,7 +72,7 @@ from ..exceptions import (
 )
 from ..fds import EMPTY_FDS, NO_FDS, FdContext, serialize
 from ..methods import MethodSpec
-from . import wire
+from . import messages, wire
 from .calls import FdQueue, close_fds
 
 __all__ = [
@@ -399,8 +399,8 @@ class ServerConnection:
             return None
         handler = rules.handlers.get(name)
         if handler is None:
-            shown = name if len(name) <= 100 else name[:100] + "..."
-            self._refuse(call_id, name, fds, MethodNotFoundError(f"no method named {shown!r}"))
+            error = MethodNotFoundError(messages.method_not_found(name, rules.handlers))
+            self._refuse(call_id, name, fds, error)
             return None
         window = envelope.get("stream")
         if window is not None or handler.spec.streaming:
@@ -422,15 +422,12 @@ class ServerConnection:
         else:  # the common case: the shared empty context, which nothing changes
             request_fds, context = EMPTY_FDS, NO_FDS
         try:
-            request = handler.spec.method_class.__pydantic_validator__.validate_python(
-                params, context=context
-            )
+            validator = handler.spec.method_class.__pydantic_validator__
+            request = validator.validate_python(params, context=context, extra=handler.spec.wire_extra)
         except ValidationError as exc:
             request_fds.abort()
             errors = exc.errors(include_url=False, include_context=False)
-            error = InvalidParamsError(
-                f"invalid params for {name}: {exc.error_count()} error(s)", data=errors
-            )
+            error = InvalidParamsError(messages.invalid_params(name, errors), data=errors)
             self._refuse(call_id, name, fds, error)
             return None
         except Exception as exc:  # a validator that raised something else: the call fails, not the server
@@ -500,6 +497,17 @@ class ServerConnection:
         """The authorization hook refused *call* for the peer (*uid*, *pid*)."""
         error = PermissionDeniedError(f"{call.handler.spec.name} is not allowed for uid {uid} (pid {pid})")
         self._fail_with(call, error)
+
+    def hook_failed(self, call: ServerCall, exc: Exception) -> None:
+        """The authorization hook raised *exc* on *call*: a typed error goes
+        as itself, anything else is reported as the hook's failure (not the
+        handler's), and logged."""
+        if isinstance(exc, RPCError):
+            self._fail_with(call, exc)
+            return
+        method = call.handler.spec.name
+        logger.error("the authorize hook raised on a call of %s", method, exc_info=exc)
+        self._fail_with(call, InternalError(messages.authorize_failed(method, exc)))
 
     def cancelled(self, call: ServerCall, *, still_running: bool = False) -> None:
         """*call* was cancelled (by its client, its peer leaving, or shutdown):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
@@ -48,6 +48,7 @@ from ..fds import NO_FDS, FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
+from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._calls import (
     broken_error,
     connection_error,
@@ -87,7 +88,8 @@ class AsyncClient:
 
     Raises:
         ValueError: an argument is out of range.
-        (on entering) FileNotFoundError, ConnectionRefusedError, OSError.
+        (on entering) SocketNotFoundError, SocketRefusedError,
+            SocketPermissionError, ConnectError (``OSError`` subclasses).
     """
 
     def __init__(
@@ -245,6 +247,46 @@ class AsyncClient:
         """
         spec = spec_of(method, streaming=True)
         return AsyncStreamCall(self, spec, method, timeout)
+
+    async def call_by_name(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fds: Iterable[Any] = (),
+        timeout: float | _Default | None = DEFAULT,
+    ) -> JSONReply:
+        """Call a method known only by its wire name: *params* as a JSON
+        object, the result as plain JSON (see :meth:`Client.call_by_name`).
+
+        Returns:
+            a :class:`~unixrpc.JSONReply` (``.value``, and ``.fds`` to close).
+
+        Raises:
+            RPCError, TimeoutError, ClientClosedError, ConnectionBrokenError,
+                RuntimeError: as for :meth:`call`.
+            TypeError, SerializeError: as for :meth:`Client.call_by_name`.
+        """
+        return await self.call(untyped_call(method, params, fds), timeout=timeout)
+
+    def stream_by_name(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fds: Iterable[Any] = (),
+        timeout: float | _Default | None = DEFAULT,
+    ) -> AsyncStreamCall[JSONReply]:
+        """A stream known only by its wire name: ``async for item in
+        client.stream_by_name("Countdown", {"start": 3}):`` (each item a
+        :class:`~unixrpc.JSONReply`).
+
+        Raises:
+            TypeError: as for :meth:`Client.call_by_name`.
+            (while iterating) RPCError, TimeoutError, SerializeError,
+            ClientClosedError, ConnectionBrokenError.
+        """
+        return self.stream(untyped_stream(method, params, fds), timeout=timeout)
 
     # -- internals ------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -32,6 +33,7 @@ from ..fds import FdContext
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
+from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._calls import (
     broken_error,
     connection_error,
@@ -77,8 +79,10 @@ class Client:
             what has been consumed (backpressure).
 
     Raises:
-        FileNotFoundError, ConnectionRefusedError: no server listens there.
-        TimeoutError: ``connect_timeout`` elapsed.
+        SocketNotFoundError, SocketRefusedError, SocketPermissionError: no
+            server listens there, or this user may not connect (subclasses of
+            ``FileNotFoundError``, ``ConnectionRefusedError``, ``PermissionError``).
+        ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
         ValueError: an argument is out of range.
     """
 
@@ -201,6 +205,60 @@ class Client:
         spec = spec_of(method, streaming=True)
         slot = self._start(spec.name_json, *encode_params(method, spec), self._window)
         return StreamCall(self, spec, slot, timeout)
+
+    def call_by_name(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fds: Iterable[Any] = (),
+        timeout: float | _Default | None = DEFAULT,
+    ) -> JSONReply:
+        """Call a method known only by its wire name: *params* as a JSON
+        object, the result as plain JSON (no method class needed; for tools
+        and scripts).
+
+        Args:
+            method: the wire name, e.g. ``"users.Get"``.
+            params: the params as the wire carries them (JSON-able values).
+            fds: descriptors to send with the call (ints, files, sockets,
+                FileDescriptors; borrowed, not closed); the params refer to
+                them by index, 0 for the first.
+            timeout: as for :meth:`call`.
+
+        Returns:
+            a :class:`~unixrpc.JSONReply`: ``.value`` is the result as sent,
+            ``.fds`` the descriptors that came with it (yours to close).
+
+        Raises:
+            RPCError, TimeoutError, ClientClosedError, ConnectionBrokenError:
+                as for :meth:`call` (``MethodNotFoundError`` for a name the
+                server does not serve, ``InvalidParamsError`` for params it
+                rejects).
+            TypeError: *method* is not a string, *params* not a mapping, or
+                an element of *fds* is not a descriptor.
+            SerializeError: *params* holds something that is not JSON.
+        """
+        return self.call(untyped_call(method, params, fds), timeout=timeout)
+
+    def stream_by_name(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        fds: Iterable[Any] = (),
+        timeout: float | _Default | None = DEFAULT,
+    ) -> StreamCall[JSONReply]:
+        """Start a stream known only by its wire name (see
+        :meth:`call_by_name`); each item is a :class:`~unixrpc.JSONReply`.
+        Closing the StreamCall cancels the stream on the server.
+
+        Raises:
+            TypeError, SerializeError: as for :meth:`call_by_name`.
+            ClientClosedError, ConnectionBrokenError: the connection is gone.
+            (while iterating) RPCError, TimeoutError.
+        """
+        return self.stream(untyped_stream(method, params, fds), timeout=timeout)
 
     # -- internals shared with StreamCall --------------------------------------
 

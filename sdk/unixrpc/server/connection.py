@@ -309,9 +309,14 @@ class Connection:
         try:
             hook = self._server.authorize
             if hook is not None:
-                allowed = hook(self._context(call), call.request)
-                if isinstance(allowed, Awaitable):
-                    allowed = await allowed
+                try:
+                    allowed = hook(self._context(call), call.request)
+                    if isinstance(allowed, Awaitable):
+                        allowed = await allowed
+                except Exception as exc:
+                    core.hook_failed(call, exc)
+                    await self._flush()
+                    return
                 if not allowed:
                     core.deny(call, self.peer.uid, self.peer.pid)
                     await self._flush()

@@ -29,6 +29,7 @@ from .._core.server import Handler, ServerRules
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
+from . import introspection as introspection_methods
 from .anyio_engine import AnyioEngine
 from .binding import BoundListener, bind_listener
 from .context import CallContext
@@ -50,6 +51,13 @@ class Server:
     """A unixrpc daemon: methods, limits and policies, served on a Unix socket.
 
     Args:
+        name: the daemon's name, for its interface document and ``unixrpc
+            ping`` (e.g. ``"org.example.Logs"``).
+        version: the daemon's interface version (e.g. ``"1.2.0"``).
+        description: a sentence or two about the daemon, for its document.
+        introspection: serve ``unixrpc.Describe`` and ``unixrpc.Ping`` (the
+            interface document, name and version), which the ``authorize``
+            hook sees like any call; False leaves them out.
         authorize: a hook ``(CallContext, request) -> bool`` (sync or async) run
             before every handler; it sees the caller's pid, uid and gid.
         max_connections: connections served at once; more are told
@@ -77,6 +85,10 @@ class Server:
     def __init__(
         self,
         *,
+        name: str | None = None,
+        version: str | None = None,
+        description: str | None = None,
+        introspection: bool = True,
         authorize: AuthorizeHook | None = None,
         max_connections: int = 1024,
         max_calls_per_connection: int = 256,
@@ -89,14 +101,15 @@ class Server:
         max_threads: int = 64,
         max_threads_per_connection: int = 16,
     ) -> None:
-        for name, value in (
+        self.name, self.version, self.description = name, version, description
+        for limit, value in (
             ("max_connections", max_connections),
             ("max_calls_per_connection", max_calls_per_connection),
             ("max_threads", max_threads),
             ("max_threads_per_connection", max_threads_per_connection),
         ):
             if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+                raise ValueError(f"{limit} must be at least 1, got {value}")
         self.authorize = authorize
         self.max_connections = max_connections
         self.max_calls_per_connection = max_calls_per_connection
@@ -122,6 +135,8 @@ class Server:
         self._engine: AnyioEngine | ThreadEngine | None = None
         self._listener: BoundListener | None = None
         self._serving_lock = threading.Lock()
+        if introspection:
+            introspection_methods.install(self)
 
     # -- declaring methods ----------------------------------------------------
 
@@ -147,9 +162,21 @@ class Server:
         """Serve *method_class* with *function* (see :meth:`method`).
 
         Raises:
-            TypeError: as for :meth:`method`.
+            TypeError: as for :meth:`method`, or a name in the reserved
+                ``unixrpc.`` namespace.
         """
         spec = method_spec(method_class)
+        if spec.name.startswith(introspection_methods.RESERVED_PREFIX):
+            raise TypeError(
+                f"method names starting with 'unixrpc.' are reserved for the library: {spec.name!r}"
+            )
+        self._add(spec, function)
+
+    def _add_reserved(self, method_class: type[Any], function: Callable[..., Any]) -> None:
+        """Serve one of the library's own ``unixrpc.*`` methods."""
+        self._add(method_spec(method_class), function)
+
+    def _add(self, spec: MethodSpec, function: Callable[..., Any]) -> None:
         if spec.name in self._handlers:
             raise TypeError(
                 f"method {spec.name!r} is already served by {self._handlers[spec.name].function!r}"
@@ -173,8 +200,19 @@ class Server:
 
     @property
     def methods(self) -> dict[str, MethodSpec]:
-        """The served methods by wire name."""
+        """The served methods by wire name (the reserved ``unixrpc.*`` ones included)."""
         return {name: handler.spec for name, handler in self._handlers.items()}
+
+    def interface_document(self) -> dict[str, Any]:
+        """The server's interface document (OpenRPC, see docs/interfaces.md):
+        what ``unixrpc.Describe`` answers and ``unixrpc schema`` prints.
+        Needs no running server.
+
+        Raises:
+            TypeError: a method's result type is a forward reference that
+                does not resolve.
+        """
+        return introspection_methods.interface_document(self)
 
     # -- serving --------------------------------------------------------------
 

@@ -72,6 +72,14 @@ class _Denied(Exception):
     """The authorization hook refused the call."""
 
 
+class _HookFailed(Exception):
+    """The authorization hook raised (``error``)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class LoopThread:
     """The event-loop thread ``async def`` handlers run on under the threads
     engine (an anyio blocking portal on asyncio)."""
@@ -406,10 +414,15 @@ class ThreadConnection:
         handler = call.handler
         hook = self._server.authorize
         if hook is not None:
-            allowed = hook(self._context(call), call.request)
-            if isinstance(allowed, Awaitable):
-                pending = allowed
-                allowed = self._await(call, lambda: pending)
+            try:
+                allowed = hook(self._context(call), call.request)
+                if isinstance(allowed, Awaitable):
+                    pending = allowed
+                    allowed = self._await(call, lambda: pending)
+            except (_Stop, FutureCancelledError):
+                raise
+            except Exception as exc:
+                raise _HookFailed(exc) from None
             if not allowed:
                 raise _Denied
         args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
@@ -429,6 +442,8 @@ class ThreadConnection:
                 core.complete(call, value)
             elif type(value) is _Denied:
                 core.deny(call, self.peer.uid, self.peer.pid)
+            elif type(value) is _HookFailed:
+                core.hook_failed(call, value.error)
             else:
                 core.fail(call, value)
             if self._writing or not core.has_output():

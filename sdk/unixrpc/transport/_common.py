@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 import socket
+import stat
 import struct
 import sys
 import threading
@@ -28,13 +30,24 @@ from ..ancillary import (
     close_fds_in,
     parse_cmsgs,
 )
-from ..exceptions import AncillaryDataTruncatedError, ClientClosedError, ConnectionBrokenError
+from ..exceptions import (
+    AncillaryDataTruncatedError,
+    ClientClosedError,
+    ConnectError,
+    ConnectionBrokenError,
+    ConnectTimeoutError,
+    SocketNotFoundError,
+    SocketPermissionError,
+    SocketRefusedError,
+)
 
 __all__ = [
     "MSG_CMSG_CLOEXEC",
     "SocketProxy",
     "check_connected_socket",
     "connect_address",
+    "connect_error",
+    "connect_timeout_error",
     "eof_error",
     "handle_ancillary",
     "make_cmsgs",
@@ -63,6 +76,78 @@ def connect_address(address: UnixAddressLike) -> str | bytes:
     if parsed.is_unnamed():
         raise ValueError("cannot connect to an empty address")
     return parsed.as_raw()
+
+
+def _shown(raw: str | bytes) -> str:
+    return str(UnixSocketAddress.from_raw(raw))
+
+
+def connect_timeout_error(raw: str | bytes, timeout: float) -> ConnectTimeoutError:
+    """The error for a connect that found the listen backlog of *raw* full
+    for *timeout* seconds."""
+    where = _shown(raw)
+    return ConnectTimeoutError(
+        errno.ETIMEDOUT,
+        f"could not connect to {where} within {timeout} seconds: the daemon's listen backlog stayed "
+        "full (it is running but not accepting connections)",
+        where,
+    )
+
+
+def connect_error(exc: OSError, raw: str | bytes) -> OSError:
+    """The error to raise for a failed ``connect()`` to *raw*: one that names
+    the address and the likely cause, of a class that keeps the standard
+    one (``FileNotFoundError``, ``ConnectionRefusedError``,
+    ``PermissionError``). Looks at the path (``stat``) to tell a stale socket
+    from a file or a directory; never changes anything."""
+    where = _shown(raw)
+    code = exc.errno or 0
+    abstract = isinstance(raw, bytes) and raw[:1] == b"\0"
+    if abstract:
+        if code == errno.ECONNREFUSED:  # what Linux says of an unbound name: kept a ConnectionRefusedError
+            return SocketRefusedError(
+                code, f"nothing listens on the abstract name {where} (is the daemon running?)", where
+            )
+        return ConnectError(code, f"cannot connect to {where}: {exc.strerror}", where)
+    try:
+        info: os.stat_result | None = os.stat(raw)
+    except OSError:
+        info = None
+    if code == errno.ENOENT:
+        parent = os.path.dirname(os.path.abspath(os.fsdecode(raw)))
+        if not os.path.isdir(parent):
+            detail = f"the directory {parent} does not exist"
+        else:
+            detail = "nothing exists at that path"
+        return SocketNotFoundError(
+            code, f"no socket at {where}: {detail} (is the daemon running, and listening there?)", where
+        )
+    if code == errno.ECONNREFUSED:
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            detail = "it is a directory, not a socket (give the path of the socket inside it)"
+        elif info is not None and not stat.S_ISSOCK(info.st_mode):
+            detail = "it is a regular file, not a socket (wrong path?)"
+        else:
+            detail = (
+                "a socket file is there but no process listens on it (the daemon exited without "
+                "removing it, or has not started listening yet)"
+            )
+        return SocketRefusedError(code, f"connection refused at {where}: {detail}", where)
+    if code in (errno.EACCES, errno.EPERM):
+        if info is not None:
+            mode = stat.S_IMODE(info.st_mode)
+            detail = (
+                f"the socket is mode {mode:04o}, owner uid {info.st_uid} gid {info.st_gid}, and this "
+                f"process is uid {os.geteuid()} gid {os.getegid()}; the daemon chooses who may connect "
+                "with socket_mode= and socket_group="
+            )
+        else:
+            detail = "a directory on the path does not let this user through"
+        return SocketPermissionError(code, f"permission denied connecting to {where}: {detail}", where)
+    if code == errno.ENOTDIR:
+        detail = "a component of the path is not a directory"
+        return ConnectError(code, f"cannot connect to {where}: {detail}", where)
+    return ConnectError(code, f"cannot connect to {where}: {exc.strerror}", where)
 
 
 def check_connected_socket(sock: socket.socket) -> None:

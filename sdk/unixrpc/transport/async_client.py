@@ -28,6 +28,7 @@ from ._common import (
     SocketProxy,
     check_connected_socket,
     connect_address,
+    connect_error,
     eof_error,
     handle_ancillary,
     make_cmsgs,
@@ -132,8 +133,10 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
 
         Raises:
             ClientClosedError: the client was closed.
-            FileNotFoundError, ConnectionRefusedError: nothing listens there.
-            OSError: other connection failures.
+            SocketNotFoundError, SocketRefusedError, SocketPermissionError: nothing
+                listens there, or this user may not connect (subclasses of
+                ``FileNotFoundError``, ``ConnectionRefusedError``, ``PermissionError``).
+            ConnectError: other connection failures (an ``OSError``).
         """
         if self._sock is not None:
             return
@@ -175,6 +178,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                     # listener's backlog is full; there is nothing to poll for.
                     await anyio.sleep(delay)
                     delay = min(delay * 2, _CONNECT_RETRY_MAX)
+                except OSError as exc:
+                    raise connect_error(exc, raw) from None
             await anyio.lowlevel.checkpoint()
         except BaseException:
             sock.close()

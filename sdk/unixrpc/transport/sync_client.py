@@ -29,6 +29,8 @@ from ._common import (
     SocketProxy,
     check_connected_socket,
     connect_address,
+    connect_error,
+    connect_timeout_error,
     eof_error,
     handle_ancillary,
     make_cmsgs,
@@ -68,8 +70,11 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             ``ancillary_data`` gets the sender's ``SCMCredentials``.
 
     Raises:
-        TimeoutError: ``connect_timeout`` elapsed.
-        FileNotFoundError, ConnectionRefusedError: nothing listens there.
+        ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
+        SocketNotFoundError, SocketRefusedError, SocketPermissionError: nothing
+            listens there, or this user may not connect (``FileNotFoundError``,
+            ``ConnectionRefusedError``, ``PermissionError``; the message names
+            the path and the likely cause).
         ValueError: the given socket is not ``AF_UNIX``/``SOCK_STREAM``, or the
             address or ``max_recv_size`` is invalid.
         OSError: the given socket is not connected (it is left open and yours).
@@ -147,7 +152,9 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             except BlockingIOError as exc:
                 if timeout is None:
                     raise
-                raise TimeoutError(errno.ETIMEDOUT, f"could not connect within {timeout} seconds") from exc
+                raise connect_timeout_error(raw, timeout) from exc
+            except OSError as exc:
+                raise connect_error(exc, raw) from None
             if timeout is not None:
                 set_connect_timeout(sock, None)
         except BaseException:
