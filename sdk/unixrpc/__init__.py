@@ -6,6 +6,7 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
+from .daemon import listen_fds
 from .exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
@@ -26,6 +27,7 @@ from .exceptions import (
     RPCError,
     SerializeError,
     ServerBusyError,
+    SocketActivationError,
     StreamProtocolParseError,
 )
 from .fds import FD, FileDescriptor
@@ -93,4 +95,6 @@ __all__ = [
     "UnixCredentials",
     "UnixSocketAddress",
     "UnixStreamClient",
+    "SocketActivationError",
+    "listen_fds",
 ]
