@@ -6,7 +6,7 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
-from .daemon import listen_fds
+from .daemon import listen_fds, notify
 from .exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
@@ -97,4 +97,5 @@ __all__ = [
     "UnixStreamClient",
     "SocketActivationError",
     "listen_fds",
+    "notify",
 ]

@@ -5,11 +5,14 @@ The server calls these building blocks; daemons may use them directly too.
 """
 
 from .activation import ListenFd, adopt_listener, inherited_listener_at, inherited_listeners, listen_fds
+from .notify import Notifier, notify
 
 __all__ = [
     "ListenFd",
+    "Notifier",
     "adopt_listener",
     "inherited_listener_at",
     "inherited_listeners",
     "listen_fds",
+    "notify",
 ]
