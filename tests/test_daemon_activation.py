@@ -8,116 +8,25 @@ its own listener are tested in this process."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
 import sys
-import textwrap
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
 from conftest import open_fds
+from daemon_support import PRELUDE, run_activated, unix_listener
 from unixrpc import SocketActivationError, listen_fds
 from unixrpc.daemon import adopt_listener
 from unixrpc.server.binding import bind_listener
 
 SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
-
-# dup2() the descriptors given as argv[1] to 3, 4, ... (dup2 clears FD_CLOEXEC),
-# close the originals, set LISTEN_PID to this pid when asked, and exec the child:
-# the child is the very process the variables name, as under systemd.
-LAUNCHER = """
-import os, sys
-sources = [int(fd) for fd in sys.argv[1].split(",") if fd]
-for offset, fd in enumerate(sources):
-    os.dup2(fd, 3 + offset)
-for fd in sources:
-    os.close(fd)
-if sys.argv[2] == "self":
-    os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.executable, [sys.executable, "-c", sys.argv[3]])
-"""
-
-PRELUDE = """
-import fcntl, json, os, socket, stat, subprocess, sys
-from unixrpc import SocketActivationError, listen_fds
-from unixrpc.daemon import inherited_listener_at, inherited_listeners
-
-def report(**values):
-    print(json.dumps(values), flush=True)
-
-def error_of(call, *args):
-    try:
-        call(*args)
-    except SocketActivationError as exc:
-        return str(exc)
-    return None
-
-def listen_env_of_a_child():
-    out = subprocess.run(
-        [sys.executable, "-c", "import os; print([k for k in os.environ if k.startswith('LISTEN_')])"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return out.strip()
-"""
-
-
-def run_activated(
-    code: str,
-    fds: Sequence[int] = (),
-    *,
-    listen_pid: str | None = "self",
-    listen_fds_value: str | None = None,
-    names: str | None = None,
-) -> dict[str, Any]:
-    """Run *code* (after PRELUDE) with *fds* at 3, 4, ... and the LISTEN_*
-    variables; return what it reported (one JSON line)."""
-    # move the sources out of the way of 3, 4, ... first
-    sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    env["LISTEN_FDS"] = str(len(fds)) if listen_fds_value is None else listen_fds_value
-    if names is not None:
-        env["LISTEN_FDNAMES"] = names
-    if listen_pid not in (None, "self"):
-        env["LISTEN_PID"] = listen_pid
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                LAUNCHER,
-                ",".join(map(str, sources)),
-                "self" if listen_pid == "self" else "",
-                PRELUDE + textwrap.dedent(code),
-            ],
-            pass_fds=sources,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    finally:
-        for fd in sources:
-            os.close(fd)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert lines, result.stderr
-    report: dict[str, Any] = json.loads(lines[-1])
-    return report
-
-
-def unix_listener(path: str) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen(8)
-    return sock
 
 
 @pytest.fixture
@@ -565,3 +474,40 @@ def test_ci_installs_systemd_socket_activate() -> None:
         script = file.read()
     assert SOCKET_ACTIVATE in script
     assert "apt-get install" in script
+
+
+# -- the example units ---------------------------------------------------------------------------
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "systemd")
+
+
+def test_example_units_say_what_the_daemon_needs() -> None:
+    with open(os.path.join(EXAMPLE, "kvstore.socket")) as file:
+        socket_unit = file.read().splitlines()
+    with open(os.path.join(EXAMPLE, "kvstore.service")) as file:
+        service_unit = file.read().splitlines()
+    for line in (
+        "ListenStream=/run/kvstore/kv.sock",
+        "Accept=no",
+        "SocketMode=0660",
+        "FileDescriptorName=api",
+    ):
+        assert line in socket_unit
+    assert any(line.startswith("SocketGroup=") for line in socket_unit)
+    for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=10", "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert line in service_unit
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/bin/systemd-analyze"), reason="systemd-analyze is not installed")
+def test_example_units_verify(tmp_path: os.PathLike[str]) -> None:
+    for name in ("kvstore.socket", "kvstore.service"):
+        shutil.copy(os.path.join(EXAMPLE, name), tmp_path)
+    result = subprocess.run(
+        ["/usr/bin/systemd-analyze", "verify", "--man=no", "kvstore.socket", "kvstore.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")

@@ -5,13 +5,11 @@ them."""
 
 from __future__ import annotations
 
-import array
 import itertools
 import logging
 import os
 import re
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -20,40 +18,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from daemon_support import Manager
 from unixrpc import notify
 from unixrpc.daemon import Notifier
 
 _names = itertools.count()
-
-
-class Manager:
-    """The service manager's end: a datagram socket that records senders."""
-
-    def __init__(self, sock: socket.socket, notify_socket: str) -> None:
-        self.sock = sock
-        self.notify_socket = notify_socket
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-
-    def receive(self, timeout: float = 5.0) -> tuple[bytes, int, list[int]]:
-        """One datagram: its bytes, the sender's pid (SCM_CREDENTIALS) and any fds."""
-        self.sock.settimeout(timeout)
-        data, ancdata, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12) + socket.CMSG_SPACE(4 * 8))
-        pid = -1
-        fds: list[int] = []
-        for level, kind, payload in ancdata:
-            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS):
-                pid = struct.unpack("3i", payload[:12])[0]
-            elif (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
-                fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
-        return data, pid, fds
-
-    def nothing_pending(self) -> bool:
-        self.sock.setblocking(False)
-        try:
-            self.sock.recv(4096)
-        except BlockingIOError:
-            return True
-        return False
 
 
 @pytest.fixture(params=["path", "abstract"])
