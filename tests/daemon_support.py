@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ for fd in sources:
     os.close(fd)
 if sys.argv[2] == "self":
     os.environ["LISTEN_PID"] = str(os.getpid())
-os.execv(sys.executable, [sys.executable, "-c", sys.argv[3]])
+os.execv(sys.executable, [sys.executable, "-c", *sys.argv[3:]])
 """
 
 PRELUDE = """
@@ -55,6 +56,48 @@ def listen_env_of_a_child():
 """
 
 
+def _launch(
+    code: str,
+    fds: Sequence[int],
+    *,
+    listen_pid: str | None,
+    listen_fds_value: str | None,
+    names: str | None,
+    env: dict[str, str] | None,
+    args: Sequence[str],
+    run: bool,
+) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    # move the sources out of the way of 3, 4, ... first
+    sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
+    environ["LISTEN_FDS"] = str(len(fds)) if listen_fds_value is None else listen_fds_value
+    if names is not None:
+        environ["LISTEN_FDNAMES"] = names
+    if listen_pid not in (None, "self"):
+        environ["LISTEN_PID"] = listen_pid
+    environ.update(env or {})
+    argv = [
+        sys.executable,
+        "-c",
+        LAUNCHER,
+        ",".join(map(str, sources)),
+        "self" if listen_pid == "self" else "",
+        PRELUDE + textwrap.dedent(code),
+        *args,
+    ]
+    try:
+        if run:
+            return subprocess.run(
+                argv, pass_fds=sources, env=environ, capture_output=True, text=True, timeout=60, check=False
+            )
+        return subprocess.Popen(
+            argv, pass_fds=sources, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        for fd in sources:
+            os.close(fd)
+
+
 def run_activated(
     code: str,
     fds: Sequence[int] = (),
@@ -65,39 +108,40 @@ def run_activated(
 ) -> dict[str, Any]:
     """Run *code* (after PRELUDE) with *fds* at 3, 4, ... and the LISTEN_*
     variables; return what it reported (one JSON line)."""
-    # move the sources out of the way of 3, 4, ... first
-    sources = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 100) for fd in fds]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-    env["LISTEN_FDS"] = str(len(fds)) if listen_fds_value is None else listen_fds_value
-    if names is not None:
-        env["LISTEN_FDNAMES"] = names
-    if listen_pid not in (None, "self"):
-        env["LISTEN_PID"] = listen_pid
-    try:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                LAUNCHER,
-                ",".join(map(str, sources)),
-                "self" if listen_pid == "self" else "",
-                PRELUDE + textwrap.dedent(code),
-            ],
-            pass_fds=sources,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    finally:
-        for fd in sources:
-            os.close(fd)
+    result = _launch(
+        code,
+        fds,
+        listen_pid=listen_pid,
+        listen_fds_value=listen_fds_value,
+        names=names,
+        env=None,
+        args=(),
+        run=True,
+    )
+    assert isinstance(result, subprocess.CompletedProcess)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines, result.stderr
     report: dict[str, Any] = json.loads(lines[-1])
     return report
+
+
+def spawn_activated(
+    code: str,
+    fds: Sequence[int] = (),
+    *,
+    names: str | None = None,
+    env: dict[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> subprocess.Popen[str]:
+    """Start *code* (after PRELUDE) as a long-running socket-activated daemon:
+    *fds* at 3, 4, ..., LISTEN_PID its own pid, *env* added (NOTIFY_SOCKET,
+    WATCHDOG_USEC...), *args* in its ``sys.argv[1:]``."""
+    proc = _launch(
+        code, fds, listen_pid="self", listen_fds_value=None, names=names, env=env, args=args, run=False
+    )
+    assert isinstance(proc, subprocess.Popen)
+    return proc
 
 
 def unix_listener(path: str) -> socket.socket:
@@ -108,7 +152,8 @@ def unix_listener(path: str) -> socket.socket:
 
 
 class Manager:
-    """The service manager's end: a datagram socket that records senders."""
+    """The service manager's end of NOTIFY_SOCKET: a datagram socket that also
+    sees each sender's pid (SCM_CREDENTIALS), as systemd does."""
 
     def __init__(self, sock: socket.socket, notify_socket: str) -> None:
         self.sock = sock
@@ -128,6 +173,30 @@ class Manager:
                 fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
         return data, pid, fds
 
+    def wait_for(self, state: bytes, timeout: float = 20.0) -> tuple[list[bytes], int]:
+        """Read datagrams until one holds the line *state* (``b"READY=1"``);
+        return that datagram's lines and its sender's pid."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {state!r} from the daemon"
+            data, pid, fds = self.receive(left)
+            for fd in fds:
+                os.close(fd)
+            lines = data.split(b"\n")
+            if state in lines:
+                return lines, pid
+
+    def drain(self) -> list[bytes]:
+        """Every datagram already queued, without waiting."""
+        got = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                got.append(self.sock.recv(4096))
+        except BlockingIOError:
+            return got
+
     def nothing_pending(self) -> bool:
         self.sock.setblocking(False)
         try:
@@ -135,3 +204,13 @@ class Manager:
         except BlockingIOError:
             return True
         return False
+
+
+def bind_manager(path_or_abstract: str) -> Manager:
+    """A Manager listening on a path, or on ``@name`` in the abstract namespace."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if path_or_abstract.startswith("@"):
+        sock.bind(b"\0" + path_or_abstract[1:].encode())
+    else:
+        sock.bind(path_or_abstract)
+    return Manager(sock, path_or_abstract)
