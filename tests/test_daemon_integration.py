@@ -128,6 +128,13 @@ def stop(proc: subprocess.Popen[str], manager: Manager) -> str:
     return out
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill the daemon if a failed test left it running, and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
 def call_add(path: str, a: int = 1, b: int = 2, timeout: float = 10) -> int:
     with Client(path, timeout=timeout) as client:
         return client.call(Add(a=a, b=b))
@@ -147,8 +154,7 @@ def test_no_address_serves_the_socket_systemd_passed(sock_dir: str, manager: Man
         assert call_add(path) == 3
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     st = os.stat(path)
     assert (st.st_ino, stat.S_IMODE(st.st_mode)) == (inode, 0o640), "never unlinked, never chmod-ed"
 
@@ -163,8 +169,7 @@ def test_every_passed_socket_is_served(sock_dir: str, manager: Manager, backend:
         assert [call_add(path, 2, n) for n, path in enumerate(paths)] == [2, 3]
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -181,8 +186,7 @@ def test_listen_name_selects_the_socket(sock_dir: str, manager: Manager, backend
             call_add(api, timeout=0.5)  # queued in the backlog, never served
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -199,8 +203,7 @@ def test_the_address_systemd_passed_is_served_not_bound_again(
         assert call_add(path) == 3
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert os.stat(path).st_ino == inode
 
 
@@ -215,8 +218,7 @@ def test_a_path_and_an_inherited_socket_on_one_server(sock_dir: str, manager: Ma
         assert call_add(bound) == 3
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert os.path.exists(inherited), "systemd's socket stays"
     assert not os.path.exists(bound), "our own socket file is removed"
 
@@ -231,8 +233,7 @@ def test_ready_is_sent_once_listening(sock_dir: str, manager: Manager, backend: 
         assert call_add(path) == 3
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert not os.path.exists(path)
 
 
@@ -250,20 +251,19 @@ def test_watchdog_pings_from_the_serving_loop_and_stop_when_it_wedges(
 
         def wedge() -> None:
             with Client(path, timeout=20) as client:
-                client.call(Block(seconds=3))  # answered once the loop is free again
+                client.call(Block(seconds=2))  # answered once the loop is free again
 
         thread = threading.Thread(target=wedge)
         thread.start()
-        time.sleep(0.5)
+        time.sleep(0.4)
         manager.drain()
-        time.sleep(1.5)  # the loop is blocked for 3 s: three ping intervals at least
+        time.sleep(1.0)  # the loop is blocked for 2 s: five ping intervals here
         assert b"WATCHDOG=1" not in manager.drain(), "a wedged server must stop pinging"
         thread.join(timeout=20)
         assert manager.wait_for(b"WATCHDOG=1", timeout=5)[1] == proc.pid, "pings resume"
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -284,8 +284,7 @@ def test_no_watchdog_pings_for_another_pid(sock_dir: str, manager: Manager, back
         assert b"WATCHDOG=1" not in manager.drain()
         stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -305,8 +304,7 @@ def test_sighup_reloads_the_way_notify_reload_wants(sock_dir: str, manager: Mana
         assert call_add(path) == 3, "still serving after the reload"
         out = stop(proc, manager)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     assert out.count("reloaded") == 1
 
 
@@ -396,9 +394,7 @@ def test_example_under_systemd_socket_activate(sock_dir: str, manager: Manager) 
         manager.wait_for(b"STOPPING=1")
         _, err = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 0, err
     assert os.path.exists(path), "the socket belongs to systemd-socket-activate"
     with open(os.path.join(state, "kv.json")) as file:
