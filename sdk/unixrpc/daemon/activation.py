@@ -140,8 +140,8 @@ def _read() -> _Passed:
                 if _passed is None
                 else _Passed(pid, [], "this process was forked from the one the sockets were passed to")
             )
-        except SocketActivationError:
-            _passed = _Passed(pid, [], "malformed")
+        except SocketActivationError as exc:
+            _passed = _Passed(pid, [], str(exc))  # raised once; later calls say why nothing is there
             raise
         finally:
             for name in _VARIABLES:
