@@ -43,7 +43,6 @@ class Store:
         self.path = path
         self.lock = threading.Lock()  # plain def handlers run in worker threads
         self.data: dict[str, str] = {}
-        self.load()
 
     def load(self) -> None:
         try:
@@ -106,6 +105,7 @@ def keys(request: Keys) -> list[str]:
 
 if __name__ == "__main__":
     install_daemon_logging()  # <N> priority prefixes under journald, rate-limited warnings
+    store.load()
     # no address: serve the socket systemd passed (LISTEN_FDS); an address: bind it,
     # or take the passed socket already listening there
     server.serve_forever(sys.argv[1] if len(sys.argv) > 1 else None)
