@@ -6,6 +6,7 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
+from .daemon import listen_fds, notify
 from .exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
@@ -29,6 +30,7 @@ from .exceptions import (
     RPCError,
     SerializeError,
     ServerBusyError,
+    SocketActivationError,
     SocketNotFoundError,
     SocketPermissionError,
     SocketRefusedError,
@@ -107,4 +109,7 @@ __all__ = [
     "UnixCredentials",
     "UnixSocketAddress",
     "UnixStreamClient",
+    "SocketActivationError",
+    "listen_fds",
+    "notify",
 ]

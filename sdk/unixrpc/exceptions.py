@@ -52,6 +52,7 @@ __all__ = [
     "OversizedFrameError",
     "SerializeError",
     "StreamProtocolParseError",
+    "SocketActivationError",
 ]
 
 
@@ -403,3 +404,12 @@ class ProtocolViolationError(RPCError, code="unixrpc.ProtocolError"):
 
 class CallCancelledError(RPCError, code="unixrpc.Cancelled"):
     """The server cancelled the call because the client asked it to."""
+
+
+class SocketActivationError(Error, ValueError):
+    """A socket to serve cannot be taken from where it was said to be: systemd's
+    socket-activation variables (``LISTEN_FDS``, ``LISTEN_PID``,
+    ``LISTEN_FDNAMES``) are missing, malformed or meant for another process, no
+    passed socket has the requested name, or a passed or handed-over socket is
+    not a listening ``AF_UNIX`` ``SOCK_STREAM`` socket. The message says which,
+    and what to change (usually in the ``.socket`` unit)."""

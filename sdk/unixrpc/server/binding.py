@@ -4,6 +4,15 @@ Owns the rules: the socket file is created with a restrictive mode (never
 briefly world-connectable), a path where a live server listens is refused,
 a stale socket file is replaced, anything that is not a socket is left
 alone, and on close the file is removed only if it is still ours.
+
+A listener we did not bind ourselves (inherited from systemd, or handed over
+by the caller: see :mod:`unixrpc.daemon.activation`) is *adopted*: it is
+never probed, unlinked or chmod-ed; closing it only closes our descriptor.
+The stale-socket probe never connects to a socket this process itself
+listens on (for example fd 3 passed by ``systemd-socket-activate``): that
+path is refused with a message saying how to serve the inherited socket.
+
+Imports nothing from the rest of ``server/`` nor from ``daemon/``.
 """
 
 from __future__ import annotations
@@ -23,17 +32,43 @@ _umask_lock = threading.Lock()
 
 
 class BoundListener:
-    """A listening socket and what is needed to clean up after it."""
+    """A listening socket and what is needed to clean up after it.
+
+    Attributes:
+        socket: the listening socket (non-blocking).
+        address: where it listens.
+        adopted: True for a socket this process did not bind (inherited from
+            systemd or handed over): its file is never unlinked or chmod-ed.
+        name: for a socket passed by systemd, its name from ``LISTEN_FDNAMES``
+            (``FileDescriptorName=``; ``"unknown"`` when none was given);
+            None otherwise.
+    """
 
     def __init__(
-        self, sock: socket.socket, address: UnixSocketAddress, identity: tuple[int, int] | None
+        self,
+        sock: socket.socket,
+        address: UnixSocketAddress,
+        identity: tuple[int, int] | None,
+        *,
+        adopted: bool = False,
+        name: str | None = None,
     ) -> None:
         self.socket = sock
         self.address = address
-        self._identity = identity
+        self.adopted = adopted
+        self.name = name
+        self._identity = None if adopted else identity
+
+    def __repr__(self) -> str:
+        how = f"adopted, name={self.name!r}" if self.adopted else "bound"
+        return f"<BoundListener {self.address} fd={self.socket.fileno()} {how}>"
 
     def close(self) -> None:
-        """Close the socket and remove its file if it is still the one we made."""
+        """Close the socket and remove its file if it is still the one we made.
+
+        An adopted socket is only closed (our descriptor; systemd keeps its
+        own): its file stays. Idempotent; never raises.
+        """
         self.socket.close()
         path = self.address.as_pathname()
         if path is None or self._identity is None:
@@ -55,6 +90,14 @@ def _check_path_is_free(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError(errno.EEXIST, f"{path} exists and is not a socket; refusing to replace it")
+    held = _listening_in_this_process(st)
+    if held is not None:  # never probe our own (e.g. inherited) listener: it would answer
+        raise OSError(
+            errno.EADDRINUSE,
+            f"a server is already listening on {path}: this process holds its listening socket "
+            f"(fd {held}); if systemd passed it (socket activation), serve it with serve() and no "
+            "address, serve(listen_name=...) or serve(listener=sock) instead of binding the path again",
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -71,6 +114,43 @@ def _check_path_is_free(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
 
 
+def _listening_in_this_process(st: os.stat_result) -> int | None:
+    """The fd of a listening Unix socket of this process bound to the file *st*
+    describes, if there is one (fds inherited from systemd included)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    for name in names:
+        fd = int(name)
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            copy = os.dup(fd)  # inspect a duplicate: never take ownership of the original
+        except OSError:
+            continue  # closed meanwhile (or the listdir fd itself)
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            continue
+        try:
+            with sock:
+                if sock.family != socket.AF_UNIX:
+                    continue
+                if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    continue
+                bound = sock.getsockname()
+                if not isinstance(bound, str) or not bound:
+                    continue  # abstract or unnamed: not a file
+                other = os.stat(bound)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+    return None
+
+
 def bind_listener(
     address: UnixAddressLike, *, mode: int = 0o600, group: int | str | None = None, backlog: int = 128
 ) -> BoundListener:
@@ -84,7 +164,8 @@ def bind_listener(
         backlog: the listen backlog.
 
     Raises:
-        OSError (EADDRINUSE): a live server listens on that path.
+        OSError (EADDRINUSE): a live server listens on that path (or this
+            process itself does, e.g. on a socket systemd passed).
         FileExistsError: the path exists and is not a socket.
         KeyError: *group* is not a known group name.
         ValueError: the address is empty or invalid.

@@ -1,0 +1,23 @@
+"""Running as a daemon: systemd socket activation, sd_notify, and logging that
+journald understands. Stdlib only; no libsystemd binding.
+
+The server calls these building blocks; daemons may use them directly too.
+"""
+
+from .activation import ListenFd, adopt_listener, inherited_listener_at, inherited_listeners, listen_fds
+from .logs import JournalFormatter, RateLimitFilter, install_daemon_logging, stream_is_journal
+from .notify import Notifier, notify
+
+__all__ = [
+    "JournalFormatter",
+    "ListenFd",
+    "Notifier",
+    "RateLimitFilter",
+    "adopt_listener",
+    "inherited_listener_at",
+    "inherited_listeners",
+    "install_daemon_logging",
+    "listen_fds",
+    "notify",
+    "stream_is_journal",
+]
