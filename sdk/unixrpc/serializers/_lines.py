@@ -60,6 +60,9 @@ class LineFramedSerializer(
             )
         return start, newline, newline + 1
 
+    def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        return self.max_frame_size + 1  # the longest line and its newline: its end is unknown until seen
+
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
         return self.deserialize(body)  # type: ignore[arg-type]
 

@@ -100,7 +100,8 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
 
     Subclasses implement :meth:`serialize_frame`, :meth:`locate_frame` and
     :meth:`parse_frame_body` (and :meth:`resync` if an oversized frame's end
-    can only be found by scanning). The generator API of
+    can only be found by scanning, :meth:`frame_extent` so that a large frame
+    costs no more buffer than its own size). The generator API of
     :class:`AbstractIncrementalPacketSerializer` is provided on top.
     """
 
@@ -133,6 +134,21 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
             OversizedFrameError: the frame is (or will be) over the size limit.
                 The receiver reports it and discards the frame's bytes.
         """
+
+    def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        """Optional: the most bytes the frame that begins at ``buffer[start]``
+        can take, framing included, as far as ``buffer[:end]`` tells: its
+        exact size once a length header is in, or the size limit plus the
+        delimiter for a delimited framing. The receiver sizes its buffer to
+        it: a frame larger than one read is received into a buffer that grows
+        up to this, never past it, and is released once the frame is taken.
+
+        Return None when it cannot tell yet (half a header), for a frame that
+        :meth:`locate_frame` refuses (over the limit: it is never buffered),
+        and by default (the buffer then grows by doubling, bounded only by
+        :meth:`locate_frame` refusing the frame). Raises nothing.
+        """
+        return None
 
     @abstractmethod
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
