@@ -113,20 +113,25 @@ class PacketReceiver(Generic[ReceivedT]):
     :meth:`feed` is the same for bytes already in hand.
 
     Memory: the buffer holds ``max_recv_size`` bytes between frames. A frame
-    larger than that is received into a buffer that grows up to the frame's
-    own size (its header tells it; with a delimited framing, up to the limit
-    plus one read), and the buffer goes back to ``max_recv_size`` as soon as
-    the frame is taken. An oversized frame is refused from its header and
-    never buffered.
+    larger than that is received into a second buffer of exactly the frame's
+    size, as its header declares it (with a delimited framing, whose frames
+    say their size only at their end, into one that doubles up to the limit
+    plus one read), which is released as soon as the frame is taken. At
+    most ``max_recv_size`` + the largest frame, then; an oversized frame is
+    refused from its header and never buffered.
     """
 
     __slots__ = (
+        "_base",
+        "_base_view",
         "_buf",
         "_discard",
         "_end",
         "_framed",
         "_generator",
         "_generator_pending",
+        "_large",
+        "_limit",
         "_recv_size",
         "_resyncing",
         "_searched",
@@ -145,8 +150,10 @@ class PacketReceiver(Generic[ReceivedT]):
             serializer if isinstance(serializer, AbstractFramedPacketSerializer) else None
         )
         self._recv_size = max_recv_size
-        self._buf = bytearray(max_recv_size)
-        self._view = memoryview(self._buf)
+        self._large = 2 * max_recv_size  # a buffer past this was grown for one large frame
+        self._limit = self._framed.max_frame_extent() if self._framed is not None else None
+        self._base = self._buf = bytearray(max_recv_size)
+        self._base_view = self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # one past the last received byte
         self._searched = 0  # locate_frame already scanned up to here
@@ -177,10 +184,12 @@ class PacketReceiver(Generic[ReceivedT]):
         fewer (never none) when that is all the frame being received still
         needs, or when at least half a read fits after the bytes pending.
 
-        The buffer is sized to the frame being received: it grows (by
-        doubling, so its memory follows the bytes that actually arrived) up
-        to that frame's size as its header declares it, never past it, and
-        is replaced by one of ``max_recv_size`` bytes once the frame is taken.
+        The buffer is sized to the frame being received: once more than half
+        a read of a frame larger than a read has arrived, the buffer grows to
+        that frame's size as its header declares it, never past it (by
+        doubling, up to the serializer's largest frame plus a read, when it
+        cannot tell), and it is replaced by one of ``max_recv_size`` bytes
+        once the frame is taken.
 
         Drop the view before the next call; then report the count with
         :meth:`buffer_updated`.
@@ -218,23 +227,36 @@ class PacketReceiver(Generic[ReceivedT]):
                 self._start, self._end = 0, pending
             capacity = len(buf)
         else:
-            doubled = 2 * len(buf)
-            capacity = max(pending + need, doubled if extent is None else min(doubled, extent))
+            if extent is not None:
+                # to the frame's size at once: growing by steps would cost a copy and
+                # fresh pages per step
+                capacity = extent
+            else:  # a frame of unknown size: by doubling, up to the largest frame
+                capacity = max(pending + need, 2 * len(buf))
+                limit = self._limit
+                if limit is not None and pending < limit:
+                    capacity = max(pending + need, min(capacity, limit))
             self._replace(capacity)
         return self._view[pending : pending + min(size, capacity - pending)]
 
     def _replace(self, capacity: int) -> None:
         """Move the pending bytes to the start of a new buffer of *capacity*
-        bytes (allocated exactly: a bytearray grown in place may keep more);
-        the old one is freed as soon as no view of it is left."""
+        bytes (allocated exactly: a bytearray grown in place may keep more),
+        or back to the buffer of ``max_recv_size`` bytes, which is kept
+        meanwhile (its pages stay mapped: no fresh pages after each large
+        frame). A grown buffer is freed as soon as no view of it is left."""
         start, end = self._start, self._end
         pending = end - start
-        buf = bytearray(capacity)
+        if capacity == self._recv_size:
+            buf, view = self._base, self._base_view
+        else:
+            buf = bytearray(capacity)
+            view = memoryview(buf)
         if pending:
-            buf[:pending] = self._view[start:end]
+            buf[:pending] = self._buf[start:end]
         self._searched = max(self._searched - start, 0)
         self._start, self._end = 0, pending
-        self._buf, self._view = buf, memoryview(buf)
+        self._buf, self._view = buf, view
 
     def _release(self) -> None:
         """After a frame was taken from a buffer larger than a read: back to
@@ -292,9 +314,13 @@ class PacketReceiver(Generic[ReceivedT]):
             self._searched = end
             return NEED_DATA
         body_start, body_end, self._start = location
-        body = self._buf[body_start:body_end]
-        if len(self._buf) > self._recv_size:
+        buf = self._buf
+        if len(buf) > self._recv_size:  # grown for a large frame: release it
+            # a buffer that is exactly this frame is handed over, uncopied
+            body = buf if body_start == 0 and body_end == len(buf) else buf[body_start:body_end]
             self._release()
+        else:
+            body = buf[body_start:body_end]
         try:
             return framed.parse_frame_body(body)
         except DeserializeError as exc:
@@ -310,7 +336,8 @@ class PacketReceiver(Generic[ReceivedT]):
                 whole packet comes before the bad frame.
         """
         framed = self._framed
-        if framed is not None and not (self._discard or self._resyncing):
+        # (a buffer grown for a large frame goes to next_packet, which hands it over uncopied)
+        if framed is not None and not (self._discard or self._resyncing or self._end > self._large):
             packets, self._start = framed.split_frames(self._buf, self._start, self._end)
             if packets:
                 if len(self._buf) > self._recv_size:

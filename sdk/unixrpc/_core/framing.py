@@ -128,6 +128,10 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
             return None
         return HEADER_SIZE + size
 
+    def max_frame_extent(self) -> int:
+        """The largest frame accepted, header included."""
+        return HEADER_SIZE + self.max_frame_size
+
     def split_frames(self, buffer: bytes | bytearray, start: int, end: int) -> tuple[list[RawFrame], int]:
         frames: list[RawFrame] = []
         unpack, max_size, max_fds = HEADER.unpack_from, self.max_frame_size, self.max_fds

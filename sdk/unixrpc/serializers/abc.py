@@ -100,8 +100,9 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
 
     Subclasses implement :meth:`serialize_frame`, :meth:`locate_frame` and
     :meth:`parse_frame_body` (and :meth:`resync` if an oversized frame's end
-    can only be found by scanning, :meth:`frame_extent` so that a large frame
-    costs no more buffer than its own size). The generator API of
+    can only be found by scanning, :meth:`frame_extent` and
+    :meth:`max_frame_extent` so that a large frame costs no more buffer than
+    its own size). The generator API of
     :class:`AbstractIncrementalPacketSerializer` is provided on top.
     """
 
@@ -136,17 +137,23 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
         """
 
     def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
-        """Optional: the most bytes the frame that begins at ``buffer[start]``
-        can take, framing included, as far as ``buffer[:end]`` tells: its
-        exact size once a length header is in, or the size limit plus the
-        delimiter for a delimited framing. The receiver sizes its buffer to
-        it: a frame larger than one read is received into a buffer that grows
-        up to this, never past it, and is released once the frame is taken.
+        """Optional: the exact number of bytes the frame that begins at
+        ``buffer[start]`` takes, framing included, once ``buffer[:end]`` holds
+        enough of it to tell (a length header). The receiver sizes its buffer
+        to it: a frame larger than one read is received into a buffer of
+        exactly this many bytes, released once the frame is taken.
 
-        Return None when it cannot tell yet (half a header), for a frame that
-        :meth:`locate_frame` refuses (over the limit: it is never buffered),
-        and by default (the buffer then grows by doubling, bounded only by
-        :meth:`locate_frame` refusing the frame). Raises nothing.
+        Return None when it cannot tell (half a header, a delimited framing:
+        the default), and for a frame that :meth:`locate_frame` refuses (over
+        the limit: it is never buffered). Raises nothing.
+        """
+        return None
+
+    def max_frame_extent(self) -> int | None:
+        """Optional: the most bytes one frame can take, framing included (the
+        size limit plus header or delimiter); None (the default) if this
+        serializer sets no limit. The receiver never grows its buffer past
+        it for a frame whose size :meth:`frame_extent` cannot tell.
         """
         return None
 

@@ -94,5 +94,8 @@ class LengthPrefixedSerializer(AbstractFramedPacketSerializer[SentT, ReceivedT],
         size = int.from_bytes(buffer[start : start + _HEADER_SIZE], "big")
         return None if size > self.max_frame_size else _HEADER_SIZE + size
 
+    def max_frame_extent(self) -> int | None:
+        return _HEADER_SIZE + self.max_frame_size
+
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
         return self._loads(body)  # type: ignore[arg-type]
