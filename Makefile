@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench clean
+.PHONY: test lint typecheck pytest stress demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The long reliability runs: fuzz with many more examples, and the tests marked
+# `stress` (deselected from `make test`).
+stress: $(STAMP)
+	HYPOTHESIS_PROFILE=stress $(BIN)/python -m pytest -q -m "stress or fuzz"
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

@@ -231,7 +231,9 @@ class PacketReceiver(Generic[ReceivedT]):
                 # to the frame's size at once: growing by steps would cost a copy and
                 # fresh pages per step
                 capacity = extent
-            else:  # a frame of unknown size: by doubling, up to the largest frame
+            elif pending <= size:  # a frame of unknown size: room for one more read
+                capacity = pending + need
+            else:  # and more than a read of it: by doubling, up to the largest frame
                 capacity = max(pending + need, 2 * len(buf))
                 limit = self._limit
                 if limit is not None and pending < limit:
