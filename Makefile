@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py
 	$(BIN)/python benchmarks/bench_rpc.py
 	$(BIN)/python benchmarks/bench_fds.py
+	$(BIN)/python benchmarks/bench_large.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
