@@ -217,3 +217,37 @@ async def test_many_broken_clients_hold_nothing_once_closed(client_kind: str) ->
         assert [ref for ref in refs if ref() is not None] == []
         assert kept < MiB, f"{kept / MiB:.1f} MiB still held after closing"
         assert cycles_of_ours() == []
+
+
+def test_copy_error_keeps_class_message_and_attributes_and_drops_the_traceback() -> None:
+    from unixrpc import AncillaryDataTruncatedError
+    from unixrpc.transport._common import copy_error
+
+    def fail() -> None:
+        try:
+            raise OSError("the cause")
+        except OSError as cause:
+            message = "control data was truncated"
+            raise AncillaryDataTruncatedError(message, bufsize=24, closed_fds=2) from cause
+
+    with pytest.raises(AncillaryDataTruncatedError) as info:
+        fail()
+    assert info.value.__traceback__ is not None
+    copy = copy_error(info.value)
+    del info
+    assert type(copy) is AncillaryDataTruncatedError
+    assert (str(copy), copy.args, copy.bufsize, copy.closed_fds) == (
+        "control data was truncated",
+        ("control data was truncated",),
+        24,
+        2,
+    )
+    assert copy.__traceback__ is None
+    assert copy.__cause__ is None
+    assert copy.__context__ is None
+    reset = copy_error(ConnectionResetError(104, "Connection reset by peer"))
+    assert (type(reset), reset.errno, str(reset)) == (
+        ConnectionResetError,
+        104,
+        "[Errno 104] Connection reset by peer",
+    )
