@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench schemas clean
+.PHONY: test lint typecheck pytest stress demo bench schemas clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The long reliability runs: fuzz with many more examples, and the tests marked
+# `stress` (deselected from `make test`).
+stress: $(STAMP)
+	HYPOTHESIS_PROFILE=stress $(BIN)/python -m pytest -q -m "stress or fuzz"
+
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
@@ -35,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py
 	$(BIN)/python benchmarks/bench_rpc.py
 	$(BIN)/python benchmarks/bench_fds.py
+	$(BIN)/python benchmarks/bench_large.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -10,6 +10,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests: a bounded run in ``make test``, a long one in ``make stress``
+# (HYPOTHESIS_PROFILE=stress). Never a deadline: no test asserts a duration.
+settings.register_profile("default", max_examples=150, deadline=None)
+settings.register_profile(
+    "stress", max_examples=20_000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: (client kind, anyio backend) combinations a shared client test runs under.
 CLIENT_VARIANTS = [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]

@@ -111,15 +111,27 @@ class PacketReceiver(Generic[ReceivedT]):
     ``max_recv_size`` bytes), reports the count with :meth:`buffer_updated`,
     and calls :meth:`next_packet` until it returns :data:`NEED_DATA`.
     :meth:`feed` is the same for bytes already in hand.
+
+    Memory: the buffer holds ``max_recv_size`` bytes between frames. A frame
+    larger than that is received into a second buffer of exactly the frame's
+    size, as its header declares it (with a delimited framing, whose frames
+    say their size only at their end, into one that doubles up to the limit
+    plus one read), which is released as soon as the frame is taken. At
+    most ``max_recv_size`` + the largest frame, then; an oversized frame is
+    refused from its header and never buffered.
     """
 
     __slots__ = (
+        "_base",
+        "_base_view",
         "_buf",
         "_discard",
         "_end",
         "_framed",
         "_generator",
         "_generator_pending",
+        "_large",
+        "_limit",
         "_recv_size",
         "_resyncing",
         "_searched",
@@ -138,8 +150,10 @@ class PacketReceiver(Generic[ReceivedT]):
             serializer if isinstance(serializer, AbstractFramedPacketSerializer) else None
         )
         self._recv_size = max_recv_size
-        self._buf = bytearray(max_recv_size)
-        self._view = memoryview(self._buf)
+        self._large = 2 * max_recv_size  # a buffer past this was grown for one large frame
+        self._limit = self._framed.max_frame_extent() if self._framed is not None else None
+        self._base = self._buf = bytearray(max_recv_size)
+        self._base_view = self._view = memoryview(self._buf)
         self._start = 0  # first unconsumed byte
         self._end = 0  # one past the last received byte
         self._searched = 0  # locate_frame already scanned up to here
@@ -150,39 +164,110 @@ class PacketReceiver(Generic[ReceivedT]):
 
     @property
     def max_recv_size(self) -> int:
-        """Size of the buffer returned by :meth:`get_buffer`."""
+        """The most bytes one :meth:`get_buffer` view holds, and the size of
+        the receive buffer between frames larger than that."""
         return self._recv_size
 
     def buffered_size(self) -> int:
         """Number of received bytes not yet consumed by a packet."""
         return self._end - self._start + self._generator_pending
 
+    def allocated_size(self) -> int:
+        """Bytes of receive buffer held now: ``max_recv_size`` between frames,
+        up to the size of the frame being received while one larger than a
+        read arrives (never more, when the serializer can tell a frame's size
+        from its header; see :meth:`AbstractFramedPacketSerializer.frame_extent`)."""
+        return len(self._buf)
+
     def get_buffer(self) -> memoryview:
-        """Return writable space of exactly ``max_recv_size`` bytes to read into.
+        """Return writable space to read into: ``max_recv_size`` bytes, or
+        fewer (never none) when that is all the frame being received still
+        needs, or when at least half a read fits after the bytes pending.
+
+        The buffer is sized to the frame being received: once more than half
+        a read of a frame larger than a read has arrived, the buffer grows to
+        that frame's size as its header declares it, never past it (by
+        doubling, up to the serializer's largest frame plus a read, when it
+        cannot tell), and it is replaced by one of ``max_recv_size`` bytes
+        once the frame is taken.
 
         Drop the view before the next call; then report the count with
         :meth:`buffer_updated`.
         """
         start, end, size = self._start, self._end, self._recv_size
         if start == end:
+            if len(self._buf) != size:
+                self._replace(size)
             self._start = self._end = self._searched = start = end = 0
-        if len(self._buf) - end < size:
-            self._make_room()
-            end = self._end
+        elif len(self._buf) - end < size:
+            return self._make_room()
         return self._view[end : end + size]
 
-    def _make_room(self) -> None:
-        start, end, size = self._start, self._end, self._recv_size
-        buf = self._buf
-        self._view.release()
+    def _make_room(self) -> memoryview:
+        """Space after the pending bytes (some are pending): compact the
+        buffer, or move them to a larger one sized for the frame they begin."""
+        start, end, size, buf = self._start, self._end, self._recv_size, self._buf
         pending = end - start
-        if start:
-            buf[:pending] = buf[start:end]
-            self._searched = max(self._searched - start, 0)
-            self._start, self._end = 0, pending
-        if len(buf) - pending < size:
-            buf.extend(bytes(max(len(buf), pending + size - len(buf))))
-        self._view = memoryview(buf)
+        extent = None
+        framed = self._framed
+        if framed is not None and not (self._discard or self._resyncing):
+            extent = framed.frame_extent(buf, start, end)
+            if extent is not None and extent <= pending:
+                extent = None  # whole frames are pending (fed, not taken yet): no bound for them
+        if extent is not None and extent - pending <= size:
+            need = extent - pending  # the rest of the frame, and no more
+        elif pending <= size // 2:
+            need = size - pending  # at least half a read
+        else:
+            need = size
+        if len(buf) - pending >= need:
+            if start:
+                buf[:pending] = buf[start:end]
+                self._searched = max(self._searched - start, 0)
+                self._start, self._end = 0, pending
+            capacity = len(buf)
+        else:
+            if extent is not None:
+                # to the frame's size at once: growing by steps would cost a copy and
+                # fresh pages per step
+                capacity = extent
+            elif pending <= size:  # a frame of unknown size: room for one more read
+                capacity = pending + need
+            else:  # and more than a read of it: by doubling, up to the largest frame
+                capacity = max(pending + need, 2 * len(buf))
+                limit = self._limit
+                if limit is not None and pending < limit:
+                    capacity = max(pending + need, min(capacity, limit))
+            self._replace(capacity)
+        return self._view[pending : pending + min(size, capacity - pending)]
+
+    def _replace(self, capacity: int) -> None:
+        """Move the pending bytes to the start of a new buffer of *capacity*
+        bytes (allocated exactly: a bytearray grown in place may keep more),
+        or back to the buffer of ``max_recv_size`` bytes, which is kept
+        meanwhile (its pages stay mapped: no fresh pages after each large
+        frame). A grown buffer is freed as soon as no view of it is left."""
+        start, end = self._start, self._end
+        pending = end - start
+        if capacity == self._recv_size:
+            buf, view = self._base, self._base_view
+        else:
+            buf = bytearray(capacity)
+            view = memoryview(buf)
+        if pending:
+            buf[:pending] = self._buf[start:end]
+        self._searched = max(self._searched - start, 0)
+        self._start, self._end = 0, pending
+        self._buf, self._view = buf, view
+
+    def _release(self) -> None:
+        """After a frame was taken from a buffer larger than a read: back to
+        ``max_recv_size`` bytes, unless what is left still needs more (a
+        buffer of up to two reads is kept while frames keep straddling reads)."""
+        pending = self._end - self._start
+        size = self._recv_size
+        if pending == 0 or (pending <= size and len(self._buf) > 2 * size):
+            self._replace(size)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that *nbytes* were written at the start of the last
@@ -190,13 +275,17 @@ class PacketReceiver(Generic[ReceivedT]):
         self._end += nbytes
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        """Append *data* to the received bytes."""
+        """Append *data* to the received bytes (as reads into
+        :meth:`get_buffer` would)."""
         data = memoryview(data).cast("B")
-        size = self._recv_size
-        for offset in range(0, len(data), size):
-            chunk = data[offset : offset + size]
-            self.get_buffer()[: len(chunk)] = chunk
-            self.buffer_updated(len(chunk))
+        offset, total = 0, len(data)
+        while offset < total:
+            buffer = self.get_buffer()
+            count = min(len(buffer), total - offset)
+            buffer[:count] = data[offset : offset + count]
+            del buffer
+            self._end += count
+            offset += count
 
     def next_packet(self) -> ReceivedT | NeedData:
         """Return the next whole packet, or :data:`NEED_DATA`.
@@ -227,8 +316,15 @@ class PacketReceiver(Generic[ReceivedT]):
             self._searched = end
             return NEED_DATA
         body_start, body_end, self._start = location
+        buf = self._buf
+        if len(buf) > self._recv_size:  # grown for a large frame: release it
+            # a buffer that is exactly this frame is handed over, uncopied
+            body = buf if body_start == 0 and body_end == len(buf) else buf[body_start:body_end]
+            self._release()
+        else:
+            body = buf[body_start:body_end]
         try:
-            return framed.parse_frame_body(self._buf[body_start:body_end])
+            return framed.parse_frame_body(body)
         except DeserializeError as exc:
             raise StreamProtocolParseError(exc) from exc
 
@@ -242,9 +338,12 @@ class PacketReceiver(Generic[ReceivedT]):
                 whole packet comes before the bad frame.
         """
         framed = self._framed
-        if framed is not None and not (self._discard or self._resyncing):
+        # (a buffer grown for a large frame goes to next_packet, which hands it over uncopied)
+        if framed is not None and not (self._discard or self._resyncing or self._end > self._large):
             packets, self._start = framed.split_frames(self._buf, self._start, self._end)
             if packets:
+                if len(self._buf) > self._recv_size:
+                    self._release()
                 return packets
         packet = self.next_packet()
         return [] if packet is NEED_DATA else [packet]

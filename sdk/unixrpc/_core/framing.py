@@ -4,7 +4,9 @@ the raw Unix stream clients.
 
 Rules this module owns: a frame over ``max_frame_size`` or declaring more
 than ``max_fds`` descriptors is refused from its header, before its body is
-buffered; the control buffer of one read holds exactly one frame's worth of
+buffered; a frame's size is read from its header, so that the receive
+buffer is sized to the frame (never more than ``HEADER_SIZE +
+max_frame_size`` for one frame); the control buffer of one read holds exactly one frame's worth of
 descriptors (the kernel hands over those of at most one ``sendmsg`` per
 ``recvmsg``).
 
@@ -113,6 +115,22 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
         if end < body_end:
             return None
         return start, body_end, body_end  # the header too: parse_frame_body needs the fd count
+
+    def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        """The frame's size from its header (what the receiver sizes its
+        buffer to); None before the header is in, or for a frame refused."""
+        if end - start < HEADER_SIZE:
+            return None
+        size: int
+        nfds: int
+        size, nfds = HEADER.unpack_from(buffer, start)
+        if size > self.max_frame_size or nfds > self.max_fds:
+            return None
+        return HEADER_SIZE + size
+
+    def max_frame_extent(self) -> int:
+        """The largest frame accepted, header included."""
+        return HEADER_SIZE + self.max_frame_size
 
     def split_frames(self, buffer: bytes | bytearray, start: int, end: int) -> tuple[list[RawFrame], int]:
         frames: list[RawFrame] = []

@@ -60,6 +60,9 @@ class LineFramedSerializer(
             )
         return start, newline, newline + 1
 
+    def max_frame_extent(self) -> int | None:
+        return self.max_frame_size + 1  # a line's end is unknown until seen: only the limit bounds it
+
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
         return self.deserialize(body)  # type: ignore[arg-type]
 

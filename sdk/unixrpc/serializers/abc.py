@@ -100,7 +100,9 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
 
     Subclasses implement :meth:`serialize_frame`, :meth:`locate_frame` and
     :meth:`parse_frame_body` (and :meth:`resync` if an oversized frame's end
-    can only be found by scanning). The generator API of
+    can only be found by scanning, :meth:`frame_extent` and
+    :meth:`max_frame_extent` so that a large frame costs no more buffer than
+    its own size). The generator API of
     :class:`AbstractIncrementalPacketSerializer` is provided on top.
     """
 
@@ -133,6 +135,27 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
             OversizedFrameError: the frame is (or will be) over the size limit.
                 The receiver reports it and discards the frame's bytes.
         """
+
+    def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        """Optional: the exact number of bytes the frame that begins at
+        ``buffer[start]`` takes, framing included, once ``buffer[:end]`` holds
+        enough of it to tell (a length header). The receiver sizes its buffer
+        to it: a frame larger than one read is received into a buffer of
+        exactly this many bytes, released once the frame is taken.
+
+        Return None when it cannot tell (half a header, a delimited framing:
+        the default), and for a frame that :meth:`locate_frame` refuses (over
+        the limit: it is never buffered). Raises nothing.
+        """
+        return None
+
+    def max_frame_extent(self) -> int | None:
+        """Optional: the most bytes one frame can take, framing included (the
+        size limit plus header or delimiter); None (the default) if this
+        serializer sets no limit. The receiver never grows its buffer past
+        it for a frame whose size :meth:`frame_extent` cannot tell.
+        """
+        return None
 
     @abstractmethod
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:

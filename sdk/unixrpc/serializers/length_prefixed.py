@@ -88,5 +88,14 @@ class LengthPrefixedSerializer(AbstractFramedPacketSerializer[SentT, ReceivedT],
             return None
         return body_start, body_end, body_end
 
+    def frame_extent(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        if end - start < _HEADER_SIZE:
+            return None
+        size = int.from_bytes(buffer[start : start + _HEADER_SIZE], "big")
+        return None if size > self.max_frame_size else _HEADER_SIZE + size
+
+    def max_frame_extent(self) -> int | None:
+        return _HEADER_SIZE + self.max_frame_size
+
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
         return self._loads(body)  # type: ignore[arg-type]

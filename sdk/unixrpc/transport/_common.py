@@ -48,15 +48,18 @@ __all__ = [
     "connect_address",
     "connect_error",
     "connect_timeout_error",
+    "copy_error",
     "eof_error",
     "handle_ancillary",
     "make_cmsgs",
     "map_send_error",
     "peer_credentials",
+    "send_error_is_mapped",
     "resolve_ancillary_bufsize",
 ]
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 MSG_CMSG_CLOEXEC: int = int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
@@ -253,6 +256,22 @@ def handle_ancillary(
         into._append(message)
 
 
+def copy_error(error: E) -> E:
+    """A new exception like *error* (same class, arguments and attributes),
+    without its traceback, cause or context.
+
+    A client that stays broken keeps the error that broke it and raises a
+    copy on every later call. It never raises the kept one itself: a raised
+    exception holds its traceback, whose frames hold the client, so the
+    client would sit in a reference cycle and its buffers would stay alive
+    until the cyclic garbage collector runs.
+    """
+    copy = type(error).__new__(type(error), *error.args)
+    copy.args = error.args  # OSError subclasses with their own __init__ skip it in __new__
+    copy.__dict__.update(error.__dict__)
+    return copy
+
+
 def eof_error(pending: int) -> ConnectionBrokenError:
     """The error for a peer that closed the connection, *pending* bytes into a packet."""
     detail = f" in the middle of a packet ({pending} bytes pending)" if pending else ""
@@ -270,15 +289,19 @@ def map_recv_error(exc: OSError, closed: bool, pending: int) -> OSError:
     return exc
 
 
+def send_error_is_mapped(exc: OSError, closed: bool) -> bool:
+    """Whether a send's ``OSError`` becomes another error (:func:`map_send_error`);
+    if not, re-raise it as it is, with a bare ``raise`` (``raise exc from
+    exc`` would make the error its own cause: a reference cycle)."""
+    return closed or exc.errno in _DISCONNECT_ERRNOS
+
+
 def map_send_error(exc: OSError, closed: bool) -> OSError:
-    """The error to raise for an ``OSError`` from a send."""
+    """The error to raise for an ``OSError`` from a send, when
+    :func:`send_error_is_mapped`."""
     if closed:
         return ClientClosedError("client was closed")
-    if exc.errno in _DISCONNECT_ERRNOS:
-        return ConnectionBrokenError(
-            f"peer closed the connection ({errno.errorcode.get(exc.errno or 0, exc)})"
-        )
-    return exc
+    return ConnectionBrokenError(f"peer closed the connection ({errno.errorcode.get(exc.errno or 0, exc)})")
 
 
 class SocketProxy:

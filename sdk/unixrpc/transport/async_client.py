@@ -29,6 +29,7 @@ from ._common import (
     check_connected_socket,
     connect_address,
     connect_error,
+    copy_error,
     eof_error,
     handle_ancillary,
     make_cmsgs,
@@ -36,6 +37,7 @@ from ._common import (
     map_send_error,
     peer_credentials,
     resolve_ancillary_bufsize,
+    send_error_is_mapped,
 )
 from ._readwatch import ReadWatch, read_watch
 
@@ -76,6 +78,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
     """
 
     __slots__ = (
+        "__weakref__",
         "_address",
         "_closed",
         "_connect_lock",
@@ -341,6 +344,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         except OSError as exc:
             if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 self._send_broken = ConnectionBrokenError("peer closed the connection")
+            if not send_error_is_mapped(exc, self._closed):
+                raise
             raise map_send_error(exc, self._closed) from exc
 
     async def _send_rest(
@@ -362,6 +367,8 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                 self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
             elif exc.errno in (errno.EPIPE, errno.ECONNRESET):
                 self._send_broken = ConnectionBrokenError("peer closed the connection")
+            if not send_error_is_mapped(exc, self._closed):
+                raise
             raise map_send_error(exc, self._closed) from exc
         except BaseException:
             if sent:
@@ -489,24 +496,25 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
                     try:
                         handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
                     except ConnectionBrokenError as exc:
-                        self._recv_broken = exc
+                        self._recv_broken = copy_error(exc)  # kept unraised: see copy_error
                         raise
         except BlockingIOError:
             return False
         except OSError as exc:
             error = map_recv_error(exc, self._closed, receiver.buffered_size())
-            if isinstance(error, ConnectionBrokenError):
-                self._recv_broken = error
             if error is exc:
+                del error  # a local holding the raised error would tie it to its own traceback
                 raise
-            raise error from exc
+            if isinstance(error, ConnectionBrokenError):
+                self._recv_broken = error  # kept unraised: only copies are raised
+            raise copy_error(error) from exc
         finally:
             del buffer
         if nbytes == 0:
             if self._closed:
                 raise ClientClosedError("client is closed")
             self._recv_broken = eof_error(receiver.buffered_size())
-            raise self._recv_broken
+            raise copy_error(self._recv_broken)
         receiver.buffer_updated(nbytes)
         return True
 
@@ -520,7 +528,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             if packet is not NEED_DATA:
                 return packet
             if self._recv_broken is not None:
-                raise self._recv_broken
+                raise copy_error(self._recv_broken)
             if not self._read_once(sock, ancillary, bufsize):
                 await self._wait_readable(sock, timeout)
 

@@ -31,6 +31,7 @@ from ._common import (
     connect_address,
     connect_error,
     connect_timeout_error,
+    copy_error,
     eof_error,
     handle_ancillary,
     make_cmsgs,
@@ -38,6 +39,7 @@ from ._common import (
     map_send_error,
     peer_credentials,
     resolve_ancillary_bufsize,
+    send_error_is_mapped,
     set_connect_timeout,
 )
 
@@ -249,6 +251,8 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                 # unless a first ``sendmsg`` provably wrote nothing.
                 if sent or not cmsgs or exc.errno not in (errno.EBADF, errno.EINVAL, errno.ETOOMANYREFS):
                     self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
+                if not send_error_is_mapped(exc, self._closed):
+                    raise
                 raise map_send_error(exc, self._closed) from exc
             except BaseException:
                 self._send_broken = ConnectionBrokenError("a send was interrupted in the middle of a frame")
@@ -338,7 +342,7 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             if packet is not NEED_DATA:
                 return packet
             if self._recv_broken is not None:
-                raise self._recv_broken
+                raise copy_error(self._recv_broken)
             flags = 0
             if deadline is not None:
                 self._wait_readable(deadline)
@@ -355,24 +359,25 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
                         try:
                             handle_ancillary(ancdata, msg_flags, bufsize, ancillary)
                         except ConnectionBrokenError as exc:
-                            self._recv_broken = exc
+                            self._recv_broken = copy_error(exc)  # kept unraised: see copy_error
                             raise
             except BlockingIOError:
                 continue
             except OSError as exc:
                 error = map_recv_error(exc, self._closed, receiver.buffered_size())
-                if isinstance(error, ConnectionBrokenError):
-                    self._recv_broken = error
                 if error is exc:
+                    del error  # a local holding the raised error would tie it to its own traceback
                     raise
-                raise error from exc
+                if isinstance(error, ConnectionBrokenError):
+                    self._recv_broken = error  # kept unraised: only copies are raised
+                raise copy_error(error) from exc
             finally:
                 del buffer
             if nbytes == 0:
                 if self._closed:
                     raise ClientClosedError("client is closed")
                 self._recv_broken = eof_error(receiver.buffered_size())
-                raise self._recv_broken
+                raise copy_error(self._recv_broken)
             receiver.buffer_updated(nbytes)
 
     def recv_packets_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
