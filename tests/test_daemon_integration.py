@@ -42,8 +42,6 @@ from daemon_support import Manager, bind_manager, spawn_activated, unix_listener
 from rpc_support import Add, make_server
 from unixrpc import AsyncClient, Client, Method, SocketActivationError
 
-pytestmark = pytest.mark.skip(reason="awaiting server integration")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "systemd")
 SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"

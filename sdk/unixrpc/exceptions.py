@@ -44,6 +44,7 @@ __all__ = [
     "RPCError",
     "RemoteProtocolError",
     "ServerBusyError",
+    "ServerShuttingDownError",
     "ClientClosedError",
     "ConnectionBrokenError",
     "DeserializeError",
@@ -395,6 +396,13 @@ class PermissionDeniedError(RPCError, code="unixrpc.PermissionDenied"):
 class ServerBusyError(RPCError, code="unixrpc.Busy"):
     """The server refused the call or connection because of a limit (calls in
     flight, connections), or because it is shutting down."""
+
+
+class ServerShuttingDownError(ServerBusyError, code="unixrpc.ShuttingDown"):
+    """The server is shutting down: it refused a new call, ended a stream, or
+    cut a call that did not finish within its shutdown grace period (also
+    raised by every later call on the connection). Connect again once it is
+    back (socket activation starts it on the next connect)."""
 
 
 class ProtocolViolationError(RPCError, code="unixrpc.ProtocolError"):

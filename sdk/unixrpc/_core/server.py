@@ -69,6 +69,7 @@ from ..exceptions import (
     ProtocolViolationError,
     RPCError,
     ServerBusyError,
+    ServerShuttingDownError,
 )
 from ..fds import EMPTY_FDS, NO_FDS, FdContext, serialize
 from ..methods import MethodSpec
@@ -149,6 +150,7 @@ class ServerCall:
         "abandoned",
         "answered",
         "call_id",
+        "cancel_error",
         "cancel_requested",
         "context",
         "credit",
@@ -179,6 +181,7 @@ class ServerCall:
         self.answered = False  # its final reply is queued (it is retired)
         self.abandoned = False  # answered while its handler still runs (a thread)
         self.cancel_requested = False
+        self.cancel_error: RPCError | None = None  # why, when not the client's cancel
         self.waiting_credit = False
         self.engine: Any = None
         self.context: Any = None  # the CallContext the engine made for it, if any
@@ -386,7 +389,7 @@ class ServerConnection:
         name: str = envelope["method"]
         error: RPCError
         if rules.stopping:
-            self._refuse(call_id, name, fds, ServerBusyError("server is shutting down"))
+            self._refuse(call_id, name, fds, ServerShuttingDownError("server is shutting down"))
             return None
         if len(self._calls) >= rules.max_calls_per_connection:
             limit = rules.max_calls_per_connection
@@ -520,7 +523,7 @@ class ServerConnection:
         if call.call_id is None:
             self._retire(call, None, None)
             return
-        error = CallCancelledError("call cancelled by the client")
+        error = call.cancel_error or CallCancelledError("call cancelled by the client")
         self._retire(call, wire.encode_error(call.call_id, error.code, error.message), None)
 
     def take_credit(self, call: ServerCall) -> bool:
@@ -717,6 +720,38 @@ class ServerConnection:
                 call.cancel_requested = True
                 to_cancel.append(call)
         return to_cancel
+
+    def end_streams(self) -> list[ServerCall]:
+        """Shutdown began: the streams to cancel now (they would never end by
+        themselves); each is answered ``ServerShuttingDownError``. Unary
+        calls get the grace period."""
+        ended = []
+        for call in self._calls.values():
+            if call.handler.spec.streaming and not call.cancel_requested:
+                call.cancel_requested = True
+                call.cancel_error = ServerShuttingDownError("server is shutting down: the stream was ended")
+                ended.append(call)
+        return ended
+
+    def cut_off(self) -> list[ServerCall]:
+        """The grace period is over: answer every call still in flight
+        ``ServerShuttingDownError`` now, and tell the peer the connection
+        ends (an error with ``"id": null``), ahead of closing it. The calls
+        to cancel (their handlers' outcomes then only release descriptors)."""
+        left = []
+        for call in list(self._calls.values()):
+            if call.call_id is not None:
+                call.cancel_requested = True
+                call.cancel_error = ServerShuttingDownError(
+                    "server is shutting down: the call did not finish within the grace period"
+                )
+                self.cancelled(call, still_running=True)
+                left.append(call)
+        if self._closed is None:
+            error = ServerShuttingDownError("server is shutting down")
+            self._queue(wire.encode_error(None, error.code, error.message))
+            self._closed = "shutting down"
+        return left
 
     def close(self) -> None:
         """The connection is closed: release every descriptor still held

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import socket
@@ -27,6 +28,7 @@ from ..exceptions import ServerBusyError
 from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener
 from .connection import Connection
+from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:
     from .server import Server
@@ -58,40 +60,74 @@ class AnyioEngine:
         self._enter: Callable[[Callable[[], None]], object] | None = None
         self._grace: float | None = None  # set by stop()
         self._drain_scope: anyio.CancelScope | None = None
+        self.lifecycle: Lifecycle | None = None
+        self._housekeeping_wake: anyio.Event | None = None
 
     def stop(self, grace: float) -> None:
         """Begin a shutdown with *grace* seconds for calls in flight (a
         shorter grace given later hurries a shutdown in progress)."""
         if self._grace is None or grace < self._grace:
             self._grace = grace
+        if self.lifecycle is not None:
+            self.lifecycle.stopping()
         enter = self._enter
         if enter is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing: it stops anyway
                 enter(self._on_stop)
 
+    def _poke(self) -> None:  # in the loop: housekeeping has something to do
+        if self._housekeeping_wake is not None:
+            self._housekeeping_wake.set()
+
     def _on_stop(self) -> None:  # in the loop
         if self._stop_event is not None:
             self._stop_event.set()
+            for connection in self.connections:  # streams would never end by themselves
+                connection.end_streams()
         scope, grace = self._drain_scope, self._grace
         if scope is not None and grace is not None:
             scope.deadline = min(scope.deadline, anyio.current_time() + grace)
 
     async def serve(
-        self, listener: BoundListener, task_status: anyio.abc.TaskStatus[UnixSocketAddress]
+        self, listeners: list[BoundListener], task_status: anyio.abc.TaskStatus[UnixSocketAddress]
     ) -> None:
         self._stop_event = anyio.Event()
-        self._enter = _threadsafe_entry()
+        enter = self._enter = _threadsafe_entry()
+        lifecycle = self.lifecycle = Lifecycle(self._server, lambda: enter(self._poke))
         if self._grace is not None:  # stopped before it began
             self._stop_event.set()
         async with anyio.create_task_group() as task_group:
-            accept_scope = anyio.CancelScope()
-            task_group.start_soon(self._accept_loop, listener.socket, task_group, accept_scope)
-            task_status.started(listener.address)
+            accept_scopes = [anyio.CancelScope() for _ in listeners]
+            for listener, scope in zip(listeners, accept_scopes, strict=True):
+                task_group.start_soon(self._accept_loop, listener.socket, task_group, scope)
+            task_status.started(listeners[0].address)
+            lifecycle.started([listener.address for listener in listeners])
+            task_group.start_soon(self._housekeeping, lifecycle)
             await self._stop_event.wait()
-            accept_scope.cancel()
-            listener.close()
+            lifecycle.stopping()
+            for scope in accept_scopes:
+                scope.cancel()
+            for listener in listeners:
+                listener.close()
             await self._drain()
             task_group.cancel_scope.cancel()
+
+    async def _housekeeping(self, lifecycle: Lifecycle) -> None:
+        """Watchdog pings, idle exit and reloads, from the serving loop (a
+        wedged loop stops pinging)."""
+        while True:
+            wake = self._housekeeping_wake = anyio.Event()
+            delay = lifecycle.tick(len(self.connections))
+            with anyio.move_on_after(math.inf if delay is None else delay):
+                await wake.wait()
+            if lifecycle.reload_requested:
+                pending = lifecycle.reload()
+                if pending is not None and inspect.isawaitable(pending):
+                    try:
+                        await pending
+                    except Exception:
+                        logger.exception("the on_reload hook raised")
+                lifecycle.reloaded()
 
     async def _drain(self) -> None:
         grace = self._grace if self._grace is not None else self._server.shutdown_grace

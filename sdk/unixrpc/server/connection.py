@@ -213,6 +213,8 @@ class Connection:
                 lost, worker.current = worker.current, None
                 if lost is not None:
                     self.core.cancelled(lost)
+                    if not worker.in_thread:
+                        self.core.release(lost)
                 raise
             if not scope.cancel_called:
                 return  # the reading is over
@@ -220,8 +222,11 @@ class Connection:
             call, worker.current = worker.current, None
             worker.scope = self._new_scope()
             worker.credit = None
+            in_thread, worker.in_thread = worker.in_thread, False
             if call is not None:
                 self.core.cancelled(call)
+                if not in_thread:  # else released when the thread returns
+                    self.core.release(call)
                 await self._flush()
             if self._reading_done:
                 return
@@ -344,11 +349,14 @@ class Connection:
         core = self.core
         waiter.late = lambda _: core.release(call)  # the outcome of an abandoned call
         self._server._threads().submit(function, args, waiter.settle_threadsafe)
+        worker: Worker = call.engine
+        worker.in_thread = True
         try:
             ok, value = await waiter.wait()
         except BaseException:
             core.cancelled(call, still_running=True)  # answered now; its outcome only releases
             raise
+        worker.in_thread = False
         if not ok:
             raise value
         return value
@@ -465,10 +473,22 @@ class Connection:
         """Calls in flight, or replies not yet written: a graceful shutdown waits."""
         return self.core.busy() or self._writing
 
+    def end_streams(self) -> None:
+        """Shutdown began: end the streams now (they would never end)."""
+        for call in self.core.end_streams():
+            self._cancel(call)
+
     async def abort(self) -> None:
-        """Close the transport now: sends blocked on a peer that does not read
-        fail, calls in flight are cut off (the server is going away)."""
+        """The grace period is over: answer what is left ``ShuttingDown``
+        and tell the peer, as far as the socket takes it without waiting;
+        then close the transport (sends blocked on a peer that does not read
+        fail) and cancel the calls."""
+        left = self.core.cut_off()
+        if not self._writing:
+            self._flush_nowait()  # a short write is not finished: the connection closes
         await self._transport.aclose()
+        for call in left:
+            self._cancel(call)
 
 
 def _fd_bytes(fds: list[int]) -> bytes:

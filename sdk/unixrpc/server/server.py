@@ -12,10 +12,12 @@ serving in a thread. The engines are :mod:`.anyio_engine` (with
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -74,6 +76,11 @@ class Server:
         shutdown_grace: seconds calls in flight get to finish on shutdown.
         max_threads: threads that run plain ``def`` handlers at once, server
             wide, on the asyncio and trio backends (more calls wait for one).
+        on_reload: a hook (plain, or returning an awaitable) run on SIGHUP or
+            :meth:`reload`, between ``RELOADING=1`` and ``READY=1`` to systemd
+            (``Type=notify-reload``): re-read configuration there.
+        idle_timeout: stop after this many seconds with no connection (for
+            socket-activated daemons, which systemd starts again on demand).
         max_threads_per_connection: on the threads backend, the threads of one
             connection that run calls at once (plus one that reads); more
             calls wait for one of them while reading goes on.
@@ -100,6 +107,8 @@ class Server:
         shutdown_grace: float = 10.0,
         max_threads: int = 64,
         max_threads_per_connection: int = 16,
+        on_reload: Callable[[], Any] | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.name, self.version, self.description = name, version, description
         for limit, value in (
@@ -121,6 +130,8 @@ class Server:
         self._protocol = StreamProtocol(self._framing)
         self.max_threads = max_threads
         self.max_threads_per_connection = max_threads_per_connection
+        self.on_reload = on_reload
+        self.idle_timeout = idle_timeout
         self._thread_engine: ThreadEngine | None = None
         self._handlers: dict[str, Handler] = {}
         self._rules = ServerRules(
@@ -133,7 +144,7 @@ class Server:
         self._handler_threads: HandlerThreads | None = None
         self._connection_ids = itertools.count(1)
         self._engine: AnyioEngine | ThreadEngine | None = None
-        self._listener: BoundListener | None = None
+        self._listeners_now: list[BoundListener] = []
         self._serving_lock = threading.Lock()
         if introspection:
             introspection_methods.install(self)
@@ -218,8 +229,13 @@ class Server:
 
     @property
     def address(self) -> UnixSocketAddress | None:
-        """Where the server listens, while it does."""
-        return self._listener.address if self._listener is not None else None
+        """Where the server listens (its first listener), while it does."""
+        return self._listeners_now[0].address if self._listeners_now else None
+
+    @property
+    def addresses(self) -> list[UnixSocketAddress]:
+        """Where the server listens, every listener, while it does."""
+        return [bound.address for bound in self._listeners_now]
 
     @property
     def _stopping(self) -> bool:
@@ -247,54 +263,127 @@ class Server:
         if engine is not None:
             engine.stop(self.shutdown_grace if grace is None else grace)
 
-    def _begin(self, address: UnixAddressLike, engine: AnyioEngine | ThreadEngine) -> BoundListener:
+    def _listeners(
+        self, address: UnixAddressLike | None, listener: socket.socket | None, listen_name: str | None
+    ) -> list[BoundListener]:
+        """The sockets to serve: *listener* (handed over), *address* (the
+        socket systemd passed for it, else bound here), the sockets systemd
+        passed by *listen_name*, or, with none of these, every socket systemd
+        passed. They combine."""
+        # systemd's side of it (LISTEN_FDS) lives with the daemon plumbing, which imports binding
+        from ..daemon.activation import adopt_listener, inherited_listener_at, inherited_listeners
+
+        listeners: list[BoundListener] = []
+        try:
+            if listener is not None:
+                listeners.append(adopt_listener(listener))
+            if address is not None:
+                inherited = inherited_listener_at(address)
+                listeners.append(
+                    inherited
+                    if inherited is not None
+                    else bind_listener(address, mode=self.socket_mode, group=self.socket_group)
+                )
+            if listen_name is not None or not listeners:
+                listeners.extend(inherited_listeners(listen_name))
+        except BaseException:
+            for taken in listeners:
+                taken.close()
+            raise
+        return listeners
+
+    def _begin(
+        self,
+        engine: AnyioEngine | ThreadEngine,
+        address: UnixAddressLike | None,
+        listener: socket.socket | None,
+        listen_name: str | None,
+    ) -> list[BoundListener]:
         with self._serving_lock:
             if self._engine is not None:
                 raise RuntimeError("this server is already serving")
-            listener = bind_listener(address, mode=self.socket_mode, group=self.socket_group)
-            self._listener, self._engine = listener, engine
+            listeners = self._listeners(address, listener, listen_name)
+            self._listeners_now, self._engine = listeners, engine
             self._rules.stopping = False
-        logger.info("serving %d methods on %s", len(self._handlers), listener.address)
-        return listener
+        where = ", ".join(str(bound.address) for bound in listeners)
+        logger.info("serving %d methods on %s", len(self._handlers), where)
+        return listeners
 
-    def _end(self, listener: BoundListener) -> None:
-        listener.close()
+    def _end(self, listeners: list[BoundListener]) -> None:
+        for listener in listeners:
+            listener.close()
         with self._serving_lock:
-            self._listener = self._engine = None
+            self._listeners_now, self._engine = [], None
             pool, self._handler_threads = self._handler_threads, None
         if pool is not None:
             pool.close()
-        logger.info("stopped serving on %s", listener.address)
+        logger.info("stopped serving on %s", ", ".join(str(bound.address) for bound in listeners))
+
+    def reload(self) -> None:
+        """Run the ``on_reload`` hook in the serving loop, with systemd told
+        ``RELOADING=1`` then ``READY=1`` (what SIGHUP does in the main
+        thread). Safe from any thread. A no-op when not serving."""
+        engine = self._engine
+        if engine is not None and engine.lifecycle is not None:
+            engine.lifecycle.request_reload()
 
     async def serve(
         self,
-        address: UnixAddressLike,
+        address: UnixAddressLike | None = None,
         *,
+        listener: socket.socket | None = None,
+        listen_name: str | None = None,
         task_status: anyio.abc.TaskStatus[UnixSocketAddress] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Listen on *address* and serve until :meth:`shutdown` (graceful) or
-        cancellation (immediate), in the running event loop (asyncio or trio).
-        The socket file is removed on the way out. With
-        ``task_group.start(server.serve, path)`` it returns once listening.
+        """Serve until :meth:`shutdown` (graceful) or cancellation (immediate),
+        in the running event loop (asyncio or trio). With
+        ``task_group.start(server.serve, path)`` it returns once listening
+        (with the first listener's address).
+
+        Args:
+            address: a path or abstract name to listen on (if systemd passed a
+                socket listening there, that one is served instead).
+            listener: an already-bound listening ``AF_UNIX`` socket to serve
+                (the server takes it over and closes it when it stops).
+            listen_name: serve the sockets systemd passed under this name
+                (``FileDescriptorName=``).
+
+        With none of them, every socket systemd passed (socket activation);
+        they combine. A socket file the server bound is removed on the way
+        out; an inherited or handed-over one is never probed, unlinked or
+        chmod-ed. Under ``NOTIFY_SOCKET``, systemd is told ``READY=1`` once
+        listening and ``STOPPING=1`` at shutdown, and the watchdog is pinged.
 
         Raises:
-            OSError (EADDRINUSE): a live server already listens there.
-            FileExistsError: the path exists and is not a socket.
+            OSError (EADDRINUSE): a live server already listens on *address*.
+            FileExistsError: *address* exists and is not a socket.
+            SocketActivationError: no socket was given and systemd passed none
+                (or none of that name), or what was passed or handed over is
+                not a listening ``AF_UNIX`` stream socket.
             RuntimeError: this server is already serving.
         """
         engine = AnyioEngine(self)
-        listener = self._begin(address, engine)
+        listeners = self._begin(engine, address, listener, listen_name)
         try:
-            await engine.serve(listener, task_status)
+            await engine.serve(listeners, task_status)
         except BaseExceptionGroup as group:
             raise _unwrap(group) from None
         finally:
-            self._end(listener)
+            self._end(listeners)
 
-    def serve_forever(self, address: UnixAddressLike, *, backend: str = "asyncio") -> None:
-        """Serve on *address* until :meth:`shutdown`, or SIGTERM or SIGINT
-        when called in the main thread (a second signal cancels what is left
-        at once), then shut down gracefully. Works in any thread.
+    def serve_forever(
+        self,
+        address: UnixAddressLike | None = None,
+        *,
+        listener: socket.socket | None = None,
+        listen_name: str | None = None,
+        backend: str = "asyncio",
+    ) -> None:
+        """Serve until :meth:`shutdown`, or SIGTERM or SIGINT when called in
+        the main thread (a second signal cancels what is left at once; SIGHUP
+        runs ``on_reload`` when there is one), then shut down gracefully.
+        Works in any thread. *address*, *listener* and *listen_name* are as
+        for :meth:`serve`.
 
         Args:
             backend: ``"asyncio"`` or ``"trio"`` (a new event loop, through
@@ -303,29 +392,38 @@ class Server:
                 their request; see docs/rpc.md for which to pick).
 
         Raises:
-            OSError, FileExistsError, RuntimeError: as for :meth:`serve`.
+            OSError, FileExistsError, SocketActivationError, RuntimeError: as
+                for :meth:`serve`.
             ValueError: an unknown backend.
         """
-        self._serve_blocking(address, backend, None)
+        self._serve_blocking(backend, None, address, listener, listen_name)
 
     def _serve_blocking(
-        self, address: UnixAddressLike, backend: str, started: Callable[[UnixSocketAddress], None] | None
+        self,
+        backend: str,
+        started: Callable[[UnixSocketAddress], None] | None,
+        address: UnixAddressLike | None,
+        listener: socket.socket | None = None,
+        listen_name: str | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio", "threads"):
             raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
         with _signals_shut_down(self):
             if backend == "threads":
                 engine = ThreadEngine(self)
-                listener = self._begin(address, engine)
+                listeners = self._begin(engine, address, listener, listen_name)
                 try:
-                    engine.serve(listener, None if started is None else lambda: started(listener.address))
+                    first = listeners[0].address
+                    engine.serve(listeners, None if started is None else lambda: started(first))
                 finally:
-                    self._end(listener)
+                    self._end(listeners)
                 return
 
             async def main() -> None:
                 async with anyio.create_task_group() as task_group:
-                    address_now = await task_group.start(self.serve, address)
+                    address_now = await task_group.start(
+                        functools.partial(self.serve, address, listener=listener, listen_name=listen_name)
+                    )
                     if started is not None:
                         started(address_now)
 
@@ -336,16 +434,24 @@ class Server:
 
     @contextlib.contextmanager
     def serve_in_thread(
-        self, address: UnixAddressLike, *, backend: str = "threads", timeout: float = 30.0
+        self,
+        address: UnixAddressLike | None = None,
+        *,
+        listener: socket.socket | None = None,
+        listen_name: str | None = None,
+        backend: str = "threads",
+        timeout: float = 30.0,
     ) -> Iterator[UnixSocketAddress]:
         """Serve in a new thread for the ``with`` block: it is entered once
-        the server listens (yielding the address) and shuts the server down
-        on exit, waiting for the thread. For embedding a daemon in another
-        program, and for tests.
+        the server listens (yielding the first listener's address) and shuts
+        the server down on exit, waiting for the thread. For embedding a
+        daemon in another program, and for tests. *address*, *listener* and
+        *listen_name* are as for :meth:`serve`.
 
         Raises:
-            OSError, FileExistsError, RuntimeError, ValueError: as for
-                :meth:`serve_forever`, raised here when binding fails.
+            OSError, FileExistsError, SocketActivationError, RuntimeError,
+                ValueError: as for :meth:`serve_forever`, raised here when
+                binding fails.
             TimeoutError: the server did not start listening in *timeout*
                 seconds (or did not stop in *timeout* seconds on exit).
         """
@@ -359,7 +465,7 @@ class Server:
 
         def run() -> None:
             try:
-                self._serve_blocking(address, backend, started)
+                self._serve_blocking(backend, started, address, listener, listen_name)
             except BaseException as exc:  # handed to the caller
                 failure.append(exc)
             finally:
@@ -421,6 +527,13 @@ def _signals_shut_down(server: Server) -> Iterator[None]:
         received.append(signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    if server.on_reload is not None:
+
+        def on_hangup(signum: int, frame: Any) -> None:
+            logger.info("received SIGHUP: reloading")
+            server.reload()
+
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         yield
     finally:

@@ -31,13 +31,14 @@ class Worker:
     per call costs about as much as a small call): the call in progress is
     the only one a cancel can reach, and a cancelled scope is replaced."""
 
-    __slots__ = ("credit", "current", "scope", "wake")
+    __slots__ = ("credit", "current", "in_thread", "scope", "wake")
 
     def __init__(self, scope: anyio.CancelScope, wake: Wakeup) -> None:
         self.current: ServerCall | None = None  # the call being run
         self.scope = scope
         self.wake = wake
         self.credit: Wakeup | None = None  # what a stream waiting for credit waits on
+        self.in_thread = False  # its call waits for a handler thread (which a cancel abandons)
 
 
 @types.coroutine

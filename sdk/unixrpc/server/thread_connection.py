@@ -131,6 +131,7 @@ class ThreadConnection:
         # exactly one of them per batch of data (re-armed once it is read);
         # an eventfd wakes them for calls queued beyond the first of a read,
         # and at the end.
+        self._sock = sock
         self._sock_fd = sock.fileno()
         self._epoll = select.epoll()
         self._work_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
@@ -579,12 +580,30 @@ class ThreadConnection:
         with self._lock:
             return len(self.core)
 
+    def end_streams(self) -> None:
+        """Shutdown began: end the streams now (they would never end)."""
+        with self._lock:
+            for call in self.core.end_streams():
+                self._cancel(call)
+        self._flush()
+
     def abort(self) -> None:
-        """Cut the connection now (the server is going away): blocked reads
-        and writes fail, calls in flight are cancelled."""
-        self._transport.close()  # first: no reply gets out any more
+        """The grace period is over: answer what is left ``ShuttingDown``
+        and tell the peer, as far as the socket takes it without waiting;
+        then cut the connection (blocked reads and writes fail) and cancel
+        the calls."""
+        with self._lock:
+            left = self.core.cut_off()
+            chunks = [] if self._writing else self.core.take_output()
+        with contextlib.suppress(OSError):
+            for chunk in chunks:
+                if type(chunk) is bytes:
+                    self._sock.send(chunk, socket.MSG_DONTWAIT)
+        self._transport.close()  # no reply gets out any more
         with self._cond:
-            for call in self.core.hang_up():
+            for chunk in chunks:
+                self.core.written(chunk, ok=False)
+            for call in left + self.core.hang_up():
                 self._cancel(call)
             self._reading_over = True
             self._signal_work()

@@ -12,6 +12,7 @@ sets a flag and writes one byte to a pipe the accept loop polls.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import select
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 from .._core import wire
 from ..exceptions import ServerBusyError
 from .binding import BoundListener
+from .lifecycle import Lifecycle
 from .thread_connection import LoopThread, ThreadConnection
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ class ThreadEngine:
         # instead of a reset: {fd: (socket, when to close it)}
         self._refused: dict[int, tuple[socket.socket, float]] = {}
         self._grace: float | None = None  # set by stop()
+        self.lifecycle = Lifecycle(server, self.wake)
 
     # -- what connections use -------------------------------------------------------
 
@@ -82,49 +85,75 @@ class ThreadEngine:
         later hurries a shutdown in progress)."""
         if self._grace is None or grace < self._grace:
             self._grace = grace
+        self.lifecycle.stopping()
         self._stop_requested = True
         self.wake()
 
-    def serve(self, listener: BoundListener, started: Callable[[], None] | None = None) -> None:
-        """Accept and serve on *listener* until :meth:`stop`, then shut down
-        gracefully. *listener* is closed on the way out."""
-        server = self._server
+    def serve(self, listeners: list[BoundListener], started: Callable[[], None] | None = None) -> None:
+        """Accept and serve on *listeners* until :meth:`stop`, then shut down
+        gracefully. The listeners are closed on the way out."""
+        server, lifecycle = self._server, self.lifecycle
         ids = server._connection_ids
         try:
             if any(handler.is_async for handler in server._handlers.values()):
                 self.loop_thread()  # started with the server, not by its first async call
             poller = self._poller
-            listening = listener.socket.fileno()
-            poller.register(listening, select.POLLIN)
+            listening = {listener.socket.fileno(): listener.socket for listener in listeners}
+            for fd in listening:
+                poller.register(fd, select.POLLIN)
             poller.register(self._wake_r, select.POLLIN)
             if started is not None:
                 started()
+            lifecycle.started([listener.address for listener in listeners])
             while not self._stop_requested:
+                with self._lock:
+                    count = len(self._connections)
+                due = lifecycle.tick(count)  # watchdog pings come from this loop: it must not wedge
                 refused = self._refused
-                timeout = None
                 if refused:
-                    timeout = max(0.0, min(when for _, when in refused.values()) - time.monotonic()) * 1000
-                events = poller.poll(timeout)
+                    linger = max(0.0, min(when for _, when in refused.values()) - time.monotonic())
+                    due = linger if due is None else min(due, linger)
+                events = poller.poll(None if due is None else due * 1000)
                 if refused:
                     self._linger([fd for fd, _ in events if fd in refused])
-                if not any(fd == listening for fd, _ in events):
-                    if any(fd == self._wake_r for fd, _ in events):
+                if lifecycle.reload_requested:
+                    self._reload()
+                for fd, _ in events:
+                    if fd == self._wake_r:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 4096)
-                    continue
-                try:
-                    conn, _ = listener.socket.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue
-                except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    logger.error("accept failed: %s", exc)
-                    time.sleep(0.1)
-                    continue
-                conn.setblocking(True)
-                self._admit(conn, next(ids))
+                        continue
+                    sock = listening.get(fd)
+                    if sock is None or self._stop_requested:
+                        continue
+                    try:
+                        conn, _ = sock.accept()
+                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                        continue
+                    except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                        logger.error("accept failed: %s", exc)
+                        time.sleep(0.1)
+                        continue
+                    conn.setblocking(True)
+                    self._admit(conn, next(ids))
         finally:
-            listener.close()
+            for listener in listeners:
+                listener.close()
             self._shut_down()
+
+    def _reload(self) -> None:
+        pending = self.lifecycle.reload()
+        if pending is not None and inspect.isawaitable(pending):
+            awaitable = pending
+
+            async def run() -> None:
+                await awaitable
+
+            try:
+                self.loop_thread().start(run).result()
+            except Exception:
+                logger.exception("the on_reload hook raised")
+        self.lifecycle.reloaded()
 
     def _admit(self, conn: socket.socket, connection_id: int) -> None:
         server = self._server
@@ -180,6 +209,10 @@ class ThreadEngine:
         self._refused.clear()
         server = self._server
         server._rules.stopping = True
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:  # streams would never end by themselves
+            connection.end_streams()
         began = time.monotonic()
         while True:
             with self._lock:

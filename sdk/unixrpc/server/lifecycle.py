@@ -1,0 +1,112 @@
+"""What a serving engine tells systemd and when it stops by itself.
+
+Owns the daemon-side timing rules both engines follow (sd_notify(3),
+systemd.service(5)):
+
+* ``READY=1`` (with a ``STATUS=`` line) once every listener accepts;
+  ``STOPPING=1`` when a shutdown starts;
+* ``WATCHDOG=1`` every half ``WATCHDOG_USEC``, sent from the engine's
+  serving loop itself (the event loop, or the accepting thread), so a
+  wedged server stops pinging and systemd restarts it;
+* a reload (SIGHUP with an ``on_reload`` hook, or :meth:`Lifecycle.request_reload`):
+  ``RELOADING=1`` + ``MONOTONIC_USEC=``, the hook, then ``READY=1``
+  (``Type=notify-reload``);
+* idle exit: with ``idle_timeout``, a server with no connection for that
+  long shuts down (socket activation starts it again on the next connect).
+
+Engines call :meth:`Lifecycle.tick` from their loop and sleep at most what
+it returns. No sockets here beyond the notifier's datagrams.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..address import UnixSocketAddress
+from ..daemon.notify import Notifier
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["Lifecycle"]
+
+logger = logging.getLogger("unixrpc.server")
+
+
+class Lifecycle:
+    """The notify, watchdog, reload and idle state of one serving run."""
+
+    def __init__(self, server: Server, wake: Callable[[], object]) -> None:
+        self._server = server
+        self._wake = wake  # wakes the engine's loop (thread-safe)
+        self.notifier = Notifier()
+        self._watchdog = self.notifier.watchdog_interval()
+        self._next_ping = 0.0
+        self._idle_since: float | None = None
+        self._stopping_sent = False
+        self.reload_requested = False
+
+    def started(self, addresses: Sequence[UnixSocketAddress]) -> None:
+        """Every listener accepts: tell systemd we are ready."""
+        where = ", ".join(str(address) for address in addresses)
+        count = len([name for name in self._server._handlers if not name.startswith("unixrpc.")])
+        self.notifier.ready(f"serving {count} methods on {where}")
+        self._idle_since = time.monotonic()
+
+    def stopping(self) -> None:
+        """A shutdown started (sent once)."""
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self.notifier.stopping("shutting down")
+
+    def request_reload(self) -> None:
+        """Ask for a reload (thread-safe; from a signal handler too)."""
+        self.reload_requested = True
+        self._wake()
+
+    def reload(self) -> Any:
+        """Run the reload hook, with RELOADING=1 and READY=1 around it (what
+        the hook returns: an awaitable for the engine to await, or None).
+        A hook that raises is logged; the server goes on."""
+        self.reload_requested = False
+        hook = self._server.on_reload
+        if hook is None:
+            return None
+        self.notifier.reloading("reloading")
+        logger.info("reloading")
+        try:
+            return hook()
+        except Exception:
+            logger.exception("the on_reload hook raised")
+            return None
+
+    def reloaded(self) -> None:
+        self.notifier.ready("reloaded")
+
+    def tick(self, connections: int) -> float | None:
+        """Ping the watchdog when due, and shut down after ``idle_timeout``
+        with no connection: how long the engine may sleep before the next
+        tick (None: nothing is due)."""
+        now = time.monotonic()
+        waits: list[float] = []
+        if self._watchdog is not None:
+            if now >= self._next_ping:
+                self.notifier.watchdog()
+                self._next_ping = now + self._watchdog
+            waits.append(self._next_ping - now)
+        idle_timeout = self._server.idle_timeout
+        if idle_timeout is not None and not self._server._rules.stopping:
+            if connections:
+                self._idle_since = None
+                waits.append(idle_timeout)
+            else:
+                since = self._idle_since = self._idle_since if self._idle_since is not None else now
+                if now - since >= idle_timeout:
+                    logger.info("idle for %ss with no connection: stopping", idle_timeout)
+                    self._server.shutdown()
+                else:
+                    waits.append(since + idle_timeout - now)
+        return max(min(waits), 0.0) if waits else None
