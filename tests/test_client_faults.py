@@ -10,9 +10,13 @@ client messages."""
 from __future__ import annotations
 
 import array
+import fcntl
 import os
 import socket
+import struct
+import termios
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -65,6 +69,13 @@ class Peer:
                 raise EOFError
             self.buffer += chunk
 
+    def wait_queued(self, count: int) -> None:
+        """Wait, reading nothing, until *count* bytes wait in the socket."""
+        deadline = time.monotonic() + 10
+        while struct.unpack("i", fcntl.ioctl(self.sock, termios.FIONREAD, b"\0" * 4))[0] < count:
+            assert time.monotonic() < deadline, "the client wrote nothing"
+            time.sleep(0.005)
+
     def read_all(self) -> bytes:
         """Every byte until the client closes."""
         data = self.buffer
@@ -77,7 +88,8 @@ class Peer:
         if fds:
             rights = array.array("i", fds).tobytes()
             sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
-            self.sock.sendall(data[sent:])
+            if sent < len(data):
+                self.sock.sendall(data[sent:])
         else:
             self.sock.sendall(data)
 
@@ -315,16 +327,18 @@ async def test_a_request_not_started_within_its_timeout_leaves_the_connection_us
 ) -> None:
     """A large notification holds the write side while the server reads nothing;
     a call that times out before a byte of it is written changes nothing."""
-    go = threading.Event()
+    go, blocked = threading.Event(), threading.Event()
 
     def script(p: Peer) -> None:
+        p.wait_queued(16 * 1024)  # the notification has started, and cannot finish
+        blocked.set()
         go.wait(30)
         p.serve()
 
     with peer(script) as sock:
         async with connected(client_kind, sock, timeout=10) as client, anyio.create_task_group() as tg:
             tg.start_soon(client.notify, Echo(payload={"pad": "x" * BIG}))  # blocks: nobody reads
-            await anyio.sleep(0.2)
+            assert await anyio.to_thread.run_sync(blocked.wait, 10)
             with pytest.raises(TimeoutError) as caught:
                 await client.call(Add(a=1, b=2), timeout=0.5)
             assert str(caught.value) == (
