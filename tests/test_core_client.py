@@ -281,7 +281,7 @@ def test_a_failed_read_or_write_and_close() -> None:
     assert type(c.broken_error()) is ConnectionBrokenError
     closed = core()
     closed.close()
-    closed.send_failed(ConnectionBrokenError("later"))
+    closed.send_failed(ConnectionBrokenError("later"), cut=True)
     with pytest.raises(ClientClosedError, match=r"^client is closed$"):
         closed.notification(ADD, b"{}")
 
@@ -301,6 +301,21 @@ def test_breaking_fails_every_call_and_closes_what_they_held(devnull: list[int])
     c.receive_fds(late)  # arrivals after the end are closed
     assert not is_open(late[0])
     assert c.receive_frames([frame({"id": 1, "result": None})], 0) == []
+
+
+def test_a_failed_write_breaks_the_connection_only_if_it_cut_a_frame_or_the_peer_is_gone() -> None:
+    c = core()
+    slot, _ = c.request(ADD, b"{}")
+    assert c.send_failed(TimeoutError("no room"), cut=False) is None  # nothing written
+    assert c.send_failed(OSError(9, "bad descriptor"), cut=False) is None
+    assert c.broken is None
+    assert c.send_failed(TimeoutError("no room"), cut=True) == [slot]
+    assert (
+        str(c.broken_error()) == "connection is broken: a frame was cut in the middle by a timeout or cancel"
+    )
+    gone = core()
+    assert gone.send_failed(ConnectionBrokenError("peer closed the connection"), cut=False) == []
+    assert str(gone.broken_error()) == "connection is broken: peer closed the connection"
 
 
 # -- giving up, credit ------------------------------------------------------------------------

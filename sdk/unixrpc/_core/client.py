@@ -320,10 +320,18 @@ class ClientConnection:
             return self._violation(f"server broke the protocol: {error.error}")
         return self.fail(error)
 
-    def send_failed(self, error: BaseException) -> list[CallSlot]:
-        """A write failed, or was cut in the middle of its frame: the
-        connection is broken. Returns the slots to wake."""
-        return self.fail(error)
+    def send_failed(self, error: BaseException, *, cut: bool) -> list[CallSlot] | None:
+        """A write raised *error*; *cut*: part of its frame went out (the
+        transport's ``is_send_broken()``). The connection is broken when the
+        frame was cut (the server could never find the next frame) or the
+        peer is gone; then returns the slots to wake. Else (nothing was
+        written: a timeout waiting for room, a cancel, a refused descriptor)
+        it stays usable and None is returned."""
+        if not cut and not isinstance(error, ConnectionBrokenError):
+            return None
+        if isinstance(error, OSError) and not isinstance(error, TimeoutError):
+            return self.fail(error)
+        return self.fail(ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel"))
 
     def close(self) -> list[CallSlot]:
         """The client is being closed. Returns the slots to wake."""
@@ -331,8 +339,9 @@ class ClientConnection:
 
     def fail(self, error: BaseException) -> list[CallSlot]:
         """The connection is over because of *error* (kept only if it is the
-        first cause): every call in flight is failed, queued descriptors are
-        closed. Returns the slots to wake."""
+        first cause; a failed read or write not covered by :meth:`read_failed`
+        and :meth:`send_failed`): every call in flight is failed, queued
+        descriptors are closed. Returns the slots to wake."""
         if self.broken is None:
             self.broken = error
         slots = list(self._slots.values())

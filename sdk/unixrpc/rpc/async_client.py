@@ -40,7 +40,7 @@ from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
-from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
 from ..fds import FdContext
 from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
@@ -322,14 +322,11 @@ class AsyncClient:
             raise
 
     def _send_error(self, exc: BaseException) -> None:
-        """A write failed with *exc*: if it broke the connection (cut in the
-        middle of its frame, the peer gone), every call fails."""
-        if isinstance(exc, ConnectionBrokenError) or self._raw.is_send_broken():
-            if isinstance(exc, OSError) and not isinstance(exc, TimeoutError):
-                cause: BaseException = exc
-            else:
-                cause = ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel")
-            self._fail(self._core.send_failed, cause)
+        """A write failed with *exc*: the core decides whether that broke the connection."""
+        woken = self._core.send_failed(exc, cut=self._raw.is_send_broken())
+        if woken is not None:
+            self._wake_all(woken)
+            self._broken()
 
     async def _write(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
         """Write one frame (a notification, a cancel, a credit)."""
@@ -454,7 +451,7 @@ class AsyncClient:
                 if sent != len(data):
                     await raw.finish_send(data, sent)
             except (OSError, RPCError) as exc:
-                self._fail(self._core.send_failed, exc)
+                self._fail(self._core.fail, exc)
                 return
 
     async def _canceller(self) -> None:
@@ -496,9 +493,13 @@ class AsyncClient:
             self._fail(core.read_failed, exc)
 
     def _fail(self, how: Callable[[BaseException], list[CallSlot]], error: BaseException) -> None:
-        """End the connection through the core's *how* (fail, read_failed,
-        send_failed): every call in flight fails, their callers are woken."""
+        """End the connection through the core's *how* (fail, read_failed):
+        every call in flight fails, their callers are woken."""
         self._wake_all(how(error))
+        self._broken()
+
+    def _broken(self) -> None:
+        """The core is broken: nothing more is written."""
         self._corked.clear()
         self._cancel_send.close()
 

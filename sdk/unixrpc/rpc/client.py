@@ -15,7 +15,7 @@ import contextlib
 import enum
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -243,18 +243,15 @@ class Client:
             else:
                 raw.send_data(data, cmsgs, timeout=deadline - time.monotonic())
         except BaseException as exc:
-            hung_up = isinstance(exc, ConnectionBrokenError)
-            if hung_up or raw.is_send_broken():
-                # the server may have said why before it hung up (e.g. too
-                # many connections): that is the better error
-                reason = self._farewell() if hung_up else None
-                if isinstance(exc, TimeoutError):
-                    cause: BaseException = ConnectionBrokenError("a frame was cut in the middle by a timeout")
-                else:
-                    cause = exc
-                self._break(self._core.send_failed, cause)
-                if reason is not None:
-                    raise reason from None
+            # the server may have said why before it hung up (e.g. too many
+            # connections): that is the better error
+            reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
+            with self._lock:
+                woken = self._core.send_failed(exc, cut=raw.is_send_broken())
+            if woken is not None:
+                self._shut()
+            if reason is not None:
+                raise reason from None
             raise
 
     def _farewell(self) -> Exception | None:
@@ -372,7 +369,7 @@ class Client:
             with lock:
                 woken = core.receive_frames((frame,), raw.buffered_size())
             if core.broken is not None:
-                self._break(core.fail, core.broken)
+                self._shut()
             elif self._waiting and _others(woken, slot):
                 with self._cond:
                     self._cond.notify_all()
@@ -385,11 +382,14 @@ class Client:
                 self._core.receive_fds(ancillary.iter_fds())
             ancillary.clear()
 
-    def _break(self, how: Any, error: BaseException) -> None:
-        """End the connection through the core's *how* (fail, read_failed,
-        send_failed): close the socket, wake every waiting caller."""
+    def _break(self, how: Callable[[BaseException], object], error: BaseException) -> None:
+        """End the connection through the core's *how* (fail, read_failed)."""
         with self._lock:
             how(error)
+        self._shut()
+
+    def _shut(self) -> None:
+        """The core is broken: close the socket, wake every waiting caller."""
         self._raw.close()
         with self._cond:
             self._cond.notify_all()
