@@ -114,7 +114,16 @@ class ClientConnection:
         ValueError: *stream_window* is below 1.
     """
 
-    __slots__ = ("_credit_every", "_fds", "_framing", "_ids", "_slots", "broken", "stream_window")
+    __slots__ = (
+        "_credit_every",
+        "_fds",
+        "_fds_queued",
+        "_framing",
+        "_ids",
+        "_slots",
+        "broken",
+        "stream_window",
+    )
 
     def __init__(self, framing: FrameSerializer, stream_window: int) -> None:
         if stream_window < 1:
@@ -125,6 +134,7 @@ class ClientConnection:
         self._ids = itertools.count(1)
         self._slots: dict[int, CallSlot] = {}
         self._fds = FdQueue()
+        self._fds_queued = False  # descriptors came since the queue was last seen empty
         #: the first cause of the connection's end, or None while it is usable
         self.broken: BaseException | None = None
 
@@ -242,6 +252,7 @@ class ClientConnection:
             close_fds(fds)
         else:
             self._fds.push(fds)
+            self._fds_queued = True
 
     def receive_frames(self, frames: Iterable[wire.RawFrame], buffered: int) -> list[CallSlot]:
         """File *frames*, whole frames read in order, under their calls;
@@ -306,10 +317,14 @@ class ClientConnection:
             if kind is not _ITEM:
                 slot.finished = True
             woken.append(slot)
-        if fd_queue and not buffered:
-            woken += self._violation(
-                f"peer broke the protocol: {len(fd_queue)} file descriptors came with no frame"
-            )
+        if self._fds_queued and not buffered:  # (a flag: most reads bring no descriptors)
+            count = len(fd_queue)
+            if count:
+                woken += self._violation(
+                    f"peer broke the protocol: {count} file descriptors came with no frame"
+                )
+            else:
+                self._fds_queued = False
         return woken
 
     def read_failed(self, error: BaseException) -> list[CallSlot]:

@@ -280,7 +280,12 @@ class AsyncClient:
                 self._flush_wakeup.set()
             corked[slot.call_id] = data
             return slot, None
-        sent = self._try_send(slot, data, None)
+        try:  # (inline, not _try_send: this is on every lone call's path)
+            sent = self._raw.try_send(data)
+        except BaseException as exc:
+            core.give_up(slot, request_sent=False)
+            self._send_error(exc)
+            raise
         if sent == len(data):
             return slot, None
         return slot, self._finish_request(slot, data, sent, None, timeout)
@@ -468,8 +473,6 @@ class AsyncClient:
         ancillary, bufsize = self._ancillary, self._ancillary_bufsize
         try:
             while True:
-                if slot.messages and not raw.buffered_size():
-                    return
                 try:
                     frames = raw.recv_packets_nowait(ancillary, bufsize)
                     if not frames:
@@ -480,7 +483,8 @@ class AsyncClient:
                     if ancillary:
                         core.receive_fds(ancillary.iter_fds())
                         ancillary.clear()
-                for target in core.receive_frames(frames, raw.buffered_size()):
+                buffered = raw.buffered_size()
+                for target in core.receive_frames(frames, buffered):
                     waiter = target.waiter
                     if waiter is not None:
                         del parked[target]
@@ -488,6 +492,8 @@ class AsyncClient:
                         waiter.set()
                 if core.broken is not None:
                     self._fail(core.fail, core.broken)
+                    return
+                if slot.messages and not buffered:
                     return
         except (StreamProtocolParseError, ConnectionError) as exc:
             self._fail(core.read_failed, exc)
