@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 import pytest
@@ -54,18 +54,16 @@ def is_open(fd: int) -> bool:
 
 
 @pytest.fixture
-def devnull() -> Iterator[list[int]]:
-    """A supply of fresh descriptors; whatever the test leaves open is closed."""
+def devnull() -> Iterator[Callable[[int], list[int]]]:
+    """Makes fresh descriptors; whatever the test leaves open is closed after it."""
     made: list[int] = []
 
-    class Supply(list[int]):
-        def take(self, count: int = 1) -> list[int]:
-            fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
-            made.extend(fds)
-            return fds
+    def make(count: int = 1) -> list[int]:
+        fds = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+        made.extend(fds)
+        return fds
 
-    supply = Supply()
-    yield supply  # type: ignore[misc]
+    yield make
     for fd in made:
         if is_open(fd):
             os.close(fd)
@@ -109,11 +107,11 @@ def test_a_plain_result_wakes_its_call_and_ends_it() -> None:
     assert c.broken is None
 
 
-def test_results_errors_and_items_go_to_their_calls_in_any_order(devnull: list[int]) -> None:
+def test_results_errors_and_items_go_to_their_calls_in_any_order(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     unary, _ = c.request(ADD, b"{}")
     stream, _ = c.request(COUNT, b"{}")
-    fds = devnull.take(1)  # type: ignore[attr-defined]
+    fds = devnull(1)
     c.receive_fds(fds)
     woken = c.receive_frames(
         [
@@ -131,21 +129,21 @@ def test_results_errors_and_items_go_to_their_calls_in_any_order(devnull: list[i
     assert len(c) == 0
 
 
-def test_a_late_reply_is_dropped_and_its_descriptors_closed(devnull: list[int]) -> None:
+def test_a_late_reply_is_dropped_and_its_descriptors_closed(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
     assert c.give_up(slot) is not None
-    fds = devnull.take(2)  # type: ignore[attr-defined]
+    fds = devnull(2)
     c.receive_fds(fds)
     assert c.receive_frames([frame({"id": 1, "result": 3}, nfds=2), frame({"id": 99, "result": 1})], 0) == []
     assert not any(is_open(fd) for fd in fds)
     assert c.broken is None
 
 
-def test_requests_cancels_and_credits_from_a_server_are_ignored(devnull: list[int]) -> None:
+def test_requests_cancels_and_credits_from_a_server_are_ignored(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
-    fds = devnull.take(1)  # type: ignore[attr-defined]
+    fds = devnull(1)
     c.receive_fds(fds)
     frames = [
         frame({"id": 5, "method": "Evil", "params": {}}, nfds=1),
@@ -160,12 +158,12 @@ def test_requests_cancels_and_credits_from_a_server_are_ignored(devnull: list[in
     assert not slot.messages
 
 
-def test_descriptors_are_taken_by_count_across_frames(devnull: list[int]) -> None:
+def test_descriptors_are_taken_by_count_across_frames(devnull: Callable[[int], list[int]]) -> None:
     """The kernel may hand over a later frame's descriptors with an earlier frame's bytes."""
     c = core()
     first, _ = c.request(ADD, b"{}")
     second, _ = c.request(ADD, b"{}")
-    fds = devnull.take(3)  # type: ignore[attr-defined]
+    fds = devnull(3)
     c.receive_fds(fds)
     c.receive_frames([frame({"id": 1, "result": 0}, nfds=1), frame({"id": 2, "result": 0}, nfds=2)], 0)
     assert first.messages[0][2] == fds[:1]
@@ -175,12 +173,14 @@ def test_descriptors_are_taken_by_count_across_frames(devnull: list[int]) -> Non
 # -- what breaks the connection ---------------------------------------------------------------
 
 
-def test_descriptors_that_came_with_no_frame_break_the_connection(devnull: list[int]) -> None:
+def test_descriptors_that_came_with_no_frame_break_the_connection(
+    devnull: Callable[[int], list[int]],
+) -> None:
     """Issue 11, defect 8: a stray descriptor must never be handed to a later frame."""
     c = core()
     first, _ = c.request(ADD, b"{}")
     second, _ = c.request(ADD, b"{}")
-    stray = devnull.take(1)  # type: ignore[attr-defined]
+    stray = devnull(1)
     c.receive_fds(stray)  # arrived with frame 1, which declares none
     woken = c.receive_frames([frame({"id": 1, "result": 1})], 0)
     assert woken == [first, second]  # first got its reply; second fails
@@ -197,10 +197,12 @@ def test_descriptors_that_came_with_no_frame_break_the_connection(devnull: list[
     assert error.__cause__ is c.broken
 
 
-def test_descriptors_may_wait_for_a_frame_whose_first_bytes_are_in(devnull: list[int]) -> None:
+def test_descriptors_may_wait_for_a_frame_whose_first_bytes_are_in(
+    devnull: Callable[[int], list[int]],
+) -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
-    fds = devnull.take(1)  # type: ignore[attr-defined]
+    fds = devnull(1)
     c.receive_fds(fds)
     assert c.receive_frames([], buffered=3) == []  # a partial frame is buffered: they may be its
     assert c.broken is None
@@ -208,10 +210,10 @@ def test_descriptors_may_wait_for_a_frame_whose_first_bytes_are_in(devnull: list
     assert slot.messages[0][2] == fds
 
 
-def test_a_frame_declaring_descriptors_that_never_came_is_fatal(devnull: list[int]) -> None:
+def test_a_frame_declaring_descriptors_that_never_came_is_fatal(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
-    c.receive_fds(devnull.take(1))  # type: ignore[attr-defined]
+    c.receive_fds(devnull(1))  # type: ignore[attr-defined]
     assert c.receive_frames([frame({"id": 1, "result": 1}, nfds=2)], 0) == [slot]
     assert str(c.broken) == "peer broke the protocol: frame declares 2 file descriptors but only 1 arrived"
 
@@ -286,10 +288,10 @@ def test_a_failed_read_or_write_and_close() -> None:
         closed.notification(ADD, b"{}")
 
 
-def test_breaking_fails_every_call_and_closes_what_they_held(devnull: list[int]) -> None:
+def test_breaking_fails_every_call_and_closes_what_they_held(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     stream, _ = c.request(COUNT, b"{}")
-    queued = devnull.take(2)  # type: ignore[attr-defined]
+    queued = devnull(2)
     c.receive_fds(queued[:1])
     c.receive_frames([frame({"id": 1, "item": 0}, nfds=1)], buffered=1)
     c.receive_fds(queued[1:])  # waiting for the partial frame
@@ -297,7 +299,7 @@ def test_breaking_fails_every_call_and_closes_what_they_held(devnull: list[int])
     assert not stream.messages
     assert len(c) == 0
     assert not any(is_open(fd) for fd in queued)
-    late = devnull.take(1)  # type: ignore[attr-defined]
+    late = devnull(1)
     c.receive_fds(late)  # arrivals after the end are closed
     assert not is_open(late[0])
     assert c.receive_frames([frame({"id": 1, "result": None})], 0) == []
@@ -339,10 +341,10 @@ def test_giving_up_sends_a_cancel_only_when_the_server_may_be_working() -> None:
     assert c.give_up(broken) is None
 
 
-def test_giving_up_closes_the_descriptors_of_what_came(devnull: list[int]) -> None:
+def test_giving_up_closes_the_descriptors_of_what_came(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     stream, _ = c.request(COUNT, b"{}")
-    fds = devnull.take(1)  # type: ignore[attr-defined]
+    fds = devnull(1)
     c.receive_fds(fds)
     c.receive_frames([frame({"id": 1, "item": 0}, nfds=1)], 0)
     assert c.give_up(stream) is not None
