@@ -213,7 +213,7 @@ def test_descriptors_may_wait_for_a_frame_whose_first_bytes_are_in(
 def test_a_frame_declaring_descriptors_that_never_came_is_fatal(devnull: Callable[[int], list[int]]) -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
-    c.receive_fds(devnull(1))  # type: ignore[attr-defined]
+    c.receive_fds(devnull(1))
     assert c.receive_frames([frame({"id": 1, "result": 1}, nfds=2)], 0) == [slot]
     assert str(c.broken) == "peer broke the protocol: frame declares 2 file descriptors but only 1 arrived"
 
