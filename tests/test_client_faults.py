@@ -36,6 +36,7 @@ from unixrpc import (
     FileDescriptor,
     Method,
     RemoteProtocolError,
+    ServerBusyError,
 )
 from unixrpc._core.wire import HEADER, HEADER_SIZE
 
@@ -432,3 +433,23 @@ async def test_passing_the_method_class_instead_of_an_instance(
             assert type(caught.value) is TypeError
             assert str(caught.value) == message
             assert await client.call(Add(a=1, b=2)) == 3
+
+
+async def test_a_server_that_says_why_it_hangs_up_is_believed(client_kind: str) -> None:
+    """Over its connection limit, a server sends an error with id null and closes
+    without reading: the call raises that error, not the failed write."""
+    sent = threading.Event()
+
+    def script(p: Peer) -> None:
+        p.send(
+            orjson.dumps({"id": None, "error": {"code": "unixrpc.Busy", "message": "too many connections"}})
+        )
+        sent.set()  # and hangs up: the client's write fails with EPIPE
+
+    with peer(script) as sock:
+        async with connected(client_kind, sock, timeout=10) as client:
+            await anyio.to_thread.run_sync(sent.wait, 10)
+            await anyio.sleep(0.1)  # (the peer closes its end right after)
+            for _ in range(2):
+                with pytest.raises(ServerBusyError, match="too many connections"):
+                    await client.call(Echo(payload={"pad": "x" * BIG}))

@@ -40,7 +40,7 @@ from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
-from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
 from ..fds import FdContext
 from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
@@ -284,7 +284,9 @@ class AsyncClient:
             sent = self._raw.try_send(data)
         except BaseException as exc:
             core.give_up(slot, request_sent=False)
-            self._send_error(exc)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             raise
         if sent == len(data):
             return slot, None
@@ -297,7 +299,9 @@ class AsyncClient:
             return self._raw.try_send(data, cmsgs)
         except BaseException as exc:
             self._core.give_up(slot, request_sent=False)
-            self._send_error(exc)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             raise
 
     async def _finish_request(
@@ -320,18 +324,47 @@ class AsyncClient:
             return max(timeout - (anyio.current_time() - started), 0.0)
         except BaseException as exc:
             self._core.give_up(slot, request_sent=False)  # cut or not started: no cancel
-            self._send_error(exc)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             if timeout is not None and type(exc) is TimeoutError:
                 cut = raw.is_send_broken()
                 raise self._core.send_timeout_error(slot.spec, timeout, cut=cut) from None
             raise
 
-    def _send_error(self, exc: BaseException) -> None:
-        """A write failed with *exc*: the core decides whether that broke the connection."""
+    def _send_error(self, exc: BaseException) -> Exception | None:
+        """A write failed with *exc*: the core decides whether that broke the
+        connection. Returns the better error to raise, if the server said why
+        it hung up (e.g. too many connections)."""
+        reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
         woken = self._core.send_failed(exc, cut=self._raw.is_send_broken())
         if woken is not None:
             self._wake_all(woken)
             self._broken()
+        return reason
+
+    def _farewell(self) -> Exception | None:
+        """The connection-level error the server left in the receive buffer
+        before it hung up, if any (read without waiting, unless another task
+        is reading)."""
+        raw, core, ancillary = self._raw, self._core, self._ancillary
+        if self._reading:
+            return None
+        try:
+            while core.broken is None:
+                try:
+                    frames = raw.recv_packets_nowait(ancillary, self._ancillary_bufsize)
+                finally:
+                    if ancillary:
+                        core.receive_fds(ancillary.iter_fds())
+                        ancillary.clear()
+                if not frames:
+                    return None
+                self._wake_all(core.receive_frames(frames, raw.buffered_size()))
+        except (StreamProtocolParseError, ConnectionError):
+            return None
+        self._broken()
+        return core.broken_error() if isinstance(core.broken, RPCError) else None
 
     async def _write(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
         """Write one frame (a notification, a cancel, a credit)."""
@@ -341,7 +374,9 @@ class AsyncClient:
             if sent != len(data):
                 await raw.finish_send(data, sent, cmsgs)
         except BaseException as exc:
-            self._send_error(exc)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             raise
 
     async def _send_cancel(self, cancel: bytes) -> None:
