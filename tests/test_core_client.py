@@ -5,8 +5,10 @@ that closing them can be checked."""
 from __future__ import annotations
 
 import ast
+import gc
 import os
 import pathlib
+import weakref
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -318,6 +320,37 @@ def test_a_failed_write_breaks_the_connection_only_if_it_cut_a_frame_or_the_peer
     gone = core()
     assert gone.send_failed(ConnectionBrokenError("peer closed the connection"), cut=False) == []
     assert str(gone.broken_error()) == "connection is broken: peer closed the connection"
+
+
+def test_the_kept_cause_holds_no_frames() -> None:
+    """A cause kept for the life of the connection must not keep what raised it
+    alive (the frames of a shell's reader reference the client, and so the core)."""
+
+    class Owner:
+        pass
+
+    def read(owner: Owner) -> None:
+        try:
+            raise OSError("reset")
+        except OSError as exc:
+            raise ConnectionBrokenError("peer reset the connection") from exc
+
+    c, owner = core(), Owner()
+    alive = weakref.ref(owner)
+    try:
+        read(owner)
+    except ConnectionBrokenError as exc:
+        c.read_failed(exc)
+    del owner
+    gc.disable()
+    try:
+        assert alive() is None  # freed at once, no collection needed
+    finally:
+        gc.enable()
+    assert type(c.broken) is ConnectionBrokenError
+    assert c.broken.__traceback__ is None
+    assert c.broken.__cause__ is None
+    assert str(c.broken_error()) == "connection is broken: peer reset the connection"
 
 
 # -- giving up, credit ------------------------------------------------------------------------

@@ -25,7 +25,8 @@ Rules this module owns:
   descriptors are filed without the general decoder (most replies).
 * Broken is sticky. A body that is not an envelope, a frame the framing
   refused, a failed read, a request cut in the middle of its frame, or
-  ``close()``: the first cause is kept, every call in flight is failed, and
+  ``close()``: the first cause is kept (without its traceback: no cycle
+  through the frames that raised it), every call in flight is failed, and
   every later operation raises a fresh error of the cause's class
   (``ConnectionBrokenError``, or its subclasses ``RemoteProtocolError``
   when the server broke the protocol and ``AncillaryDataTruncatedError``
@@ -97,6 +98,25 @@ class CallSlot:
         """Close the descriptors of every message not yet consumed."""
         while self.messages:
             close_fds(self.messages.popleft()[2])
+
+
+def _detached(error: BaseException) -> BaseException:
+    """*error*, or an equivalent of the same class for :meth:`broken_error`,
+    without traceback or chained exceptions: kept for the life of the
+    connection, those would hold the frames that raised it, and through
+    them the connection itself (a cycle only the GC breaks)."""
+    if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
+        return error
+    message = str(error)
+    if isinstance(error, AncillaryDataTruncatedError):
+        return AncillaryDataTruncatedError(message, bufsize=error.bufsize, closed_fds=error.closed_fds)
+    if isinstance(error, RemoteProtocolError):
+        return RemoteProtocolError(message)
+    if isinstance(error, ClientClosedError):
+        return ClientClosedError(message)
+    if isinstance(error, RPCError):
+        return RPCError.from_wire(error.code, error.message, error.data)
+    return ConnectionBrokenError(message)
 
 
 def _seconds(seconds: float) -> str:
@@ -358,7 +378,7 @@ class ClientConnection:
         and :meth:`send_failed`): every call in flight is failed, queued
         descriptors are closed. Returns the slots to wake."""
         if self.broken is None:
-            self.broken = error
+            self.broken = _detached(error)
         slots = list(self._slots.values())
         self._slots.clear()
         for slot in slots:
