@@ -453,3 +453,30 @@ async def test_a_server_that_says_why_it_hangs_up_is_believed(client_kind: str) 
             for _ in range(2):
                 with pytest.raises(ServerBusyError, match="too many connections"):
                     await client.call(Echo(payload={"pad": "x" * BIG}))
+
+
+async def test_descriptors_of_a_frame_cut_short_are_closed_with_the_connection(client_kind: str) -> None:
+    """A reply that stops after its first bytes (its descriptor with them): the
+    call times out, and closing the client closes the descriptor."""
+    before = open_fds()
+    done = threading.Event()
+
+    def script(p: Peer) -> None:
+        request = p.read_frame()
+        body = orjson.dumps({"id": request["id"], "result": 0})
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            header = HEADER.pack(len(body), 1)
+            rights = array.array("i", [fd]).tobytes()
+            p.sock.sendmsg([header + body[:3]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        finally:
+            os.close(fd)
+        done.wait(30)
+        p.read_all()
+
+    with peer(script) as sock:
+        async with connected(client_kind, sock) as client:
+            with pytest.raises(TimeoutError, match=r"no reply to GetFd within 0\.3 seconds"):
+                await client.call(GetFd(), timeout=0.3)
+        done.set()
+    assert open_fds() <= before

@@ -358,14 +358,12 @@ class Client:
                     raise TimeoutError
             try:
                 frame = raw.recv_packet(timeout=timeout, ancillary_data=ancillary, ancillary_bufsize=bufsize)
-            except TimeoutError:
-                raise
             except (StreamProtocolParseError, ConnectionError) as exc:
-                self._take_fds()
                 self._break(core.read_failed, exc)
                 return
-            if ancillary:
-                self._take_fds()
+            finally:
+                if ancillary:  # however the read ended: the core owns them now
+                    self._take_fds()
             with lock:
                 woken = core.receive_frames((frame,), raw.buffered_size())
             if core.broken is not None:
