@@ -211,15 +211,15 @@ async def test_request_over_the_frame_limit_leaves_no_call_behind(anyio_backend:
         for _ in range(2):  # alone, then with another call in flight (the queued path)
             with pytest.raises(FrameTooLargeError):
                 await client.call(Echo(payload={"pad": "x" * 500}))
-            assert len(client._table) == 0
+            assert len(client._core) == 0
             assert not client._corked
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call, Sleep(seconds=5))
-            while len(client._table) != 1:  # until the Sleep call is in flight
+            while len(client._core) != 1:  # until the Sleep call is in flight
                 await anyio.sleep(0.001)
             with pytest.raises(FrameTooLargeError):
                 await client.call(Echo(payload={"pad": "x" * 500}))
-            assert len(client._table) == 1  # only the Sleep
+            assert len(client._core) == 1  # only the Sleep
             assert not client._corked
             tg.cancel_scope.cancel()
         assert await client.call(Add(a=1, b=2)) == 3

@@ -1,15 +1,13 @@
-"""Request/response correlation and descriptor bookkeeping, without I/O.
+"""Descriptor bookkeeping for one connection, without I/O (used by the
+client core, ``_core/client.py``, and the server).
 
 Rules this module owns:
 
-* Call ids are allocated per connection, increasing, never reused.
 * A received frame's descriptors come out of one FIFO, as many as the frame
   declares: the kernel may deliver a later frame's descriptors together
   with an earlier frame's bytes, never after them (they ride on a frame's
   first byte), so assignment by count is exact. A frame that declares more
   descriptors than have arrived is a protocol violation.
-* A message for a call nobody waits for any more (timed out, cancelled,
-  abandoned stream) is dropped and its descriptors are closed.
 * Every descriptor this module hands out has exactly one owner.
 
 No socket, anyio, trio, asyncio or threading imports: the shells do the
@@ -19,13 +17,11 @@ waiting and the locking.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
 
-__all__ = ["CallSlot", "CallTable", "FdQueue", "close_fds"]
+__all__ = ["FdQueue", "close_fds"]
 
 
 def close_fds(fds: Iterable[int]) -> None:
@@ -66,75 +62,3 @@ class FdQueue:
         """Close every queued descriptor (the connection is going away)."""
         fds, self._fds = self._fds, deque()
         close_fds(fds)
-
-
-class CallSlot:
-    """What one call has received so far: envelopes with their descriptors.
-
-    A unary call receives one final message (result or error); a stream
-    receives items, then one final message.
-    """
-
-    __slots__ = ("call_id", "finished", "messages", "waiter")
-
-    def __init__(self, call_id: int) -> None:
-        self.call_id = call_id
-        self.messages: deque[tuple[str, dict[str, Any], list[int]]] = deque()
-        self.finished = False  # the final message has been filed
-        self.waiter: Any = None  # for the async shell: an event to set on arrival
-
-    def discard(self) -> None:
-        """Close the descriptors of every message not yet consumed."""
-        while self.messages:
-            close_fds(self.messages.popleft()[2])
-
-
-class CallTable:
-    """The calls in flight on one connection."""
-
-    __slots__ = ("_ids", "_slots")
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._slots: dict[int, CallSlot] = {}
-
-    def __len__(self) -> int:
-        return len(self._slots)
-
-    def open(self) -> CallSlot:
-        """Allocate an id and a slot for a new call."""
-        call_id = next(self._ids)
-        slot = self._slots[call_id] = CallSlot(call_id)
-        return slot
-
-    def abandon(self, slot: CallSlot) -> None:
-        """Forget *slot*: whatever still arrives for it is dropped."""
-        self._slots.pop(slot.call_id, None)
-        slot.discard()
-
-    def file(self, kind: str, envelope: dict[str, Any], fds: list[int]) -> CallSlot | None:
-        """File a received result, error or item under its call.
-
-        Returns the slot to wake, or None when no one waits for that id any
-        more (the message is dropped and its descriptors closed).
-        """
-        call_id = envelope["id"]
-        final = kind != "item"
-        slot = self._slots.pop(call_id, None) if final else self._slots.get(call_id)
-        if slot is None:
-            close_fds(fds)
-            return None
-        slot.messages.append((kind, envelope, fds))
-        if final:
-            slot.finished = True
-        return slot
-
-    def pending(self) -> list[CallSlot]:
-        """The slots still waiting for messages."""
-        return list(self._slots.values())
-
-    def fail_all(self) -> list[CallSlot]:
-        """Remove and return every pending slot (the connection broke)."""
-        slots = list(self._slots.values())
-        self._slots.clear()
-        return slots

@@ -1,6 +1,8 @@
 """AsyncClient: the RPC client for asyncio and trio (via anyio).
 
-Owns the async side of sharing one connection. There is no reader task: a
+A shell over the sans-IO core (``_core/client.py``), which owns the
+protocol: ids, routing, descriptors, stream credit, the broken state. This
+module owns the async side of sharing one connection. There is no reader task: a
 caller that needs a message and finds no one reading reads for everyone,
 filing each frame under its call id and waking the task it belongs to; when
 its own message is in, it wakes one parked waiter to take over (as
@@ -28,38 +30,23 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 import anyio
-import orjson
 from anyio.abc import TaskGroup
-from pydantic import ValidationError
 
 from .._core import wire
-from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from .._core.calls import close_fds
+from .._core.client import CallSlot, ClientConnection
+from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
 from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
-from ..exceptions import (
-    ClientClosedError,
-    RemoteProtocolError,
-    RPCError,
-    StreamProtocolParseError,
-)
-from ..fds import NO_FDS, FdContext
-from ..methods import Method, StreamMethod
+from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
+from ..fds import FdContext
+from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
-from ._calls import (
-    broken_error,
-    connection_error,
-    decode_frame,
-    encode_params,
-    final_value,
-    item_value,
-    outgoing,
-    spec_of,
-    stream_end,
-)
+from ._calls import outgoing_fds
 from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
 
 __all__ = ["AsyncClient", "AsyncStreamCall"]
@@ -101,21 +88,16 @@ class AsyncClient:
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
-        if stream_window < 1:
-            raise ValueError(f"stream_window must be at least 1, got {stream_window}")
-        framing = self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        protocol = StreamProtocol(framing)
+        framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
+        self._core = ClientConnection(framing, stream_window)  # raises ValueError for the window
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
-            address, protocol, max_recv_size=wire.RECV_SIZE
+            address, StreamProtocol(framing), max_recv_size=wire.RECV_SIZE
         )
         self._timeout = timeout
-        self._window = stream_window
-        self._table = CallTable()
-        self._fd_queue = FdQueue()
-        self._broken: BaseException | None = None
         self._task_group: TaskGroup | None = None
-        self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[int](math.inf)
+        # framed cancels of calls given up where no one can await
+        self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[bytes](math.inf)
         self._reading = False  # a caller is reading for everyone
         self._parked: dict[CallSlot, None] = {}  # callers waiting for a message, oldest first
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
@@ -150,7 +132,7 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight raise ClientClosedError. Idempotent."""
-        self._fail(ClientClosedError("client is closed"))
+        self._fail(self._core.fail, ClientClosedError("client is closed"))
         await self._raw.aclose()
         task_group, self._task_group = self._task_group, None
         if task_group is not None:
@@ -158,7 +140,7 @@ class AsyncClient:
             await task_group.__aexit__(None, None, None)
 
     def __repr__(self) -> str:
-        return f"<AsyncClient {'broken' if self._broken else 'open'}>"
+        return f"<AsyncClient {'broken' if self._core.broken else 'open'}>"
 
     @property
     def raw(self) -> AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame]:
@@ -182,34 +164,37 @@ class AsyncClient:
         Cancelling the awaiting task (or a timeout) cancels the call on the
         server; a reply that comes later is dropped.
 
+        Args:
+            timeout: seconds for the whole call, sending the request included
+                (default: the client's).
+
         Raises:
             RPCError: the server answered with an error (typed subclasses
                 re-raise as their own class).
-            TimeoutError: no result within *timeout*.
+            TimeoutError: no result within *timeout* (the message names the
+                method). A request cut in the middle of its frame by the
+                timeout leaves the connection broken; one not started, usable.
             InvalidResultError: the result does not match the method's type.
-            TypeError: *method* is not a method instance, or is a StreamMethod.
-            ClientClosedError, ConnectionBrokenError: the connection is gone.
+            TypeError: *method* is not a method instance (the class, say), or
+                is a StreamMethod.
+            ClientClosedError, ConnectionBrokenError: the connection is gone
+                (``RemoteProtocolError``: the server broke the protocol).
             RuntimeError: the client was not entered with ``async with``.
         """
         spec = getattr(type(method), "__rpc_spec__", None)
         if spec is None or spec.method_class is not type(method) or spec.streaming:
             spec = spec_of(method, streaming=False)  # raises the right TypeError
+        if timeout is DEFAULT:
+            timeout = self._timeout
         params, fd_context = encode_params(method, spec)
         if fd_context is None:  # the common case, in this coroutine
-            slot, unfinished = self._send_request_nowait(spec.name_json, params, None)
-            if unfinished is not None:
-                await unfinished
+            slot, unfinished = self._request_nowait(spec, params, timeout)
+            remaining = timeout if unfinished is None else await unfinished
         else:
-            slot = await self._start(spec.name_json, params, fd_context, None)
+            slot, remaining = await self._start(spec, params, fd_context, timeout)
         if not slot.messages:
-            await self._wait(slot, self._timeout if timeout is DEFAULT else timeout)
+            await self._wait(slot, remaining, timeout)
         kind, envelope, fds = slot.messages.popleft()
-        if kind == wire.RESULT and not fds:  # the common case, without the general path's checks
-            codec = spec.codec or spec.result_codec()
-            try:
-                return codec.validator.validate_python(envelope["result"], context=NO_FDS)  # type: ignore[no-any-return]
-            except ValidationError:
-                pass  # final_value raises the error
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
@@ -221,12 +206,12 @@ class AsyncClient:
             TypeError: *method* is not a method instance, or is a StreamMethod.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
         """
-        spec = spec_of(method, streaming=False)
+        spec = spec_of(method, streaming=False, api="notify")
         self._check_usable()
         params, fd_context = encode_params(method, spec)
-        frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
         try:
-            await self._raw.send_packet(frame, ancillary_data=ancillary)
+            cmsgs, nfds = outgoing_fds(fd_context)
+            await self._write(self._core.notification(spec, params, nfds), cmsgs)
         finally:
             if fd_context is not None:
                 fd_context.sent()
@@ -240,13 +225,17 @@ class AsyncClient:
         cancels the call on the server (at once with ``async with
         client.stream(...) as items``, else when the iterator is dropped).
 
+        Args:
+            timeout: seconds to wait for each item, and for sending the
+                request (default: the client's; None waits for ever).
+
         Raises:
             TypeError: *method* is not a StreamMethod instance.
             (while iterating) RPCError, TimeoutError, InvalidResultError,
             ClientClosedError, ConnectionBrokenError.
         """
         spec = spec_of(method, streaming=True)
-        return AsyncStreamCall(self, spec, method, timeout)
+        return AsyncStreamCall(self, spec, method, self._timeout if timeout is DEFAULT else timeout)
 
     async def call_by_name(
         self,
@@ -291,94 +280,175 @@ class AsyncClient:
     # -- internals ------------------------------------------------------------
 
     def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise self._broken_error()
+        self._core.check_usable()
         if self._task_group is None:
             raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
 
-    def _broken_error(self) -> Exception:
-        return broken_error(self._broken)
-
     async def _start(
-        self, name_json: bytes, params: bytes, fd_context: FdContext | None, window: int | None
-    ) -> CallSlot:
+        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: float | None
+    ) -> tuple[CallSlot, float | None]:
+        """Open a call and write its request within *timeout*: the slot, and
+        the time left."""
         try:
             if fd_context is None or not fd_context.outgoing:
-                slot, unfinished = self._send_request_nowait(name_json, params, window)
-                if unfinished is not None:
-                    await unfinished
-                return slot
-            self._check_usable()
-            slot = self._table.open()
-            request = wire.encode_request(slot.call_id, name_json, params, window)
-            frame, ancillary = outgoing(request, fd_context)
-            try:
-                await self._raw.send_packet(frame, ancillary_data=ancillary)
-            except BaseException:
-                self._table.abandon(slot)
-                raise
-            return slot
+                slot, unfinished = self._request_nowait(spec, params, timeout)
+                return slot, (timeout if unfinished is None else await unfinished)
+            self._check_usable()  # descriptors: never corked, written at once
+            cmsgs, nfds = outgoing_fds(fd_context)
+            slot, data = self._core.request(spec, params, nfds)
+            sent = self._try_send(slot, data, cmsgs)
+            if sent == len(data):
+                return slot, timeout
+            return slot, await self._finish_request(slot, data, sent, cmsgs, timeout)
         finally:
             if fd_context is not None:
                 fd_context.sent()
 
-    def _send_request_nowait(
-        self, name_json: bytes, params: bytes, window: int | None
-    ) -> tuple[CallSlot, Awaitable[None] | None]:
-        """Open a call and write its request (no descriptors, without the
-        packet layer): at once, as far as the socket takes it now, if no
-        other call is in flight; else queued for the flusher. The slot, and
-        what finishes the write (await it before anything else) or None."""
-        if self._broken is not None or self._task_group is None:
+    def _request_nowait(
+        self, spec: MethodSpec, params: bytes, timeout: float | None
+    ) -> tuple[CallSlot, Awaitable[float | None] | None]:
+        """Open a call and write its request (no descriptors): at once, as
+        far as the socket takes it now, if no other call is in flight; else
+        queued for the flusher. The slot, and what finishes the write within
+        *timeout* (await it before anything else; it returns the time left)
+        or None."""
+        if self._task_group is None:
             self._check_usable()  # raises the right error
-        table, corked = self._table, self._corked
-        slot = table.open()
-        try:
-            data = self._framing.frame_bytes(wire.encode_request(slot.call_id, name_json, params, window))
-            if corked or len(table) > 1:  # others are in flight: write this with theirs
-                if not corked:
-                    assert self._flush_wakeup is not None
-                    self._flush_wakeup.set()
-                corked[slot.call_id] = data
-                return slot, None
+        core, corked = self._core, self._corked
+        slot, data = core.request(spec, params)
+        if corked or len(core) > 1:  # others are in flight: write this with theirs
+            if not corked:
+                assert self._flush_wakeup is not None
+                self._flush_wakeup.set()
+            corked[slot.call_id] = data
+            return slot, None
+        try:  # (inline, not _try_send: this is on every lone call's path)
             sent = self._raw.try_send(data)
-        except BaseException:
-            table.abandon(slot)
+        except BaseException as exc:
+            core.give_up(slot, request_sent=False)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             raise
         if sent == len(data):
             return slot, None
-        return slot, self._finish_request(slot, data, sent)
+        return slot, self._finish_request(slot, data, sent, None, timeout)
 
-    async def _finish_request(self, slot: CallSlot, data: bytes, sent: int | None) -> None:
+    def _try_send(
+        self, slot: CallSlot, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None
+    ) -> int | None:
         try:
-            await self._raw.finish_send(data, sent)
-        except BaseException:
-            self._table.abandon(slot)
+            return self._raw.try_send(data, cmsgs)
+        except BaseException as exc:
+            self._core.give_up(slot, request_sent=False)
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
             raise
 
-    async def _next_message(
-        self, slot: CallSlot, timeout: float | None
-    ) -> tuple[str, dict[str, Any], list[int]]:
-        """The next message of *slot*, waiting for it if none is in yet."""
-        if not slot.messages:
-            await self._wait(slot, timeout)
-        return slot.messages.popleft()
+    async def _finish_request(
+        self,
+        slot: CallSlot,
+        data: bytes,
+        sent: int | None,
+        cmsgs: list[tuple[int, int, bytes]] | None,
+        timeout: float | None,
+    ) -> float | None:
+        """Write the rest of *slot*'s request within *timeout*; the time left."""
+        raw = self._raw
+        try:
+            if timeout is None:
+                await raw.finish_send(data, sent, cmsgs)
+                return None
+            started = anyio.current_time()
+            with anyio.fail_after(timeout):
+                await raw.finish_send(data, sent, cmsgs)
+            return max(timeout - (anyio.current_time() - started), 0.0)
+        except BaseException as exc:
+            self._core.give_up(slot, request_sent=False)  # cut or not started: no cancel
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
+            if timeout is not None and type(exc) is TimeoutError:
+                cut = raw.is_send_broken()
+                raise self._core.send_timeout_error(slot.spec, timeout, cut=cut) from None
+            raise
 
-    async def _send_cancel(self, call_id: int) -> None:
+    def _send_error(self, exc: BaseException) -> Exception | None:
+        """A write failed with *exc*: the core decides whether that broke the
+        connection. Returns the better error to raise, if the server said why
+        it hung up (e.g. too many connections)."""
+        reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
+        woken = self._core.send_failed(exc, cut=self._raw.is_send_broken())
+        if woken is not None:
+            self._wake_all(woken)
+            self._broken()
+        return reason
+
+    def _farewell(self) -> Exception | None:
+        """The connection-level error the server left in the receive buffer
+        before it hung up, if any (read without waiting, unless another task
+        is reading)."""
+        raw, core, ancillary = self._raw, self._core, self._ancillary
+        if self._reading:
+            return None
+        try:
+            while core.broken is None:
+                try:
+                    frames = raw.recv_packets_nowait(ancillary, self._ancillary_bufsize)
+                finally:
+                    if ancillary:
+                        core.receive_fds(ancillary.iter_fds())
+                        ancillary.clear()
+                if not frames:
+                    return None
+                self._wake_all(core.receive_frames(frames, raw.buffered_size()))
+        except (StreamProtocolParseError, ConnectionError):
+            return None
+        self._broken()
+        return core.broken_error() if isinstance(core.broken, RPCError) else None
+
+    async def _write(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
+        """Write one frame (a notification, a cancel, a credit)."""
+        raw = self._raw
+        try:
+            sent = raw.try_send(data, cmsgs)
+            if sent != len(data):
+                await raw.finish_send(data, sent, cmsgs)
+        except BaseException as exc:
+            reason = self._send_error(exc)
+            if reason is not None:
+                raise reason from None
+            raise
+
+    async def _send_cancel(self, cancel: bytes) -> None:
         with contextlib.suppress(OSError, RPCError):
-            await self._raw.send_packet(wire.RawFrame(wire.encode_cancel(call_id)))
+            await self._write(cancel)
 
-    async def _wait(self, slot: CallSlot, timeout: float | None) -> None:
-        """Wait for a message of *slot*. If no task is reading, read for
-        everyone (no reader task: the caller reads its own reply); else wait to
-        be handed a message, or the reader role. Cancelled or timed out, the
-        call is given up and the server told (one coroutine, not two: this
-        is on every call's path)."""
+    async def _send_credit(self, slot: CallSlot, credit: bytes, timeout: float | None) -> None:
+        if timeout is None:
+            await self._write(credit)
+            return
+        try:
+            with anyio.fail_after(timeout):
+                await self._write(credit)
+        except TimeoutError:
+            cut = self._raw.is_send_broken()
+            raise self._core.send_timeout_error(slot.spec, timeout, cut=cut, what="credit") from None
+
+    async def _wait(self, slot: CallSlot, timeout: float | None, seconds: float | None) -> None:
+        """Wait for a message of *slot*, at most *timeout* (*seconds*: the
+        call's timeout, for the message). If no task is reading, read for
+        everyone (no reader task: the caller reads its own reply); else wait
+        to be handed a message, or the reader role. Cancelled or timed out,
+        the call is given up and the server told (one coroutine, not two:
+        this is on every call's path)."""
+        core = self._core
         try:
             with _NO_TIMEOUT if timeout is None else anyio.fail_after(timeout):
                 while not slot.messages:
-                    if self._broken is not None:
-                        raise self._broken_error()
+                    if core.broken is not None:
+                        raise core.broken_error()
                     if not self._reading:
                         self._reading = True
                         try:
@@ -399,13 +469,14 @@ class AsyncClient:
                                 self._pass_reading()
                             raise
         except BaseException as exc:
-            if self._give_up(slot, send_cancel=False):
+            cancel = self._give_up(slot, send_cancel=False)
+            if cancel is not None:
                 # tell the server now, even though we are being cancelled (bounded:
                 # a server that does not read cannot hold us up)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_SEND_LIMIT):
-                    await self._send_cancel(slot.call_id)
+                    await self._send_cancel(cancel)
             if timeout is not None and type(exc) is TimeoutError:
-                raise TimeoutError("no reply within the timeout") from None
+                raise core.timeout_error(slot, timeout if seconds is None else seconds) from None
             raise
 
     def _pass_reading(self) -> None:
@@ -422,21 +493,28 @@ class AsyncClient:
             slot.waiter = None
             waiter.set()
 
-    def _give_up(self, slot: CallSlot, *, send_cancel: bool = True) -> bool:
-        """The caller no longer wants *slot*: drop what came. Returns whether
-        the server should be told to cancel the call; with *send_cancel* the
-        canceller task tells it (for callers that cannot await)."""
-        pending = not slot.finished and self._broken is None
-        if self._corked.pop(slot.call_id, None) is not None:
-            pending = False  # never written: the server knows nothing of it
-        self._table.abandon(slot)
-        if pending and send_cancel:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._cancel_send.send_nowait(slot.call_id)
-        return pending
+    def _wake_all(self, slots: Iterable[CallSlot]) -> None:
+        """Wake the parked callers of *slots*."""
+        parked = self._parked
+        for slot in slots:
+            waiter = slot.waiter
+            if waiter is not None:
+                del parked[slot]
+                slot.waiter = None
+                waiter.set()
 
-    async def _send_credit(self, slot: CallSlot, count: int) -> None:
-        await self._raw.send_packet(wire.RawFrame(wire.encode_credit(slot.call_id, count)))
+    def _give_up(self, slot: CallSlot, *, send_cancel: bool = True) -> bytes | None:
+        """The caller no longer wants *slot*: drop what came. Returns the
+        framed cancel to send when the server should be told; with
+        *send_cancel* the canceller task sends it (for callers that cannot
+        await) and None is returned."""
+        written = self._corked.pop(slot.call_id, None) is None  # queued: the server knows nothing of it
+        cancel = self._core.give_up(slot, request_sent=written)
+        if cancel is not None and send_cancel:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._cancel_send.send_nowait(cancel)
+            return None
+        return cancel
 
     async def _flusher(self) -> None:
         """Write the queued requests, all that have gathered in one send.
@@ -455,26 +533,23 @@ class AsyncClient:
                 if sent != len(data):
                     await raw.finish_send(data, sent)
             except (OSError, RPCError) as exc:
-                self._fail(exc)
+                self._fail(self._core.fail, exc)
                 return
 
     async def _canceller(self) -> None:
         async with self._cancel_receive:
-            async for call_id in self._cancel_receive:
-                await self._send_cancel(call_id)
+            async for cancel in self._cancel_receive:
+                await self._send_cancel(cancel)
 
     async def _read_until(self, slot: CallSlot) -> None:
-        """Read frames and file them under their calls until *slot* has one,
-        then file the frames already in hand too (without waiting): each one
-        left would cost another caller a turn at reading. Cancelling it loses
+        """Read frames and hand them to the core until *slot* has one, then
+        the frames already in hand too (without waiting): each one left
+        would cost another caller a turn at reading. Cancelling it loses
         nothing; a broken stream fails every call."""
-        raw, fd_queue, table, parked = self._raw, self._fd_queue, self._table, self._parked
+        raw, core, parked = self._raw, self._core, self._parked
         ancillary, bufsize = self._ancillary, self._ancillary_bufsize
-        loads = orjson.loads
         try:
             while True:
-                if slot.messages and not raw.buffered_size():
-                    return
                 try:
                     frames = raw.recv_packets_nowait(ancillary, bufsize)
                     if not frames:
@@ -483,68 +558,45 @@ class AsyncClient:
                         frames = [await raw.recv_packet_after_empty(ancillary, bufsize)]
                 finally:
                     if ancillary:
-                        fd_queue.push(ancillary.iter_fds())
+                        core.receive_fds(ancillary.iter_fds())
                         ancillary.clear()
-                for frame in frames:
-                    envelope: Any = None
-                    fds: list[int]
-                    if not frame.nfds:
-                        try:  # noqa: SIM105 - suppress() costs about 0.5 us a frame
-                            envelope = loads(frame.body)
-                        except orjson.JSONDecodeError:
-                            pass  # decode_frame says why
-                    if type(envelope) is dict and len(envelope) == 2 and "result" in envelope:
-                        # the common case, {"id": N, "result": R}, without decode_frame
-                        call_id = envelope.get("id")
-                        if type(call_id) is not int or not 0 <= call_id < wire.ID_LIMIT:
-                            raise RemoteProtocolError('peer sent an invalid envelope: "id" must be a call id')
-                        kind, fds = wire.RESULT, []
-                    else:
-                        kind, envelope, fds = decode_frame(frame, fd_queue)
-                        if kind not in (wire.RESULT, wire.ITEM, wire.ERROR):
-                            close_fds(fds)  # requests from a server are not part of the protocol
-                            continue
-                        if envelope["id"] is None:  # an error about the connection as a whole
-                            close_fds(fds)
-                            self._fail(connection_error(envelope))
-                            return
-                    target = table.file(kind, envelope, fds)
-                    if target is not None:
-                        waiter = target.waiter
-                        if waiter is not None:
-                            del parked[target]
-                            target.waiter = None
-                            waiter.set()
-        except StreamProtocolParseError as exc:
-            self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
-        except (ConnectionError, RemoteProtocolError) as exc:
-            self._fail(exc)
+                buffered = raw.buffered_size()
+                for target in core.receive_frames(frames, buffered):
+                    waiter = target.waiter
+                    if waiter is not None:
+                        del parked[target]
+                        target.waiter = None
+                        waiter.set()
+                if core.broken is not None:
+                    self._fail(core.fail, core.broken)
+                    return
+                if slot.messages and not buffered:
+                    return
+        except (StreamProtocolParseError, ConnectionError) as exc:
+            self._fail(core.read_failed, exc)
 
-    def _fail(self, error: BaseException) -> None:
-        """The connection is unusable: fail every call in flight."""
-        if self._broken is None:
-            self._broken = error
+    def _fail(self, how: Callable[[BaseException], list[CallSlot]], error: BaseException) -> None:
+        """End the connection through the core's *how* (fail, read_failed):
+        every call in flight fails, their callers are woken."""
+        self._wake_all(how(error))
+        self._broken()
+
+    def _broken(self) -> None:
+        """The core is broken: nothing more is written."""
         self._corked.clear()
-        for slot in self._table.fail_all():
-            slot.discard()
-            self._parked.pop(slot, None)
-            self._wake(slot)
-        self._fd_queue.close_all()
         self._cancel_send.close()
 
 
 class AsyncStreamCall(Generic[ItemT]):
     """The items of a streaming call, as an async iterator."""
 
-    def __init__(self, client: AsyncClient, spec: Any, method: Any, timeout: float | _Default | None) -> None:
+    def __init__(self, client: AsyncClient, spec: MethodSpec, method: Any, timeout: float | None) -> None:
         self._client = client
         self._spec = spec
         self._method = method
-        self._timeout = client._timeout if timeout is DEFAULT else timeout
+        self._timeout = timeout
         self._slot: CallSlot | None = None
         self._done = False
-        self._consumed = 0
-        self._credit_every = max(client._window // 2, 1)
 
     def __aiter__(self) -> Self:
         return self
@@ -552,24 +604,28 @@ class AsyncStreamCall(Generic[ItemT]):
     async def __anext__(self) -> ItemT:
         if self._done:
             raise StopAsyncIteration
-        client = self._client
+        client, timeout = self._client, self._timeout
         try:
-            if self._slot is None:
+            slot = self._slot
+            remaining = timeout
+            if slot is None:
                 params, fd_context = encode_params(self._method, self._spec)
-                self._slot = await client._start(self._spec.name_json, params, fd_context, client._window)
-            kind, envelope, fds = await client._next_message(self._slot, self._timeout)
+                slot, remaining = await client._start(self._spec, params, fd_context, timeout)
+                self._slot = slot
+            if not slot.messages:
+                await client._wait(slot, remaining, timeout)
+            kind, envelope, fds = slot.messages.popleft()
         except BaseException:
             self._done = True
             raise
         if kind == wire.ITEM:
-            self._consumed += 1
-            if self._consumed >= self._credit_every:
+            credit = client._core.item_consumed(slot)
+            if credit is not None:
                 try:
-                    await client._send_credit(self._slot, self._consumed)
+                    await client._send_credit(slot, credit, timeout)
                 except BaseException:
                     close_fds(fds)  # the item is lost with the connection: so are its fds
                     raise
-                self._consumed = 0
             return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True
         stream_end(kind, envelope, fds)

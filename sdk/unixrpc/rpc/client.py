@@ -1,10 +1,12 @@
 """Client: the blocking RPC client. Plain sockets, no event loop, no thread.
 
-Owns how threads share one connection: any number of calls may be in
-flight; a caller that needs a message takes the reader role, reads frames
-and files each under its call id, waking the callers they belong to; when
-its own message is in, it hands the role to a waiting caller. The protocol
-decisions (ids, fd assignment, late replies) belong to ``_core``.
+A shell over the sans-IO core (``_core/client.py``), which owns the
+protocol: ids, routing, descriptors, stream credit, the broken state. This
+module owns how threads share one connection: any number of calls may be
+in flight; a caller that needs a message takes the reader role, reads
+frames and hands them to the core, waking the callers they belong to; when
+its own message is in, it hands the role to a waiting caller. One lock
+guards the core; no reader thread.
 """
 
 from __future__ import annotations
@@ -13,43 +15,35 @@ import contextlib
 import enum
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Generic, Self, TypeVar
 
 from .._core import wire
-from .._core.calls import CallSlot, CallTable, FdQueue, close_fds
+from .._core.calls import close_fds
+from .._core.client import CallSlot, ClientConnection, Message
+from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
 from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     ClientClosedError,
     ConnectionBrokenError,
-    RemoteProtocolError,
     RPCError,
     StreamProtocolParseError,
 )
-from ..fds import FdContext
-from ..methods import Method, StreamMethod
+from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
-from ._calls import (
-    broken_error,
-    connection_error,
-    decode_frame,
-    encode_params,
-    final_value,
-    item_value,
-    outgoing,
-    spec_of,
-    stream_end,
-)
+from ._calls import outgoing_fds
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
+
+_CANCEL_SEND_LIMIT = 1.0  # seconds a given-up call may spend telling the server
 
 
 class _Default(enum.Enum):
@@ -96,24 +90,18 @@ class Client:
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
-        if stream_window < 1:
-            raise ValueError(f"stream_window must be at least 1, got {stream_window}")
-        framing = self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        protocol = StreamProtocol(framing)
+        framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
+        self._core = ClientConnection(framing, stream_window)  # raises ValueError for the window
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            address, protocol, connect_timeout=connect_timeout, max_recv_size=wire.RECV_SIZE
+            address, StreamProtocol(framing), connect_timeout=connect_timeout, max_recv_size=wire.RECV_SIZE
         )
         self._timeout = timeout
-        self._window = stream_window
-        self._table = CallTable()
-        self._table_lock = threading.Lock()
-        self._fd_queue = FdQueue()
+        self._lock = threading.Lock()  # guards the core
         self._ancillary = SocketAncillary()  # used by the reader only
         self._reader_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0
-        self._broken: BaseException | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -148,22 +136,29 @@ class Client:
 
         Args:
             method: an instance of a ``Method[Result]`` subclass.
-            timeout: seconds to wait for the result (default: the client's).
-                On timeout the server is told to cancel the call.
+            timeout: seconds for the whole call, sending the request included
+                (default: the client's). On timeout the server is told to
+                cancel the call.
 
         Raises:
             RPCError: the server answered with an error; a typed application
                 error arrives as its own class (``MethodNotFoundError``,
                 ``InvalidParamsError``, ``PermissionDeniedError``, ...).
-            TimeoutError: no result within *timeout*.
+            TimeoutError: no result within *timeout* (the message names the
+                method). A request cut in the middle of its frame by the
+                timeout leaves the connection broken; one not started, usable.
             InvalidResultError: the result does not match the method's type.
-            TypeError: *method* is not a method instance, or is a StreamMethod.
-            ClientClosedError, ConnectionBrokenError: the connection is gone.
+            TypeError: *method* is not a method instance (the class, say), or
+                is a StreamMethod.
+            ClientClosedError, ConnectionBrokenError: the connection is gone
+                (``RemoteProtocolError``: the server broke the protocol).
         """
         spec = spec_of(method, streaming=False)
-        deadline = self._deadline(timeout)
-        slot = self._start(spec.name_json, *encode_params(method, spec), None)
-        kind, envelope, fds = self._next_message(slot, deadline)
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        slot = self._start(spec, method, deadline, timeout)
+        kind, envelope, fds = self._next_message(slot, deadline, timeout)
         if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
             self._give_up(slot)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
@@ -175,12 +170,12 @@ class Client:
             TypeError: *method* is not a method instance, or is a StreamMethod.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
         """
-        spec = spec_of(method, streaming=False)
-        self._check_usable()
+        spec = spec_of(method, streaming=False, api="notify")
+        self._core.check_usable()
         params, fd_context = encode_params(method, spec)
-        frame, ancillary = outgoing(wire.encode_notification(spec.name_json, params), fd_context)
         try:
-            self._raw.send_packet(frame, ancillary_data=ancillary)
+            cmsgs, nfds = outgoing_fds(fd_context)
+            self._send(self._core.notification(spec, params, nfds), cmsgs, None)
         finally:
             if fd_context is not None:
                 fd_context.sent()
@@ -195,16 +190,21 @@ class Client:
         items ahead of what you have consumed.
 
         Args:
-            timeout: seconds to wait for each item (default: the client's).
+            timeout: seconds to wait for each item, and for sending the
+                request (default: the client's; None waits for ever).
 
         Raises:
             TypeError: *method* is not a StreamMethod instance.
+            TimeoutError: the request could not be sent within *timeout*.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
             (while iterating) RPCError, TimeoutError, InvalidResultError.
         """
         spec = spec_of(method, streaming=True)
-        slot = self._start(spec.name_json, *encode_params(method, spec), self._window)
-        return StreamCall(self, spec, slot, timeout)
+        if timeout is DEFAULT:
+            timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        slot = self._start(spec, method, deadline, timeout)
+        return StreamCall(self, slot, timeout)
 
     def call_by_name(
         self,
@@ -262,100 +262,111 @@ class Client:
 
     # -- internals shared with StreamCall --------------------------------------
 
-    def _deadline(self, timeout: float | _Default | None) -> float | None:
-        if timeout is DEFAULT:
-            timeout = self._timeout
-        return None if timeout is None else time.monotonic() + timeout
-
-    def _check_usable(self) -> None:
-        if self._broken is not None:
-            raise self._broken_error()
-        if self._raw.is_closed():
-            raise ClientClosedError("client is closed")
-
-    def _broken_error(self) -> Exception:
-        return broken_error(self._broken)
-
     def _start(
-        self, name_json: bytes, params: bytes, fd_context: FdContext | None, window: int | None
+        self, spec: MethodSpec, method: Any, deadline: float | None, timeout: float | None
     ) -> CallSlot:
+        """Open a call and write its request, within *deadline*."""
+        params, fd_context = encode_params(method, spec)
         try:
-            self._check_usable()
-            with self._table_lock:
-                slot = self._table.open()
-            request = wire.encode_request(slot.call_id, name_json, params, window)
+            cmsgs, nfds = outgoing_fds(fd_context)
+            with self._lock:
+                slot, data = self._core.request(spec, params, nfds)
             try:
-                if fd_context is not None and fd_context.outgoing:
-                    frame, ancillary = outgoing(request, fd_context)
-                    self._raw.send_packet(frame, ancillary_data=ancillary)
-                else:  # the common case, without the packet layer
-                    self._raw.send_data(self._framing.frame_bytes(request))
+                self._send(data, cmsgs, deadline)
             except BaseException as exc:
-                with self._table_lock:
-                    self._table.abandon(slot)
-                if isinstance(exc, ConnectionBrokenError):
-                    # the server may have said why before it hung up (e.g. too
-                    # many connections): that is the better error
-                    reason = self._farewell()
-                    if reason is not None:
-                        raise reason from None
+                with self._lock:
+                    self._core.give_up(slot, request_sent=False)
+                if isinstance(exc, TimeoutError) and timeout is not None:
+                    raise self._core.send_timeout_error(
+                        spec, timeout, cut=self._raw.is_send_broken()
+                    ) from None
                 raise
         finally:
             if fd_context is not None:
                 fd_context.sent()
         return slot
 
+    def _send(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None, deadline: float | None) -> None:
+        """Write a frame within *deadline*. A write that failed or was cut in
+        the middle of its frame breaks the connection.
+
+        Raises: as the transport's ``send_data``; the server's farewell error
+            instead when it hung up after saying why (e.g. ServerBusyError).
+        """
+        raw = self._raw
+        try:
+            if deadline is None:
+                raw.send_data(data, cmsgs)
+            else:
+                raw.send_data(data, cmsgs, timeout=deadline - time.monotonic())
+        except BaseException as exc:
+            # the server may have said why before it hung up (e.g. too many
+            # connections): that is the better error
+            reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
+            with self._lock:
+                woken = self._core.send_failed(exc, cut=raw.is_send_broken())
+            if woken is not None:
+                self._shut()
+            if reason is not None:
+                raise reason from None
+            raise
+
     def _farewell(self) -> Exception | None:
         """The connection-level error the server left in the receive buffer
         before closing, if any (read without blocking)."""
         if not self._reader_lock.acquire(blocking=False):
             return None
+        core = self._core
         try:
-            while True:
+            while core.broken is None:
                 try:
-                    try:
-                        frame = self._raw.recv_packet(
-                            timeout=0,
-                            ancillary_data=self._ancillary,
-                            ancillary_bufsize=self._ancillary_bufsize,
-                        )
-                    finally:
-                        if self._ancillary:
-                            self._fd_queue.push(self._ancillary.iter_fds())
-                            self._ancillary.clear()
-                    kind, envelope, fds = decode_frame(frame, self._fd_queue)
+                    frame = self._raw.recv_packet(
+                        timeout=0, ancillary_data=self._ancillary, ancillary_bufsize=self._ancillary_bufsize
+                    )
                 except (TimeoutError, ConnectionError, StreamProtocolParseError):
                     return None
-                close_fds(fds)
-                if kind == wire.ERROR and envelope["id"] is None:
-                    self._fail(connection_error(envelope))
-                    return self._broken_error()
+                finally:
+                    self._take_fds()
+                with self._lock:
+                    core.receive_frames((frame,), self._raw.buffered_size())
+            self._raw.close()
+            return core.broken_error() if isinstance(core.broken, RPCError) else None
         finally:
             self._reader_lock.release()
-            if self._waiting:  # a caller may be waiting for the reader role
+            if self._waiting:  # a caller may be waiting for the reader role, or was filed a message
                 with self._cond:
                     self._cond.notify_all()
 
     def _give_up(self, slot: CallSlot) -> None:
-        """The caller no longer wants *slot*: drop what came, cancel the rest."""
-        with self._table_lock:
-            pending = not slot.finished
-            self._table.abandon(slot)
-        if pending and self._broken is None:
+        """The caller no longer wants *slot*: drop what came, cancel the rest
+        (a bounded write: a server that does not read cannot hold us up)."""
+        with self._lock:
+            cancel = self._core.give_up(slot)
+        if cancel is not None:
             with contextlib.suppress(OSError, RPCError):
-                self._raw.send_packet(wire.RawFrame(wire.encode_cancel(slot.call_id)))
+                self._send(cancel, None, time.monotonic() + _CANCEL_SEND_LIMIT)
 
-    def _send_credit(self, slot: CallSlot, count: int) -> None:
-        self._raw.send_packet(wire.RawFrame(wire.encode_credit(slot.call_id, count)))
+    def _send_credit(
+        self, slot: CallSlot, credit: bytes, deadline: float | None, timeout: float | None
+    ) -> None:
+        try:
+            self._send(credit, None, deadline)
+        except TimeoutError:
+            if timeout is None:
+                raise
+            raise self._core.send_timeout_error(
+                slot.spec, timeout, cut=self._raw.is_send_broken(), what="credit"
+            ) from None
 
-    def _next_message(self, slot: CallSlot, deadline: float | None) -> tuple[str, dict[str, Any], list[int]]:
+    def _next_message(self, slot: CallSlot, deadline: float | None, timeout: float | None) -> Message:
         """Wait for the next message of *slot*, reading for everyone if no one else is."""
+        core = self._core
         try:
             while True:
                 if slot.messages:
                     return slot.messages.popleft()
-                if self._broken is not None:
-                    raise self._broken_error()
+                if core.broken is not None:
+                    raise core.broken_error()
                 if self._reader_lock.acquire(blocking=False):
                     try:
                         self._read_until(slot, deadline)
@@ -366,76 +377,74 @@ class Client:
                                 self._cond.notify_all()
                 else:
                     self._wait_for_reader(slot, deadline)
+        except TimeoutError:
+            self._give_up(slot)
+            if timeout is None:
+                raise
+            raise core.timeout_error(slot, timeout) from None
         except BaseException:
             self._give_up(slot)
             raise
 
     def _wait_for_reader(self, slot: CallSlot, deadline: float | None) -> None:
+        core = self._core
         with self._cond:
             self._waiting += 1
             try:
-                while not slot.messages and self._broken is None and self._reader_lock.locked():
+                while not slot.messages and core.broken is None and self._reader_lock.locked():
                     if deadline is None:
                         self._cond.wait()
                         continue
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise TimeoutError("no reply within the timeout")
+                        raise TimeoutError
                     self._cond.wait(remaining)
             finally:
                 self._waiting -= 1
 
     def _read_until(self, slot: CallSlot, deadline: float | None) -> None:
-        raw, ancillary, fd_queue = self._raw, self._ancillary, self._fd_queue
-        while not slot.messages:
+        """Read frames and hand them to the core until *slot* has a message
+        or the connection is over. Raises TimeoutError at *deadline*."""
+        raw, core, lock = self._raw, self._core, self._lock
+        ancillary, bufsize = self._ancillary, self._ancillary_bufsize
+        while not slot.messages and core.broken is None:
             timeout = None
             if deadline is not None:
                 timeout = deadline - time.monotonic()
                 if timeout <= 0:
-                    raise TimeoutError("no reply within the timeout")
+                    raise TimeoutError
             try:
-                frame = raw.recv_packet(
-                    timeout=timeout, ancillary_data=ancillary, ancillary_bufsize=self._ancillary_bufsize
-                )
-            except TimeoutError:
-                raise TimeoutError("no reply within the timeout") from None
-            except StreamProtocolParseError as exc:
-                self._fail(RemoteProtocolError(f"server broke the protocol: {exc.error}"))
-                raise self._broken_error() from None
-            except ConnectionError as exc:
-                self._fail(exc)
-                raise self._broken_error() from None
+                frame = raw.recv_packet(timeout=timeout, ancillary_data=ancillary, ancillary_bufsize=bufsize)
+            except (StreamProtocolParseError, ConnectionError) as exc:
+                self._break(core.read_failed, exc)
+                return
             finally:
-                if ancillary:
-                    fd_queue.push(ancillary.iter_fds())
-                    ancillary.clear()
-            try:
-                kind, envelope, fds = decode_frame(frame, fd_queue)
-            except RemoteProtocolError as exc:
-                self._fail(exc)
-                raise self._broken_error() from None
-            if kind in (wire.RESULT, wire.ITEM, wire.ERROR):
-                if envelope["id"] is None:  # about the connection as a whole
-                    close_fds(fds)
-                    self._fail(connection_error(envelope))
-                    raise self._broken_error()
-                with self._table_lock:
-                    target = self._table.file(kind, envelope, fds)
-                if target is not slot and target is not None and self._waiting:
-                    with self._cond:
-                        self._cond.notify_all()
-            else:
-                close_fds(fds)  # requests from a server are not part of the protocol; ignore
+                if ancillary:  # however the read ended: the core owns them now
+                    self._take_fds()
+            with lock:
+                woken = core.receive_frames((frame,), raw.buffered_size())
+            if core.broken is not None:
+                self._shut()
+            elif self._waiting and _others(woken, slot):
+                with self._cond:
+                    self._cond.notify_all()
 
-    def _fail(self, error: BaseException) -> None:
-        """The connection is unusable: fail every call in flight."""
-        with self._table_lock:
-            if self._broken is None:
-                self._broken = error
-            slots = self._table.fail_all()
-        for slot in slots:
-            slot.discard()
-        self._fd_queue.close_all()
+    def _take_fds(self) -> None:
+        """Hand the descriptors of the last read to the core."""
+        ancillary = self._ancillary
+        if ancillary:
+            with self._lock:
+                self._core.receive_fds(ancillary.iter_fds())
+            ancillary.clear()
+
+    def _break(self, how: Callable[[BaseException], object], error: BaseException) -> None:
+        """End the connection through the core's *how* (fail, read_failed)."""
+        with self._lock:
+            how(error)
+        self._shut()
+
+    def _shut(self) -> None:
+        """The core is broken: close the socket, wake every waiting caller."""
         self._raw.close()
         with self._cond:
             self._cond.notify_all()
@@ -443,24 +452,22 @@ class Client:
     def close(self) -> None:
         """Close the connection. Calls in flight in other threads raise
         ClientClosedError. Idempotent."""
-        if self._broken is None:
-            self._fail(ClientClosedError("client is closed"))
-        else:
-            self._raw.close()
+        self._break(self._core.fail, ClientClosedError("client is closed"))
+
+
+def _others(woken: Iterable[CallSlot], slot: CallSlot) -> bool:
+    return any(target is not slot for target in woken)
 
 
 class StreamCall(Generic[ItemT]):
     """The items of a streaming call, as an iterator. Close it (or leave its
     ``with`` block, or break out of the loop) to cancel the call."""
 
-    def __init__(self, client: Client, spec: Any, slot: CallSlot, timeout: float | _Default | None) -> None:
+    def __init__(self, client: Client, slot: CallSlot, timeout: float | None) -> None:
         self._client = client
-        self._spec = spec
         self._slot = slot
         self._timeout = timeout
         self._done = False
-        self._consumed = 0
-        self._credit_every = max(client._window // 2, 1)
 
     def __iter__(self) -> Self:
         return self
@@ -468,22 +475,22 @@ class StreamCall(Generic[ItemT]):
     def __next__(self) -> ItemT:
         if self._done:
             raise StopIteration
-        client = self._client
+        client, slot, timeout = self._client, self._slot, self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            kind, envelope, fds = client._next_message(self._slot, client._deadline(self._timeout))
+            kind, envelope, fds = client._next_message(slot, deadline, timeout)
         except BaseException:
             self._done = True
             raise
         if kind == wire.ITEM:
-            self._consumed += 1
-            if self._consumed >= self._credit_every:
+            credit = client._core.item_consumed(slot)
+            if credit is not None:
                 try:
-                    client._send_credit(self._slot, self._consumed)
+                    client._send_credit(slot, credit, deadline, timeout)
                 except BaseException:
                     close_fds(fds)  # the item is lost with the connection: so are its fds
                     raise
-                self._consumed = 0
-            return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
+            return item_value(slot.spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True
         stream_end(kind, envelope, fds)
         raise StopIteration

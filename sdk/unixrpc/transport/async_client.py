@@ -335,6 +335,11 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         finally:
             lock.release()
 
+    def is_send_broken(self) -> bool:
+        """Driver interface. True once a send failed or was cancelled in the
+        middle of a frame (nothing more can be sent on this connection)."""
+        return self._send_broken is not None
+
     def _first_send(self, sock: _Socket, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None) -> int:
         """Try the first write of a frame; 0 if the socket buffer is full."""
         try:

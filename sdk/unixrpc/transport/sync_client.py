@@ -192,6 +192,10 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         """True once :meth:`close` was called."""
         return self._closed
 
+    def buffered_size(self) -> int:
+        """Bytes received but not yet returned as packets."""
+        return self._receiver.buffered_size()
+
     def get_peer_name(self) -> UnixSocketAddress:
         """The address the client is connected to."""
         return self._peer_name
@@ -233,9 +237,26 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         """
         self.send_data(self._protocol.serialize(packet), make_cmsgs(ancillary_data))
 
-    def send_data(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
+    def send_data(
+        self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None, *, timeout: float | None = None
+    ) -> None:
         """Driver interface: write one serialized frame (send_packet without
-        the protocol; for the RPC client's hot path). Raises what send_packet raises."""
+        the protocol; for the RPC client's hot path), the descriptors of
+        *cmsgs* on its first byte.
+
+        Args:
+            timeout: seconds for the whole frame, waiting for the send lock
+                included (None: wait for ever).
+
+        Raises:
+            TimeoutError: *timeout* elapsed. If part of the frame was written,
+                the connection is broken (:meth:`is_send_broken`; later sends
+                raise ConnectionBrokenError); else nothing was written.
+            ClientClosedError, ConnectionBrokenError, OSError: as send_packet.
+        """
+        if timeout is not None:
+            self._send_within(data, cmsgs, time.monotonic() + max(timeout, 0.0))
+            return
         with self._send_lock:
             self._check_can_send()
             sent = 0
@@ -257,6 +278,59 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             except BaseException:
                 self._send_broken = ConnectionBrokenError("a send was interrupted in the middle of a frame")
                 raise
+
+    def _send_within(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None, deadline: float) -> None:
+        """send_data with a deadline: non-blocking writes, waiting for room with poll()."""
+        if not self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise TimeoutError("timed out waiting for another thread's send")
+        try:
+            self._check_can_send()
+            sock, total, sent = self._sock, len(data), 0
+            poller: select.poll | None = None
+            try:
+                while True:
+                    try:
+                        if not sent:
+                            if cmsgs:
+                                sent = sock.sendmsg([data], cmsgs, socket.MSG_DONTWAIT)
+                            else:
+                                sent = sock.send(data, socket.MSG_DONTWAIT)
+                        else:
+                            sent += sock.send(memoryview(data)[sent:], socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
+                    if sent >= total:
+                        return
+                    if poller is None:
+                        poller = select.poll()
+                        poller.register(sock.fileno(), select.POLLOUT)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not poller.poll(remaining * 1000.0):
+                        if sent:
+                            self._send_broken = ConnectionBrokenError(
+                                "a send timed out in the middle of a frame"
+                            )
+                            raise TimeoutError("timed out in the middle of a frame: the connection is broken")
+                        raise TimeoutError("timed out before the frame could be sent")
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):
+                    raise
+                if sent or not cmsgs or exc.errno not in (errno.EBADF, errno.EINVAL, errno.ETOOMANYREFS):
+                    self._send_broken = ConnectionBrokenError(f"send failed mid-frame: {exc}")
+                raise map_send_error(exc, self._closed) from exc
+            except BaseException:
+                if sent:
+                    self._send_broken = ConnectionBrokenError(
+                        "a send was interrupted in the middle of a frame"
+                    )
+                raise
+        finally:
+            self._send_lock.release()
+
+    def is_send_broken(self) -> bool:
+        """Driver interface: True once a send failed or was cut in the middle
+        of a frame (nothing more can be sent on this connection)."""
+        return self._send_broken is not None
 
     def _check_can_send(self) -> None:
         if self._closed:
@@ -450,10 +524,6 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             self._recv_broken = eof_error(receiver.buffered_size())
             return
         receiver.buffer_updated(nbytes)
-
-    def buffered_size(self) -> int:
-        """Bytes received but not yet returned as packets."""
-        return self._receiver.buffered_size()
 
     def _wait_readable(self, deadline: float) -> None:
         poller = self._poller
