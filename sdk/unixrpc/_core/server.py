@@ -51,6 +51,7 @@ touch a socket). Engines (``server/``) wait and move bytes.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ from . import messages, wire
 from .calls import FdQueue, close_fds
 
 __all__ = [
+    "Admission",
     "Cancel",
     "Close",
     "FdFrame",
@@ -93,6 +95,84 @@ _NO_PARAMS: Final[dict[str, Any]] = {}  # a request without "params" (pydantic n
 _HEADER_PACK: Final = wire.HEADER.pack
 #: unsent bytes over which a connection stops being read (its peer does not read)
 DEFAULT_MAX_UNSENT: Final = 1024 * 1024
+
+
+def _debug() -> bool:
+    return logger.isEnabledFor(logging.DEBUG)
+
+
+def _outcome(body: bytes) -> str:
+    """What a final frame says, for the log: ok, or the error's code."""
+    if body.startswith(b'{"id":') and b',"result":' in body[:40]:
+        return "ok"
+    try:
+        return str(orjson.loads(body)["error"]["code"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "?"
+
+
+class _WarningLimiter:
+    """Protocol-violation warnings, at most *burst* per *interval* seconds,
+    then one line saying how many were suppressed: a flood of bad frames
+    cannot fill the journal."""
+
+    def __init__(self, burst: int = 10, interval: float = 10.0) -> None:
+        self.burst, self.interval = burst, interval
+        self._window = 0.0
+        self._count = 0
+        self._suppressed = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._window >= self.interval:
+            if self._suppressed:
+                logger.warning(
+                    "%d more protocol violations not logged in the last %ss", self._suppressed, self.interval
+                )
+            self._window, self._count, self._suppressed = now, 0, 0
+        self._count += 1
+        if self._count <= self.burst:
+            logger.warning("%s", message)
+        else:
+            self._suppressed += 1
+
+
+_warn = _WarningLimiter()
+
+
+class Admission:
+    """Who may connect: at most *max_connections* at once, and at most
+    *per_uid* of them from one user (so one local user cannot lock the
+    others out). Not thread-safe: the engines call it from their accepting
+    loop."""
+
+    def __init__(self, max_connections: int, per_uid: int) -> None:
+        self.max_connections = max_connections
+        self.per_uid = per_uid
+        self.connections = 0
+        self._by_uid: dict[int, int] = {}
+
+    def admit(self, uid: int, pid: int) -> str | None:
+        """Count a new connection from *uid* in: None, or why it is refused."""
+        if self.connections >= self.max_connections:
+            refusal = f"too many connections (limit {self.max_connections})"
+        elif self._by_uid.get(uid, 0) >= self.per_uid:
+            refusal = f"too many connections from uid {uid} (limit {self.per_uid} per uid)"
+        else:
+            self.connections += 1
+            self._by_uid[uid] = self._by_uid.get(uid, 0) + 1
+            return None
+        logger.info("refused a connection from pid %d uid %d: %s", pid, uid, refusal)
+        return refusal
+
+    def release(self, uid: int) -> None:
+        """A connection admitted for *uid* has ended."""
+        self.connections -= 1
+        left = self._by_uid[uid] - 1
+        if left:
+            self._by_uid[uid] = left
+        else:
+            del self._by_uid[uid]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +194,7 @@ class ServerRules:
         "expose_tracebacks",
         "handlers",
         "max_calls_per_connection",
+        "max_fds",
         "max_frame_size",
         "max_unsent",
         "stopping",
@@ -125,6 +206,7 @@ class ServerRules:
         *,
         max_calls_per_connection: int = 256,
         max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
+        max_fds: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         max_unsent: int = DEFAULT_MAX_UNSENT,
         expose_tracebacks: bool = False,
         authorize: bool = False,
@@ -132,6 +214,7 @@ class ServerRules:
         self.handlers = handlers
         self.max_calls_per_connection = max_calls_per_connection
         self.max_frame_size = max_frame_size
+        self.max_fds = max_fds
         self.max_unsent = max_unsent
         self.expose_tracebacks = expose_tracebacks
         #: whether an authorization hook runs before every handler
@@ -159,6 +242,7 @@ class ServerCall:
         "key",
         "request",
         "request_fds",
+        "started",
         "waiting_credit",
         "window",
     )
@@ -183,6 +267,7 @@ class ServerCall:
         self.cancel_requested = False
         self.cancel_error: RPCError | None = None  # why, when not the client's cancel
         self.waiting_credit = False
+        self.started = 0.0  # monotonic time it started (kept only for the debug log)
         self.engine: Any = None
         self.context: Any = None  # the CallContext the engine made for it, if any
 
@@ -266,12 +351,18 @@ class ServerConnection:
         "_rules",
         "connection_id",
         "output_failed",
+        "peer_pid",
+        "peer_uid",
         "unsent",
     )
 
-    def __init__(self, rules: ServerRules, connection_id: int = 0) -> None:
+    def __init__(
+        self, rules: ServerRules, connection_id: int = 0, peer_pid: int = 0, peer_uid: int = -1
+    ) -> None:
         self._rules = rules
         self.connection_id = connection_id
+        self.peer_pid = peer_pid  # for the log
+        self.peer_uid = peer_uid
         self._fd_queue = FdQueue()
         self._calls: dict[int | object, ServerCall] = {}
         self._out: list[Chunk] = []
@@ -326,8 +417,14 @@ class ServerConnection:
         for none: they ride on their frame's first byte, so with no frame
         begun (*frame_pending* False) they belong to none (the peer declared
         too few)."""
-        if self._fd_queue and not frame_pending:
-            return self.fatal(f"{len(self._fd_queue)} file descriptors came with no frame")
+        queued = len(self._fd_queue)
+        if queued and not frame_pending:
+            return self.fatal(f"{queued} file descriptors came with no frame")
+        if queued > self._rules.max_fds:  # more than the one frame begun may carry
+            limit = self._rules.max_fds
+            return self.fatal(
+                f"{queued} file descriptors queued for one frame (a frame carries at most {limit})"
+            )
         return None
 
     def fatal(self, reason: str, *, tell_peer: bool = True) -> Close:
@@ -337,6 +434,7 @@ class ServerConnection:
         if self._closed is None:
             self._closed = reason
             self._fd_queue.close_all()
+            _warn(f"connection {self.connection_id} (pid {self.peer_pid}): closed: {reason}")
             if tell_peer:
                 error = ProtocolViolationError(reason)
                 self._queue(wire.encode_error(None, error.code, error.message))
@@ -442,6 +540,8 @@ class ServerConnection:
         if request_fds is not EMPTY_FDS:
             request_fds.finish()  # descriptors no FD field took are closed
         call = ServerCall(handler, request, call_id, window, request_fds)
+        if _debug():
+            call.started = time.monotonic()
         self._calls[call.key] = call
         return call
 
@@ -453,6 +553,7 @@ class ServerConnection:
             logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
 
     def _error(self, call_id: int | None, message: str) -> None:
+        _warn(f"connection {self.connection_id} (pid {self.peer_pid}): {message}")
         error = ProtocolViolationError(message)
         self._queue(wire.encode_error(call_id, error.code, error.message))
 
@@ -498,6 +599,9 @@ class ServerConnection:
 
     def deny(self, call: ServerCall, uid: int, pid: int) -> None:
         """The authorization hook refused *call* for the peer (*uid*, *pid*)."""
+        logger.info(
+            "denied %s to pid %d uid %d (the authorize hook said no)", call.handler.spec.name, pid, uid
+        )
         error = PermissionDeniedError(f"{call.handler.spec.name} is not allowed for uid {uid} (pid {pid})")
         self._fail_with(call, error)
 
@@ -578,6 +682,18 @@ class ServerConnection:
         call.answered = True
         call.waiting_credit = False
         self._calls.pop(call.key, None)
+        if call.started:
+            outcome = "no reply" if body is None else _outcome(body)
+            ms = (time.monotonic() - call.started) * 1000
+            logger.debug(
+                "call %s id=%s from pid %d uid %d: %s in %.2f ms",
+                call.handler.spec.name,
+                call.call_id,
+                self.peer_pid,
+                self.peer_uid,
+                outcome,
+                ms,
+            )
         request_fds = call.request_fds
         if body is None:
             if not call.abandoned:

@@ -23,8 +23,9 @@ import anyio
 import anyio.abc
 
 from .._core import wire
+from .._core.server import Admission
 from ..address import UnixSocketAddress
-from ..exceptions import ServerBusyError
+from ..exceptions import ClientClosedError, ServerBusyError
 from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener
 from .connection import Connection
@@ -61,6 +62,7 @@ class AnyioEngine:
         self._grace: float | None = None  # set by stop()
         self._drain_scope: anyio.CancelScope | None = None
         self.lifecycle: Lifecycle | None = None
+        self._admission = Admission(server.max_connections, server.max_connections_per_uid)
         self._housekeeping_wake: anyio.Event | None = None
 
     def stop(self, grace: float) -> None:
@@ -166,12 +168,20 @@ class AnyioEngine:
             conn, server._protocol, max_recv_size=wire.RECV_SIZE
         )
         async with transport:
-            if len(self.connections) >= server.max_connections:
-                error = ServerBusyError(f"too many connections (limit {server.max_connections})")
-                with contextlib.suppress(OSError):
+            try:
+                peer = transport.get_peer_credentials()
+            except (OSError, ClientClosedError):
+                return
+            refusal = self._admission.admit(peer.uid, peer.pid)
+            if refusal is not None:
+                error = ServerBusyError(refusal)
+                with contextlib.suppress(OSError, ConnectionError):
                     await transport.send_packet(
                         wire.RawFrame(wire.encode_error(None, error.code, error.message))
                     )
+                    await transport.send_eof()
+                    with anyio.move_on_after(1.0):  # let the peer read why before the close
+                        await transport.recv_packet()
                 return
             connection = Connection(server, transport, next(server._connection_ids))
             self.connections.add(connection)
@@ -179,3 +189,4 @@ class AnyioEngine:
                 await connection.run()
             finally:
                 self.connections.discard(connection)
+                self._admission.release(peer.uid)

@@ -52,6 +52,8 @@ __all__ = ["Connection"]
 
 logger = logging.getLogger("unixrpc.server")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+#: seconds between looks for a hang-up once the read side has ended with calls in flight
+_HANG_UP_POLL = 0.2
 
 
 class Connection:
@@ -67,7 +69,7 @@ class Connection:
         self._transport = transport
         self.connection_id = connection_id
         self.peer: UnixCredentials = transport.get_peer_credentials()
-        self.core = ServerConnection(server._rules, connection_id)
+        self.core = ServerConnection(server._rules, connection_id, self.peer.pid, self.peer.uid)
         self._idle_workers: list[Worker] = []
         self._reading_done = False
         self._new_wakeup = wakeup_factory()
@@ -81,6 +83,7 @@ class Connection:
         self._writing = False  # a task is finishing a short write (and writes what follows)
         self._write_done: Wakeup | None = None  # set when it is done
         self._reading_over = anyio.Event()
+        self._partial_since = 0.0  # when the frame now half read began to arrive
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -93,13 +96,37 @@ class Connection:
                 self._task_group = task_group
                 self._pass_reading()
                 await self._reading_over.wait()
-                if self._peer_hung_up():
-                    for call in self.core.hang_up():
-                        self._cancel(call)
+                # the read side ended: if the peer is gone (now, or while calls
+                # still run), nobody can read their answers: cancel them
+                while True:
+                    if self._peer_hung_up():
+                        for call in self.core.hang_up():
+                            self._cancel(call)
+                        break
+                    if not len(self.core):
+                        break
+                    await anyio.sleep(_HANG_UP_POLL)
                 for worker in self._idle_workers:  # no more work: let the pool end
                     worker.wake.set()
         finally:
             self.core.close()
+
+    def _read_timeout(self) -> tuple[float, str] | None:
+        """How long the reader may wait now, and why it closes after: a frame
+        begun must be finished within ``frame_timeout``; a connection with
+        nothing in flight is closed after ``connection_idle_timeout``."""
+        server, now = self._server, anyio.current_time()
+        if self._transport.buffered_size():
+            if server.frame_timeout is None:
+                return None
+            if not self._partial_since:
+                self._partial_since = now
+            left = self._partial_since + server.frame_timeout - now
+            return max(left, 0.0), f"a frame was not finished within {server.frame_timeout} s"
+        idle = server.connection_idle_timeout
+        if idle is not None and not len(self.core) and not self.core.has_output():
+            return idle, f"idle for {idle} s"
+        return None
 
     def _peer_hung_up(self) -> bool:
         """True when the peer closed both directions (not a mere send_eof)."""
@@ -136,7 +163,17 @@ class Connection:
                             if pending is not None:  # the peer is slow to read: never stop reading for it
                                 self._pass_reading()
                                 return pending
-                        frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
+                        timeout = self._read_timeout()
+                        if timeout is None:
+                            frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
+                        else:
+                            with anyio.move_on_after(timeout[0]):
+                                frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
+                            if not frames:  # nothing came in time
+                                core.fatal(timeout[1], tell_peer=transport.buffered_size() > 0)
+                                await self._flush()
+                                return None
+                    self._partial_since = 0.0 if not transport.buffered_size() else self._partial_since
                 except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
                     core.fatal(str(exc.error))
                     await self._flush()
@@ -263,7 +300,13 @@ class Connection:
         """What a handler or the authorization hook is told about *call*."""
         context: CallContext | None = call.context
         if context is None:
-            context = CallContext(self.peer, call.handler.spec.name, call.call_id, self.connection_id)
+            context = CallContext(
+                self.peer,
+                call.handler.spec.name,
+                call.call_id,
+                self.connection_id,
+                _rules=self._server._rules,
+            )
             call.context = context
         return context
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..ancillary import UnixCredentials
 
@@ -35,7 +36,14 @@ class CallContext:
     method: str
     call_id: int | None
     connection_id: int
+    _rules: Any = field(default=None, repr=False, compare=False)
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once the server began shutting down: a long call should wrap
+        up (it has ``shutdown_grace`` seconds; a stream is ended at once)."""
+        return self._rules is not None and bool(self._rules.stopping)
 
     @property
     def cancelled(self) -> bool:

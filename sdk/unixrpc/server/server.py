@@ -64,6 +64,13 @@ class Server:
             before every handler; it sees the caller's pid, uid and gid.
         max_connections: connections served at once; more are told
             ``ServerBusyError`` and closed.
+        max_connections_per_uid: connections served at once for one user
+            (the peer's uid), so one local user cannot lock the others out.
+        frame_timeout: seconds a peer may take to finish a frame it started
+            (a stalled half frame holds a slot and a buffer); then the
+            connection is closed. None: no limit.
+        connection_idle_timeout: close a connection with no call in flight
+            that sent nothing for this many seconds (None: never).
         max_calls_per_connection: calls in flight per connection; more are
             answered with ``ServerBusyError``.
         max_frame_size: the largest frame body accepted or sent.
@@ -97,7 +104,8 @@ class Server:
         description: str | None = None,
         introspection: bool = True,
         authorize: AuthorizeHook | None = None,
-        max_connections: int = 1024,
+        max_connections: int = 4096,
+        max_connections_per_uid: int = 1024,
         max_calls_per_connection: int = 256,
         max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
@@ -109,10 +117,13 @@ class Server:
         max_threads_per_connection: int = 16,
         on_reload: Callable[[], Any] | None = None,
         idle_timeout: float | None = None,
+        frame_timeout: float | None = 30.0,
+        connection_idle_timeout: float | None = None,
     ) -> None:
         self.name, self.version, self.description = name, version, description
         for limit, value in (
             ("max_connections", max_connections),
+            ("max_connections_per_uid", max_connections_per_uid),
             ("max_calls_per_connection", max_calls_per_connection),
             ("max_threads", max_threads),
             ("max_threads_per_connection", max_threads_per_connection),
@@ -121,6 +132,9 @@ class Server:
                 raise ValueError(f"{limit} must be at least 1, got {value}")
         self.authorize = authorize
         self.max_connections = max_connections
+        self.max_connections_per_uid = max_connections_per_uid
+        self.frame_timeout = frame_timeout
+        self.connection_idle_timeout = connection_idle_timeout
         self.max_calls_per_connection = max_calls_per_connection
         self.socket_mode = socket_mode
         self.socket_group = socket_group
@@ -138,6 +152,7 @@ class Server:
             self._handlers,
             max_calls_per_connection=max_calls_per_connection,
             max_frame_size=max_frame_size,
+            max_fds=max_fds_per_frame,
             expose_tracebacks=expose_tracebacks,
             authorize=authorize is not None,
         )

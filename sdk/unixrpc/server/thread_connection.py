@@ -34,6 +34,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelledError
@@ -116,7 +117,7 @@ class ThreadConnection:
         )
         self.connection_id = connection_id
         self.peer = self._transport.get_peer_credentials()
-        self.core = ServerConnection(server._rules, connection_id)
+        self.core = ServerConnection(server._rules, connection_id, self.peer.pid, self.peer.uid)
         self._lock = threading.Lock()  # guards the core and everything below
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
@@ -127,6 +128,8 @@ class ThreadConnection:
         self._threads = 0
         self._spawned = 0
         self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
+        self._last_read = time.monotonic()
+        self._partial_since = 0.0  # when the frame now half read began to arrive
         # Threads wait in one epoll: the socket, registered one-shot, wakes
         # exactly one of them per batch of data (re-armed once it is read);
         # an eventfd wakes them for calls queued beyond the first of a read,
@@ -214,13 +217,24 @@ class ThreadConnection:
                             self._clear_work()
                         spare = self._waiting > 0  # another thread waits: this one may retire
                         self._waiting += 1
+                        deadline = self._read_deadline()
                 if call is None:
+                    timeout = _IDLE_SECONDS if spare else -1.0
+                    if deadline is not None:
+                        left = max(deadline[0] - time.monotonic(), 0.0)
+                        timeout = left if timeout < 0 else min(timeout, left)
                     try:
-                        events = epoll.poll(_IDLE_SECONDS if spare else -1)
+                        events = epoll.poll(timeout)
                     except BaseException:
                         with lock:
                             self._waiting -= 1
                         raise
+                    if not events and deadline is not None and time.monotonic() >= deadline[0]:
+                        with lock:
+                            self._waiting -= 1
+                            self._time_out(deadline[1])
+                        self._flush()
+                        continue
                     if events and any(fd == sock_fd for fd, _ in events):
                         call = self._read()  # counts this thread out of the waiting ones
                         if call is None:
@@ -265,9 +279,13 @@ class ThreadConnection:
         except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError):
             over = True
         mine: ServerCall | None = None
+        now = time.monotonic()
+        partial = transport.buffered_size() > 0
         with self._lock:
             self._waiting -= 1
             self._armed = False
+            self._last_read = now
+            self._partial_since = (self._partial_since or now) if partial else 0.0
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
@@ -290,6 +308,29 @@ class ThreadConnection:
         if core.has_output():
             self._flush()
         return mine
+
+    def _read_deadline(self) -> tuple[float, str] | None:  # lock held
+        """When the connection must be closed if nothing more comes, and why:
+        a frame begun must be finished within ``frame_timeout``; a connection
+        with nothing in flight is closed after ``connection_idle_timeout``."""
+        server = self._server
+        if self._reading_over or not self._armed:
+            return None
+        if self._partial_since:
+            if server.frame_timeout is None:
+                return None
+            reason = f"a frame was not finished within {server.frame_timeout} s"
+            return self._partial_since + server.frame_timeout, reason
+        idle = server.connection_idle_timeout
+        if idle is not None and not len(self.core) and not self.core.has_output() and not self._runq:
+            return self._last_read + idle, f"idle for {idle} s"
+        return None
+
+    def _time_out(self, reason: str) -> None:  # lock held
+        if self._reading_over:
+            return
+        self.core.fatal(reason, tell_peer=bool(self._partial_since))
+        self._end_reading()
 
     def _take_in(self, *, everything: bool = False) -> bool:  # lock held
         """Hand the frames read to the core, in order, while fewer calls wait
@@ -380,7 +421,13 @@ class ThreadConnection:
     def _context(self, call: ServerCall) -> CallContext:
         context: CallContext | None = call.context
         if context is None:
-            context = CallContext(self.peer, call.handler.spec.name, call.call_id, self.connection_id)
+            context = CallContext(
+                self.peer,
+                call.handler.spec.name,
+                call.call_id,
+                self.connection_id,
+                _rules=self._server._rules,
+            )
             call.context = context
         return context
 

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .._core import wire
+from .._core.server import Admission
 from ..exceptions import ServerBusyError
+from ..transport._common import peer_credentials
 from .binding import BoundListener
 from .lifecycle import Lifecycle
 from .thread_connection import LoopThread, ThreadConnection
@@ -55,6 +57,7 @@ class ThreadEngine:
         self._refused: dict[int, tuple[socket.socket, float]] = {}
         self._grace: float | None = None  # set by stop()
         self.lifecycle = Lifecycle(server, self.wake)
+        self._admission = Admission(server.max_connections, server.max_connections_per_uid)
 
     # -- what connections use -------------------------------------------------------
 
@@ -68,6 +71,7 @@ class ThreadEngine:
     def connection_done(self, connection: ThreadConnection) -> None:
         with self._lock:
             self._connections.discard(connection)
+            self._admission.release(connection.peer.uid)
         self.wake()
 
     # -- serving ------------------------------------------------------------------
@@ -157,10 +161,15 @@ class ThreadEngine:
 
     def _admit(self, conn: socket.socket, connection_id: int) -> None:
         server = self._server
+        try:
+            peer = peer_credentials(conn)
+        except OSError:
+            conn.close()
+            return
         with self._lock:
-            busy = len(self._connections) >= server.max_connections
-        if busy:
-            error = ServerBusyError(f"too many connections (limit {server.max_connections})")
+            refusal = self._admission.admit(peer.uid, peer.pid)
+        if refusal is not None:
+            error = ServerBusyError(refusal)
             try:
                 conn.setblocking(False)
                 conn.send(_frame(wire.encode_error(None, error.code, error.message)))
@@ -179,6 +188,8 @@ class ThreadEngine:
         except OSError as exc:  # the peer left already
             logger.debug("connection %d: %s", connection_id, exc)
             conn.close()
+            with self._lock:
+                self._admission.release(peer.uid)
             return
         with self._lock:
             self._connections.add(connection)
