@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import threading
 from collections import deque
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ from .._wakeup import Wakeup, wakeup_factory
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     AncillaryDataTruncatedError,
+    CallCancelledError,
     ClientClosedError,
     ConnectionBrokenError,
     StreamProtocolParseError,
@@ -384,14 +386,19 @@ class Connection:
         if not self._corking:
             await self._flush()
 
-    async def _in_thread(self, call: ServerCall, function: Any, args: tuple[Any, ...]) -> Any:
+    async def _in_thread(
+        self, call: ServerCall, function: Any, args: tuple[Any, ...], *, always: bool = False
+    ) -> Any:
         """Run a plain function in the server's handler threads. A cancel
         abandons it (it runs on; its outcome then only releases the call's
-        request descriptors, which stay open while it may use them)."""
+        request descriptors, which stay open while it may use them); a call
+        cancelled while it waits for a free thread never runs, unless
+        *always* (cleanup)."""
         waiter = self._new_waiter()
         core = self.core
         waiter.late = lambda _: core.release(call)  # the outcome of an abandoned call
-        self._server._threads().submit(function, args, waiter.settle_threadsafe)
+        job, job_args = (function, args) if always else (_unless_answered, (call, function, args))
+        self._server._threads().submit(job, job_args, waiter.settle_threadsafe)
         worker: Worker = call.engine
         worker.in_thread = True
         try:
@@ -415,16 +422,17 @@ class Connection:
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
             return
-        done = object()
+        stepper = _GeneratorStepper(items)
         try:
             while True:
-                item = await self._in_thread(call, next, (items, done))
-                if item is done:
+                item = await self._in_thread(call, stepper.step, ())
+                if item is _DONE:
                     break
                 await self._send_item(call, item)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._in_thread(call, items.close, ())
+            if not stepper.close_later():  # else a step still runs: its thread closes it
+                with anyio.CancelScope(shield=True):
+                    await self._in_thread(call, stepper.close, (), always=True)
 
     async def _send_item(self, call: ServerCall, item: Any) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel between items stops the stream
@@ -532,6 +540,54 @@ class Connection:
         await self._transport.aclose()
         for call in left:
             self._cancel(call)
+
+
+_DONE = object()
+
+
+def _unless_answered(call: ServerCall, function: Any, args: tuple[Any, ...]) -> Any:
+    """Run in a handler thread: *function*, unless its call was answered
+    (cancelled) while it waited for a free thread."""
+    if call.answered:
+        raise CallCancelledError("call cancelled before a thread was free to run it")
+    return function(*args)
+
+
+class _GeneratorStepper:
+    """Steps a plain generator in handler threads; if the stream is cancelled
+    while a step runs, the thread running it closes the generator when the
+    step returns (a generator cannot be closed from another thread while it
+    runs)."""
+
+    def __init__(self, items: Any) -> None:
+        self._items = items
+        self._lock = threading.Lock()
+        self._running = False
+        self._close_after = False
+
+    def step(self) -> Any:
+        with self._lock:
+            self._running = True
+        try:
+            return next(self._items, _DONE)
+        finally:
+            with self._lock:
+                self._running = False
+                close = self._close_after
+            if close:
+                self._items.close()
+
+    def close_later(self) -> bool:
+        """True if a step runs now (it closes the generator when done); else
+        the caller closes it with :meth:`close`."""
+        with self._lock:
+            if self._running:
+                self._close_after = True
+                return True
+            return False
+
+    def close(self) -> None:
+        self._items.close()
 
 
 def _fd_bytes(fds: list[int]) -> bytes:

@@ -64,14 +64,14 @@ def install(server: Server) -> None:
     """Serve the reserved methods on *server*."""
     cache: dict[str, Any] = {}
 
-    async def describe(request: Describe) -> dict[str, Any]:
+    def describe(request: Describe) -> dict[str, Any]:  # plain: the threads engine needs no loop
         key = tuple(server.methods)  # a method added since the last call: describe again
         if cache.get("key") != key:
             cache["document"] = interface_document(server)
             cache["key"] = key
         return cache["document"]  # type: ignore[no-any-return]
 
-    async def ping(request: Ping) -> PingReply:
+    def ping(request: Ping) -> PingReply:
         return PingReply(name=server.name, version=server.version)
 
     server._add_reserved(Describe, describe)

@@ -1,0 +1,142 @@
+"""Edges of how the engines run plain ``def`` handlers and generators, on
+every engine: a generator stream cancelled while its step runs is still
+closed (its ``finally`` runs); a call cancelled while it waits for a free
+handler thread never runs; the threads engine needs no event loop thread."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import rpc_support
+from unixrpc import CallCancelledError, Client, Method, Server, StreamMethod
+
+
+class Ticks(StreamMethod[int]):
+    pass
+
+
+class Hold(Method[str]):
+    tag: str
+
+
+def wait_for(predicate: object, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_a_generator_cancelled_mid_step_is_closed(sock_dir: str) -> None:
+    closed, stepping, release = threading.Event(), threading.Event(), threading.Event()
+    server = Server()
+
+    @server.method(Ticks)
+    def ticks(request: Ticks) -> Iterator[int]:
+        try:
+            yield 0
+            stepping.set()
+            release.wait(10)  # busy in the step when the client gives up
+            yield 1
+        finally:
+            closed.set()
+
+    path = os.path.join(sock_dir, "s")
+    with rpc_support.serving_in_thread(server, path), Client(path) as client:
+        with client.stream(Ticks()) as stream:
+            assert next(iter(stream)) == 0
+            assert stepping.wait(10)
+        # the stream was given up (a cancel went out) while the generator runs its step
+        release.set()
+        assert closed.wait(10), "the generator's finally never ran"
+
+
+def _frame(envelope: dict[str, object]) -> bytes:
+    body = json.dumps(envelope).encode()
+    return struct.pack(">IH", len(body), 0) + body
+
+
+def _read_frame(sock: socket.socket) -> dict[str, object]:
+    data = b""
+    while len(data) < 6 or len(data) < 6 + struct.unpack(">IH", data[:6])[0]:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    size = struct.unpack(">IH", data[:6])[0]
+    assert len(data) == 6 + size
+    return json.loads(data[6:])  # type: ignore[no-any-return]
+
+
+def test_a_call_cancelled_while_waiting_for_a_thread_never_runs(sock_dir: str) -> None:
+    ran: list[str] = []
+    gate = threading.Event()
+    server = Server(max_threads=1, max_threads_per_connection=1)
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        ran.append(request.tag)
+        if request.tag == "first":
+            gate.wait(10)
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    try:
+        with rpc_support.serving_in_thread(server, path), socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(_frame({"id": 1, "method": "Hold", "params": {"tag": "first"}}))
+            wait_for(lambda: ran == ["first"])
+            # the only handler thread is busy: "second" waits for it, and is cancelled there
+            sock.sendall(_frame({"id": 2, "method": "Hold", "params": {"tag": "second"}}))
+            sock.sendall(_frame({"cancel": 2}))
+            assert _read_frame(sock)["error"]["code"] == "unixrpc.Cancelled"  # type: ignore[index]
+            gate.set()
+            assert _read_frame(sock) == {"id": 1, "result": "first"}
+            sock.sendall(_frame({"id": 3, "method": "Hold", "params": {"tag": "third"}}))
+            assert _read_frame(sock) == {"id": 3, "result": "third"}
+    finally:
+        gate.set()
+    assert ran == ["first", "third"], "the cancelled call ran once a thread was free"
+
+
+def test_the_threads_engine_starts_no_event_loop_thread(sock_dir: str) -> None:
+    server = Server()  # introspection on: its handlers are plain def
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    with server.serve_in_thread(path, backend="threads"), Client(path) as client:
+        assert client.call(Hold(tag="x")) == "x"
+        assert client.call_by_name("unixrpc.Ping", {}).value is not None
+        names = [thread.name for thread in threading.enumerate()]
+    assert not any("portal" in name for name in names), names
+
+
+def test_cancelled_error_is_what_the_waiting_client_sees(sock_dir: str) -> None:
+    gate = threading.Event()
+    server = Server()
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        gate.wait(10)
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    try:
+        with rpc_support.serving_in_thread(server, path), Client(path) as client:
+            with pytest.raises(TimeoutError):
+                client.call(Hold(tag="slow"), timeout=0.2)
+            gate.set()
+            assert client.call(Hold(tag="next")) == "next"
+    finally:
+        gate.set()
+    assert issubclass(CallCancelledError, Exception)
