@@ -23,28 +23,27 @@ from __future__ import annotations
 import logging
 import select
 import socket
-import threading
 from collections import deque
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
 from .._core import wire
-from .._core.server import Cancel, Chunk, Close, FdFrame, Grant, ServerCall, ServerConnection
+from .._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
 from .._wakeup import Wakeup, wakeup_factory
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import (
     AncillaryDataTruncatedError,
-    CallCancelledError,
     ClientClosedError,
     ConnectionBrokenError,
     StreamProtocolParseError,
 )
 from ..transport.async_client import AsyncUnixStreamClient
-from .context import CallContext
-from .tasks import READER_BUDGET, Worker, resume
+from .anyio_calls import CallRunner
+from .anyio_output import OutputWriter
+from .tasks import READER_BUDGET, Worker
 from .threadpool import outcome_waiter
 
 if TYPE_CHECKING:
@@ -58,7 +57,7 @@ _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _HANG_UP_POLL = 0.2
 
 
-class Connection:
+class Connection(CallRunner, OutputWriter):
     """Serves one accepted connection until it ends."""
 
     def __init__(
@@ -296,228 +295,6 @@ class Connection:
         self._idle_workers.append(worker)
         await worker.wake.wait()
 
-    # -- running calls ----------------------------------------------------------
-
-    def _context(self, call: ServerCall) -> CallContext:
-        """What a handler or the authorization hook is told about *call*."""
-        context: CallContext | None = call.context
-        if context is None:
-            context = CallContext(
-                self.peer,
-                call.handler.spec.name,
-                call.call_id,
-                self.connection_id,
-                _rules=self._server._rules,
-            )
-            call.context = context
-        return context
-
-    def _step(self, call: ServerCall) -> Awaitable[None] | None:
-        """Run *call* in place until it is answered or first waits: None once
-        it is answered, else what finishes it, to await in this task.
-
-        A plain async handler is stepped directly (the common case: most
-        answer without waiting, and then no coroutine of ours is made);
-        streams, threaded handlers and authorization take :meth:`_run_call`.
-        """
-        handler = call.handler
-        if not handler.is_async or handler.spec.streaming or self._server.authorize is not None:
-            coro = self._run_call(call)
-            try:
-                yielded = coro.send(None)
-            except StopIteration:
-                return None
-            return resume(coro, yielded)
-        coro = handler.function(
-            *((call.request, self._context(call)) if handler.wants_context else (call.request,))
-        )
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            self.core.complete(call, stop.value)
-        except Exception as exc:
-            self.core.fail(call, exc)
-        else:
-            return self._finish_call(call, coro, yielded)
-        return None if self._corking else self._flush_nowait()
-
-    async def _finish_call(self, call: ServerCall, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        """Finish a handler :meth:`_step` left waiting, and answer it."""
-        try:
-            result = await resume(coro, yielded)
-        except Exception as exc:
-            self.core.fail(call, exc)
-        else:
-            self.core.complete(call, result)
-        await self._flush()
-
-    async def _run_call(self, call: ServerCall) -> None:
-        """Run one call inside its worker's scope: authorization, streams and
-        threaded handlers included. A cancel propagates out of here (the
-        worker answers it); anything else is answered here."""
-        handler, core = call.handler, self.core
-        try:
-            hook = self._server.authorize
-            if hook is not None:
-                try:
-                    allowed = hook(self._context(call), call.request)
-                    if isinstance(allowed, Awaitable):
-                        allowed = await allowed
-                except Exception as exc:
-                    core.hook_failed(call, exc)
-                    await self._flush()
-                    return
-                if not allowed:
-                    core.deny(call, self.peer.uid, self.peer.pid)
-                    await self._flush()
-                    return
-            args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
-            if handler.spec.streaming:
-                await self._run_stream(call, args)
-                result = None
-            elif handler.is_async:
-                result = await handler.function(*args)
-            else:
-                result = await self._in_thread(call, handler.function, args)
-        except Exception as exc:
-            core.fail(call, exc)
-        else:
-            core.complete(call, result)
-        if not self._corking:
-            await self._flush()
-
-    async def _in_thread(
-        self, call: ServerCall, function: Any, args: tuple[Any, ...], *, always: bool = False
-    ) -> Any:
-        """Run a plain function in the server's handler threads. A cancel
-        abandons it (it runs on; its outcome then only releases the call's
-        request descriptors, which stay open while it may use them); a call
-        cancelled while it waits for a free thread never runs, unless
-        *always* (cleanup)."""
-        waiter = self._new_waiter()
-        core = self.core
-        waiter.late = lambda _: core.release(call)  # the outcome of an abandoned call
-        job, job_args = (function, args) if always else (_unless_answered, (call, function, args))
-        self._server._threads().submit(job, job_args, waiter.settle_threadsafe)
-        worker: Worker = call.engine
-        worker.in_thread = True
-        try:
-            ok, value = await waiter.wait()
-        except BaseException:
-            core.cancelled(call, still_running=True)  # answered now; its outcome only releases
-            raise
-        worker.in_thread = False
-        if not ok:
-            raise value
-        return value
-
-    async def _run_stream(self, call: ServerCall, args: tuple[Any, ...]) -> None:
-        handler = call.handler
-        items = handler.function(*args)
-        if handler.is_async:
-            try:
-                async for item in items:
-                    await self._send_item(call, item)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await items.aclose()
-            return
-        stepper = _GeneratorStepper(items)
-        try:
-            while True:
-                item = await self._in_thread(call, stepper.step, ())
-                if item is _DONE:
-                    break
-                await self._send_item(call, item)
-        finally:
-            if not stepper.close_later():  # else a step still runs: its thread closes it
-                with anyio.CancelScope(shield=True):
-                    await self._in_thread(call, stepper.close, (), always=True)
-
-    async def _send_item(self, call: ServerCall, item: Any) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel between items stops the stream
-        core = self.core
-        worker: Worker = call.engine
-        while not core.take_credit(call):
-            wake = worker.credit = self._new_wakeup()
-            try:
-                await wake.wait()
-            finally:
-                worker.credit = None
-        core.item(call, item)  # InternalError: the stream fails with it
-        if not self._corking:
-            await self._flush()
-
-    # -- writing ----------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        """Write what the core has queued, waiting for room if need be (and
-        for a task finishing a short write to be done)."""
-        if self._writing:
-            done = self._write_done = self._write_done or self._new_wakeup()
-            await done.wait()
-        pending = self._flush_nowait()
-        if pending is not None:
-            await pending
-
-    def _flush_nowait(self) -> Awaitable[None] | None:
-        """Write what the core has queued as far as the socket takes it now:
-        None when all of it went (or a task finishing a short write will
-        write it), else what finishes the write (await it before this task
-        writes anything else)."""
-        if self._writing:
-            return None
-        core = self.core
-        chunks = core.take_output()
-        for index, chunk in enumerate(chunks):
-            if type(chunk) is bytes:
-                data, cmsgs = chunk, None
-            else:
-                assert isinstance(chunk, FdFrame)
-                data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
-            try:
-                sent = self._transport.try_send(data, cmsgs)
-            except (ConnectionError, OSError) as exc:
-                self._give_up(chunks[index:], exc)
-                return None
-            if sent != len(data):
-                self._writing = True
-                return self._finish_writes(chunks[index:], sent)
-            core.written(chunk)
-        return None
-
-    async def _finish_writes(self, chunks: list[Chunk], sent: int | None) -> None:
-        """Write *chunks*, the first begun with *sent* bytes, then whatever
-        the core queued meanwhile (shielded: a frame is never cut)."""
-        core, transport = self.core, self._transport
-        try:
-            with anyio.CancelScope(shield=True):
-                while chunks:
-                    for index, chunk in enumerate(chunks):
-                        if type(chunk) is bytes:
-                            data, cmsgs = chunk, None
-                        else:
-                            assert isinstance(chunk, FdFrame)
-                            data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
-                        try:
-                            await transport.finish_send(data, sent, cmsgs)
-                        except (ConnectionError, OSError) as exc:
-                            self._give_up(chunks[index:], exc)
-                            return
-                        sent = 0
-                        core.written(chunk)
-                    chunks = core.take_output()
-        finally:
-            self._writing = False
-            done, self._write_done = self._write_done, None
-            if done is not None:
-                done.set()
-
-    def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:
-        logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
-        for chunk in chunks:
-            self.core.written(chunk, ok=False)
-
     # -- the server's view --------------------------------------------------------
 
     def busy(self) -> bool:
@@ -540,57 +317,3 @@ class Connection:
         await self._transport.aclose()
         for call in left:
             self._cancel(call)
-
-
-_DONE = object()
-
-
-def _unless_answered(call: ServerCall, function: Any, args: tuple[Any, ...]) -> Any:
-    """Run in a handler thread: *function*, unless its call was answered
-    (cancelled) while it waited for a free thread."""
-    if call.answered:
-        raise CallCancelledError("call cancelled before a thread was free to run it")
-    return function(*args)
-
-
-class _GeneratorStepper:
-    """Steps a plain generator in handler threads; if the stream is cancelled
-    while a step runs, the thread running it closes the generator when the
-    step returns (a generator cannot be closed from another thread while it
-    runs)."""
-
-    def __init__(self, items: Any) -> None:
-        self._items = items
-        self._lock = threading.Lock()
-        self._running = False
-        self._close_after = False
-
-    def step(self) -> Any:
-        with self._lock:
-            self._running = True
-        try:
-            return next(self._items, _DONE)
-        finally:
-            with self._lock:
-                self._running = False
-                close = self._close_after
-            if close:
-                self._items.close()
-
-    def close_later(self) -> bool:
-        """True if a step runs now (it closes the generator when done); else
-        the caller closes it with :meth:`close`."""
-        with self._lock:
-            if self._running:
-                self._close_after = True
-                return True
-            return False
-
-    def close(self) -> None:
-        self._items.close()
-
-
-def _fd_bytes(fds: list[int]) -> bytes:
-    import array
-
-    return array.array("i", fds).tobytes()

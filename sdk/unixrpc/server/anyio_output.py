@@ -1,0 +1,109 @@
+"""How the anyio engine writes what the core queued (part of
+:class:`.connection.Connection`): while the reader still has requests in
+hand replies pile up (one ``send`` for a batch); otherwise whoever produced
+output writes it at once. A short write is finished by the task that began
+it, shielded (a frame is never cut in half), and that task also writes what
+was queued meanwhile, so frames keep their order.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from .._core.server import Chunk, FdFrame, ServerConnection
+from .._wakeup import Wakeup
+from ..transport.async_client import AsyncUnixStreamClient
+
+__all__ = ["OutputWriter"]
+
+logger = logging.getLogger("unixrpc.server")
+_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+
+
+class OutputWriter:
+    """Writing: the part of a connection that empties the core's outbox."""
+
+    core: ServerConnection
+    connection_id: int
+    _transport: AsyncUnixStreamClient[Any, Any]
+    _writing: bool
+    _write_done: Wakeup | None
+    _new_wakeup: Callable[[], Wakeup]
+
+    async def _flush(self) -> None:
+        """Write what the core has queued, waiting for room if need be (and
+        for a task finishing a short write to be done)."""
+        if self._writing:
+            done = self._write_done = self._write_done or self._new_wakeup()
+            await done.wait()
+        pending = self._flush_nowait()
+        if pending is not None:
+            await pending
+
+    def _flush_nowait(self) -> Awaitable[None] | None:
+        """Write what the core has queued as far as the socket takes it now:
+        None when all of it went (or a task finishing a short write will
+        write it), else what finishes the write (await it before this task
+        writes anything else)."""
+        if self._writing:
+            return None
+        core = self.core
+        chunks = core.take_output()
+        for index, chunk in enumerate(chunks):
+            if type(chunk) is bytes:
+                data, cmsgs = chunk, None
+            else:
+                assert isinstance(chunk, FdFrame)
+                data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
+            try:
+                sent = self._transport.try_send(data, cmsgs)
+            except (ConnectionError, OSError) as exc:
+                self._give_up(chunks[index:], exc)
+                return None
+            if sent != len(data):
+                self._writing = True
+                return self._finish_writes(chunks[index:], sent)
+            core.written(chunk)
+        return None
+
+    async def _finish_writes(self, chunks: list[Chunk], sent: int | None) -> None:
+        """Write *chunks*, the first begun with *sent* bytes, then whatever
+        the core queued meanwhile (shielded: a frame is never cut)."""
+        core, transport = self.core, self._transport
+        try:
+            with anyio.CancelScope(shield=True):
+                while chunks:
+                    for index, chunk in enumerate(chunks):
+                        if type(chunk) is bytes:
+                            data, cmsgs = chunk, None
+                        else:
+                            assert isinstance(chunk, FdFrame)
+                            data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
+                        try:
+                            await transport.finish_send(data, sent, cmsgs)
+                        except (ConnectionError, OSError) as exc:
+                            self._give_up(chunks[index:], exc)
+                            return
+                        sent = 0
+                        core.written(chunk)
+                    chunks = core.take_output()
+        finally:
+            self._writing = False
+            done, self._write_done = self._write_done, None
+            if done is not None:
+                done.set()
+
+    def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:
+        logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
+        for chunk in chunks:
+            self.core.written(chunk, ok=False)
+
+
+def _fd_bytes(fds: list[int]) -> bytes:
+    return array.array("i", fds).tobytes()
