@@ -6,6 +6,7 @@ handler thread never runs; the threads engine needs no event loop thread."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import struct
@@ -16,7 +17,16 @@ from collections.abc import Iterator
 import pytest
 
 import rpc_support
-from unixrpc import CallCancelledError, Client, Method, Server, StreamMethod
+from unixrpc import (
+    CallCancelledError,
+    CallContext,
+    Client,
+    Method,
+    PermissionDeniedError,
+    Server,
+    ServerBusyError,
+    StreamMethod,
+)
 
 
 class Ticks(StreamMethod[int]):
@@ -140,3 +150,57 @@ def test_cancelled_error_is_what_the_waiting_client_sees(sock_dir: str) -> None:
     finally:
         gate.set()
     assert issubclass(CallCancelledError, Exception)
+
+
+def test_refused_connections_and_denied_calls_are_logged_at_info(
+    sock_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(max_connections_per_uid=1, authorize=lambda ctx, request: request.tag != "no")
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    with (
+        caplog.at_level(logging.DEBUG, logger="unixrpc.server"),
+        rpc_support.serving_in_thread(server, path),
+        Client(path) as client,
+    ):
+        assert client.call(Hold(tag="yes")) == "yes"
+        with pytest.raises(PermissionDeniedError):
+            client.call(Hold(tag="no"))
+        with Client(path) as second, pytest.raises(ServerBusyError, match="limit 1 per uid"):
+            second.call(Hold(tag="x"))
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any(m.startswith("denied Hold to pid") for m in infos), infos
+    assert any("refused a connection" in m and "limit 1 per uid" in m for m in infos), infos
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any(m.startswith("call Hold id=") and ": ok in " in m for m in debug), debug
+    assert any(m.startswith("call Hold id=") and "unixrpc.PermissionDenied" in m for m in debug), debug
+
+
+def test_handlers_see_shutdown_begin(sock_dir: str) -> None:
+    seen: list[bool] = []
+    started, finish = threading.Event(), threading.Event()
+    server = Server(shutdown_grace=10)
+
+    @server.method(Hold)
+    def hold(request: Hold, ctx: CallContext) -> str:
+        started.set()
+        seen.append(ctx.shutting_down)
+        finish.wait(10)
+        seen.append(ctx.shutting_down)
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    with rpc_support.serving_in_thread(server, path), Client(path) as client:
+        results: list[str] = []
+        caller = threading.Thread(target=lambda: results.append(client.call(Hold(tag="t"))))
+        caller.start()
+        assert started.wait(10)
+        server.shutdown()
+        finish.set()
+        caller.join(10)
+        assert results == ["t"]  # a unary call gets the grace period
+    assert seen == [False, True]

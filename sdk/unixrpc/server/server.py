@@ -398,7 +398,8 @@ class Server:
         the main thread (a second signal cancels what is left at once; SIGHUP
         runs ``on_reload`` when there is one), then shut down gracefully.
         Works in any thread. *address*, *listener* and *listen_name* are as
-        for :meth:`serve`.
+        for :meth:`serve`. Under systemd, when the program configured no
+        logging, records go to the journal with their priorities.
 
         Args:
             backend: ``"asyncio"`` or ``"trio"`` (a new event loop, through
@@ -411,6 +412,7 @@ class Server:
                 for :meth:`serve`.
             ValueError: an unknown backend.
         """
+        _journal_logging_by_default()
         self._serve_blocking(backend, None, address, listener, listen_name)
 
     def _serve_blocking(
@@ -503,6 +505,16 @@ class Server:
                 raise TimeoutError("the server thread did not stop")
             if failure:
                 raise failure[0]
+
+
+def _journal_logging_by_default() -> None:
+    """Under systemd (stderr is the ``JOURNAL_STREAM``), a daemon that set up
+    no logging of its own gets the default handler, with ``<N>`` priority
+    prefixes so journald keeps the levels (``unixrpc.daemon.install_daemon_logging``)."""
+    from ..daemon.logs import install_daemon_logging, stream_is_journal
+
+    if not logging.getLogger().handlers and stream_is_journal():
+        install_daemon_logging()
 
 
 def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
