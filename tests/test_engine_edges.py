@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 
 import pytest
 
@@ -204,3 +205,34 @@ def test_handlers_see_shutdown_begin(sock_dir: str) -> None:
         caller.join(10)
         assert results == ["t"]  # a unary call gets the grace period
     assert seen == [False, True]
+
+
+def test_the_server_wide_budget_of_buffered_bytes_closes_the_connection_that_grows(sock_dir: str) -> None:
+    server = Server(max_buffered_bytes=6 * 1024 * 1024, max_frame_size=8 * 1024 * 1024)
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    body = b'{"id":1,"method":"Hold","params":{"tag":"' + b"x" * (4 * 1024 * 1024)
+    header = struct.pack(">IH", len(body) + 3, 0)
+    with rpc_support.serving_in_thread(server, path):
+        first, second = socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)
+        with first, second:
+            for sock in (first, second):
+                sock.connect(path)
+                sock.settimeout(10)
+            first.sendall(header + body[: 2 * 1024 * 1024])  # 4 MiB announced, 2 MiB sent: held
+            wait_for(lambda: server._rules.memory.total > 0)
+            # 4 + 4 MiB is over the 6 MiB budget: the second is closed
+            with suppress(BrokenPipeError, ConnectionResetError):
+                second.sendall(header + body[: 2 * 1024 * 1024])
+            notice = _read_frame(second)
+            assert notice["id"] is None
+            assert "budget of 6291456 bytes in buffers" in notice["error"]["message"]  # type: ignore[index]
+            with suppress(ConnectionResetError):  # closed with our bytes unread: a reset
+                assert second.recv(1) == b""
+            first.sendall(body[2 * 1024 * 1024 :] + b'"}}')  # the first one completes and is served
+            assert _read_frame(first) == {"id": 1, "result": "x" * (4 * 1024 * 1024)}
+    assert server._rules.memory.total == 0

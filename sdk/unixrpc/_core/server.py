@@ -79,6 +79,7 @@ from .calls import FdQueue, close_fds
 
 __all__ = [
     "Admission",
+    "MemoryBudget",
     "Cancel",
     "Close",
     "FdFrame",
@@ -140,6 +141,27 @@ class _WarningLimiter:
 _warn = _WarningLimiter()
 
 
+class MemoryBudget:
+    """The bytes all connections of a server may hold beyond their read
+    buffers: large frames being received and output not yet written. A
+    connection that grows while the total is over the limit is closed (the
+    engines charge after every read), so the worst case is the limit plus
+    one frame, not connections x frames. Not thread-safe: the threads engine
+    charges under its server-wide lock."""
+
+    __slots__ = ("limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+
+    def charge(self, before: int, now: int) -> bool:
+        """A connection held *before* bytes and holds *now*: False if it grew
+        and the server is now over its budget (close that connection)."""
+        self.total += now - before
+        return now <= before or self.total <= self.limit
+
+
 class Admission:
     """Who may connect: at most *max_connections* at once, and at most
     *per_uid* of them from one user (so one local user cannot lock the
@@ -197,6 +219,7 @@ class ServerRules:
         "max_fds",
         "max_frame_size",
         "max_unsent",
+        "memory",
         "stopping",
     )
 
@@ -210,6 +233,7 @@ class ServerRules:
         max_unsent: int = DEFAULT_MAX_UNSENT,
         expose_tracebacks: bool = False,
         authorize: bool = False,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.handlers = handlers
         self.max_calls_per_connection = max_calls_per_connection
@@ -220,6 +244,8 @@ class ServerRules:
         #: whether an authorization hook runs before every handler
         self.authorize = authorize
         self.stopping = False
+        #: what all connections hold beyond their read buffers
+        self.memory = MemoryBudget(max_buffered_bytes)
 
 
 class ServerCall:
@@ -392,6 +418,18 @@ class ServerConnection:
     def busy(self) -> bool:
         """Calls in flight or output not yet written: a graceful shutdown waits."""
         return bool(self._calls) or bool(self._out) or self.unsent > 0
+
+    def held(self, receive_buffer: int, base: int) -> int:
+        """What this connection holds beyond a read buffer of *base* bytes:
+        its receive buffer's excess (*receive_buffer*) and its unsent output."""
+        return max(receive_buffer - base, 0) + self.unsent
+
+    def over_budget(self) -> Close:
+        """The server's memory budget is spent and this connection grew: close it."""
+        limit = self._rules.memory.limit
+        return self.fatal(
+            f"the server holds more than its budget of {limit} bytes in buffers; try again later"
+        )
 
     def wants_input(self) -> bool:
         """False once the connection is closing, or while the output queued

@@ -48,8 +48,11 @@ DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 #: The kernel's SCM_MAX_FD: the most descriptors one sendmsg can carry.
 KERNEL_MAX_FDS: Final = 253
 DEFAULT_MAX_FDS_PER_FRAME: Final = KERNEL_MAX_FDS
-#: Bytes per read for RPC connections: large frames arrive in fewer syscalls.
+#: Bytes per read for RPC clients: large frames arrive in fewer syscalls.
 RECV_SIZE: Final = 256 * 1024
+#: Bytes per read for server connections: also the receive buffer every
+#: connection keeps between frames (4,096 connections x 64 KiB = 256 MiB).
+SERVER_RECV_SIZE: Final = 64 * 1024
 
 #: Envelope kinds returned by :func:`classify`.
 REQUEST: Final = "request"

@@ -102,9 +102,9 @@ class AnyioEngine:
             accept_scopes = [anyio.CancelScope() for _ in listeners]
             for listener, scope in zip(listeners, accept_scopes, strict=True):
                 task_group.start_soon(self._accept_loop, listener.socket, task_group, scope)
+            task_group.start_soon(self._housekeeping, lifecycle)
             task_status.started(listeners[0].address)
             lifecycle.started([listener.address for listener in listeners])
-            task_group.start_soon(self._housekeeping, lifecycle)
             await self._stop_event.wait()
             lifecycle.stopping()
             for scope in accept_scopes:
@@ -120,8 +120,9 @@ class AnyioEngine:
         while True:
             wake = self._housekeeping_wake = anyio.Event()
             delay = lifecycle.tick(len(self.connections))
-            with anyio.move_on_after(math.inf if delay is None else delay):
-                await wake.wait()
+            if not lifecycle.reload_requested:  # (asked before this task ran: no wait)
+                with anyio.move_on_after(math.inf if delay is None else delay):
+                    await wake.wait()
             if lifecycle.reload_requested:
                 pending = lifecycle.reload()
                 if pending is not None and inspect.isawaitable(pending):
@@ -165,7 +166,7 @@ class AnyioEngine:
     async def _serve_connection(self, conn: socket.socket) -> None:
         server = self._server
         transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
-            conn, server._protocol, max_recv_size=wire.RECV_SIZE
+            conn, server._protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         async with transport:
             try:

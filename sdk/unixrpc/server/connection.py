@@ -85,6 +85,7 @@ class Connection(CallRunner, OutputWriter):
         self._write_done: Wakeup | None = None  # set when it is done
         self._reading_over = anyio.Event()
         self._partial_since = 0.0  # when the frame now half read began to arrive
+        self._held = 0  # what this connection is charged in the server's memory budget
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -111,6 +112,7 @@ class Connection(CallRunner, OutputWriter):
                     worker.wake.set()
         finally:
             self.core.close()
+            self._server._rules.memory.charge(self._held, 0)
 
     def _read_timeout(self) -> tuple[float, str] | None:
         """How long the reader may wait now, and why it closes after: a frame
@@ -166,11 +168,11 @@ class Connection(CallRunner, OutputWriter):
                                 return pending
                         timeout = self._read_timeout()
                         if timeout is None:
-                            frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
+                            await transport.wait_for_data()
                         else:
-                            with anyio.move_on_after(timeout[0]):
-                                frames = [await transport.recv_packet_after_empty(ancillary, bufsize)]
-                            if not frames:  # nothing came in time
+                            with anyio.move_on_after(timeout[0]) as waited:
+                                await transport.wait_for_data()
+                            if waited.cancelled_caught:  # nothing came in time
                                 core.fatal(timeout[1], tell_peer=transport.buffered_size() > 0)
                                 await self._flush()
                                 return None
@@ -189,6 +191,16 @@ class Connection(CallRunner, OutputWriter):
                     if ancillary:
                         core.receive_fds(ancillary.iter_fds())
                         ancillary.clear()
+                held = core.held(transport.receive_buffer_size(), wire.SERVER_RECV_SIZE)
+                if held != self._held:  # the server-wide budget of buffered bytes
+                    ok = self._server._rules.memory.charge(self._held, held)
+                    self._held = held
+                    if not ok:
+                        core.over_budget()
+                        await self._flush()
+                        return None
+                if not frames:
+                    continue  # waited, or read part of a frame: read (again)
                 inbox.extend(frames)
             event = core.receive_frame(inbox.popleft())
             if event is None:

@@ -71,6 +71,9 @@ class Server:
             connection is closed. None: no limit.
         connection_idle_timeout: close a connection with no call in flight
             that sent nothing for this many seconds (None: never).
+        max_buffered_bytes: the bytes all connections together may hold
+            beyond their 64 KiB read buffers (large frames arriving, replies
+            the peer has not read); a connection that grows past it is closed.
         max_calls_per_connection: calls in flight per connection; more are
             answered with ``ServerBusyError``.
         max_frame_size: the largest frame body accepted or sent.
@@ -119,6 +122,7 @@ class Server:
         idle_timeout: float | None = None,
         frame_timeout: float | None = 30.0,
         connection_idle_timeout: float | None = None,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.name, self.version, self.description = name, version, description
         for limit, value in (
@@ -154,6 +158,7 @@ class Server:
             max_frame_size=max_frame_size,
             max_fds=max_fds_per_frame,
             expose_tracebacks=expose_tracebacks,
+            max_buffered_bytes=max_buffered_bytes,
             authorize=authorize is not None,
         )
         self._handler_threads: HandlerThreads | None = None

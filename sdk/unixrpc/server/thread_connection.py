@@ -113,7 +113,7 @@ class ThreadConnection:
         self._server = server
         self._engine = engine
         self._transport: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            sock, server._protocol, max_recv_size=wire.RECV_SIZE
+            sock, server._protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         self.connection_id = connection_id
         self.peer = self._transport.get_peer_credentials()
@@ -130,6 +130,7 @@ class ThreadConnection:
         self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
         self._last_read = time.monotonic()
         self._partial_since = 0.0  # when the frame now half read began to arrive
+        self._held = 0  # what this connection is charged in the server's memory budget
         # Threads wait in one epoll: the socket, registered one-shot, wakes
         # exactly one of them per batch of data (re-armed once it is read);
         # an eventfd wakes them for calls queued beyond the first of a read,
@@ -289,6 +290,14 @@ class ThreadConnection:
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
+            held = core.held(transport.receive_buffer_size(), wire.SERVER_RECV_SIZE)
+            if held != self._held:  # the server-wide budget of buffered bytes
+                with self._engine.lock:
+                    ok = self._server._rules.memory.charge(self._held, held)
+                self._held = held
+                if not ok and fatal is None:
+                    core.over_budget()
+                    over = True
             self._inbox.extend(frames)
             if fatal is not None:  # what came before the bad frame is served first
                 self._take_in(everything=True)
@@ -660,6 +669,8 @@ class ThreadConnection:
         self._transport.close()
         with self._lock:
             self.core.close()
+        with self._engine.lock:
+            self._server._rules.memory.charge(self._held, 0)
             self._epoll.close()
             os.close(self._work_fd)
         self._engine.connection_done(self)

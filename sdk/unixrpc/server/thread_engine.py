@@ -46,7 +46,7 @@ class ThreadEngine:
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._connections: set[ThreadConnection] = set()
         self._loop_thread: LoopThread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -63,13 +63,13 @@ class ThreadEngine:
 
     def loop_thread(self) -> LoopThread:
         """The event-loop thread for ``async def`` handlers (started on first use)."""
-        with self._lock:
+        with self.lock:
             if self._loop_thread is None:
                 self._loop_thread = LoopThread()
             return self._loop_thread
 
     def connection_done(self, connection: ThreadConnection) -> None:
-        with self._lock:
+        with self.lock:
             self._connections.discard(connection)
             self._admission.release(connection.peer.uid)
         self.wake()
@@ -110,7 +110,7 @@ class ThreadEngine:
                 started()
             lifecycle.started([listener.address for listener in listeners])
             while not self._stop_requested:
-                with self._lock:
+                with self.lock:
                     count = len(self._connections)
                 due = lifecycle.tick(count)  # watchdog pings come from this loop: it must not wedge
                 refused = self._refused
@@ -166,7 +166,7 @@ class ThreadEngine:
         except OSError:
             conn.close()
             return
-        with self._lock:
+        with self.lock:
             refusal = self._admission.admit(peer.uid, peer.pid)
         if refusal is not None:
             error = ServerBusyError(refusal)
@@ -188,10 +188,10 @@ class ThreadEngine:
         except OSError as exc:  # the peer left already
             logger.debug("connection %d: %s", connection_id, exc)
             conn.close()
-            with self._lock:
+            with self.lock:
                 self._admission.release(peer.uid)
             return
-        with self._lock:
+        with self.lock:
             self._connections.add(connection)
         connection.start()
 
@@ -220,13 +220,13 @@ class ThreadEngine:
         self._refused.clear()
         server = self._server
         server._rules.stopping = True
-        with self._lock:
+        with self.lock:
             connections = list(self._connections)
         for connection in connections:  # streams would never end by themselves
             connection.end_streams()
         began = time.monotonic()
         while True:
-            with self._lock:
+            with self.lock:
                 connections = list(self._connections)
             if not any(c.busy() for c in connections):
                 break
@@ -244,7 +244,7 @@ class ThreadEngine:
                 logger.warning(
                     "connection %d: threads still running after shutdown", connection.connection_id
                 )
-        with self._lock:
+        with self.lock:
             loop, self._loop_thread = self._loop_thread, None
         if loop is not None:
             loop.close()

@@ -239,6 +239,11 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()
 
+    def receive_buffer_size(self) -> int:
+        """Driver interface: bytes of receive buffer held now (the read size
+        between frames, up to a large frame's size while it arrives)."""
+        return self._receiver.allocated_size()
+
     def is_closing(self) -> bool:
         """True once :meth:`aclose` was called."""
         return self._closed
@@ -447,6 +452,25 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if packet is not NEED_DATA:
             return packet
         return await self.recv_packet_after_empty(ancillary_data, bufsize)
+
+    async def wait_for_data(self) -> None:
+        """Driver interface: wait until the socket has something to read (or
+        an end), right after :meth:`recv_packets_nowait` found nothing; the
+        caller then reads with :meth:`recv_packets_nowait` again. Lets the
+        server look at every read (budgets, timeouts) while a large frame
+        arrives.
+
+        Raises:
+            ClientClosedError: the client was closed.
+        """
+        self._recv_lock.acquire_nowait()
+        try:
+            if self._recv_broken is None:
+                await self._wait_readable(self._connected_socket(), None)
+        finally:
+            self._recv_lock.release()
+            if self._closed and self._sock is not None:
+                self._close_socket(self._sock)
 
     async def recv_packet_after_empty(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT:
         """Driver interface. recv_packet() right after :meth:`_recv_nowait` found nothing (no

@@ -196,6 +196,11 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()
 
+    def receive_buffer_size(self) -> int:
+        """Driver interface: bytes of receive buffer held now (the read size
+        between frames, up to a large frame's size while it arrives)."""
+        return self._receiver.allocated_size()
+
     def get_peer_name(self) -> UnixSocketAddress:
         """The address the client is connected to."""
         return self._peer_name
