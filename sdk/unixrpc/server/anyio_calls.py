@@ -20,7 +20,7 @@ from .._core.server import ServerCall, ServerConnection
 from .._wakeup import Wakeup
 from ..ancillary import UnixCredentials
 from ..exceptions import CallCancelledError
-from .context import CallContext
+from .context import CallContext, context_of
 from .tasks import Worker, resume
 
 if TYPE_CHECKING:
@@ -50,17 +50,7 @@ class CallRunner:
 
     def _context(self, call: ServerCall) -> CallContext:
         """What a handler or the authorization hook is told about *call*."""
-        context: CallContext | None = call.context
-        if context is None:
-            context = CallContext(
-                self.peer,
-                call.handler.spec.name,
-                call.call_id,
-                self.connection_id,
-                _rules=self._server._rules,
-            )
-            call.context = context
-        return context
+        return context_of(call, self.peer, self.connection_id, self._server._rules)
 
     def _step(self, call: ServerCall) -> Awaitable[None] | None:
         """Run *call* in place until it is answered or first waits: None once

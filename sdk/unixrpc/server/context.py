@@ -8,7 +8,7 @@ from typing import Any
 
 from ..ancillary import UnixCredentials
 
-__all__ = ["CallContext"]
+__all__ = ["CallContext", "context_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +58,13 @@ class CallContext:
 
     def _set_cancelled(self) -> None:
         self._cancel.set()
+
+
+def context_of(call: Any, peer: UnixCredentials, connection_id: int, rules: Any) -> CallContext:
+    """The context of *call* (a core ``ServerCall``), made on first use and
+    kept on the call (the engines' one way to make it)."""
+    context: CallContext | None = call.context
+    if context is None:
+        context = CallContext(peer, call.handler.spec.name, call.call_id, connection_id, _rules=rules)
+        call.context = context
+    return context

@@ -51,7 +51,7 @@ from ..exceptions import (
     StreamProtocolParseError,
 )
 from ..transport.sync_client import UnixStreamClient
-from .context import CallContext
+from .context import CallContext, context_of
 
 if TYPE_CHECKING:
     from .server import Server
@@ -428,17 +428,7 @@ class ThreadConnection:
     # -- running calls --------------------------------------------------------------
 
     def _context(self, call: ServerCall) -> CallContext:
-        context: CallContext | None = call.context
-        if context is None:
-            context = CallContext(
-                self.peer,
-                call.handler.spec.name,
-                call.call_id,
-                self.connection_id,
-                _rules=self._server._rules,
-            )
-            call.context = context
-        return context
+        return context_of(call, self.peer, self.connection_id, self._server._rules)
 
     def _run(self, call: ServerCall) -> None:
         """Run *call* on this thread, and answer it."""
