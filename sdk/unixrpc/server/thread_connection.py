@@ -205,9 +205,12 @@ class ThreadConnection:
                         self._running += 1
                         if not runq:
                             self._clear_work()
-                        if self._inbox and self._take_in():
-                            self._end_reading()
-                        elif not self._armed:
+                        if self._inbox:  # frames waited for a free thread: take them in now
+                            if self._take_in():
+                                self._end_reading()
+                            else:
+                                self._dispatch(1)  # threads for what came in, one left waiting
+                        if not self._armed:
                             self._arm()
                         if call.engine is None:
                             call.engine = True  # running: a cancel answers it at once
