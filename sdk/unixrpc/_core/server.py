@@ -264,8 +264,10 @@ class ServerCall:
         "context",
         "credit",
         "engine",
+        "fd_frames",
         "handler",
         "key",
+        "release_pending",
         "request",
         "request_fds",
         "started",
@@ -294,6 +296,10 @@ class ServerCall:
         self.cancel_error: RPCError | None = None  # why, when not the client's cancel
         self.waiting_credit = False
         self.started = 0.0  # monotonic time it started (kept only for the debug log)
+        # items with descriptors not yet written: an item may hand back a request
+        # descriptor, so those are released only once the last one is out
+        self.fd_frames = 0
+        self.release_pending = False
         self.engine: Any = None
         self.context: Any = None  # the CallContext the engine made for it, if any
 
@@ -347,12 +353,15 @@ class FdFrame:
     carries its first byte. Report it written (or not) with
     :meth:`ServerConnection.written`."""
 
-    __slots__ = ("data", "fds", "release")
+    __slots__ = ("data", "fds", "owner", "release")
 
-    def __init__(self, data: bytes, fds: FdContext, release: FdContext | None) -> None:
+    def __init__(
+        self, data: bytes, fds: FdContext, release: FdContext | None, owner: ServerCall | None = None
+    ) -> None:
         self.data = data
         self.fds = fds  # what the frame carries
         self.release = release  # request descriptors to close once it is written
+        self.owner = owner  # the stream whose item it is (its request fds wait for it)
 
     def fileno_list(self) -> list[int]:
         return [handle.fileno() for handle in self.fds.outgoing]
@@ -694,7 +703,7 @@ class ServerConnection:
             if fds is not None:
                 fds.sent()
             raise InternalError(f"a stream item of {len(body)} bytes is over the frame limit")
-        self._queue(body, fds)
+        self._queue(body, fds, owner=call)
 
     def _fail_with(self, call: ServerCall, error: RPCError) -> None:
         if call.call_id is None:
@@ -743,8 +752,8 @@ class ServerConnection:
             self._queue(body, fds, release, call.call_id)
             return
         self._queue(body, call_id=call.call_id)
-        if not call.abandoned and request_fds is not EMPTY_FDS:
-            request_fds.abort()
+        if not call.abandoned:
+            self._release(call)
 
     def release(self, call: ServerCall) -> None:
         """The handler of *call* has finished (after its call was answered
@@ -753,6 +762,9 @@ class ServerConnection:
 
     @staticmethod
     def _release(call: ServerCall) -> None:
+        if call.fd_frames:  # an item still to write may carry one of them
+            call.release_pending = True
+            return
         if call.request_fds is not EMPTY_FDS:
             call.request_fds.abort()
 
@@ -776,10 +788,12 @@ class ServerConnection:
         fds: FdContext | None = None,
         release: FdContext | None = None,
         call_id: int | None = None,
+        owner: ServerCall | None = None,
     ) -> None:
         """Queue one frame (*release*: request descriptors to close once it
-        is out). A frame over the limit is replaced by an InternalError for
-        *call_id*, or dropped if it has none."""
+        is out; *owner*: the stream whose item it is). A frame over the limit
+        is replaced by an InternalError for *call_id*, or dropped if it has
+        none."""
         carried = fds.outgoing if fds is not None else None
         if self.output_failed or len(body) > self._rules.max_frame_size:
             if fds is not None:
@@ -800,8 +814,10 @@ class ServerConnection:
         if carried:
             assert fds is not None
             data = _HEADER_PACK(len(body), len(carried)) + body
-            self._out.append(FdFrame(data, fds, release))
+            self._out.append(FdFrame(data, fds, release, owner))
             self._out_fds = True
+            if owner is not None:
+                owner.fd_frames += 1
         else:
             if fds is not None:
                 fds.sent()
@@ -849,6 +865,12 @@ class ServerConnection:
             chunk.fds.sent()
             if chunk.release is not None:
                 chunk.release.abort()
+            owner = chunk.owner
+            if owner is not None:
+                owner.fd_frames -= 1
+                if not owner.fd_frames and owner.release_pending:
+                    owner.release_pending = False
+                    self._release(owner)
         if not ok and not self.output_failed:
             self.output_failed = True
             self.drop_output()

@@ -56,14 +56,10 @@ class OutputWriter:
         core = self.core
         chunks = core.take_output()
         for index, chunk in enumerate(chunks):
-            if type(chunk) is bytes:
-                data, cmsgs = chunk, None
-            else:
-                assert isinstance(chunk, FdFrame)
-                data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
             try:
+                data, cmsgs = _wire(chunk)
                 sent = self._transport.try_send(data, cmsgs)
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a closed FileDescriptor
                 self._give_up(chunks[index:], exc)
                 return None
             if sent != len(data):
@@ -80,14 +76,10 @@ class OutputWriter:
             with anyio.CancelScope(shield=True):
                 while chunks:
                     for index, chunk in enumerate(chunks):
-                        if type(chunk) is bytes:
-                            data, cmsgs = chunk, None
-                        else:
-                            assert isinstance(chunk, FdFrame)
-                            data, cmsgs = chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
                         try:
+                            data, cmsgs = _wire(chunk)
                             await transport.finish_send(data, sent, cmsgs)
-                        except (ConnectionError, OSError) as exc:
+                        except (ConnectionError, OSError, ValueError) as exc:
                             self._give_up(chunks[index:], exc)
                             return
                         sent = 0
@@ -107,3 +99,15 @@ class OutputWriter:
 
 def _fd_bytes(fds: list[int]) -> bytes:
     return array.array("i", fds).tobytes()
+
+
+def _wire(chunk: Chunk) -> tuple[bytes, list[tuple[int, int, bytes]] | None]:
+    """The bytes of *chunk* and the control message carrying its descriptors.
+
+    Raises:
+        ValueError: a descriptor of the frame was closed before it was sent.
+    """
+    if type(chunk) is bytes:
+        return chunk, None
+    assert isinstance(chunk, FdFrame)
+    return chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]

@@ -63,6 +63,8 @@ _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _READ_ONCE = select.EPOLLIN | select.EPOLLONESHOT
 #: a thread idle this long, with another one waiting, ends
 _IDLE_SECONDS = 10.0
+#: how long a cancelled async handler's cleanup is waited for before its descriptors go
+_CLEANUP_WAIT = 30.0
 
 
 class _Stop(Exception):
@@ -436,9 +438,10 @@ class ThreadConnection:
     def _run(self, call: ServerCall) -> None:
         """Run *call* on this thread, and answer it."""
         handler, core, lock = call.handler, self.core, self._lock
-        if call.cancel_requested:
+        if call.cancel_requested:  # answered before a thread was free: it never runs
             with lock:
                 core.cancelled(call)
+                core.release(call)
             self._flush()
             return
         ok = True
@@ -510,9 +513,13 @@ class ThreadConnection:
             concurrent.futures.CancelledError: it was cancelled.
         """
         loop = self._engine.loop_thread()
+        ended = threading.Event()
 
         async def run() -> Any:
-            return await make()
+            try:
+                return await make()
+            finally:
+                ended.set()
 
         with self._lock:
             if call.cancel_requested:
@@ -520,6 +527,12 @@ class ThreadConnection:
             future = call.engine = loop.start(run)
         try:
             return future.result()
+        except FutureCancelledError:
+            # the future says cancelled at once; the coroutine may still run its
+            # cleanup on the loop, with the request's descriptors: wait for it
+            if not ended.wait(_CLEANUP_WAIT) and future.running():
+                logger.warning("a cancelled handler of %s still runs after %ss", call.method, _CLEANUP_WAIT)
+            raise
         finally:
             with self._lock:
                 call.engine = True
@@ -591,7 +604,7 @@ class ThreadConnection:
                         fds = array.array("i", chunk.fileno_list()).tobytes()
                         transport.send_data(chunk.data, [(*_RIGHTS, fds)])
                     done += 1
-            except (ConnectionError, OSError) as exc:
+            except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a closed FileDescriptor
                 logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
             except BaseException:
                 with lock:
@@ -661,6 +674,10 @@ class ThreadConnection:
     def _close(self) -> None:
         self._transport.close()
         with self._lock:
+            for call in self._runq:  # never got a thread: nothing uses their descriptors
+                self.core.cancelled(call)
+                self.core.release(call)
+            self._runq.clear()
             self.core.close()
         with self._engine.lock:
             self._server._rules.memory.charge(self._held, 0)

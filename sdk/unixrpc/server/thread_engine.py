@@ -239,11 +239,11 @@ class ThreadEngine:
             time.sleep(0.01)
         for connection in connections:
             connection.abort()
+        deadline = time.monotonic() + 5.0  # for all of them together: handlers that will not stop
         for connection in connections:
-            if not connection.finished.wait(5.0):
-                logger.warning(
-                    "connection %d: threads still running after shutdown", connection.connection_id
-                )
+            if not connection.finished.wait(max(deadline - time.monotonic(), 0.0)):
+                number = connection.connection_id
+                logger.warning("connection %d: threads still running after shutdown", number)
         with self.lock:
             loop, self._loop_thread = self._loop_thread, None
         if loop is not None:

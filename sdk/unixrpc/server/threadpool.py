@@ -32,6 +32,10 @@ ThreadOutcome = tuple[bool, Any]
 _STOP = None
 
 
+class _NeverRan(Exception):
+    """The outcome of a job the pool dropped at close."""
+
+
 class HandlerThreads:
     """A bounded pool of long-lived threads (see the module docstring).
 
@@ -104,12 +108,22 @@ class HandlerThreads:
             self._threads -= 1
 
     def close(self) -> None:
-        """Let every thread end once it has finished its job (it does not wait)."""
+        """Let every thread end once it has finished its job (it does not
+        wait); jobs still queued never run: each is settled as cancelled, so
+        whoever owns what they hold can release it."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             idle, self._idle = self._idle, 0
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                with contextlib.suppress(RuntimeError):
+                    job[2]((False, _NeverRan("the server stopped before a thread was free")))
         for _ in range(max(idle, 0)):
             self._jobs.put(_STOP)
 
@@ -126,7 +140,11 @@ class _AsyncioWaiter:
         self.late: Callable[[ThreadOutcome], None] | None = None
 
     def settle_threadsafe(self, outcome: ThreadOutcome) -> None:
-        self._call_soon(self._settle, outcome)
+        try:
+            self._call_soon(self._settle, outcome)
+        except RuntimeError:  # the loop is closed: nobody waits, and nothing else runs there
+            if self.late is not None:
+                self.late(outcome)
 
     def _settle(self, outcome: ThreadOutcome) -> None:
         future = self.future
@@ -161,7 +179,11 @@ class _TrioWaiter:
         self.late: Callable[[ThreadOutcome], None] | None = None
 
     def settle_threadsafe(self, outcome: ThreadOutcome) -> None:
-        self._run_sync_soon(self._settle, outcome)
+        try:
+            self._run_sync_soon(self._settle, outcome)
+        except RuntimeError:  # the run is over (RunFinishedError): nobody waits
+            if self.late is not None:
+                self.late(outcome)
 
     def _settle(self, outcome: ThreadOutcome) -> None:
         if self.abandoned:
