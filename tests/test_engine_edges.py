@@ -5,6 +5,8 @@ handler thread never runs; the threads engine needs no event loop thread."""
 
 from __future__ import annotations
 
+import array
+import gc
 import json
 import logging
 import os
@@ -12,13 +14,16 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 
 import pytest
+from pydantic import BaseModel
 
 import rpc_support
 from unixrpc import (
+    FD,
     CallCancelledError,
     CallContext,
     Client,
@@ -236,3 +241,112 @@ def test_the_server_wide_budget_of_buffered_bytes_closes_the_connection_that_gro
             first.sendall(body[2 * 1024 * 1024 :] + b'"}}')  # the first one completes and is served
             assert _read_frame(first) == {"id": 1, "result": "x" * (4 * 1024 * 1024)}
     assert server._rules.memory.total == 0
+
+
+class Back(BaseModel):
+    fd: FD
+
+
+class GiveBack(StreamMethod[Back]):
+    data: FD
+
+
+class Ping(Method[int]):
+    pass
+
+
+def _read_frames_with_fds(sock: socket.socket, count: int) -> tuple[list[dict[str, object]], list[int]]:
+    frames: list[dict[str, object]] = []
+    fds: list[int] = []
+    data = b""
+    while len(frames) < count:
+        chunk, ancdata, _, _ = sock.recvmsg(1 << 16, socket.CMSG_SPACE(4 * 8))
+        assert chunk, "the server closed the connection"
+        for _, _, payload in ancdata:
+            fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        data += chunk
+        while len(data) >= 6 and len(data) >= 6 + struct.unpack(">IH", data[:6])[0]:
+            size = struct.unpack(">IH", data[:6])[0]
+            frames.append(json.loads(data[6 : 6 + size]))
+            data = data[6 + size :]
+    return frames, fds
+
+
+def test_a_stream_item_handing_back_the_request_descriptor_is_sent(sock_dir: str) -> None:
+    """Found by review: the item was still queued (replies held back while
+    the reader had more requests in hand) when the stream ended and the core
+    closed the request's descriptors: the anyio server crashed on a closed
+    FileDescriptor, the threads engine lost the item and the final reply."""
+    server = Server()
+
+    @server.method(Ping)
+    def ping(request: Ping) -> int:
+        return 1
+
+    @server.method(GiveBack)
+    async def give_back(request: GiveBack) -> AsyncIterator[Back]:
+        yield Back(fd=request.data)
+
+    path = os.path.join(sock_dir, "s")
+    with rpc_support.serving_in_thread(server, path), socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        r, w = os.pipe()
+        try:
+            data = _frame({"id": 1, "method": "GiveBack", "params": {"data": 0}, "stream": 4})
+            data = struct.pack(">IH", len(data) - 6, 1) + data[6:]  # declares the descriptor
+            data += _frame({"id": 2, "method": "Ping", "params": {}})  # in the same write
+            rights = array.array("i", [r]).tobytes()
+            sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+        finally:
+            os.close(r)
+        frames, fds = _read_frames_with_fds(sock, 3)
+        try:
+            assert {"id": 1, "item": {"fd": 0}} in frames
+            assert {"id": 1, "result": None} in frames
+            assert {"id": 2, "result": 1} in frames
+            assert len(fds) == 1
+            os.write(w, b"through")
+            assert os.read(fds[0], 16) == b"through"  # the very pipe handed in
+        finally:
+            for fd in fds:
+                os.close(fd)
+            os.close(w)
+    with rpc_support.serving_in_thread(server, path), Client(path) as client:  # and it serves again
+        assert client.call(Ping()) == 1
+
+
+class Slow(Method[str]):
+    data: FD
+    seconds: float
+
+
+def test_calls_cut_off_at_shutdown_release_their_descriptors(sock_dir: str) -> None:
+    """Found by review: calls cut off at the end of the grace period, or that
+    never got a thread, kept their request descriptors until the garbage
+    collector closed them (ResourceWarning: unclosed FileDescriptor)."""
+    server = Server(shutdown_grace=0.2, max_threads=1, max_threads_per_connection=1)
+
+    @server.method(Slow)
+    def slow(request: Slow) -> str:
+        time.sleep(request.seconds)
+        return "done"
+
+    path = os.path.join(sock_dir, "s")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with rpc_support.serving_in_thread(server, path), socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(path)
+            for call_id in (1, 2, 3):
+                r, w = os.pipe()
+                body = _frame({"id": call_id, "method": "Slow", "params": {"data": 0, "seconds": 0.6}})
+                body = struct.pack(">IH", len(body) - 6, 1) + body[6:]
+                rights = array.array("i", [r]).tobytes()
+                sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+                os.close(r)
+                os.close(w)
+            time.sleep(0.1)  # the first runs, the others wait for the only thread
+        time.sleep(1.0)  # the running handler returns after the server stopped
+        gc.collect()
+    unclosed = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == [], [str(w.message) for w in unclosed]
