@@ -32,6 +32,7 @@ SERVER_MODULES = {
     "test_rpc",
     "test_fast_paths",
     "test_coalescing",
+    "test_reliability",
 }
 
 
