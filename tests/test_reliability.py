@@ -125,8 +125,11 @@ def flood_until_stalled(sock: socket.socket, limit: int) -> int:
 
 
 def check_flood_is_bounded(
-    path: str, backend: str, connections: int, rounds: int, limit: int
+    path: str, backend: str, connections: int, rounds: int, limit: int, *, refusals: bool = False
 ) -> dict[str, int]:
+    """Flood; with *refusals*, each connection first fills its calls in
+    flight (300 blocking calls against the limit of 256), so that every
+    request of the flood is refused with ``ServerBusyError``."""
     with ServerProcess(path, backend) as server:
         base_fds = server.fds()
         wait_served(path)
@@ -135,6 +138,9 @@ def check_flood_is_bounded(
         for _ in range(rounds):
             socks = [raw_connect(path) for _ in range(connections)]
             try:
+                if refusals:
+                    for sock in socks:
+                        sock.sendall(b"".join(block(10**9 + i, "flood") for i in range(300)))
                 sent = [flood_until_stalled(sock, limit) for sock in socks]
                 assert all(n < limit for n in sent), f"the server read all {limit} bytes: {sent}"
                 peak = max(peak, server.rss())
@@ -142,6 +148,8 @@ def check_flood_is_bounded(
             finally:
                 for sock in socks:
                     sock.close()
+                if refusals:
+                    release(path, "flood")
             server.wait_fds(base_fds)  # the flooders' connections are gone, descriptors freed
         wait_served(path)
         after = server.rss()
@@ -154,16 +162,28 @@ def check_flood_is_bounded(
     return {"base": base_rss, "peak": peak, "after": after, "sent": max(sent)}
 
 
-def test_a_client_that_never_reads_cannot_grow_server_memory(path: str, server_engine: str) -> None:
+@pytest.mark.parametrize("answers", ["replies", "refusals"])
+def test_a_client_that_never_reads_cannot_grow_server_memory(
+    path: str, server_engine: str, answers: str
+) -> None:
     """Defect 1: a client pipelining requests (up to 20 MB of ``Add``) and
-    never reading its replies. Before, every reply and every refusal beyond
-    256 waiting was a task holding its reply: 11 MB of requests took the
-    server to 1.09 GB, 853 MB still resident after the client left. Now the
-    core stops reading a connection while more than ``max_unsent`` (1 MiB)
-    of its output waits, so the writer blocks after a few MB; the server's
-    RSS grows by a bounded amount, other clients are served meanwhile, and
-    when the flooder closes its descriptors are freed."""
-    figures = check_flood_is_bounded(path, backend_of(server_engine), connections=1, rounds=1, limit=20 * MiB)
+    never reading its answers: results, or (once 256 calls are in flight)
+    ``ServerBusyError`` refusals. Before, every reply and every refusal
+    beyond 256 waiting was a task holding its reply: 11 MB of requests took
+    the server to 1.09 GB, 853 MB still resident after the client left. Now
+    the core stops reading a connection while more than ``max_unsent``
+    (1 MiB) of its output waits, refusals being queued bytes like any reply,
+    so the writer blocks after a few MB; the server's RSS grows by a bounded
+    amount, other clients are served meanwhile, and when the flooder closes
+    its descriptors are freed."""
+    figures = check_flood_is_bounded(
+        path,
+        backend_of(server_engine),
+        connections=1,
+        rounds=1,
+        limit=20 * MiB,
+        refusals=answers == "refusals",
+    )
     assert figures["sent"] < 20 * MiB
 
 
@@ -175,7 +195,10 @@ def test_stress_many_clients_that_never_read(path: str, server_engine: str, loop
     of the idle server, descriptors come back each round."""
     if server_engine == "threads" and loop == "trio":
         pytest.skip("the threads engine has no event loop")
-    check_flood_is_bounded(path, backend_of(server_engine, loop), connections=8, rounds=5, limit=200 * MiB)
+    for refusals in (False, True):
+        check_flood_is_bounded(
+            path, backend_of(server_engine, loop), connections=8, rounds=5, limit=200 * MiB, refusals=refusals
+        )
 
 
 # -- defect 2: a hang-up noticed whenever it happens ------------------------------------------------
