@@ -146,10 +146,12 @@ def check_flood_is_bounded(
                 peak = max(peak, server.rss())
                 wait_served(path)  # the server is not wedged: another client is served meanwhile
             finally:
+                if refusals:  # the blocking calls end first (the connections are closed with none queued)
+                    release(path, "flood")
+                    with raw_connect(path) as probe:
+                        wait_for(lambda: pending(probe, "flood") == 0, what="blocking calls returned")
                 for sock in socks:
                     sock.close()
-                if refusals:
-                    release(path, "flood")
             server.wait_fds(base_fds)  # the flooders' connections are gone, descriptors freed
         wait_served(path)
         after = server.rss()
