@@ -190,17 +190,36 @@ def test_a_client_that_never_reads_cannot_grow_server_memory(
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
-def test_stress_many_clients_that_never_read(path: str, server_engine: str, loop: str) -> None:
+def test_stress_many_clients_that_never_read(
+    path: str, server_engine: str, loop: str, request: pytest.FixtureRequest
+) -> None:
     """Defect 1, long: 8 connections at once flood (200 MB each at most) and
-    never read, five rounds; RSS stays within 48 MiB + 8 MiB per connection
-    of the idle server, descriptors come back each round."""
+    never read, five rounds, with answers then with refusals; RSS stays
+    within 48 MiB + 8 MiB per connection of the idle server, descriptors
+    come back each round, and the server keeps serving."""
     if server_engine == "threads" and loop == "trio":
         pytest.skip("the threads engine has no event loop")
+    if loop == "trio":
+        request.applymarker(pytest.mark.xfail(reason=TRIO_FLUSH_XFAIL, strict=True))
     for refusals in (False, True):
         check_flood_is_bounded(
-            path, backend_of(server_engine, loop), connections=8, rounds=5, limit=200 * MiB, refusals=refusals
+            f"{path}.{int(refusals)}",
+            backend_of(server_engine, loop),
+            connections=8,
+            rounds=5,
+            limit=200 * MiB,
+            refusals=refusals,
         )
+
+
+TRIO_FLUSH_XFAIL = (
+    "anyio engine on trio: Connection._flush() does `self._write_done or self._new_wakeup()`; "
+    "on trio the wake-up is a trio.Event, whose __bool__ raises NotImplementedError, so the third "
+    "task to flush while a short write is in progress (calls completing while the peer does not "
+    "read) raises out of the connection's task group and ends serve(): the whole server stops"
+)
 
 
 # -- defect 2: a hang-up noticed whenever it happens ------------------------------------------------
@@ -351,6 +370,7 @@ def test_threads_of_abandoned_plain_def_handlers_are_bounded(path: str, server_e
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)
 def test_stress_threads_of_abandoned_handlers(path: str, server_engine: str) -> None:
     """Defect 7, long: 30 rounds of 200 blocking calls each."""
     check_abandoned_threads_are_bounded(path, server_engine, rounds=30, calls=200)
@@ -650,6 +670,7 @@ def test_fuzz_a_live_server(path: str, server_engine: str) -> None:
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_stress_fuzz_a_live_server(path: str, server_engine: str, loop: str) -> None:
     """The fuzz, long: 16 seeds, 4 peers at once, 25,000 frames each."""
@@ -669,6 +690,7 @@ FATAL_WITH_A_CALL_XFAIL = (
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(900)
 def test_a_fatal_frame_read_with_a_call_closes_the_connection(
     path: str, server_engine: str, request: pytest.FixtureRequest
 ) -> None:
