@@ -33,6 +33,7 @@ SERVER_MODULES = {
     "test_fast_paths",
     "test_coalescing",
     "test_engine_edges",
+    "test_reliability",
 }
 
 

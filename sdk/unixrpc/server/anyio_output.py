@@ -40,7 +40,9 @@ class OutputWriter:
         """Write what the core has queued, waiting for room if need be (and
         for a task finishing a short write to be done)."""
         if self._writing:
-            done = self._write_done = self._write_done or self._new_wakeup()
+            done = self._write_done
+            if done is None:  # (a trio.Event has no truth value)
+                done = self._write_done = self._new_wakeup()
             await done.wait()
         pending = self._flush_nowait()
         if pending is not None:

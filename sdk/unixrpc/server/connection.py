@@ -127,9 +127,11 @@ class Connection(CallRunner, OutputWriter):
             left = self._partial_since + server.frame_timeout - now
             return max(left, 0.0), f"a frame was not finished within {server.frame_timeout} s"
         idle = server.connection_idle_timeout
-        if idle is not None and not len(self.core) and not self.core.has_output():
+        if idle is None:
+            return None
+        if not len(self.core) and not self.core.has_output():
             return idle, f"idle for {idle} s"
-        return None
+        return idle, ""  # calls in flight: look again then (they may be over)
 
     def _peer_hung_up(self) -> bool:
         """True when the peer closed both directions (not a mere send_eof)."""
@@ -172,6 +174,8 @@ class Connection(CallRunner, OutputWriter):
                         else:
                             with anyio.move_on_after(timeout[0]) as waited:
                                 await transport.wait_for_data()
+                            if waited.cancelled_caught and not timeout[1]:
+                                continue  # not idle when it began waiting: look again
                             if waited.cancelled_caught:  # nothing came in time
                                 core.fatal(timeout[1], tell_peer=transport.buffered_size() > 0)
                                 await self._flush()

@@ -170,7 +170,7 @@ class ThreadConnection:
             os.eventfd_write(self._work_fd, 1)
 
     def _clear_work(self) -> None:  # lock held
-        if self._work_signalled:
+        if self._work_signalled and not self._reading_over:  # the end must wake every thread
             self._work_signalled = False
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._work_fd)
@@ -211,7 +211,7 @@ class ThreadConnection:
                             if self._take_in():
                                 self._end_reading()
                             else:
-                                self._dispatch(1)  # threads for what came in, one left waiting
+                                self._dispatch(0)  # threads for what came in
                         if not self._armed:
                             self._arm()
                         if call.engine is None:
