@@ -207,11 +207,8 @@ class ThreadConnection:
                         self._running += 1
                         if not runq:
                             self._clear_work()
-                        if self._inbox:  # frames waited for a free thread: take them in now
-                            if self._take_in():
-                                self._end_reading()
-                            else:
-                                self._dispatch(0)  # threads for what came in
+                        if self._inbox and self._take_in():
+                            self._end_reading()
                         if not self._armed:
                             self._arm()
                         if call.engine is None:
