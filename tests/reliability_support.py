@@ -140,7 +140,7 @@ class ServerProcess:
     """The reliability server in its own process (see the module docstring)."""
 
     def __init__(self, path: str, backend: str, **kwargs: Any) -> None:
-        Server(**kwargs)  # a limit this version does not know fails here, at once (TypeError)
+        Server(**{k: v for k, v in kwargs.items() if not k.startswith("_")})  # an unknown limit: TypeError
         self.path = path
         self.backend = backend
         # not a pipe: a chatty server never blocks on it (closed by stop())
@@ -333,10 +333,28 @@ def poll_hung_up(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+def drop_to_thread_limit(spare: int) -> None:
+    """Become uid/gid 65534 and allow this user *spare* more threads than
+    the process has now (``RLIMIT_NPROC``, which root is exempt from): the
+    way ``TasksMax=``, a container's ``pids.max`` or a full pid space make
+    thread starts fail. Done after the socket is bound, as a privsep
+    daemon drops its privileges."""
+    import resource
+
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    limit = _proc_status(os.getpid(), "Threads") + spare
+    resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+
+
 def main() -> None:
     path, backend, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    spare = kwargs.pop("_spare_threads", None)
     server = make_server(backend, **kwargs)
     with server.serve_in_thread(path, backend=backend):
+        if spare is not None:
+            drop_to_thread_limit(spare)
         print("ready", flush=True)
         sys.stdin.read()  # until the test closes it
 

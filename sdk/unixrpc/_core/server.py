@@ -61,6 +61,7 @@ import orjson
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
+from .._ratelog import RateLimitedLog
 from ..exceptions import (
     CallCancelledError,
     InternalError,
@@ -94,6 +95,8 @@ logger = logging.getLogger("unixrpc.server")
 
 _NO_PARAMS: Final[dict[str, Any]] = {}  # a request without "params" (pydantic never writes to input)
 _HEADER_PACK: Final = wire.HEADER.pack
+#: the largest window a stream may be opened with; credit beyond it is not honoured
+DEFAULT_MAX_STREAM_WINDOW: Final = 1024
 #: unsent bytes over which a connection stops being read (its peer does not read)
 DEFAULT_MAX_UNSENT: Final = 1024 * 1024
 
@@ -112,33 +115,7 @@ def _outcome(body: bytes) -> str:
         return "?"
 
 
-class _WarningLimiter:
-    """Protocol-violation warnings, at most *burst* per *interval* seconds,
-    then one line saying how many were suppressed: a flood of bad frames
-    cannot fill the journal."""
-
-    def __init__(self, burst: int = 10, interval: float = 10.0) -> None:
-        self.burst, self.interval = burst, interval
-        self._window = 0.0
-        self._count = 0
-        self._suppressed = 0
-
-    def __call__(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._window >= self.interval:
-            if self._suppressed:
-                logger.warning(
-                    "%d more protocol violations not logged in the last %ss", self._suppressed, self.interval
-                )
-            self._window, self._count, self._suppressed = now, 0, 0
-        self._count += 1
-        if self._count <= self.burst:
-            logger.warning("%s", message)
-        else:
-            self._suppressed += 1
-
-
-_warn = _WarningLimiter()
+_warn = RateLimitedLog(logger, logging.WARNING, "protocol violations")
 
 
 class MemoryBudget:
@@ -218,6 +195,7 @@ class ServerRules:
         "max_calls_per_connection",
         "max_fds",
         "max_frame_size",
+        "max_stream_window",
         "max_unsent",
         "memory",
         "stopping",
@@ -234,8 +212,11 @@ class ServerRules:
         expose_tracebacks: bool = False,
         authorize: bool = False,
         max_buffered_bytes: int = 256 * 1024 * 1024,
+        max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
     ) -> None:
         self.handlers = handlers
+        #: the largest stream window (and outstanding credit) a client may ask for
+        self.max_stream_window = max_stream_window
         self.max_calls_per_connection = max_calls_per_connection
         self.max_frame_size = max_frame_size
         self.max_fds = max_fds
@@ -447,6 +428,11 @@ class ServerConnection:
         not count: a cancel or credit behind it must still be read.)"""
         return self._closed is None and self._queued <= self._rules.max_unsent
 
+    def output_full(self) -> bool:
+        """True while the output not yet written is over the bound: a stream
+        produces no further item until the peer reads (or the write fails)."""
+        return self.unsent > self._rules.max_unsent and not self.output_failed
+
     def has_output(self) -> bool:
         return bool(self._out)
 
@@ -481,7 +467,7 @@ class ServerConnection:
         if self._closed is None:
             self._closed = reason
             self._fd_queue.close_all()
-            _warn(f"connection {self.connection_id} (pid {self.peer_pid}): closed: {reason}")
+            _warn("connection %d (pid %d): closed: %s", self.connection_id, self.peer_pid, reason)
             if tell_peer:
                 error = ProtocolViolationError(reason)
                 self._queue(wire.encode_error(None, error.code, error.message))
@@ -520,7 +506,9 @@ class ServerConnection:
             call = self._calls.get(envelope["credit"])
             if call is None or call.window is None:
                 return None
-            call.credit += envelope["n"]
+            # outstanding credit never exceeds the window cap: a client within
+            # its window never needs more, and a flood of credit buys nothing
+            call.credit = min(call.credit + envelope["n"], self._rules.max_stream_window)
             if call.waiting_credit:
                 call.waiting_credit = False
                 return Grant(call)
@@ -558,6 +546,14 @@ class ServerConnection:
                 return None
             if not handler.spec.streaming and window is not None:
                 error = ProtocolViolationError(f"{name} is not a stream method")
+                self._refuse(call_id, name, fds, error)
+                return None
+            if window is not None and window > rules.max_stream_window:
+                limit = rules.max_stream_window
+                error = ProtocolViolationError(
+                    f"stream window {window} is over this server's limit of {limit}:"
+                    " open the stream with a smaller stream_window"
+                )
                 self._refuse(call_id, name, fds, error)
                 return None
             if call_id is None:
@@ -600,7 +596,7 @@ class ServerConnection:
             logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
 
     def _error(self, call_id: int | None, message: str) -> None:
-        _warn(f"connection {self.connection_id} (pid {self.peer_pid}): {message}")
+        _warn("connection %d (pid %d): %s", self.connection_id, self.peer_pid, message)
         error = ProtocolViolationError(message)
         self._queue(wire.encode_error(call_id, error.code, error.message))
 

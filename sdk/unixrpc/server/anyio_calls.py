@@ -175,7 +175,9 @@ class CallRunner:
                     await self._in_thread(call, stepper.close, (), always=True)
 
     async def _send_item(self, call: ServerCall, item: Any) -> None:
-        await anyio.lowlevel.checkpoint_if_cancelled()  # a cancel between items stops the stream
+        # a cancel between items stops the stream; and the loop runs between
+        # items even when the producer never awaits
+        await anyio.lowlevel.checkpoint()
         core = self.core
         worker: Worker = call.engine
         while not core.take_credit(call):
@@ -185,7 +187,7 @@ class CallRunner:
             finally:
                 worker.credit = None
         core.item(call, item)  # InternalError: the stream fails with it
-        if not self._corking:
+        if not self._corking or core.output_full():  # no more items while the peer does not read
             await self._flush()
 
 

@@ -24,6 +24,7 @@ import anyio.abc
 
 from .._core import wire
 from .._core.server import Admission
+from .._ratelog import RateLimitedLog
 from ..address import UnixSocketAddress
 from ..exceptions import ClientClosedError, ServerBusyError
 from ..transport.async_client import AsyncUnixStreamClient
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["AnyioEngine"]
 
 logger = logging.getLogger("unixrpc.server")
+_accept_failed = RateLimitedLog(logger, logging.ERROR, "failed accepts")
 
 
 def _threadsafe_entry() -> Callable[[Callable[[], None]], object]:
@@ -158,7 +160,7 @@ class AnyioEngine:
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue
                 except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                    logger.error("accept failed: %s", exc)
+                    _accept_failed("accept failed: %s", exc)
                     await anyio.sleep(0.1)
                     continue
                 task_group.start_soon(self._serve_connection, conn)

@@ -27,7 +27,7 @@ import anyio.abc
 
 from .._core import wire
 from .._core.framing import FrameSerializer
-from .._core.server import Handler, ServerRules
+from .._core.server import DEFAULT_MAX_STREAM_WINDOW, Handler, ServerRules
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
@@ -78,6 +78,10 @@ class Server:
             answered with ``ServerBusyError``.
         max_frame_size: the largest frame body accepted or sent.
         max_fds_per_frame: the most descriptors one frame may carry.
+        max_stream_window: the largest window (items sent ahead of the
+            client's credit) a stream may be opened with (default 1,024; the
+            clients ask for 16); a larger one is refused with
+            ``ProtocolViolationError``, and credit beyond it is not honoured.
         socket_mode: permission bits of the socket file (default 0o600: only
             the server's user may connect).
         socket_group: group (name or gid) of the socket file.
@@ -123,6 +127,7 @@ class Server:
         frame_timeout: float | None = 30.0,
         connection_idle_timeout: float | None = None,
         max_buffered_bytes: int = 256 * 1024 * 1024,
+        max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
     ) -> None:
         self.name, self.version, self.description = name, version, description
         for limit, value in (
@@ -131,6 +136,7 @@ class Server:
             ("max_calls_per_connection", max_calls_per_connection),
             ("max_threads", max_threads),
             ("max_threads_per_connection", max_threads_per_connection),
+            ("max_stream_window", max_stream_window),
         ):
             if value < 1:
                 raise ValueError(f"{limit} must be at least 1, got {value}")
@@ -160,6 +166,7 @@ class Server:
             expose_tracebacks=expose_tracebacks,
             max_buffered_bytes=max_buffered_bytes,
             authorize=authorize is not None,
+            max_stream_window=max_stream_window,
         )
         self._handler_threads: HandlerThreads | None = None
         self._connection_ids = itertools.count(1)

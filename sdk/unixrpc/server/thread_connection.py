@@ -43,11 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._core import wire
 from .._core.server import Cancel, Chunk, Close, FdFrame, Grant, ServerCall, ServerConnection
+from .._ratelog import RateLimitedLog
 from ..ancillary import SocketAncillary
 from ..exceptions import (
     AncillaryDataTruncatedError,
     ClientClosedError,
     ConnectionBrokenError,
+    ServerBusyError,
     StreamProtocolParseError,
 )
 from ..transport.sync_client import UnixStreamClient
@@ -151,18 +153,40 @@ class ThreadConnection:
         self._bufsize = server._framing.ancillary_bufsize
         self.finished = threading.Event()
 
-    def start(self) -> None:
-        """Start the connection's first thread (it waits for the first request)."""
+    def start(self) -> bool:
+        """Start the connection's first thread (it waits for the first
+        request); False if no thread could be started (then :meth:`discard`
+        it and refuse the connection)."""
         with self._lock:
-            self._spawn()
+            return self._spawn()
+
+    def discard(self) -> None:
+        """Free what a connection that never started holds, except its
+        socket (the engine refuses the connection on it)."""
+        with self._lock:
+            self.core.close()
+        with self._engine.lock:
+            self._epoll.close()
+            os.close(self._work_fd)
+        self._engine.connection_done(self)
+        self.finished.set()
 
     # -- the pool -----------------------------------------------------------------
 
-    def _spawn(self) -> None:  # lock held
+    def _spawn(self) -> bool:  # lock held
+        """Start a thread for the connection: False if the system would not
+        (``RLIMIT_NPROC``, a cgroup's ``pids.max``, ``TasksMax=``): logged, at
+        a bounded rate, and the daemon goes on."""
         self._threads += 1
         self._spawned += 1
         name = f"unixrpc-conn{self.connection_id}-{self._spawned}"
-        threading.Thread(target=self._thread_main, name=name, daemon=True).start()
+        try:
+            threading.Thread(target=self._thread_main, name=name, daemon=True).start()
+        except RuntimeError as exc:  # "can't start new thread"
+            self._threads -= 1
+            thread_start_failed("connection %d: could not start a thread: %s", self.connection_id, exc)
+            return False
+        return True
 
     def _signal_work(self) -> None:  # lock held
         if not self._work_signalled:
@@ -314,7 +338,15 @@ class ThreadConnection:
                     self._running += 1
                     if mine.engine is None:
                         mine.engine = True  # running: a cancel answers it at once
-                self._dispatch(1 if mine is not None else 0)
+                if (
+                    not self._dispatch(1 if mine is not None else 0)
+                    and mine is not None
+                    and not self._waiting
+                ):
+                    # no thread would read while this one runs the call: refuse it instead
+                    self._running -= 1
+                    core.fail(mine, _no_thread())
+                    mine = None
                 self._arm()  # if it may be read now; else the writer or a thread taking a call does
         if core.has_output():
             self._flush()
@@ -369,18 +401,28 @@ class ThreadConnection:
             return False
         return not inbox and core.stray_fds(self._transport.buffered_size() > 0) is not None
 
-    def _dispatch(self, taking: int) -> None:  # lock held
+    def _dispatch(self, taking: int) -> bool:  # lock held
         """Get threads for the calls waiting in the queue (waiting ones
         first, then new ones), leaving one waiting for the next request when
-        this thread, or one of them, is about to run a call (*taking*)."""
+        this thread, or one of them, is about to run a call (*taking*).
+
+        False if a thread could not be started: then the queued calls no
+        thread will take are refused ``ServerBusyError``, and the caller
+        refuses the call it was about to run unless a thread is left to read.
+        """
         runq = self._runq
         extra = min(len(runq), self._max_running - self._running)
         if extra and self._waiting:
             self._signal_work()  # each woken thread takes one, and wakes the next
         elif runq and not extra:
             self._clear_work()  # every thread is busy: the first one free takes it
-        for _ in range(extra + taking - self._waiting):
-            self._spawn()
+        for started in range(extra + taking - self._waiting):
+            if not self._spawn():
+                free = self._waiting + started  # threads that will take a queued call
+                while len(runq) > free:
+                    self.core.fail(runq.pop(), _no_thread())
+                return False
+        return True
 
     def _end_reading(self) -> None:  # lock held
         """The reading is over: if the peer is gone, its calls are cancelled;
@@ -395,7 +437,13 @@ class ThreadConnection:
         elif len(self.core):
             self._threads += 1
             name = f"unixrpc-conn{self.connection_id}-hangup"
-            threading.Thread(target=self._watch_hang_up, name=name, daemon=True).start()
+            try:
+                threading.Thread(target=self._watch_hang_up, name=name, daemon=True).start()
+            except (
+                RuntimeError
+            ) as exc:  # the calls finish; a hang-up meanwhile is noticed when they are written
+                self._threads -= 1
+                thread_start_failed("connection %d: could not start a thread: %s", self.connection_id, exc)
 
     def _watch_hang_up(self) -> None:
         """After the reading ended with calls in flight: cancel them if the
@@ -569,6 +617,9 @@ class ThreadConnection:
                         self._wait()
                 finally:
                     self._running += 1
+            # no further item while the peer does not read what is queued
+            while not call.cancel_requested and core.output_full() and self._writing:
+                self._wait()
             if call.cancel_requested:
                 raise _Stop
             core.item(call, item)  # InternalError: the stream fails with it
@@ -682,6 +733,14 @@ class ThreadConnection:
             os.close(self._work_fd)
         self._engine.connection_done(self)
         self.finished.set()
+
+
+#: "could not start a thread", at most 10 lines per 10 s
+thread_start_failed = RateLimitedLog(logger, logging.ERROR, "failed thread starts")
+
+
+def _no_thread() -> ServerBusyError:
+    return ServerBusyError("the server could not start a thread to run this call; try again later")
 
 
 def _peer_hung_up(transport: UnixStreamClient[Any, Any], wait: float = 0.0) -> bool:

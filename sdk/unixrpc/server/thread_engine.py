@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from .._core import wire
 from .._core.server import Admission
+from .._ratelog import RateLimitedLog
 from ..exceptions import ServerBusyError
 from ..transport._common import peer_credentials
 from .binding import BoundListener
@@ -39,6 +40,7 @@ logger = logging.getLogger("unixrpc.server")
 #: refused connections kept open at once, each for at most _LINGER_SECONDS
 _MAX_LINGERING = 64
 _LINGER_SECONDS = 1.0
+_accept_failed = RateLimitedLog(logger, logging.ERROR, "failed accepts")
 
 
 class ThreadEngine:
@@ -135,7 +137,7 @@ class ThreadEngine:
                     except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                         continue
                     except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                        logger.error("accept failed: %s", exc)
+                        _accept_failed("accept failed: %s", exc)
                         time.sleep(0.1)
                         continue
                     conn.setblocking(True)
@@ -169,19 +171,7 @@ class ThreadEngine:
         with self.lock:
             refusal = self._admission.admit(peer.uid, peer.pid)
         if refusal is not None:
-            error = ServerBusyError(refusal)
-            try:
-                conn.setblocking(False)
-                conn.send(_frame(wire.encode_error(None, error.code, error.message)))
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                conn.close()
-                return
-            if len(self._refused) >= _MAX_LINGERING:
-                conn.close()
-                return
-            self._refused[conn.fileno()] = (conn, time.monotonic() + _LINGER_SECONDS)
-            self._poller.register(conn.fileno(), select.POLLIN)
+            self._refuse(conn, refusal)
             return
         try:
             connection = ThreadConnection(server, self, conn, connection_id)
@@ -193,7 +183,26 @@ class ThreadEngine:
             return
         with self.lock:
             self._connections.add(connection)
-        connection.start()
+        if not connection.start():  # no thread to serve it: refused, the daemon goes on
+            connection.discard()
+            self._refuse(conn, "the server could not start a thread for this connection; try again later")
+
+    def _refuse(self, conn: socket.socket, refusal: str) -> None:
+        """Tell the peer why it is refused (``ServerBusyError``) and keep the
+        connection open a moment so it reads that instead of a reset."""
+        error = ServerBusyError(refusal)
+        try:
+            conn.setblocking(False)
+            conn.send(_frame(wire.encode_error(None, error.code, error.message)))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.close()
+            return
+        if len(self._refused) >= _MAX_LINGERING:
+            conn.close()
+            return
+        self._refused[conn.fileno()] = (conn, time.monotonic() + _LINGER_SECONDS)
+        self._poller.register(conn.fileno(), select.POLLIN)
 
     def _linger(self, readable: list[int]) -> None:
         """Read and drop what refused peers send; close those that hung up

@@ -20,12 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .._ratelog import RateLimitedLog
+from ..exceptions import ServerBusyError
+
 __all__ = ["HandlerThreads", "ThreadOutcome", "outcome_waiter"]
+
+_NO_THREAD = "the server could not start a thread to run this call; try again later"
+_thread_start_failed = RateLimitedLog(
+    logging.getLogger("unixrpc.server"), logging.ERROR, "failed thread starts"
+)
 
 #: (True, value) for a return, (False, exception) for a raise
 ThreadOutcome = tuple[bool, Any]
@@ -81,10 +90,22 @@ class HandlerThreads:
                 self._threads += 1
                 start = True
             # else: it waits for a busy thread
-        self._jobs.put((function, args, settle))
         if start:
             thread = threading.Thread(target=self._run, name=f"{self._name}-{self._threads}", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": RLIMIT_NPROC, pids.max, TasksMax=
+                with self._lock:
+                    self._threads -= 1
+                    alone = self._threads == 0
+                _thread_start_failed("could not start a thread for the handler pool: %s", exc)
+                if alone:  # no thread would ever run it: refused now
+                    busy = ServerBusyError(
+                        "the server could not start a thread to run this call; try again later"
+                    )
+                    settle((False, busy))
+                    return
+        self._jobs.put((function, args, settle))
 
     def _run(self) -> None:
         jobs = self._jobs

@@ -1,0 +1,169 @@
+"""Reliability round 3 (issue 21): what a hostile local peer or a fault
+still broke, each with a regression test against a server in its own
+process (tests/reliability_support.py), on every engine: the anyio engine
+on asyncio and on trio, and the threads engine. Assertions are on outcomes,
+resident memory, descriptor and thread counts; timeouts are safety nets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+
+import pytest
+
+from reliability_support import (
+    ServerProcess,
+    add_request,
+    encode,
+    frame,
+    raw_connect,
+    recv_envelope,
+    wait_for,
+    wait_served,
+)
+from unixrpc import Client, ServerBusyError
+
+MiB = 1024 * 1024
+BACKENDS = ["asyncio", "trio", "threads"]
+
+
+@pytest.fixture
+def path(sock_dir: str) -> str:
+    return os.path.join(sock_dir, "r.sock")
+
+
+def hold_request(call_id: int, window: int) -> bytes:
+    return frame(encode(id=call_id, method="Hold", params={}, stream=window))
+
+
+def rss_growth(server: ServerProcess, base: int, samples: int = 20) -> int:
+    """The largest RSS growth over *base* seen in *samples* reads, while a
+    client is served between reads (the loop must stay responsive)."""
+    peak = 0
+    for _ in range(samples):
+        wait_served(server.path)
+        peak = max(peak, server.rss() - base)
+        time.sleep(0.05)
+    return peak
+
+
+# -- item 1: one write froze an asyncio or trio daemon ---------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_stream_window_over_the_server_limit_is_refused(path: str, backend: str) -> None:
+    """A stream asked with a window of 2**62, and a second frame in the same
+    write, against a producer that never awaits: before, the asyncio and trio
+    loops never ran anything else again (every client timed out, memory grew
+    21-35 MiB/s), and on threads memory grew 47 MiB/s. Now the window is
+    over ``max_stream_window`` (1,024): the call is refused with a message
+    that names the limit, the call behind it is answered, and other clients
+    are served."""
+    with ServerProcess(path, backend) as server:
+        wait_served(path)
+        base = server.rss()
+        with raw_connect(path) as attacker:
+            attacker.sendall(hold_request(1, 2**62) + add_request(2, 2, 3))
+            replies = {}
+            for _ in range(2):
+                reply = recv_envelope(attacker)
+                assert reply is not None
+                replies[reply["id"]] = reply
+            assert replies[2] == {"id": 2, "result": 5}
+            error = replies[1]["error"]
+            assert error["code"] == "unixrpc.ProtocolError"
+            assert "over this server's limit of 1024" in error["message"]
+            assert rss_growth(server, base, samples=5) < 32 * MiB
+        assert server.alive()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_producer_that_never_awaits_cannot_hold_the_loop_or_grow_memory(path: str, backend: str) -> None:
+    """The largest window allowed, credit sent far beyond it, a producer that
+    never awaits, and a peer that never reads: items are produced only while
+    the connection's output has room, the engine yields between items, and
+    other clients are served all along with the server's memory bounded."""
+    with ServerProcess(path, backend) as server:
+        wait_served(path)
+        base = server.rss()
+        with raw_connect(path) as attacker:
+            attacker.setblocking(False)
+            credit = b"".join(frame(encode(credit=1, n=2**62)) for _ in range(64))
+            with contextlib.suppress(BlockingIOError):  # the server stopped reading this peer
+                attacker.sendall(hold_request(1, 1024) + add_request(2, 2, 3) + credit)
+            growth = rss_growth(server, base)
+            assert growth < 48 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
+            with Client(path, timeout=30) as client:
+                items = []
+                with client.stream(_hold()) as stream:
+                    for item in stream:
+                        items.append(item)
+                        if len(items) == 100:
+                            break
+                assert items == list(range(100))
+        assert server.alive()
+
+
+def _hold():  # type: ignore[no-untyped-def]
+    from reliability_support import Hold
+
+    return Hold()
+
+
+# -- item 2: a thread that could not be started stopped the threads engine -------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to uid 65534 under RLIMIT_NPROC needs root")
+@pytest.mark.parametrize("backend", ["threads", "asyncio"])
+def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(path: str, backend: str) -> None:
+    """Under ``RLIMIT_NPROC`` (as ``TasksMax=``, a container's ``pids.max``
+    or a full pid space), thread starts fail. Before, the threads engine's
+    ``serve_forever`` raised ``RuntimeError: can't start new thread``,
+    answered ``ShuttingDown`` to everyone, removed its socket and exited.
+    Now the call or connection that needed the thread is refused
+    ``ServerBusyError`` (saying why), the failure is logged at a bounded
+    rate, and once threads end the daemon serves again. The anyio engine's
+    handler pool no longer counts a thread it failed to start."""
+    os.chmod(os.path.dirname(path), 0o755)  # the server drops to uid 65534 after binding
+    with ServerProcess(path, backend, _spare_threads=3) as server:
+        blockers: list[socket.socket] = []
+        answers: list[object] = []
+        try:
+            for _ in range(12):
+                sock = raw_connect(path, timeout=30)
+                blockers.append(sock)
+                sock.sendall(frame(encode(id=1, method="Block", params={"tag": "t", "seconds": 2})))
+            for sock in blockers:
+                reply = recv_envelope(sock)  # each answered: run once a thread was free, or refused
+                assert reply is not None
+                if "error" in reply:
+                    assert reply["error"]["code"] == ServerBusyError.code, reply
+                    assert "could not start a thread" in reply["error"]["message"], reply
+                    answers.append("busy")
+                else:
+                    assert reply == {"id": 1, "result": "t"}
+                    answers.append("ran")
+            assert server.alive()
+            assert os.path.exists(path)
+        finally:
+            for sock in blockers:
+                sock.close()
+        if backend == "threads":  # a connection or call without a thread is refused
+            assert "busy" in answers
+        # (the anyio engine's handler pool queues a call behind its busy threads instead)
+        assert "ran" in answers
+        wait_for(lambda: _served(path), 30, "a new client served after the threads ended")
+        assert server.alive()
+        assert "could not start a thread" in server.log()
+
+
+def _served(path: str) -> bool:
+    with raw_connect(path) as sock:
+        try:
+            sock.sendall(add_request(1, 2, 3))
+            return recv_envelope(sock) == {"id": 1, "result": 5}
+        except OSError:
+            return False
