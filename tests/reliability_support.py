@@ -56,6 +56,19 @@ class Pending(Method[int]):
     tag: str
 
 
+class Big(Method[str]):
+    """A reply of *size* bytes."""
+
+    size: int
+
+
+class BigAfter(Method[str]):
+    """A reply of *size* bytes, once *tag* is released (see ``Release``)."""
+
+    tag: str
+    size: int
+
+
 class Hold(StreamMethod[int]):
     """A stream that never ends: 0, 1, 2, ... as far as its credit goes."""
 
@@ -105,6 +118,22 @@ def make_server(backend: str = "asyncio", **kwargs: Any) -> Server:
     async def pending_of(req: Pending) -> int:
         with lock:
             return pending[req.tag]
+
+    @server.method(Big)
+    async def big(req: Big) -> str:
+        return "x" * req.size
+
+    @server.method(BigAfter)
+    def big_after(req: BigAfter) -> str:
+        with lock:
+            gate = gates[req.tag]
+            pending[req.tag] += 1
+        try:
+            gate.wait(60)
+        finally:
+            with lock:
+                pending[req.tag] -= 1
+        return "x" * req.size
 
     @server.method(Hold)
     async def hold(req: Hold) -> AsyncIterator[int]:

@@ -167,3 +167,77 @@ def _served(path: str) -> bool:
             return recv_envelope(sock) == {"id": 1, "result": 5}
         except OSError:
             return False
+
+
+# -- item 3: unsent output ignored the budget -------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_peer_that_pipelines_large_replies_and_never_reads_is_not_read_further(
+    path: str, backend: str
+) -> None:
+    """300 pipelined calls returning 1 MiB each, never read: before, +1,131
+    MiB on asyncio from 67 KB of requests (the frames already read were all
+    run, whatever the output). Now no further frame is taken, from the
+    socket or from what was already read, while more than ``max_unsent`` of
+    the connection's output waits: the server's memory stays bounded, other
+    clients are served, and every reply arrives once the peer reads."""
+    with ServerProcess(path, backend) as server:
+        wait_served(path)
+        base = server.rss()
+        with raw_connect(path) as greedy:
+            greedy.sendall(
+                b"".join(frame(encode(id=i, method="Big", params={"size": MiB})) for i in range(300))
+            )
+            growth = rss_growth(server, base, samples=10)
+            # (16 handler threads on the threads engine each hold a reply being encoded)
+            assert growth < 128 * MiB, f"RSS grew by {growth / MiB:.1f} MiB"
+            greedy.settimeout(30)
+            ids = sorted(recv_envelope(greedy)["id"] for _ in range(300))  # type: ignore[index]
+            assert ids == list(range(300))
+        assert server.alive()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_replies_a_peer_does_not_read_are_charged_to_the_budget(path: str, backend: str) -> None:
+    """16 calls in flight on one connection whose handlers all return 4 MiB
+    at once, and a peer that does not read: before, +256-304 MiB per
+    connection on threads and trio, and nothing closed it. Now unsent output
+    is charged to ``max_buffered_bytes`` (32 MiB here): the connection that
+    takes the server over it is told why and closed, its queued replies
+    dropped, and other clients are served meanwhile."""
+    with ServerProcess(path, backend, max_buffered_bytes=32 * MiB) as server:
+        wait_served(path)
+        with raw_connect(path) as greedy:
+            # 16 calls in flight (the threads engine runs 16 per connection), 4 MiB each
+            big = {"tag": "big", "size": 4 * MiB}
+            greedy.sendall(b"".join(frame(encode(id=i, method="BigAfter", params=big)) for i in range(16)))
+            with raw_connect(path) as probe:
+                wait_for(lambda: _pending(probe, "big") == 16, 30, "the calls started")
+            _release_tag(path, "big")
+            greedy.settimeout(30)
+            farewell = None
+            while True:  # read what it was sent, up to its end
+                reply = recv_envelope(greedy)
+                if reply is None:
+                    break
+                if reply["id"] is None:
+                    farewell = reply
+            assert farewell is not None, "the connection was not told why it was closed"
+            assert "budget of 33554432 bytes" in farewell["error"]["message"]
+        wait_served(path)
+        assert server.alive()
+
+
+def _pending(probe: socket.socket, tag: str) -> int:
+    probe.sendall(frame(encode(id=1, method="Pending", params={"tag": tag})))
+    reply = recv_envelope(probe)
+    assert reply is not None
+    return int(reply["result"])
+
+
+def _release_tag(path: str, tag: str) -> None:
+    from reliability_support import Release
+
+    with Client(path, timeout=30) as client:
+        client.call(Release(tag=tag))

@@ -54,6 +54,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -63,6 +64,7 @@ from pydantic_core import PydanticSerializationError
 
 from .._ratelog import RateLimitedLog
 from ..exceptions import (
+    AncillaryDataTruncatedError,
     CallCancelledError,
     InternalError,
     InvalidParamsError,
@@ -72,6 +74,7 @@ from ..exceptions import (
     RPCError,
     ServerBusyError,
     ServerShuttingDownError,
+    StreamProtocolParseError,
 )
 from ..fds import EMPTY_FDS, NO_FDS, FdContext, serialize
 from ..methods import MethodSpec
@@ -94,7 +97,7 @@ __all__ = [
 logger = logging.getLogger("unixrpc.server")
 
 _NO_PARAMS: Final[dict[str, Any]] = {}  # a request without "params" (pydantic never writes to input)
-_HEADER_PACK: Final = wire.HEADER.pack
+_frame: Final = wire.frame
 #: the largest window a stream may be opened with; credit beyond it is not honoured
 DEFAULT_MAX_STREAM_WINDOW: Final = 1024
 #: unsent bytes over which a connection stops being read (its peer does not read)
@@ -123,20 +126,25 @@ class MemoryBudget:
     buffers: large frames being received and output not yet written. A
     connection that grows while the total is over the limit is closed (the
     engines charge after every read), so the worst case is the limit plus
-    one frame, not connections x frames. Not thread-safe: the threads engine
-    charges under its server-wide lock."""
+    one frame, not connections x frames. The connections charge it
+    themselves (:class:`ServerConnection`), after every read and whenever
+    their unsent output changes; an engine whose connections run on several
+    threads gives it a lock (any context manager: the core imports no
+    threading)."""
 
-    __slots__ = ("limit", "total")
+    __slots__ = ("_lock", "limit", "total")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, lock: AbstractContextManager[Any] | None = None) -> None:
         self.limit = limit
         self.total = 0
+        self._lock = lock if lock is not None else nullcontext()
 
     def charge(self, before: int, now: int) -> bool:
         """A connection held *before* bytes and holds *now*: False if it grew
         and the server is now over its budget (close that connection)."""
-        self.total += now - before
-        return now <= before or self.total <= self.limit
+        with self._lock:
+            self.total += now - before
+            return now <= before or self.total <= self.limit
 
 
 class Admission:
@@ -189,8 +197,9 @@ class ServerRules:
     limits, and whether the server is shutting down (set by the server)."""
 
     __slots__ = (
-        "authorize",
+        "connection_idle_timeout",
         "expose_tracebacks",
+        "frame_timeout",
         "handlers",
         "max_calls_per_connection",
         "max_fds",
@@ -210,9 +219,11 @@ class ServerRules:
         max_fds: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         max_unsent: int = DEFAULT_MAX_UNSENT,
         expose_tracebacks: bool = False,
-        authorize: bool = False,
         max_buffered_bytes: int = 256 * 1024 * 1024,
         max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
+        frame_timeout: float | None = None,
+        connection_idle_timeout: float | None = None,
+        memory_lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.handlers = handlers
         #: the largest stream window (and outstanding credit) a client may ask for
@@ -222,11 +233,13 @@ class ServerRules:
         self.max_fds = max_fds
         self.max_unsent = max_unsent
         self.expose_tracebacks = expose_tracebacks
-        #: whether an authorization hook runs before every handler
-        self.authorize = authorize
+        #: seconds a frame begun may take to arrive whole (None: no limit)
+        self.frame_timeout = frame_timeout
+        #: seconds a connection with nothing in flight may stay silent (None: no limit)
+        self.connection_idle_timeout = connection_idle_timeout
         self.stopping = False
         #: what all connections hold beyond their read buffers
-        self.memory = MemoryBudget(max_buffered_bytes)
+        self.memory = MemoryBudget(max_buffered_bytes, memory_lock)
 
 
 class ServerCall:
@@ -360,10 +373,15 @@ class ServerConnection:
     __slots__ = (
         "_calls",
         "_closed",
+        "_discard_output",
         "_fd_queue",
+        "_held",
+        "_idle_since",
         "_out",
         "_out_fds",
+        "_partial_since",
         "_queued",
+        "_receive_excess",
         "_rules",
         "connection_id",
         "output_failed",
@@ -389,6 +407,11 @@ class ServerConnection:
         self.unsent = 0
         #: a write failed: the peer is gone, further output is dropped
         self.output_failed = False
+        self._discard_output = False  # closed for its output: what calls still produce is dropped
+        self._held = 0  # what this connection is charged in the server's memory budget
+        self._receive_excess = 0  # its receive buffer beyond the base read size
+        self._partial_since: float | None = None  # when the frame half received began to arrive
+        self._idle_since: float | None = None  # when it last became idle (nothing in flight)
 
     # -- state ------------------------------------------------------------------
 
@@ -409,13 +432,81 @@ class ServerConnection:
         """Calls in flight or output not yet written: a graceful shutdown waits."""
         return bool(self._calls) or bool(self._out) or self.unsent > 0
 
-    def held(self, receive_buffer: int, base: int) -> int:
-        """What this connection holds beyond a read buffer of *base* bytes:
-        its receive buffer's excess (*receive_buffer*) and its unsent output."""
-        return max(receive_buffer - base, 0) + self.unsent
+    # -- facts from the engine: reads, time, hang-up ---------------------------------
 
-    def over_budget(self) -> Close:
-        """The server's memory budget is spent and this connection grew: close it."""
+    def received(self, now: float, *, partial: bool, receive_buffer: int = 0) -> Close | None:
+        """A read brought bytes at *now* (monotonic seconds): *partial* if a
+        frame is still half received after it; *receive_buffer* is the size
+        of the read buffer beyond the base read size (a large frame growing
+        it). Restarts the idle clock, starts or stops the frame clock, and
+        charges the server's memory budget: a Close if this connection grew
+        while the server is over it."""
+        if partial:
+            if self._partial_since is None:
+                self._partial_since = now
+        else:
+            self._partial_since = None
+        self._idle_since = now
+        self._receive_excess = receive_buffer
+        if not self._charge():
+            return self._over_budget()
+        return None
+
+    def read_failed(self, exc: BaseException) -> Close:
+        """The engine's read raised *exc*: what it means for the connection.
+        A stream that cannot be parsed (an oversized frame, too many
+        descriptors) is answered with one error and closed; truncated control
+        data (descriptors lost on the way) is closed silently and logged; any
+        other failure means the peer is gone."""
+        if isinstance(exc, StreamProtocolParseError):
+            return self.fatal(str(exc.error))
+        if isinstance(exc, AncillaryDataTruncatedError):
+            return self.fatal(str(exc), tell_peer=False)
+        if self._closed is None:
+            self._closed = "the peer closed the connection"
+        return Close(self._closed)
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`on_timer` must be called if nothing else happens
+        first (None: no deadline now). A frame begun must arrive whole
+        within ``frame_timeout``; a connection with no call in flight and no
+        output waiting is closed after ``connection_idle_timeout`` of silence,
+        counted from the later of its last read and the moment it became idle
+        (its last call answered and written)."""
+        rules = self._rules
+        if self._closed is not None:
+            return None
+        if self._partial_since is not None:
+            limit = rules.frame_timeout
+            return None if limit is None else self._partial_since + limit
+        limit = rules.connection_idle_timeout
+        if self._calls or self.unsent or self._out:
+            self._idle_since = None
+            return None
+        if self._idle_since is None:
+            self._idle_since = now
+        return None if limit is None else self._idle_since + limit
+
+    def on_timer(self, now: float) -> Close | None:
+        """A deadline of :meth:`next_deadline` may have passed (checked again
+        now, so a waiter acting late on an old deadline closes nothing): the
+        Close, if the connection must end."""
+        deadline = self.next_deadline(now)
+        if deadline is None or now < deadline:
+            return None
+        if self._partial_since is not None:
+            return self.fatal(f"a frame was not finished within {self._rules.frame_timeout} s")
+        return self.fatal(f"idle for {self._rules.connection_idle_timeout} s", tell_peer=False)
+
+    def _charge(self) -> bool:
+        held = self._receive_excess + self.unsent
+        if held == self._held:
+            return True
+        ok = self._rules.memory.charge(self._held, held)
+        self._held = held
+        return ok
+
+    def _over_budget(self) -> Close:
         limit = self._rules.memory.limit
         return self.fatal(
             f"the server holds more than its budget of {limit} bytes in buffers; try again later"
@@ -424,8 +515,9 @@ class ServerConnection:
     def wants_input(self) -> bool:
         """False once the connection is closing, or while the output queued
         behind a write in progress is over the bound: the peer does not read,
-        so read no more requests until it does. (The frame being written does
-        not count: a cancel or credit behind it must still be read.)"""
+        so take no more requests until it does (neither from the socket nor
+        from frames already read). (The frame being written does not count:
+        a cancel or credit behind it must still be read.)"""
         return self._closed is None and self._queued <= self._rules.max_unsent
 
     def output_full(self) -> bool:
@@ -791,12 +883,12 @@ class ServerConnection:
         is replaced by an InternalError for *call_id*, or dropped if it has
         none."""
         carried = fds.outgoing if fds is not None else None
-        if self.output_failed or len(body) > self._rules.max_frame_size:
+        if self.output_failed or self._discard_output or len(body) > self._rules.max_frame_size:
             if fds is not None:
                 fds.sent()
             if release is not None:
                 release.abort()
-            if self.output_failed:  # nobody will read it
+            if self.output_failed or self._discard_output:  # nobody will read it
                 return
             logger.error(
                 "connection %d: a frame of %d bytes is over the limit", self.connection_id, len(body)
@@ -809,7 +901,7 @@ class ServerConnection:
             body, carried, release = wire.encode_error(call_id, error.code, error.message), None, None
         if carried:
             assert fds is not None
-            data = _HEADER_PACK(len(body), len(carried)) + body
+            data = _frame(body, len(carried))
             self._out.append(FdFrame(data, fds, release, owner))
             self._out_fds = True
             if owner is not None:
@@ -819,10 +911,20 @@ class ServerConnection:
                 fds.sent()
             if release is not None:
                 release.abort()
-            data = _HEADER_PACK(len(body), 0) + body
+            data = _frame(body)
             self._out.append(data)
         self.unsent += len(data)
         self._queued += len(data)
+        if not self._charge() and self._closed is None:  # (a closing connection's last words go out)
+            self._output_over_budget()
+
+    def _output_over_budget(self) -> None:
+        """Output not yet written took the server over its memory budget:
+        what is queued is dropped, the peer is told why, the connection is
+        closing, and what its calls still produce is dropped."""
+        self.drop_output()
+        self._over_budget()
+        self._discard_output = True
 
     def take_output(self) -> list[Chunk]:
         """What to write now, in order (plain frames joined): write it, then
@@ -870,6 +972,7 @@ class ServerConnection:
         if not ok and not self.output_failed:
             self.output_failed = True
             self.drop_output()
+        self._charge()  # less is held: never refused
 
     def drop_output(self) -> None:
         """Discard what is queued (the connection is going away), releasing
@@ -934,3 +1037,5 @@ class ServerConnection:
         self._fd_queue.close_all()
         self.output_failed = True
         self.drop_output()
+        self._receive_excess = 0
+        self._charge()

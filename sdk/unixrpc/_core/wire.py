@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_FDS_PER_FRAME",
     "DEFAULT_MAX_FRAME_SIZE",
     "HEADER",
+    "frame",
     "HEADER_SIZE",
     "KERNEL_MAX_FDS",
     "RawFrame",
@@ -44,6 +45,15 @@ __all__ = [
 
 HEADER: Final = struct.Struct(">IH")
 HEADER_SIZE: Final = HEADER.size
+_pack = HEADER.pack
+
+
+def frame(body: bytes, nfds: int = 0) -> bytes:
+    """The frame of *body*, declaring *nfds* descriptors: the one place a
+    header is packed (the client's and server's cores, refusals)."""
+    return _pack(len(body), nfds) + body
+
+
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 #: The kernel's SCM_MAX_FD: the most descriptors one sendmsg can carry.
 KERNEL_MAX_FDS: Final = 253

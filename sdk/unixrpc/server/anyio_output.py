@@ -35,6 +35,8 @@ class OutputWriter:
     _writing: bool
     _write_done: Wakeup | None
     _new_wakeup: Callable[[], Wakeup]
+    _wait_scope: anyio.CancelScope | None
+    deadline_changed: Callable[[], None]
 
     async def _flush(self) -> None:
         """Write what the core has queued, waiting for room if need be (and
@@ -68,6 +70,8 @@ class OutputWriter:
                 self._writing = True
                 return self._finish_writes(chunks[index:], sent)
             core.written(chunk)
+        if self._wait_scope is not None and chunks:
+            self.deadline_changed()
         return None
 
     async def _finish_writes(self, chunks: list[Chunk], sent: int | None) -> None:
@@ -92,6 +96,8 @@ class OutputWriter:
             done, self._write_done = self._write_done, None
             if done is not None:
                 done.set()
+            if self._wait_scope is not None:
+                self.deadline_changed()
 
     def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:
         logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)

@@ -21,7 +21,7 @@ also writes what was queued meanwhile, so frames keep their order.
 from __future__ import annotations
 
 import logging
-import select
+import math
 import socket
 from collections import deque
 from collections.abc import Awaitable
@@ -43,6 +43,7 @@ from ..exceptions import (
 from ..transport.async_client import AsyncUnixStreamClient
 from .anyio_calls import CallRunner
 from .anyio_output import OutputWriter
+from .kit import peer_hung_up
 from .tasks import READER_BUDGET, Worker
 from .threadpool import outcome_waiter
 
@@ -84,8 +85,7 @@ class Connection(CallRunner, OutputWriter):
         self._writing = False  # a task is finishing a short write (and writes what follows)
         self._write_done: Wakeup | None = None  # set when it is done
         self._reading_over = anyio.Event()
-        self._partial_since = 0.0  # when the frame now half read began to arrive
-        self._held = 0  # what this connection is charged in the server's memory budget
+        self._wait_scope: anyio.CancelScope | None = None  # the reader's wait for data
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -112,34 +112,11 @@ class Connection(CallRunner, OutputWriter):
                     worker.wake.set()
         finally:
             self.core.close()
-            self._server._rules.memory.charge(self._held, 0)
-
-    def _read_timeout(self) -> tuple[float, str] | None:
-        """How long the reader may wait now, and why it closes after: a frame
-        begun must be finished within ``frame_timeout``; a connection with
-        nothing in flight is closed after ``connection_idle_timeout``."""
-        server, now = self._server, anyio.current_time()
-        if self._transport.buffered_size():
-            if server.frame_timeout is None:
-                return None
-            if not self._partial_since:
-                self._partial_since = now
-            left = self._partial_since + server.frame_timeout - now
-            return max(left, 0.0), f"a frame was not finished within {server.frame_timeout} s"
-        idle = server.connection_idle_timeout
-        if idle is None:
-            return None
-        if not len(self.core) and not self.core.has_output():
-            return idle, f"idle for {idle} s"
-        return idle, ""  # calls in flight: look again then (they may be over)
 
     def _peer_hung_up(self) -> bool:
-        """True when the peer closed both directions (not a mere send_eof)."""
         try:
-            poller = select.poll()
-            poller.register(self._transport.socket.fileno(), select.POLLHUP)
-            return any(events & select.POLLHUP for _, events in poller.poll(0))
-        except (OSError, RuntimeError, ClientClosedError):
+            return peer_hung_up(self._transport.socket)
+        except (RuntimeError, ClientClosedError):
             return True
 
     # -- reading --------------------------------------------------------------
@@ -148,64 +125,39 @@ class Connection(CallRunner, OutputWriter):
         """Read frames and run their calls in place until one of them waits,
         or a write of queued replies would: then pass the reading on and
         return what finishes that call or write, to await in this task. None
-        once the reading is over."""
+        once the reading is over. Every frame taken counts against the
+        reader's turn (READER_BUDGET), calls or not, so a flood of cancels,
+        credit or junk cannot starve other connections."""
         transport, core, inbox = self._transport, self.core, self._inbox
-        ancillary, bufsize = self._ancillary, self._bufsize
         budget = READER_BUDGET
         while True:
-            if not inbox:
-                if core.stray_fds(transport.buffered_size() > 0) is not None or not core.wants_input():
+            if not inbox or not core.wants_input():
+                if not core.wants_input() or core.stray_fds(transport.buffered_size() > 0) is not None:
+                    await self._flush()  # the peer does not read: wait for it before taking more
                     if core.closing is not None:
-                        await self._flush()
                         return None
-                    await self._flush()  # the peer does not read: wait for it before reading more
                     continue
-                try:
-                    frames = transport.recv_packets_nowait(ancillary, bufsize)
-                    if not frames:
-                        if core.has_output():  # nothing more in hand: the queued replies go now
-                            pending = self._flush_nowait()
-                            if pending is not None:  # the peer is slow to read: never stop reading for it
-                                self._pass_reading()
-                                return pending
-                        timeout = self._read_timeout()
-                        if timeout is None:
-                            await transport.wait_for_data()
-                        else:
-                            with anyio.move_on_after(timeout[0]) as waited:
-                                await transport.wait_for_data()
-                            if waited.cancelled_caught and not timeout[1]:
-                                continue  # not idle when it began waiting: look again
-                            if waited.cancelled_caught:  # nothing came in time
-                                core.fatal(timeout[1], tell_peer=transport.buffered_size() > 0)
-                                await self._flush()
-                                return None
-                    self._partial_since = 0.0 if not transport.buffered_size() else self._partial_since
-                except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
-                    core.fatal(str(exc.error))
-                    await self._flush()
+                frames = await self._receive()
+                if frames is None:
                     return None
-                except AncillaryDataTruncatedError as exc:
-                    logger.warning("connection %d: %s", self.connection_id, exc)
-                    core.fatal(str(exc), tell_peer=False)
-                    return None
-                except (ConnectionBrokenError, ClientClosedError):
-                    return None
-                finally:
-                    if ancillary:
-                        core.receive_fds(ancillary.iter_fds())
-                        ancillary.clear()
-                held = core.held(transport.receive_buffer_size(), wire.SERVER_RECV_SIZE)
-                if held != self._held:  # the server-wide budget of buffered bytes
-                    ok = self._server._rules.memory.charge(self._held, held)
-                    self._held = held
-                    if not ok:
-                        core.over_budget()
-                        await self._flush()
-                        return None
                 if not frames:
-                    continue  # waited, or read part of a frame: read (again)
+                    if core.has_output():  # nothing more in hand: the queued replies go now
+                        pending = self._flush_nowait()
+                        if pending is not None:  # the peer is slow to read: never stop reading for it
+                            self._pass_reading()
+                            return pending
+                    if not await self._wait_for_data():
+                        return None
+                    continue
                 inbox.extend(frames)
+            budget -= 1
+            if not budget:  # a busy connection must not starve the others
+                budget = READER_BUDGET
+                pending = self._flush_nowait()
+                if pending is not None:
+                    self._pass_reading()
+                    return pending
+                await anyio.lowlevel.checkpoint()
             event = core.receive_frame(inbox.popleft())
             if event is None:
                 continue
@@ -221,14 +173,6 @@ class Connection(CallRunner, OutputWriter):
                     self._pass_reading()  # the next reader writes what was queued
                     return blocked
                 worker.current = None  # answered without waiting
-                budget -= 1
-                if not budget:  # a busy connection must not starve the others
-                    budget = READER_BUDGET
-                    pending = self._flush_nowait()
-                    if pending is not None:
-                        self._pass_reading()
-                        return pending
-                    await anyio.lowlevel.checkpoint()
             elif type(event) is Cancel:
                 self._cancel(event.call)
             elif type(event) is Grant:
@@ -239,6 +183,61 @@ class Connection(CallRunner, OutputWriter):
                 assert type(event) is Close
                 await self._flush()
                 return None
+
+    async def _receive(self) -> list[wire.RawFrame] | None:
+        """One read: the frames it completed (maybe none); None if the
+        reading is over (the core said why)."""
+        transport, core, ancillary = self._transport, self.core, self._ancillary
+        before = transport.buffered_size()
+        try:
+            frames = transport.recv_packets_nowait(ancillary, self._bufsize)
+        except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
+            core.read_failed(exc)
+            await self._flush()
+            return None
+        except (ConnectionBrokenError, ClientClosedError) as exc:
+            core.read_failed(exc)
+            await self._flush()
+            return None
+        finally:
+            if ancillary:
+                core.receive_fds(ancillary.iter_fds())
+                ancillary.clear()
+        buffered = transport.buffered_size()
+        if frames or buffered != before:  # bytes came
+            excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
+            if core.received(anyio.current_time(), partial=buffered > 0, receive_buffer=excess) is not None:
+                await self._flush()  # over the server's memory budget
+                return None
+        return frames
+
+    async def _wait_for_data(self) -> bool:
+        """Wait for the socket, or for the core's next deadline: False if
+        the core closed the connection when it passed."""
+        core = self.core
+        deadline = core.next_deadline(anyio.current_time())
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+            self._wait_scope = scope  # moved by deadline_changed() when a call ends meanwhile
+            try:
+                await self._transport.wait_for_data()
+            finally:
+                self._wait_scope = None
+        if scope.cancelled_caught and core.on_timer(anyio.current_time()) is not None:
+            await self._flush()
+            return False
+        return True
+
+    def deadline_changed(self) -> None:
+        """A call ended or output was written: if the reader waits, it waits
+        for the core's deadline as it is now (the idle clock starts when the
+        connection becomes idle, not when the reader began waiting)."""
+        scope = self._wait_scope
+        if scope is not None:
+            if self.core.closing is not None:  # the core closed it: the reader stops waiting
+                scope.cancel()
+                return
+            deadline = self.core.next_deadline(anyio.current_time())
+            scope.deadline = math.inf if deadline is None else deadline
 
     def _cancel(self, call: ServerCall) -> None:
         """Stop *call*: its worker's scope reaches the call and nothing else."""

@@ -143,12 +143,9 @@ class Server:
         self.authorize = authorize
         self.max_connections = max_connections
         self.max_connections_per_uid = max_connections_per_uid
-        self.frame_timeout = frame_timeout
-        self.connection_idle_timeout = connection_idle_timeout
         self.max_calls_per_connection = max_calls_per_connection
         self.socket_mode = socket_mode
         self.socket_group = socket_group
-        self.expose_tracebacks = expose_tracebacks
         self.shutdown_grace = shutdown_grace
         self._framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
         self._protocol = StreamProtocol(self._framing)
@@ -165,8 +162,10 @@ class Server:
             max_fds=max_fds_per_frame,
             expose_tracebacks=expose_tracebacks,
             max_buffered_bytes=max_buffered_bytes,
-            authorize=authorize is not None,
             max_stream_window=max_stream_window,
+            frame_timeout=frame_timeout,
+            connection_idle_timeout=connection_idle_timeout,
+            memory_lock=threading.Lock(),
         )
         self._handler_threads: HandlerThreads | None = None
         self._connection_ids = itertools.count(1)
@@ -175,6 +174,21 @@ class Server:
         self._serving_lock = threading.Lock()
         if introspection:
             introspection_methods.install(self)
+
+    @property
+    def frame_timeout(self) -> float | None:
+        """Seconds a peer may take to finish a frame it started (None: no limit)."""
+        return self._rules.frame_timeout
+
+    @property
+    def connection_idle_timeout(self) -> float | None:
+        """Seconds a connection with nothing in flight may stay silent (None: no limit)."""
+        return self._rules.connection_idle_timeout
+
+    @property
+    def expose_tracebacks(self) -> bool:
+        """Whether handler tracebacks are sent to clients (for development only)."""
+        return self._rules.expose_tracebacks
 
     # -- declaring methods ----------------------------------------------------
 
@@ -263,10 +277,6 @@ class Server:
     def addresses(self) -> list[UnixSocketAddress]:
         """Where the server listens, every listener, while it does."""
         return [bound.address for bound in self._listeners_now]
-
-    @property
-    def _stopping(self) -> bool:
-        return self._rules.stopping
 
     def is_shutting_down(self) -> bool:
         """True once :meth:`shutdown` was called (until the next serve)."""

@@ -54,6 +54,7 @@ from ..exceptions import (
 )
 from ..transport.sync_client import UnixStreamClient
 from .context import CallContext, context_of
+from .kit import peer_hung_up
 
 if TYPE_CHECKING:
     from .server import Server
@@ -132,9 +133,6 @@ class ThreadConnection:
         self._threads = 0
         self._spawned = 0
         self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
-        self._last_read = time.monotonic()
-        self._partial_since = 0.0  # when the frame now half read began to arrive
-        self._held = 0  # what this connection is charged in the server's memory budget
         # Threads wait in one epoll: the socket, registered one-shot, wakes
         # exactly one of them per batch of data (re-armed once it is read);
         # an eventfd wakes them for calls queued beyond the first of a read,
@@ -248,7 +246,7 @@ class ThreadConnection:
                 if call is None:
                     timeout = _IDLE_SECONDS if spare else -1.0
                     if deadline is not None:
-                        left = max(deadline[0] - time.monotonic(), 0.0)
+                        left = max(deadline - time.monotonic(), 0.0)
                         timeout = left if timeout < 0 else min(timeout, left)
                     try:
                         events = epoll.poll(timeout)
@@ -256,10 +254,10 @@ class ThreadConnection:
                         with lock:
                             self._waiting -= 1
                         raise
-                    if not events and deadline is not None and time.monotonic() >= deadline[0]:
+                    if not events and deadline is not None and time.monotonic() >= deadline:
                         with lock:
                             self._waiting -= 1
-                            self._time_out(deadline[1])
+                            self._time_out()
                         self._flush()
                         continue
                     if events and any(fd == sock_fd for fd, _ in events):
@@ -292,42 +290,32 @@ class ThreadConnection:
         in, and re-arm the socket: the call this thread is to run, if any."""
         core, transport, ancillary = self.core, self._transport, self._ancillary
         over = False
-        fatal: tuple[str, bool] | None = None  # why the stream cannot be trusted, tell the peer
+        failed: BaseException | None = None  # the read failed: what it means is the core's call
         frames: list[wire.RawFrame] = []
         try:
             frames = transport.recv_packets_nowait(ancillary, self._bufsize)
             if frames and transport.buffered_size() >= wire.HEADER_SIZE:
                 frames += transport.buffered_packets()  # a bad frame behind them: raised now
-        except StreamProtocolParseError as exc:  # oversized frame / too many fds: cannot resync
-            fatal = (str(exc.error), True)
-        except AncillaryDataTruncatedError as exc:
-            logger.warning("connection %d: %s", self.connection_id, exc)
-            fatal = (str(exc), False)
-        except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError):
-            over = True
+        except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
+            failed = exc
+        except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError) as exc:
+            failed = exc
         mine: ServerCall | None = None
         now = time.monotonic()
         partial = transport.buffered_size() > 0
+        excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
         with self._lock:
             self._waiting -= 1
             self._armed = False
-            self._last_read = now
-            self._partial_since = (self._partial_since or now) if partial else 0.0
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
-            held = core.held(transport.receive_buffer_size(), wire.SERVER_RECV_SIZE)
-            if held != self._held:  # the server-wide budget of buffered bytes
-                with self._engine.lock:
-                    ok = self._server._rules.memory.charge(self._held, held)
-                self._held = held
-                if not ok and fatal is None:
-                    core.over_budget()
-                    over = True
+            if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
+                over = True  # over the server's memory budget
             self._inbox.extend(frames)
-            if fatal is not None:  # what came before the bad frame is served first
+            if failed is not None:  # what came before a bad frame is served first
                 self._take_in(everything=True)
-                core.fatal(fatal[0], tell_peer=fatal[1])
+                core.read_failed(failed)
                 over = True
             if over or self._take_in():
                 self._end_reading()
@@ -352,28 +340,18 @@ class ThreadConnection:
             self._flush()
         return mine
 
-    def _read_deadline(self) -> tuple[float, str] | None:  # lock held
-        """When the connection must be closed if nothing more comes, and why:
-        a frame begun must be finished within ``frame_timeout``; a connection
-        with nothing in flight is closed after ``connection_idle_timeout``."""
-        server = self._server
+    def _read_deadline(self) -> float | None:  # lock held
+        """When a thread waiting for the socket must look at the core's
+        timers (frame and idle timeouts are the core's rules)."""
         if self._reading_over or not self._armed:
             return None
-        if self._partial_since:
-            if server.frame_timeout is None:
-                return None
-            reason = f"a frame was not finished within {server.frame_timeout} s"
-            return self._partial_since + server.frame_timeout, reason
-        idle = server.connection_idle_timeout
-        if idle is not None and not len(self.core) and not self.core.has_output() and not self._runq:
-            return self._last_read + idle, f"idle for {idle} s"
-        return None
+        return self.core.next_deadline(time.monotonic())
 
-    def _time_out(self, reason: str) -> None:  # lock held
-        if self._reading_over:
-            return
-        self.core.fatal(reason, tell_peer=bool(self._partial_since))
-        self._end_reading()
+    def _time_out(self) -> None:  # lock held
+        """A deadline passed: the core decides, with the state as it is now
+        (another thread may have read a request meanwhile)."""
+        if not self._reading_over and self.core.on_timer(time.monotonic()) is not None:
+            self._end_reading()
 
     def _take_in(self, *, everything: bool = False) -> bool:  # lock held
         """Hand the frames read to the core, in order, while fewer calls wait
@@ -383,7 +361,8 @@ class ThreadConnection:
         (the stream cannot be trusted any more)."""
         core, inbox, runq = self.core, self._inbox, self._runq
         limit = len(inbox) + len(runq) if everything else self._max_running
-        while inbox and len(runq) <= limit:
+        # no more calls while the peer does not read what is queued (the writer takes them in later)
+        while inbox and len(runq) <= limit and (everything or core.wants_input()):
             event = core.receive_frame(inbox.popleft())
             if event is None:
                 continue
@@ -431,7 +410,7 @@ class ThreadConnection:
         self._reading_over = True
         self._signal_work()  # waiting threads end
         self._notify_all()
-        if _peer_hung_up(self._transport):
+        if peer_hung_up(self._sock):
             for call in self.core.hang_up():
                 self._cancel(call)
         elif len(self.core):
@@ -453,7 +432,7 @@ class ThreadConnection:
                 with self._lock:
                     if not len(self.core):
                         return
-                if _peer_hung_up(self._transport, wait=0.2):
+                if peer_hung_up(self._sock, wait=0.2):
                     with self._lock:
                         for call in self.core.hang_up():
                             self._cancel(call)
@@ -663,6 +642,13 @@ class ThreadConnection:
                     core.written(chunk, ok=index < done)
                 if not core.has_output() or core.output_failed:
                     self._writing = False
+                    if core.closing is not None and not self._reading_over:
+                        self._end_reading()  # the core closed it (its output went over the budget)
+                    elif self._inbox and core.wants_input():  # frames held back while the peer did not read
+                        if self._take_in():
+                            self._end_reading()
+                        else:
+                            self._dispatch(0)
                     self._arm()
                     self._notify_all()
                     return
@@ -728,7 +714,6 @@ class ThreadConnection:
             self._runq.clear()
             self.core.close()
         with self._engine.lock:
-            self._server._rules.memory.charge(self._held, 0)
             self._epoll.close()
             os.close(self._work_fd)
         self._engine.connection_done(self)
@@ -741,13 +726,3 @@ thread_start_failed = RateLimitedLog(logger, logging.ERROR, "failed thread start
 
 def _no_thread() -> ServerBusyError:
     return ServerBusyError("the server could not start a thread to run this call; try again later")
-
-
-def _peer_hung_up(transport: UnixStreamClient[Any, Any], wait: float = 0.0) -> bool:
-    """True when the peer closed both directions (not a mere send_eof)."""
-    try:
-        poller = select.poll()
-        poller.register(transport.socket.fileno(), select.POLLHUP)
-        return any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(wait * 1000))
-    except (OSError, ValueError, ClientClosedError):
-        return True

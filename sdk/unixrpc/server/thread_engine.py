@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._core import wire
 from .._core.server import Admission
 from .._ratelog import RateLimitedLog
-from ..exceptions import ServerBusyError
 from ..transport._common import peer_credentials
 from .binding import BoundListener
+from .kit import LINGER_SECONDS, MAX_LINGERING, send_refusal
 from .lifecycle import Lifecycle
 from .thread_connection import LoopThread, ThreadConnection
 
@@ -37,9 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["ThreadEngine"]
 
 logger = logging.getLogger("unixrpc.server")
-#: refused connections kept open at once, each for at most _LINGER_SECONDS
-_MAX_LINGERING = 64
-_LINGER_SECONDS = 1.0
 _accept_failed = RateLimitedLog(logger, logging.ERROR, "failed accepts")
 
 
@@ -188,20 +184,14 @@ class ThreadEngine:
             self._refuse(conn, "the server could not start a thread for this connection; try again later")
 
     def _refuse(self, conn: socket.socket, refusal: str) -> None:
-        """Tell the peer why it is refused (``ServerBusyError``) and keep the
-        connection open a moment so it reads that instead of a reset."""
-        error = ServerBusyError(refusal)
-        try:
-            conn.setblocking(False)
-            conn.send(_frame(wire.encode_error(None, error.code, error.message)))
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
+        """Tell the peer why it is refused, and keep the connection open a
+        moment (at most MAX_LINGERING at once) so it reads that instead of a reset."""
+        if not send_refusal(conn, refusal):
+            return
+        if len(self._refused) >= MAX_LINGERING:
             conn.close()
             return
-        if len(self._refused) >= _MAX_LINGERING:
-            conn.close()
-            return
-        self._refused[conn.fileno()] = (conn, time.monotonic() + _LINGER_SECONDS)
+        self._refused[conn.fileno()] = (conn, time.monotonic() + LINGER_SECONDS)
         self._poller.register(conn.fileno(), select.POLLIN)
 
     def _linger(self, readable: list[int]) -> None:
@@ -261,7 +251,3 @@ class ThreadEngine:
         self._wake_w = self._wake_r = -1  # a late stop() writes nowhere
         os.close(wake_r)
         os.close(wake_w)
-
-
-def _frame(body: bytes) -> bytes:
-    return wire.HEADER.pack(len(body), 0) + body

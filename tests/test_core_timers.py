@@ -1,0 +1,174 @@
+"""The server core's clocks, budget and read facts (``_core/server.py``),
+with a fake clock and no sockets: frame_timeout and connection_idle_timeout
+as ``next_deadline``/``on_timer``, the server-wide memory budget charged for
+received bytes and for unsent output, what a failed read means, and the
+stream window cap. Both engines only feed these facts in (tests on real
+sockets: test_reliability.py, test_reliability_round3.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from test_core_server import frame, make, output
+from unixrpc._core.server import Close, ServerCall
+from unixrpc.exceptions import (
+    AncillaryDataTruncatedError,
+    ConnectionBrokenError,
+    DeserializeError,
+    StreamProtocolParseError,
+)
+
+
+def test_a_frame_begun_must_arrive_whole_within_frame_timeout() -> None:
+    core, _ = make(frame_timeout=5.0)
+    assert core.received(100.0, partial=True) is None
+    assert core.next_deadline(101.0) == 105.0
+    core.received(103.0, partial=True)  # more bytes of the same frame: the clock keeps running
+    assert core.next_deadline(103.0) == 105.0
+    assert core.on_timer(104.9) is None
+    closed = core.on_timer(105.0)
+    assert isinstance(closed, Close)
+    assert "not finished within 5.0 s" in closed.reason
+    (notice,) = output(core)  # the peer is told why
+    assert notice["id"] is None
+    assert "not finished within" in notice["error"]["message"]
+    assert core.next_deadline(106.0) is None  # closing: no more timers
+
+
+def test_a_frame_finished_stops_the_frame_clock() -> None:
+    core, _ = make(frame_timeout=5.0)
+    core.received(100.0, partial=True)
+    core.received(101.0, partial=False)
+    assert core.next_deadline(104.0) is None  # no idle timeout configured
+    assert core.on_timer(200.0) is None
+
+
+def test_the_idle_clock_starts_when_the_connection_becomes_idle() -> None:
+    """One rule for both engines: with nothing in flight and nothing to
+    write, a connection silent for ``connection_idle_timeout`` is closed;
+    the clock starts at the later of its last read and the moment its last
+    call was answered and written (not when its calls began)."""
+    core, _ = make(connection_idle_timeout=2.0)
+    core.received(10.0, partial=False)
+    call = core.receive_frame(frame(id=1, method="Add", params={"a": 1, "b": 2}))
+    assert isinstance(call, ServerCall)
+    assert core.next_deadline(11.0) is None  # a call in flight: never idle
+    assert core.on_timer(50.0) is None
+    core.complete(call, 3)
+    assert core.next_deadline(51.0) is None  # its reply not written yet
+    output(core)
+    assert core.next_deadline(52.0) == 54.0  # idle since it was written
+    assert core.on_timer(53.9) is None
+    closed = core.on_timer(54.0)
+    assert isinstance(closed, Close)
+    assert "idle for 2.0 s" in closed.reason
+    assert output(core) == []  # an idle close is silent
+
+
+def test_a_timer_acting_on_an_old_deadline_closes_nothing() -> None:
+    """A waiter that computed its deadline before another read a request
+    (the threads engine's defect of issue 21 item 8): on_timer looks again."""
+    core, _ = make(connection_idle_timeout=2.0)
+    core.received(10.0, partial=False)
+    assert core.next_deadline(10.0) == 12.0
+    core.receive_frame(frame(id=1, method="Add", params={"a": 1, "b": 2}))  # read by another thread
+    assert core.on_timer(12.0) is None
+    assert core.closing is None
+
+
+def test_bytes_received_restart_the_idle_clock() -> None:
+    core, _ = make(connection_idle_timeout=2.0)
+    core.received(10.0, partial=False)
+    core.received(11.5, partial=False)
+    assert core.next_deadline(11.5) == 13.5
+
+
+def test_received_bytes_are_charged_to_the_budget_and_released_on_close() -> None:
+    core, rules = make(max_buffered_bytes=1000)
+    assert core.received(1.0, partial=True, receive_buffer=600) is None
+    assert rules.memory.total == 600
+    other, _ = make()
+    other._rules = rules  # a second connection of the same server
+    closed = other.received(1.0, partial=True, receive_buffer=600)  # 1,200 > 1,000: it grew, it goes
+    assert isinstance(closed, Close)
+    assert "budget of 1000 bytes" in closed.reason
+    other.close()
+    core.close()
+    assert rules.memory.total == 0
+
+
+def test_unsent_output_is_charged_and_a_connection_whose_output_overflows_is_closed() -> None:
+    """Issue 21 item 3: replies the peer does not read count against the
+    server-wide budget; the connection that takes it over is closed with a
+    reason, its queued output dropped, and what its calls still produce is
+    dropped (nothing grows any more)."""
+    core, rules = make(max_buffered_bytes=4096)
+    calls = []
+    for call_id in range(3):
+        call = core.receive_frame(frame(id=call_id, method="Add", params={"a": 1, "b": 2}))
+        assert isinstance(call, ServerCall)
+        calls.append(call)
+    core.complete(calls[0], 1)
+    held = rules.memory.total
+    assert held == core.unsent > 0
+    others = 4096 - held
+    core._rules.memory.total += others  # other connections hold the rest of the budget
+    core.complete(calls[1], 2)  # over: closed
+    assert core.closing is not None
+    assert "budget of 4096 bytes" in core.closing
+    core.complete(calls[2], 3)  # produced after: dropped
+    frames = output(core)
+    assert len(frames) == 1
+    assert frames[0]["id"] is None
+    assert "budget of 4096 bytes" in frames[0]["error"]["message"]
+    core._rules.memory.total -= others
+    core.close()
+    assert rules.memory.total == 0
+
+
+@pytest.mark.parametrize(
+    ("exc", "told", "words"),
+    [
+        (
+            StreamProtocolParseError(DeserializeError("frame of 9 bytes is over the limit")),
+            True,
+            "over the limit",
+        ),
+        (AncillaryDataTruncatedError("control data truncated", bufsize=64, closed_fds=0), False, "truncated"),
+        (ConnectionBrokenError("peer closed"), False, "peer closed"),
+    ],
+)
+def test_what_a_failed_read_means(exc: Any, told: bool, words: str) -> None:
+    core, _ = make()
+    closed = core.read_failed(exc)
+    assert isinstance(closed, Close)
+    assert words in closed.reason
+    frames = output(core)
+    assert bool(frames) is told
+    assert core.closing is not None
+    assert not core.wants_input()
+
+
+def test_a_stream_window_over_the_server_limit_is_refused_and_credit_is_capped() -> None:
+    core, _ = make(max_stream_window=8)
+    assert core.receive_frame(frame(id=1, method="Count", params={"n": 1}, stream=9)) is None
+    (refusal,) = output(core)
+    assert refusal["id"] == 1
+    assert "over this server's limit of 8" in refusal["error"]["message"]
+    call = core.receive_frame(frame(id=2, method="Count", params={"n": 1}, stream=8))
+    assert isinstance(call, ServerCall)
+    core.receive_frame(frame(credit=2, n=2**62))
+    assert call.credit == 8  # never more outstanding than the cap
+
+
+def test_output_full_stops_a_stream_until_the_peer_reads() -> None:
+    core, _ = make(max_unsent=100)
+    call = core.receive_frame(frame(id=1, method="Count", params={"n": 1}, stream=1000 // 2))
+    assert isinstance(call, ServerCall)
+    while not core.output_full():
+        assert core.take_credit(call)
+        core.item(call, 1)
+    output(core)  # the peer read it
+    assert not core.output_full()
