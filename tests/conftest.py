@@ -34,6 +34,7 @@ SERVER_MODULES = {
     "test_coalescing",
     "test_engine_edges",
     "test_reliability",
+    "test_identity",
 }
 
 

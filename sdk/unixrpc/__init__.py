@@ -39,6 +39,7 @@ from .exceptions import (
 )
 from .fds import FD, FileDescriptor
 from .methods import Method, StreamMethod
+from .peer import Peer
 from .protocol import StreamProtocol
 from .rpc import AsyncClient, AsyncStreamCall, Client, StreamCall
 from .serializers import (
@@ -49,7 +50,7 @@ from .serializers import (
     LengthPrefixedSerializer,
     PydanticSerializer,
 )
-from .server import CallContext, Server
+from .server import Allow, CallContext, Server
 from .shared_buffer import SharedBuffer
 from .transport import AsyncUnixStreamClient, SocketProxy, UnixStreamClient
 from .untyped import JSONReply
@@ -57,6 +58,8 @@ from .untyped import JSONReply
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allow",
+    "Peer",
     "ConnectError",
     "ConnectTimeoutError",
     "Error",

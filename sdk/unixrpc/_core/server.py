@@ -17,8 +17,9 @@ Rules this module owns (docs/protocol.md):
   answered with a protocol error (``"id": null``) and the connection goes on.
 * Refusals, checked in this order: the server is shutting down; too many
   calls in flight on the connection; a call id already in flight; an unknown
-  method; a stream method called without a ``"stream"`` window (or a window
-  sent to a unary method); params that do not validate. A refused request is
+  method; the access policy denies the peer (:mod:`.access`); a stream
+  method called without a ``"stream"`` window (or a window sent to a unary
+  method); params that do not validate. A refused request is
   answered with its error, a refused notification is only logged; the
   descriptors of a refused frame are closed at once.
 * Answered or fatal: a frame that is not an envelope gets an error and the
@@ -79,6 +80,7 @@ from ..exceptions import (
 from ..fds import EMPTY_FDS, NO_FDS, FdContext, serialize
 from ..methods import MethodSpec
 from . import messages, wire
+from .access import AccessTable, PeerFacts
 from .calls import FdQueue, close_fds
 
 __all__ = [
@@ -197,6 +199,7 @@ class ServerRules:
     limits, and whether the server is shutting down (set by the server)."""
 
     __slots__ = (
+        "access",
         "connection_idle_timeout",
         "expose_tracebacks",
         "frame_timeout",
@@ -240,6 +243,17 @@ class ServerRules:
         self.stopping = False
         #: what all connections hold beyond their read buffers
         self.memory = MemoryBudget(max_buffered_bytes, memory_lock)
+        #: the access policy (set by the server when it starts serving); None: none
+        self.access: AccessTable | None = None
+
+
+class _UnknownPeer:
+    """The peer of a connection made without one: no rule but everyone allows it."""
+
+    pid, uid, gid, groups = 0, -1, -1, None
+
+
+_UNKNOWN_PEER: Final = _UnknownPeer()
 
 
 class ServerCall:
@@ -385,18 +399,26 @@ class ServerConnection:
         "_rules",
         "connection_id",
         "output_failed",
+        "peer",
         "peer_pid",
         "peer_uid",
         "unsent",
     )
 
     def __init__(
-        self, rules: ServerRules, connection_id: int = 0, peer_pid: int = 0, peer_uid: int = -1
+        self,
+        rules: ServerRules,
+        connection_id: int = 0,
+        peer_pid: int = 0,
+        peer_uid: int = -1,
+        *,
+        peer: PeerFacts | None = None,
     ) -> None:
         self._rules = rules
         self.connection_id = connection_id
         self.peer_pid = peer_pid  # for the log
         self.peer_uid = peer_uid
+        self.peer = peer  # what the access policy looks at (None: a policy refuses every call)
         self._fd_queue = FdQueue()
         self._calls: dict[int | object, ServerCall] = {}
         self._out: list[Chunk] = []
@@ -630,6 +652,11 @@ class ServerConnection:
             error = MethodNotFoundError(messages.method_not_found(name, rules.handlers))
             self._refuse(call_id, name, fds, error)
             return None
+        if rules.access is not None:
+            denied = rules.access.refusal(name, self.peer or _UNKNOWN_PEER)
+            if denied is not None:
+                self._refuse(call_id, name, fds, denied)
+                return None
         window = envelope.get("stream")
         if window is not None or handler.spec.streaming:
             if handler.spec.streaming and window is None and call_id is not None:

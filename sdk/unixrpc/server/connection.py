@@ -33,13 +33,14 @@ import anyio.lowlevel
 from .._core import wire
 from .._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
 from .._wakeup import Wakeup, wakeup_factory
-from ..ancillary import SocketAncillary, UnixCredentials
+from ..ancillary import SocketAncillary
 from ..exceptions import (
     AncillaryDataTruncatedError,
     ClientClosedError,
     ConnectionBrokenError,
     StreamProtocolParseError,
 )
+from ..peer import Peer, read_peer
 from ..transport.async_client import AsyncUnixStreamClient
 from .anyio_calls import CallRunner
 from .anyio_output import OutputWriter
@@ -70,8 +71,10 @@ class Connection(CallRunner, OutputWriter):
         self._server = server
         self._transport = transport
         self.connection_id = connection_id
-        self.peer: UnixCredentials = transport.get_peer_credentials()
-        self.core = ServerConnection(server._rules, connection_id, self.peer.pid, self.peer.uid)
+        self.peer: Peer = read_peer(transport.socket)
+        self.core = ServerConnection(
+            server._rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
+        )
         self._idle_workers: list[Worker] = []
         self._reading_done = False
         self._new_wakeup = wakeup_factory()
@@ -111,6 +114,7 @@ class Connection(CallRunner, OutputWriter):
                 for worker in self._idle_workers:  # no more work: let the pool end
                     worker.wake.set()
         finally:
+            self.peer._close()  # its pidfd, before the socket closes
             self.core.close()
 
     def _peer_hung_up(self) -> bool:
@@ -329,6 +333,7 @@ class Connection(CallRunner, OutputWriter):
         left = self.core.cut_off()
         if not self._writing:
             self._flush_nowait()  # a short write is not finished: the connection closes
+        self.peer._close()
         await self._transport.aclose()
         for call in left:
             self._cancel(call)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ancillary import UnixCredentials
+from ..peer import Peer
 
 __all__ = ["CallContext", "context_of"]
 
@@ -17,8 +18,11 @@ class CallContext:
     argument and to the server's authorization hook.
 
     Attributes:
-        peer: the calling process's pid, uid and gid (``SO_PEERCRED``, as of
-            connect time: checked by the kernel, not claimed by the client).
+        peer: the calling process as the kernel saw it at connect time
+            (checked by the kernel, not claimed by the client): a
+            :class:`~unixrpc.Peer`, the ``pid``, ``uid`` and ``gid`` of
+            ``SO_PEERCRED`` plus the supplementary ``groups``, the
+            ``security_label`` and a ``pidfd`` where the kernel gives them.
         method: the method's wire name.
         call_id: the call's id on its connection (None for a notification).
         connection_id: a number identifying the connection within this server.
@@ -32,7 +36,7 @@ class CallContext:
     backend's cancellation exception), and sees the flag set too.
     """
 
-    peer: UnixCredentials
+    peer: Peer
     method: str
     call_id: int | None
     connection_id: int
@@ -65,6 +69,8 @@ def context_of(call: Any, peer: UnixCredentials, connection_id: int, rules: Any)
     kept on the call (the engines' one way to make it)."""
     context: CallContext | None = call.context
     if context is None:
+        if not isinstance(peer, Peer):
+            peer = Peer(*peer)
         context = CallContext(peer, call.handler.spec.name, call.call_id, connection_id, _rules=rules)
         call.context = context
     return context

@@ -35,6 +35,7 @@ from . import introspection as introspection_methods
 from .anyio_engine import AnyioEngine
 from .binding import BoundListener, bind_listener
 from .context import CallContext
+from .policy import Allow, access_table
 from .thread_engine import ThreadEngine
 from .threadpool import HandlerThreads
 
@@ -61,7 +62,12 @@ class Server:
             interface document, name and version), which the ``authorize``
             hook sees like any call; False leaves them out.
         authorize: a hook ``(CallContext, request) -> bool`` (sync or async) run
-            before every handler; it sees the caller's pid, uid and gid.
+            before every handler; it sees the caller's identity (``ctx.peer``).
+        policy: who may call the methods that have no ``allow=`` of their
+            own, e.g. ``Allow(users="root", groups="wheel")``; checked before
+            ``authorize`` and the handler, denials answered
+            ``PermissionDeniedError`` and logged at INFO. None: whoever can
+            connect (the socket's mode and group decide). See docs/daemon.md.
         max_connections: connections served at once; more are told
             ``ServerBusyError`` and closed.
         max_connections_per_uid: connections served at once for one user
@@ -101,6 +107,7 @@ class Server:
 
     Raises:
         ValueError: a limit is out of range.
+        TypeError: *policy* is not an :class:`Allow`.
     """
 
     def __init__(
@@ -111,6 +118,7 @@ class Server:
         description: str | None = None,
         introspection: bool = True,
         authorize: AuthorizeHook | None = None,
+        policy: Allow | None = None,
         max_connections: int = 4096,
         max_connections_per_uid: int = 1024,
         max_calls_per_connection: int = 256,
@@ -140,7 +148,11 @@ class Server:
         ):
             if value < 1:
                 raise ValueError(f"{limit} must be at least 1, got {value}")
+        if policy is not None and not isinstance(policy, Allow):
+            raise TypeError(f"policy must be an Allow(users=..., groups=...), got {policy!r}")
         self.authorize = authorize
+        self.policy = policy
+        self._allow: dict[str, Allow] = {}  # the methods' own policies
         self.max_connections = max_connections
         self.max_connections_per_uid = max_connections_per_uid
         self.max_calls_per_connection = max_calls_per_connection
@@ -192,37 +204,47 @@ class Server:
 
     # -- declaring methods ----------------------------------------------------
 
-    def method(self, method_class: type[Any]) -> Callable[[F], F]:
+    def method(self, method_class: type[Any], *, allow: Allow | None = None) -> Callable[[F], F]:
         """Decorator: serve *method_class* with the decorated function.
 
         The handler takes ``(request)`` or ``(request, context)``; it may be
         ``async def`` or plain ``def`` (run in a worker thread). For a
         ``StreamMethod`` it is an async or plain generator of items.
 
+        *allow* (an :class:`Allow`) says who may call this method; it
+        replaces the server's ``policy`` for it (and may be wider:
+        ``Allow(everyone=True)``). Without it, the server's ``policy`` applies.
+
         Raises:
             TypeError: not a concrete method class, a handler of the wrong
-                kind, or a name already served.
+                kind, a name already served, or *allow* not an :class:`Allow`.
         """
 
         def register(function: F) -> F:
-            self.add_method(method_class, function)
+            self.add_method(method_class, function, allow=allow)
             return function
 
         return register
 
-    def add_method(self, method_class: type[Any], function: Callable[..., Any]) -> None:
+    def add_method(
+        self, method_class: type[Any], function: Callable[..., Any], *, allow: Allow | None = None
+    ) -> None:
         """Serve *method_class* with *function* (see :meth:`method`).
 
         Raises:
             TypeError: as for :meth:`method`, or a name in the reserved
                 ``unixrpc.`` namespace.
         """
+        if allow is not None and not isinstance(allow, Allow):
+            raise TypeError(f"allow must be an Allow(users=..., groups=...), got {allow!r}")
         spec = method_spec(method_class)
         if spec.name.startswith(introspection_methods.RESERVED_PREFIX):
             raise TypeError(
                 f"method names starting with 'unixrpc.' are reserved for the library: {spec.name!r}"
             )
         self._add(spec, function)
+        if allow is not None:
+            self._allow[spec.name] = allow
 
     def _add_reserved(self, method_class: type[Any], function: Callable[..., Any]) -> None:
         """Serve one of the library's own ``unixrpc.*`` methods."""
@@ -339,6 +361,7 @@ class Server:
         with self._serving_lock:
             if self._engine is not None:
                 raise RuntimeError("this server is already serving")
+            self._rules.access = access_table(self.policy, self._allow)  # names looked up now
             listeners = self._listeners(address, listener, listen_name)
             self._listeners_now, self._engine = listeners, engine
             self._rules.stopping = False
@@ -398,6 +421,8 @@ class Server:
                 (or none of that name), or what was passed or handed over is
                 not a listening ``AF_UNIX`` stream socket.
             RuntimeError: this server is already serving.
+            ValueError: the access policy names a user or group this
+                system does not know.
         """
         engine = AnyioEngine(self)
         listeners = self._begin(engine, address, listener, listen_name)

@@ -52,6 +52,7 @@ from ..exceptions import (
     ServerBusyError,
     StreamProtocolParseError,
 )
+from ..peer import read_peer
 from ..transport.sync_client import UnixStreamClient
 from .context import CallContext, context_of
 from .kit import peer_hung_up
@@ -121,8 +122,10 @@ class ThreadConnection:
             sock, server._protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         self.connection_id = connection_id
-        self.peer = self._transport.get_peer_credentials()
-        self.core = ServerConnection(server._rules, connection_id, self.peer.pid, self.peer.uid)
+        self.peer = read_peer(sock)
+        self.core = ServerConnection(
+            server._rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
+        )
         self._lock = threading.Lock()  # guards the core and everything below
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
@@ -695,6 +698,7 @@ class ThreadConnection:
             for chunk in chunks:
                 if type(chunk) is bytes:
                     self._sock.send(chunk, socket.MSG_DONTWAIT)
+        self.peer._close()  # its pidfd, before the socket closes
         self._transport.close()  # no reply gets out any more
         with self._cond:
             for chunk in chunks:
@@ -706,6 +710,7 @@ class ThreadConnection:
             self._cond.notify_all()
 
     def _close(self) -> None:
+        self.peer._close()  # its pidfd, before the socket closes
         self._transport.close()
         with self._lock:
             for call in self._runq:  # never got a thread: nothing uses their descriptors
