@@ -7,11 +7,13 @@ sockets: test_reliability.py, test_reliability_round3.py)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
 
 from test_core_server import frame, make, output
+from unixrpc import FileDescriptor
 from unixrpc._core.server import Close, ServerCall
 from unixrpc.exceptions import (
     AncillaryDataTruncatedError,
@@ -172,3 +174,20 @@ def test_output_full_stops_a_stream_until_the_peer_reads() -> None:
         core.item(call, 1)
     output(core)  # the peer read it
     assert not core.output_full()
+
+
+def test_descriptors_returned_for_a_call_already_answered_are_closed() -> None:
+    """Issue 21 item 5: a handler that returns ``FileDescriptor.transfer(fd)``
+    for a call that was cancelled (or whose peer left) while it ran: the
+    descriptor is closed, as a frame that could not be sent closes its own."""
+    core, _ = make()
+    call = core.receive_frame(frame(id=1, method="Give", params={}))
+    assert isinstance(call, ServerCall)
+    core.cancelled(call, still_running=True)  # answered now; the handler runs on
+    r, w = os.pipe()
+    os.close(w)
+    core.complete(call, FileDescriptor.transfer(r))  # what it returned, too late
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(r)
+    (reply,) = output(core)
+    assert reply["error"]["code"] == "unixrpc.Cancelled"

@@ -726,10 +726,12 @@ class ServerConnection:
         is queued and it is retired; for a call already answered (abandoned
         while its handler ran on), only its descriptors are released."""
         if call.answered:
+            self._discard(call, value)
             self._release(call)
             return
         call_id = call.call_id
         if call_id is None:
+            self._discard(call, value)
             self._retire(call, None, None)
             return
         if call.handler.spec.streaming:
@@ -811,6 +813,7 @@ class ServerConnection:
                 frame is over the limit (fail the call with it).
         """
         if call.call_id is None or call.answered:
+            self._discard(call, value)
             return
         encoded, fds = self._encode(call, value, "item")
         body = wire.encode_item(call.call_id, encoded)
@@ -882,6 +885,24 @@ class ServerConnection:
             return
         if call.request_fds is not EMPTY_FDS:
             call.request_fds.abort()
+
+    def _discard(self, call: ServerCall, value: Any) -> None:
+        """*value* was produced for a call nobody will answer with it
+        (cancelled, timed out, its peer gone, a notification): descriptors it
+        hands over (``FileDescriptor.transfer``) are closed, as a frame that
+        could not be sent closes them."""
+        if value is None:
+            return
+        spec = call.handler.spec
+        try:
+            codec = spec.codec or spec.result_codec()
+            if not codec.has_fds:
+                return
+            _, fds = serialize(codec.serializer, value, has_fds=True, warnings=False)
+        except Exception:  # a value that does not even encode: nothing of ours to close
+            return
+        if fds is not None:
+            fds.sent()
 
     def _encode(self, call: ServerCall, value: Any, what: str) -> tuple[bytes, FdContext | None]:
         spec = call.handler.spec
