@@ -398,7 +398,15 @@ def test_one_debug_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
     assert lines[0].startswith("call Add id=4 from pid 123 uid 1000: ok in ")
 
 
-def test_protocol_violation_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+def test_protocol_violation_warnings_are_rate_limited(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import unixrpc._core.server as core_module
+    from unixrpc._ratelog import RateLimitedLog
+
+    # a fresh limiter: earlier tests of this run may have spent the current burst
+    fresh = RateLimitedLog(core_module.logger, logging.WARNING, "protocol violations")
+    monkeypatch.setattr(core_module, "_warn", fresh)
     core, _ = make()
     with caplog.at_level(logging.WARNING, logger="unixrpc.server"):
         for _ in range(500):
