@@ -391,8 +391,9 @@ def test_limit_defaults() -> None:
     for 30 s at most; no idle timeout unless asked."""
     Server(max_connections_per_uid=1024, frame_timeout=30.0, connection_idle_timeout=None)
     parameters = inspect.signature(Server).parameters
-    assert parameters["max_connections"].default == 4096
-    assert parameters["max_connections_per_uid"].default == 1024
+    # derived from the descriptor limit when serving starts (tests/test_reliability_round3.py)
+    assert parameters["max_connections"].default is None
+    assert parameters["max_connections_per_uid"].default is None
     assert parameters["frame_timeout"].default == 30
     assert parameters["connection_idle_timeout"].default is None
 

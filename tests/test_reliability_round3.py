@@ -241,3 +241,48 @@ def _release_tag(path: str, tag: str) -> None:
 
     with Client(path, timeout=30) as client:
         client.call(Release(tag=tag))
+
+
+# -- item 6: at a soft RLIMIT_NOFILE of 1,024 one uid locked everyone out ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("fds_per_connection", "fd_limit", "expected"),
+    [(1, 1024, (768, 192)), (3, 1024, (256, 64)), (1, 524288, (4096, 1024)), (3, 20000, (4096, 1024))],
+)
+def test_connection_limits_are_derived_from_the_descriptor_limit(
+    fds_per_connection: int, fd_limit: int, expected: tuple[int, int]
+) -> None:
+    """Connections may use three quarters of the fd table (as sd-varlink),
+    one uid a quarter of those: one local user can never take the table."""
+    from unixrpc.server.kit import connection_limits
+
+    assert connection_limits(None, None, fds_per_connection, fd_limit) == expected
+    assert connection_limits(10, None, fds_per_connection, fd_limit) == (10, 2)
+    assert connection_limits(None, 5, fds_per_connection, fd_limit)[1] == 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_server_raises_its_soft_descriptor_limit_to_the_hard_one(path: str, backend: str) -> None:
+    """systemd starts services with a soft ``RLIMIT_NOFILE`` of 1,024: the
+    server raises it to the hard limit when it starts serving."""
+    import resource
+    import subprocess
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard RLIMIT_NOFILE here is {hard}: nothing to raise to")
+    original = subprocess.Popen.__init__
+
+    def low_soft_limit(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> None:
+        kwargs["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", low_soft_limit)
+        server = ServerProcess(path, backend)
+    with server:
+        with open(f"/proc/{server.pid}/limits") as limits:
+            line = next(line for line in limits if line.startswith("Max open files"))
+        assert int(line.split()[3]) > 1024, line
+        wait_served(path)

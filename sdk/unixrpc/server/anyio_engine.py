@@ -30,6 +30,7 @@ from ..exceptions import ClientClosedError, ServerBusyError
 from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener
 from .connection import Connection
+from .kit import connection_limits, raise_fd_limit
 from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -64,7 +65,10 @@ class AnyioEngine:
         self._grace: float | None = None  # set by stop()
         self._drain_scope: anyio.CancelScope | None = None
         self.lifecycle: Lifecycle | None = None
-        self._admission = Admission(server.max_connections, server.max_connections_per_uid)
+        total, per_uid = connection_limits(
+            server.max_connections, server.max_connections_per_uid, 1, raise_fd_limit()
+        )
+        self._admission = Admission(total, per_uid)
         self._housekeeping_wake: anyio.Event | None = None
 
     def stop(self, grace: float) -> None:

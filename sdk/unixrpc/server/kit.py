@@ -10,6 +10,8 @@ the core (:mod:`.._core.server`); this module only touches sockets.
 
 from __future__ import annotations
 
+import logging
+import resource
 import select
 import socket
 from typing import Final, Protocol
@@ -17,7 +19,15 @@ from typing import Final, Protocol
 from .._core import wire
 from ..exceptions import ServerBusyError
 
-__all__ = ["LINGER_SECONDS", "MAX_LINGERING", "peer_hung_up", "refusal_frame", "send_refusal"]
+__all__ = [
+    "LINGER_SECONDS",
+    "MAX_LINGERING",
+    "connection_limits",
+    "peer_hung_up",
+    "raise_fd_limit",
+    "refusal_frame",
+    "send_refusal",
+]
 
 #: refused connections kept open at once (each for at most LINGER_SECONDS) so their
 #: peers read why instead of a reset; beyond it a refused connection is closed at once
@@ -63,3 +73,42 @@ def send_refusal(conn: socket.socket, refusal: str) -> bool:
         conn.close()
         return False
     return True
+
+
+logger = logging.getLogger("unixrpc.server")
+#: the defaults of Server(max_connections=None, max_connections_per_uid=None) at most
+DEFAULT_MAX_CONNECTIONS: Final = 4096
+DEFAULT_MAX_CONNECTIONS_PER_UID: Final = 1024
+#: the most a soft RLIMIT_NOFILE is raised to (the kernel's nr_open default)
+_NOFILE_CEILING: Final = 1 << 20
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit where
+    allowed (systemd starts services with a soft limit of 1,024 and a hard
+    one of 524,288), and return the soft limit it ends with."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NOFILE_CEILING if hard == resource.RLIM_INFINITY else min(hard, _NOFILE_CEILING)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            logger.info("could not raise the soft RLIMIT_NOFILE from %d to %d: %s", soft, target, exc)
+    return soft
+
+
+def connection_limits(
+    max_connections: int | None, per_uid: int | None, fds_per_connection: int, fd_limit: int
+) -> tuple[int, int]:
+    """The connection limits a server enforces: those it was given, or
+    defaults derived from the descriptor limit *fd_limit*: connections may
+    use three quarters of the fd table (as sd-varlink does; the rest is for
+    listeners, handlers and descriptors in flight), each costing
+    *fds_per_connection*; one uid gets at most a quarter of them, so one
+    local user can never take the table."""
+    usable = max(fd_limit * 3 // 4 // fds_per_connection, 1)
+    total = max_connections if max_connections is not None else min(DEFAULT_MAX_CONNECTIONS, usable)
+    if per_uid is None:
+        per_uid = min(DEFAULT_MAX_CONNECTIONS_PER_UID, max(total // 4, 1))
+    return total, per_uid

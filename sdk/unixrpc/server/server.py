@@ -69,9 +69,14 @@ class Server:
             ``PermissionDeniedError`` and logged at INFO. None: whoever can
             connect (the socket's mode and group decide). See docs/daemon.md.
         max_connections: connections served at once; more are told
-            ``ServerBusyError`` and closed.
+            ``ServerBusyError`` and closed. Default: derived when serving
+            starts from the descriptor limit (the soft ``RLIMIT_NOFILE``,
+            raised first to the hard limit where allowed): three quarters of
+            it, divided by the descriptors a connection costs (1 on the anyio
+            engine, 3 on the threads engine), at most 4,096.
         max_connections_per_uid: connections served at once for one user
             (the peer's uid), so one local user cannot lock the others out.
+            Default: a quarter of ``max_connections``, at most 1,024.
         frame_timeout: seconds a peer may take to finish a frame it started
             (a stalled half frame holds a slot and a buffer); then the
             connection is closed. None: no limit.
@@ -119,8 +124,8 @@ class Server:
         introspection: bool = True,
         authorize: AuthorizeHook | None = None,
         policy: Allow | None = None,
-        max_connections: int = 4096,
-        max_connections_per_uid: int = 1024,
+        max_connections: int | None = None,
+        max_connections_per_uid: int | None = None,
         max_calls_per_connection: int = 256,
         max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
@@ -146,7 +151,7 @@ class Server:
             ("max_threads_per_connection", max_threads_per_connection),
             ("max_stream_window", max_stream_window),
         ):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{limit} must be at least 1, got {value}")
         if policy is not None and not isinstance(policy, Allow):
             raise TypeError(f"policy must be an Allow(users=..., groups=...), got {policy!r}")

@@ -26,7 +26,7 @@ from .._core.server import Admission
 from .._ratelog import RateLimitedLog
 from ..transport._common import peer_credentials
 from .binding import BoundListener
-from .kit import LINGER_SECONDS, MAX_LINGERING, send_refusal
+from .kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit, send_refusal
 from .lifecycle import Lifecycle
 from .thread_connection import LoopThread, ThreadConnection
 
@@ -55,7 +55,10 @@ class ThreadEngine:
         self._refused: dict[int, tuple[socket.socket, float]] = {}
         self._grace: float | None = None  # set by stop()
         self.lifecycle = Lifecycle(server, self.wake)
-        self._admission = Admission(server.max_connections, server.max_connections_per_uid)
+        total, per_uid = connection_limits(
+            server.max_connections, server.max_connections_per_uid, 3, raise_fd_limit()
+        )
+        self._admission = Admission(total, per_uid)
 
     # -- what connections use -------------------------------------------------------
 
