@@ -17,12 +17,16 @@ import pytest
 from unixrpc import FD, FileDescriptor, Method, StreamMethod
 from unixrpc._core import wire
 from unixrpc._core.server import (
+    ITEM,
+    NO_CREDIT,
     Admission,
     Cancel,
     Close,
     FdFrame,
     Grant,
     Handler,
+    Raised,
+    Returned,
     ServerCall,
     ServerConnection,
     ServerRules,
@@ -107,7 +111,7 @@ def test_a_request_starts_a_call_and_its_result_retires_it(core: ServerConnectio
     assert (call.call_id, call.request) == (7, Add(a=1, b=2))
     assert len(core) == 1
     assert core.busy()
-    core.complete(call, 3)
+    core.finish(call, Returned(3))
     assert len(core) == 0
     assert output(core) == [{"id": 7, "result": 3}]
     assert not core.busy()
@@ -117,7 +121,7 @@ def test_a_notification_starts_a_call_that_gets_no_reply(core: ServerConnection)
     call = core.receive_frame(frame(method="Add", params={"a": 1, "b": 2}))
     assert isinstance(call, ServerCall)
     assert call.call_id is None
-    core.complete(call, 3)
+    core.finish(call, Returned(3))
     assert output(core) == []
     assert len(core) == 0
 
@@ -130,11 +134,11 @@ def test_a_cancel_reaches_the_call_once(core: ServerConnection) -> None:
     assert core.receive_frame(frame(cancel=1)) is None  # already asked
     assert core.receive_frame(frame(cancel=99)) is None  # no such call
     assert isinstance(call, ServerCall)
-    core.cancelled(call)
+    core.stop(call)
     assert output(core) == [
         {"id": 1, "error": {"code": "unixrpc.Cancelled", "message": "call cancelled by the client"}}
     ]
-    core.complete(call, 3)  # the handler's late outcome changes nothing
+    core.finish(call, Returned(3))  # the handler's late outcome changes nothing
     assert output(core) == []
 
 
@@ -202,7 +206,7 @@ def test_descriptors_go_to_the_frame_that_declares_them(core: ServerConnection) 
     assert refused is None
     assert not is_open(fds[1])
     assert is_open(fds[0])
-    core.complete(call, "ok")
+    core.finish(call, Returned("ok"))
     assert not is_open(fds[0])  # released with the call
 
 
@@ -236,7 +240,7 @@ def test_a_reply_carrying_a_descriptor_is_one_fd_frame() -> None:
     call = core.receive_frame(frame(id=1, method="Give", params={}))
     assert isinstance(call, ServerCall)
     (fd,) = pipe_fds(1)
-    core.complete(call, FileDescriptor.borrow(fd))
+    core.finish(call, Returned(FileDescriptor.borrow(fd)))
     (chunk,) = core.take_output()
     assert isinstance(chunk, FdFrame)
     assert chunk.fileno_list() == [fd]
@@ -252,16 +256,16 @@ def test_a_reply_carrying_a_descriptor_is_one_fd_frame() -> None:
 def test_credit_bounds_a_stream_and_a_grant_wakes_it(core: ServerConnection) -> None:
     call = core.receive_frame(frame(id=1, method="Count", params={"n": 3}, stream=1))
     assert isinstance(call, ServerCall)
-    assert core.take_credit(call) is True
+    assert core.stream_step(call) == ITEM
     core.item(call, 0)
-    assert core.take_credit(call) is False  # the window is used up: wait for a Grant
+    assert core.stream_step(call) == NO_CREDIT  # the window is used up: wait for a Grant
     event = core.receive_frame(frame(credit=1, n=2))
     assert isinstance(event, Grant)
     assert event.call is call
-    assert core.take_credit(call)
-    assert core.take_credit(call)
+    assert core.stream_step(call) == ITEM
+    assert core.stream_step(call) == ITEM
     core.item(call, 1)
-    core.complete(call)
+    core.finish(call, Returned())
     assert output(core) == [{"id": 1, "item": 0}, {"id": 1, "item": 1}, {"id": 1, "result": None}]
 
 
@@ -272,9 +276,9 @@ def test_a_notification_of_a_stream_runs_and_its_items_are_discarded(
     assert isinstance(call, ServerCall)
     assert call.window is None
     for i in range(3):
-        assert core.take_credit(call)  # never waits
+        assert core.stream_step(call) == ITEM  # never waits
         core.item(call, i)
-    core.complete(call)
+    core.finish(call, Returned())
     assert output(core) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -292,9 +296,9 @@ def test_an_item_of_the_wrong_type_is_an_internal_error(core: ServerConnection) 
 def test_failures_become_typed_errors(core: ServerConnection) -> None:
     calls = [core.receive_frame(frame(id=i, method="Add", params={"a": 1, "b": 2})) for i in (1, 2, 3)]
     assert all(isinstance(call, ServerCall) for call in calls)
-    core.fail(calls[0], ValueError("secret"))  # type: ignore[arg-type]
-    core.complete(calls[1], "not an int")  # type: ignore[arg-type]
-    core.deny(calls[2], 1000, 123)  # type: ignore[arg-type]
+    core.finish(calls[0], Raised(ValueError("secret")))  # type: ignore[arg-type]
+    core.finish(calls[1], Returned("not an int"))  # type: ignore[arg-type]
+    assert core.authorized(calls[2], False) is False  # type: ignore[arg-type]
     errors = {reply["id"]: reply["error"] for reply in output(core)}
     assert errors[1] == {"code": "unixrpc.InternalError", "message": "handler of Add raised ValueError"}
     assert "returned an invalid result" in errors[2]["message"]
@@ -306,7 +310,7 @@ def test_a_reply_over_the_frame_limit_becomes_an_error_for_the_same_call() -> No
     core, _ = make(max_frame_size=64)
     call = core.receive_frame(frame(id=9, method="Add", params={"a": 1, "b": 2}))
     assert isinstance(call, ServerCall)
-    core.fail(call, Exception("x" * 200))
+    core.finish(call, Raised(Exception("x" * 200)))
     (reply,) = output(core)
     assert reply["id"] == 9
     assert reply["error"]["code"] == "unixrpc.InternalError"
@@ -333,7 +337,7 @@ def test_a_failed_write_drops_later_output(core: ServerConnection) -> None:
     (chunk,) = [*core.take_output()] or [b""]
     core.written(chunk, ok=False)
     assert isinstance(call, ServerCall)
-    core.complete(call, 3)
+    core.finish(call, Returned(3))
     assert core.take_output() == []
     assert core.output_failed
 
@@ -351,7 +355,7 @@ def test_shutdown_ends_streams_then_cuts_off_what_is_left(core: ServerConnection
     unary = core.receive_frame(frame(id=2, method="Add", params={"a": 1, "b": 2}))
     assert core.end_streams() == [stream]
     assert isinstance(stream, ServerCall)
-    core.cancelled(stream)
+    core.stop(stream)
     assert core.cut_off() == [unary]
     replies = output(core)
     assert [reply["id"] for reply in replies] == [1, 2, None]
@@ -366,10 +370,10 @@ def test_an_abandoned_call_keeps_its_descriptors_until_its_handler_returns(core:
     call = core.receive_frame(frame(1, id=1, method="Take", params={"fd": 0}))
     assert isinstance(call, ServerCall)
     core.receive_frame(frame(cancel=1))
-    core.cancelled(call, still_running=True)  # answered now: a thread runs on
+    core.stop(call, running=True)  # answered now: a thread runs on
     assert output(core)[0]["error"]["code"] == "unixrpc.Cancelled"
     assert is_open(fd)
-    core.complete(call, "late")  # the thread returned
+    core.finish(call, Returned("late"))  # the thread returned
     assert not is_open(fd)
     assert output(core) == []
 
@@ -392,7 +396,7 @@ def test_one_debug_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="unixrpc.server"):
         call = core.receive_frame(frame(id=4, method="Add", params={"a": 1, "b": 2}))
         assert isinstance(call, ServerCall)
-        core.complete(call, 3)
+        core.finish(call, Returned(3))
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(lines) == 1
     assert lines[0].startswith("call Add id=4 from pid 123 uid 1000: ok in ")
@@ -401,7 +405,7 @@ def test_one_debug_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
 def test_protocol_violation_warnings_are_rate_limited(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import unixrpc._core.server as core_module
+    import unixrpc._core.server.connection as core_module
     from unixrpc._ratelog import RateLimitedLog
 
     # a fresh limiter: earlier tests of this run may have spent the current burst

@@ -14,7 +14,7 @@ import pytest
 
 from test_core_server import frame, make, output
 from unixrpc import FileDescriptor
-from unixrpc._core.server import Close, ServerCall
+from unixrpc._core.server import ITEM, Close, Returned, ServerCall, ServerConnection
 from unixrpc.exceptions import (
     AncillaryDataTruncatedError,
     ConnectionBrokenError,
@@ -58,7 +58,7 @@ def test_the_idle_clock_starts_when_the_connection_becomes_idle() -> None:
     assert isinstance(call, ServerCall)
     assert core.next_deadline(11.0) is None  # a call in flight: never idle
     assert core.on_timer(50.0) is None
-    core.complete(call, 3)
+    core.finish(call, Returned(3))
     assert core.next_deadline(51.0) is None  # its reply not written yet
     output(core)
     assert core.next_deadline(52.0) == 54.0  # idle since it was written
@@ -91,8 +91,7 @@ def test_received_bytes_are_charged_to_the_budget_and_released_on_close() -> Non
     core, rules = make(max_buffered_bytes=1000)
     assert core.received(1.0, partial=True, receive_buffer=600) is None
     assert rules.memory.total == 600
-    other, _ = make()
-    other._rules = rules  # a second connection of the same server
+    other = ServerConnection(rules, 2)  # a second connection of the same server
     closed = other.received(1.0, partial=True, receive_buffer=600)  # 1,200 > 1,000: it grew, it goes
     assert isinstance(closed, Close)
     assert "budget of 1000 bytes" in closed.reason
@@ -112,15 +111,15 @@ def test_unsent_output_is_charged_and_a_connection_whose_output_overflows_is_clo
         call = core.receive_frame(frame(id=call_id, method="Add", params={"a": 1, "b": 2}))
         assert isinstance(call, ServerCall)
         calls.append(call)
-    core.complete(calls[0], 1)
+    core.finish(calls[0], Returned(1))
     held = rules.memory.total
     assert held == core.unsent > 0
     others = 4096 - held
     core._rules.memory.total += others  # other connections hold the rest of the budget
-    core.complete(calls[1], 2)  # over: closed
+    core.finish(calls[1], Returned(2))  # over: closed
     assert core.closing is not None
     assert "budget of 4096 bytes" in core.closing
-    core.complete(calls[2], 3)  # produced after: dropped
+    core.finish(calls[2], Returned(3))  # produced after: dropped
     frames = output(core)
     assert len(frames) == 1
     assert frames[0]["id"] is None
@@ -170,7 +169,7 @@ def test_output_full_stops_a_stream_until_the_peer_reads() -> None:
     call = core.receive_frame(frame(id=1, method="Count", params={"n": 1}, stream=1000 // 2))
     assert isinstance(call, ServerCall)
     while not core.output_full():
-        assert core.take_credit(call)
+        assert core.stream_step(call) == ITEM
         core.item(call, 1)
     output(core)  # the peer read it
     assert not core.output_full()
@@ -183,10 +182,10 @@ def test_descriptors_returned_for_a_call_already_answered_are_closed() -> None:
     core, _ = make()
     call = core.receive_frame(frame(id=1, method="Give", params={}))
     assert isinstance(call, ServerCall)
-    core.cancelled(call, still_running=True)  # answered now; the handler runs on
+    core.stop(call, running=True)  # answered now; the handler runs on
     r, w = os.pipe()
     os.close(w)
-    core.complete(call, FileDescriptor.transfer(r))  # what it returned, too late
+    core.finish(call, Returned(FileDescriptor.transfer(r)))  # what it returned, too late
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(r)
     (reply,) = output(core)

@@ -258,7 +258,7 @@ def test_connection_limits_are_derived_from_the_descriptor_limit(
     from unixrpc.server.kit import connection_limits
 
     assert connection_limits(None, None, fds_per_connection, fd_limit) == expected
-    assert connection_limits(10, None, fds_per_connection, fd_limit) == (10, 2)
+    assert connection_limits(10, None, fds_per_connection, fd_limit) == (10, 10)
     assert connection_limits(None, 5, fds_per_connection, fd_limit)[1] == 5
 
 

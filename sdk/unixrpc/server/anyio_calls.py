@@ -16,15 +16,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .._core.server import ServerCall, ServerConnection
+from .._core.server import ITEM, NO_ROOM, STOP, Raised, Returned, ServerCall, ServerConnection
 from .._wakeup import Wakeup
 from ..ancillary import UnixCredentials
 from ..exceptions import CallCancelledError
+from .config import ServerConfig
 from .context import CallContext, context_of
 from .tasks import Worker, resume
 
 if TYPE_CHECKING:
-    from .server import Server
+    pass
 
 __all__ = ["CallRunner"]
 
@@ -37,7 +38,7 @@ class CallRunner:
     core: ServerConnection
     peer: UnixCredentials
     connection_id: int
-    _server: Server
+    _config: ServerConfig
     _corking: bool
     _new_wakeup: Callable[[], Wakeup]
     _new_waiter: Callable[[], Any]
@@ -50,7 +51,7 @@ class CallRunner:
 
     def _context(self, call: ServerCall) -> CallContext:
         """What a handler or the authorization hook is told about *call*."""
-        return context_of(call, self.peer, self.connection_id, self._server._rules)
+        return context_of(call, self.peer, self.connection_id, self._config.rules)
 
     def _step(self, call: ServerCall) -> Awaitable[None] | None:
         """Run *call* in place until it is answered or first waits: None once
@@ -61,7 +62,7 @@ class CallRunner:
         streams, threaded handlers and authorization take :meth:`_run_call`.
         """
         handler = call.handler
-        if not handler.is_async or handler.spec.streaming or self._server.authorize is not None:
+        if not handler.is_async or handler.spec.streaming or self._config.authorize is not None:
             coro = self._run_call(call)
             try:
                 yielded = coro.send(None)
@@ -74,9 +75,9 @@ class CallRunner:
         try:
             yielded = coro.send(None)
         except StopIteration as stop:
-            self.core.complete(call, stop.value)
+            self.core.finish(call, Returned(stop.value))
         except Exception as exc:
-            self.core.fail(call, exc)
+            self.core.finish(call, Raised(exc))
         else:
             return self._finish_call(call, coro, yielded)
         return None if self._corking else self._flush_nowait()
@@ -86,9 +87,9 @@ class CallRunner:
         try:
             result = await resume(coro, yielded)
         except Exception as exc:
-            self.core.fail(call, exc)
+            self.core.finish(call, Raised(exc))
         else:
-            self.core.complete(call, result)
+            self.core.finish(call, Returned(result))
         await self._flush()
 
     async def _run_call(self, call: ServerCall) -> None:
@@ -97,18 +98,16 @@ class CallRunner:
         worker answers it); anything else is answered here."""
         handler, core = call.handler, self.core
         try:
-            hook = self._server.authorize
+            hook = self._config.authorize
             if hook is not None:
+                verdict: object
                 try:
-                    allowed = hook(self._context(call), call.request)
-                    if isinstance(allowed, Awaitable):
-                        allowed = await allowed
+                    verdict = hook(self._context(call), call.request)
+                    if isinstance(verdict, Awaitable):
+                        verdict = await verdict
                 except Exception as exc:
-                    core.hook_failed(call, exc)
-                    await self._flush()
-                    return
-                if not allowed:
-                    core.deny(call, self.peer.uid, self.peer.pid)
+                    verdict = exc
+                if not core.authorized(call, verdict):  # answered: denied, or the hook failed
                     await self._flush()
                     return
             args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
@@ -120,9 +119,9 @@ class CallRunner:
             else:
                 result = await self._in_thread(call, handler.function, args)
         except Exception as exc:
-            core.fail(call, exc)
+            core.finish(call, Raised(exc))
         else:
-            core.complete(call, result)
+            core.finish(call, Returned(result))
         if not self._corking:
             await self._flush()
 
@@ -136,15 +135,17 @@ class CallRunner:
         *always* (cleanup)."""
         waiter = self._new_waiter()
         core = self.core
-        waiter.late = lambda _: core.release(call)  # the outcome of an abandoned call
+        waiter.late = lambda outcome: core.finish(
+            call, Returned(outcome[1]) if outcome[0] else Raised(outcome[1])
+        )
         job, job_args = (function, args) if always else (_unless_answered, (call, function, args))
-        self._server._threads().submit(job, job_args, waiter.settle_threadsafe)
+        self._config.handler_threads().submit(job, job_args, waiter.settle_threadsafe)
         worker: Worker = call.engine
         worker.in_thread = True
         try:
             ok, value = await waiter.wait()
         except BaseException:
-            core.cancelled(call, still_running=True)  # answered now; its outcome only releases
+            core.stop(call, running=True)  # answered now; its outcome (late) only releases
             raise
         worker.in_thread = False
         if not ok:
@@ -156,39 +157,57 @@ class CallRunner:
         items = handler.function(*args)
         if handler.is_async:
             try:
-                async for item in items:
-                    await self._send_item(call, item)
+                while await self._room_for_item(call):
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        break
+                    self._send_item(call, item)
+                    if not self._corking:
+                        await self._flush()
             finally:
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
             return
         stepper = _GeneratorStepper(items)
         try:
-            while True:
+            while await self._room_for_item(call):
                 item = await self._in_thread(call, stepper.step, ())
                 if item is _DONE:
                     break
-                await self._send_item(call, item)
+                self._send_item(call, item)
+                if not self._corking:
+                    await self._flush()
         finally:
             if not stepper.close_later():  # else a step still runs: its thread closes it
                 with anyio.CancelScope(shield=True):
                     await self._in_thread(call, stepper.close, (), always=True)
 
-    async def _send_item(self, call: ServerCall, item: Any) -> None:
-        # a cancel between items stops the stream; and the loop runs between
-        # items even when the producer never awaits
-        await anyio.lowlevel.checkpoint()
+    async def _room_for_item(self, call: ServerCall) -> bool:
+        """Wait until the stream *call* may produce its next item (the core's
+        :meth:`~ServerConnection.stream_step`: credit and room in the output);
+        False once it must stop. The loop runs between items even when the
+        producer never awaits."""
+        await anyio.lowlevel.checkpoint()  # a cancel between items stops the stream
         core = self.core
         worker: Worker = call.engine
-        while not core.take_credit(call):
+        while True:
+            step = core.stream_step(call)
+            if step == ITEM:
+                return True
+            if step == STOP:
+                return False
+            if step == NO_ROOM:
+                await self._flush()  # the peer reads, or the write fails
+                continue
             wake = worker.credit = self._new_wakeup()
             try:
                 await wake.wait()
             finally:
                 worker.credit = None
-        core.item(call, item)  # InternalError: the stream fails with it
-        if not self._corking or core.output_full():  # no more items while the peer does not read
-            await self._flush()
+
+    def _send_item(self, call: ServerCall, item: Any) -> None:
+        self.core.item(call, item)  # InternalError: the stream fails with it
 
 
 def _unless_answered(call: ServerCall, function: Any, args: tuple[Any, ...]) -> Any:

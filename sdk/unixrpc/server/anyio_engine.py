@@ -29,8 +29,9 @@ from ..address import UnixSocketAddress
 from ..exceptions import ClientClosedError, ServerBusyError
 from ..transport.async_client import AsyncUnixStreamClient
 from .binding import BoundListener
+from .config import ServerConfig
 from .connection import Connection
-from .kit import connection_limits, raise_fd_limit
+from .kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit
 from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ def _threadsafe_entry() -> Callable[[Callable[[], None]], object]:
 class AnyioEngine:
     """Serves one :class:`~unixrpc.Server` in the running event loop until stopped."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, server: Server, config: ServerConfig) -> None:
+        self._server = server  # for its lifecycle (signals, reload, notify)
+        self._config = config
         self.connections: set[Connection] = set()
         self._stop_event: anyio.Event | None = None
         self._enter: Callable[[Callable[[], None]], object] | None = None
@@ -66,10 +68,11 @@ class AnyioEngine:
         self._drain_scope: anyio.CancelScope | None = None
         self.lifecycle: Lifecycle | None = None
         total, per_uid = connection_limits(
-            server.max_connections, server.max_connections_per_uid, 1, raise_fd_limit()
+            config.max_connections, config.max_connections_per_uid, 1, raise_fd_limit()
         )
         self._admission = Admission(total, per_uid)
         self._housekeeping_wake: anyio.Event | None = None
+        self._lingering = 0  # refused connections kept open so their peers read why
 
     def stop(self, grace: float) -> None:
         """Begin a shutdown with *grace* seconds for calls in flight (a
@@ -139,7 +142,7 @@ class AnyioEngine:
                 lifecycle.reloaded()
 
     async def _drain(self) -> None:
-        grace = self._grace if self._grace is not None else self._server.shutdown_grace
+        grace = self._grace if self._grace is not None else self._config.shutdown_grace
         with anyio.CancelScope(deadline=anyio.current_time() + grace if grace > 0 else -math.inf) as scope:
             self._drain_scope = scope
             while any(connection.busy() for connection in self.connections):
@@ -170,9 +173,9 @@ class AnyioEngine:
                 task_group.start_soon(self._serve_connection, conn)
 
     async def _serve_connection(self, conn: socket.socket) -> None:
-        server = self._server
+        config = self._config
         transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
-            conn, server._protocol, max_recv_size=wire.SERVER_RECV_SIZE
+            conn, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         async with transport:
             try:
@@ -181,16 +184,21 @@ class AnyioEngine:
                 return
             refusal = self._admission.admit(peer.uid, peer.pid)
             if refusal is not None:
-                error = ServerBusyError(refusal)
-                with contextlib.suppress(OSError, ConnectionError):
-                    await transport.send_packet(
-                        wire.RawFrame(wire.encode_error(None, error.code, error.message))
-                    )
-                    await transport.send_eof()
-                    with anyio.move_on_after(1.0):  # let the peer read why before the close
-                        await transport.recv_packet()
+                if self._lingering >= MAX_LINGERING:  # (the kit's cap, as on every engine)
+                    return
+                self._lingering += 1
+                try:
+                    with contextlib.suppress(OSError, ConnectionError):
+                        error = ServerBusyError(refusal)
+                        body = wire.encode_error(None, error.code, error.message)
+                        await transport.send_packet(wire.RawFrame(body))
+                        await transport.send_eof()
+                        with anyio.move_on_after(LINGER_SECONDS):  # let the peer read why before the close
+                            await transport.recv_packet()
+                finally:
+                    self._lingering -= 1
                 return
-            connection = Connection(server, transport, next(server._connection_ids))
+            connection = Connection(config, transport, next(config.connection_ids))
             self.connections.add(connection)
             try:
                 await connection.run()

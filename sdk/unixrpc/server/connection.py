@@ -44,12 +44,13 @@ from ..peer import Peer, read_peer
 from ..transport.async_client import AsyncUnixStreamClient
 from .anyio_calls import CallRunner
 from .anyio_output import OutputWriter
+from .config import ServerConfig
 from .kit import peer_hung_up
 from .tasks import READER_BUDGET, Worker
 from .threadpool import outcome_waiter
 
 if TYPE_CHECKING:
-    from .server import Server
+    pass
 
 __all__ = ["Connection"]
 
@@ -64,16 +65,16 @@ class Connection(CallRunner, OutputWriter):
 
     def __init__(
         self,
-        server: Server,
+        config: ServerConfig,
         transport: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame],
         connection_id: int,
     ) -> None:
-        self._server = server
+        self._config = config
         self._transport = transport
         self.connection_id = connection_id
         self.peer: Peer = read_peer(transport.socket)
         self.core = ServerConnection(
-            server._rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
+            config.rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
         )
         self._idle_workers: list[Worker] = []
         self._reading_done = False
@@ -82,7 +83,7 @@ class Connection(CallRunner, OutputWriter):
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ancillary = SocketAncillary()  # the reader's
-        self._bufsize = server._framing.ancillary_bufsize
+        self._bufsize = config.ancillary_bufsize
         self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken (whoever reads takes them)
         self._corking = False  # the reader has more requests in hand: let replies pile up
         self._writing = False  # a task is finishing a short write (and writes what follows)
@@ -269,9 +270,7 @@ class Connection(CallRunner, OutputWriter):
             except BaseException:  # the connection is going away under the call
                 lost, worker.current = worker.current, None
                 if lost is not None:
-                    self.core.cancelled(lost)
-                    if not worker.in_thread:
-                        self.core.release(lost)
+                    self.core.stop(lost, running=worker.in_thread)
                 raise
             if not scope.cancel_called:
                 return  # the reading is over
@@ -281,9 +280,7 @@ class Connection(CallRunner, OutputWriter):
             worker.credit = None
             in_thread, worker.in_thread = worker.in_thread, False
             if call is not None:
-                self.core.cancelled(call)
-                if not in_thread:  # else released when the thread returns
-                    self.core.release(call)
+                self.core.stop(call, running=in_thread)  # running: released when the thread returns
                 await self._flush()
             if self._reading_done:
                 return

@@ -106,9 +106,11 @@ def connection_limits(
     use three quarters of the fd table (as sd-varlink does; the rest is for
     listeners, handlers and descriptors in flight), each costing
     *fds_per_connection*; one uid gets at most a quarter of them, so one
-    local user can never take the table."""
+    local user can never take the table. A *max_connections* given keeps the
+    per-uid default of 1,024 (at most all of them)."""
     usable = max(fd_limit * 3 // 4 // fds_per_connection, 1)
     total = max_connections if max_connections is not None else min(DEFAULT_MAX_CONNECTIONS, usable)
-    if per_uid is None:
-        per_uid = min(DEFAULT_MAX_CONNECTIONS_PER_UID, max(total // 4, 1))
+    if per_uid is None:  # derived: a quarter; given: all of them may be one user's, up to 1,024
+        share = max(total // 4, 1) if max_connections is None else total
+        per_uid = min(DEFAULT_MAX_CONNECTIONS_PER_UID, share)
     return total, per_uid

@@ -34,6 +34,7 @@ from ..protocol import StreamProtocol
 from . import introspection as introspection_methods
 from .anyio_engine import AnyioEngine
 from .binding import BoundListener, bind_listener
+from .config import ServerConfig
 from .context import CallContext
 from .policy import Allow, access_table
 from .thread_engine import ThreadEngine
@@ -316,6 +317,22 @@ class Server:
             pool = self._handler_threads = HandlerThreads(self.max_threads)
         return pool
 
+    def _config(self) -> ServerConfig:
+        """What the engines see of this server, frozen now (serve time)."""
+        return ServerConfig(
+            rules=self._rules,
+            protocol=self._protocol,
+            ancillary_bufsize=self._framing.ancillary_bufsize,
+            authorize=self.authorize,
+            max_connections=self.max_connections,
+            max_connections_per_uid=self.max_connections_per_uid,
+            max_threads_per_connection=self.max_threads_per_connection,
+            shutdown_grace=self.shutdown_grace,
+            connection_ids=self._connection_ids,
+            handler_threads=self._threads,
+            has_async_handlers=any(handler.is_async for handler in self._handlers.values()),
+        )
+
     def shutdown(self, grace: float | None = None) -> None:
         """Start a graceful shutdown: stop accepting, refuse new calls, give
         calls in flight *grace* seconds (default ``shutdown_grace``), then
@@ -429,7 +446,7 @@ class Server:
             ValueError: the access policy names a user or group this
                 system does not know.
         """
-        engine = AnyioEngine(self)
+        engine = AnyioEngine(self, self._config())
         listeners = self._begin(engine, address, listener, listen_name)
         try:
             await engine.serve(listeners, task_status)
@@ -479,7 +496,7 @@ class Server:
             raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
         with _signals_shut_down(self):
             if backend == "threads":
-                engine = ThreadEngine(self)
+                engine = ThreadEngine(self, self._config())
                 listeners = self._begin(engine, address, listener, listen_name)
                 try:
                     first = listeners[0].address

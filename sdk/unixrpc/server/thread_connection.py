@@ -42,7 +42,20 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from .._core import wire
-from .._core.server import Cancel, Chunk, Close, FdFrame, Grant, ServerCall, ServerConnection
+from .._core.server import (
+    ITEM,
+    NO_CREDIT,
+    STOP,
+    Cancel,
+    Chunk,
+    Close,
+    FdFrame,
+    Grant,
+    Raised,
+    Returned,
+    ServerCall,
+    ServerConnection,
+)
 from .._ratelog import RateLimitedLog
 from ..ancillary import SocketAncillary
 from ..exceptions import (
@@ -54,11 +67,12 @@ from ..exceptions import (
 )
 from ..peer import read_peer
 from ..transport.sync_client import UnixStreamClient
+from .config import ServerConfig
 from .context import CallContext, context_of
 from .kit import peer_hung_up
 
 if TYPE_CHECKING:
-    from .server import Server
+    pass
 
 __all__ = ["LoopThread", "ThreadConnection"]
 
@@ -71,20 +85,9 @@ _IDLE_SECONDS = 10.0
 _CLEANUP_WAIT = 30.0
 
 
-class _Stop(Exception):
-    """The call was cancelled: stop the stream."""
-
-
-class _Denied(Exception):
-    """The authorization hook refused the call."""
-
-
-class _HookFailed(Exception):
-    """The authorization hook raised (``error``)."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
+_DONE = object()  # a generator stream has no more items
+#: what _run_slow returns when the core answered the call itself (authorization refused it)
+_ANSWERED = object()
 
 
 class LoopThread:
@@ -115,16 +118,16 @@ class LoopThread:
 class ThreadConnection:
     """One accepted connection under the threads engine (see the module docstring)."""
 
-    def __init__(self, server: Server, engine: Any, sock: socket.socket, connection_id: int) -> None:
-        self._server = server
+    def __init__(self, config: ServerConfig, engine: Any, sock: socket.socket, connection_id: int) -> None:
+        self._config = config
         self._engine = engine
         self._transport: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            sock, server._protocol, max_recv_size=wire.SERVER_RECV_SIZE
+            sock, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         self.connection_id = connection_id
         self.peer = read_peer(sock)
         self.core = ServerConnection(
-            server._rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
+            config.rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
         )
         self._lock = threading.Lock()  # guards the core and everything below
         self._cond = threading.Condition(self._lock)
@@ -149,9 +152,9 @@ class ThreadConnection:
         self._epoll.register(self._sock_fd, _READ_ONCE)
         self._armed = True
         self._running = 0  # threads running a call
-        self._max_running = server.max_threads_per_connection
+        self._max_running = config.max_threads_per_connection
         self._ancillary = SocketAncillary()
-        self._bufsize = server._framing.ancillary_bufsize
+        self._bufsize = config.ancillary_bufsize
         self.finished = threading.Event()
 
     def start(self) -> bool:
@@ -336,7 +339,7 @@ class ThreadConnection:
                 ):
                     # no thread would read while this one runs the call: refuse it instead
                     self._running -= 1
-                    core.fail(mine, _no_thread())
+                    core.finish(mine, Raised(_no_thread()))
                     mine = None
                 self._arm()  # if it may be read now; else the writer or a thread taking a call does
         if core.has_output():
@@ -402,7 +405,7 @@ class ThreadConnection:
             if not self._spawn():
                 free = self._waiting + started  # threads that will take a queued call
                 while len(runq) > free:
-                    self.core.fail(runq.pop(), _no_thread())
+                    self.core.finish(runq.pop(), Raised(_no_thread()))
                 return False
         return True
 
@@ -454,57 +457,60 @@ class ThreadConnection:
         if isinstance(future, Future):  # awaited on the loop thread: cancelled there
             future.cancel()
         else:  # not started (None), or running on its thread (True): answered now
-            self.core.cancelled(call, still_running=future is not None)
+            self.core.stop(call, running=future is not None)
         self._notify_all()  # a stream waiting for credit stops
 
     # -- running calls --------------------------------------------------------------
 
     def _context(self, call: ServerCall) -> CallContext:
-        return context_of(call, self.peer, self.connection_id, self._server._rules)
+        return context_of(call, self.peer, self.connection_id, self._config.rules)
 
     def _run(self, call: ServerCall) -> None:
         """Run *call* on this thread, and answer it."""
         handler, core, lock = call.handler, self.core, self._lock
         if call.cancel_requested:  # answered before a thread was free: it never runs
             with lock:
-                core.cancelled(call)
-                core.release(call)
+                core.stop(call)
             self._flush()
             return
         ok = True
         try:
-            if handler.is_async or handler.spec.streaming or self._server.authorize is not None:
+            if handler.is_async or handler.spec.streaming or self._config.authorize is not None:
                 result = self._run_slow(call)
             elif handler.wants_context:
                 result = handler.function(call.request, self._context(call))
             else:
                 result = handler.function(call.request)
-        except (_Stop, FutureCancelledError):
+        except FutureCancelledError:  # an async handler, cancelled on the loop
             with lock:
-                core.cancelled(call)
-                core.release(call)
+                core.stop(call)
             self._flush()
             return
         except Exception as exc:
             ok, result = False, exc
+        if result is _ANSWERED:
+            self._flush()
+            return
         self._answer(call, ok, result)
 
     def _run_slow(self, call: ServerCall) -> Any:
         """What :meth:`_run` does for authorization, async handlers and streams."""
         handler = call.handler
-        hook = self._server.authorize
+        hook = self._config.authorize
         if hook is not None:
+            verdict: object
             try:
-                allowed = hook(self._context(call), call.request)
-                if isinstance(allowed, Awaitable):
-                    pending = allowed
-                    allowed = self._await(call, lambda: pending)
-            except (_Stop, FutureCancelledError):
+                verdict = hook(self._context(call), call.request)
+                if isinstance(verdict, Awaitable):
+                    pending = verdict
+                    verdict = self._await(call, lambda: pending)
+            except FutureCancelledError:
                 raise
             except Exception as exc:
-                raise _HookFailed(exc) from None
-            if not allowed:
-                raise _Denied
+                verdict = exc
+            with self._lock:
+                if not self.core.authorized(call, verdict):  # denied, or the hook failed: answered
+                    return _ANSWERED
         args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
         if handler.spec.streaming:
             self._run_stream(call, args)
@@ -518,14 +524,7 @@ class ThreadConnection:
         locked step when no other thread is writing (the common case)."""
         core, lock = self.core, self._lock
         with lock:
-            if ok:
-                core.complete(call, value)
-            elif type(value) is _Denied:
-                core.deny(call, self.peer.uid, self.peer.pid)
-            elif type(value) is _HookFailed:
-                core.hook_failed(call, value.error)
-            else:
-                core.fail(call, value)
+            core.finish(call, Returned(value) if ok else Raised(value))
             if self._writing or not core.has_output():
                 return
             self._writing = True
@@ -573,7 +572,7 @@ class ThreadConnection:
                 return await anext(items, done)
 
             try:
-                while True:
+                while self._room_for_item(call):
                     item = self._await(call, next_item)
                     if item is done:
                         return
@@ -581,30 +580,42 @@ class ThreadConnection:
             finally:
                 with contextlib.suppress(Exception):
                     self._engine.loop_thread().start(items.aclose).result()
+            return
         try:
-            for item in items:
+            while self._room_for_item(call):
+                item = next(items, _DONE)
+                if item is _DONE:
+                    return
                 self._send_item(call, item)
         finally:
             items.close()
 
+    def _room_for_item(self, call: ServerCall) -> bool:
+        """Wait until the stream *call* may produce its next item (the core's
+        ``stream_step``: credit, and room in the output); False once it must
+        stop. Waiting for credit or for the peer to read is not work: the
+        thread's slot goes to a queued call meanwhile."""
+        core, lock = self.core, self._lock
+        while True:
+            with lock:
+                step = core.stream_step(call)
+                if step == ITEM:
+                    return True
+                if step == STOP:
+                    return False
+                if step == NO_CREDIT or self._writing:
+                    self._running -= 1
+                    self._dispatch(0)
+                    try:
+                        self._wait()  # a Grant, a cancel, or the writer done
+                    finally:
+                        self._running += 1
+                    continue
+            self._flush()  # no room and nobody writes: write it here (until the peer reads)
+
     def _send_item(self, call: ServerCall, item: Any) -> None:
-        core = self.core
         with self._lock:
-            if not call.cancel_requested and not core.take_credit(call):
-                # waiting for credit is not work: the slot goes to a queued call
-                self._running -= 1
-                self._dispatch(0)
-                try:
-                    while not call.cancel_requested and not core.take_credit(call):
-                        self._wait()
-                finally:
-                    self._running += 1
-            # no further item while the peer does not read what is queued
-            while not call.cancel_requested and core.output_full() and self._writing:
-                self._wait()
-            if call.cancel_requested:
-                raise _Stop
-            core.item(call, item)  # InternalError: the stream fails with it
+            self.core.item(call, item)  # InternalError: the stream fails with it
         self._flush()
 
     # -- writing --------------------------------------------------------------------
@@ -714,8 +725,7 @@ class ThreadConnection:
         self._transport.close()
         with self._lock:
             for call in self._runq:  # never got a thread: nothing uses their descriptors
-                self.core.cancelled(call)
-                self.core.release(call)
+                self.core.stop(call)
             self._runq.clear()
             self.core.close()
         with self._engine.lock:

@@ -26,6 +26,7 @@ from .._core.server import Admission
 from .._ratelog import RateLimitedLog
 from ..transport._common import peer_credentials
 from .binding import BoundListener
+from .config import ServerConfig
 from .kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit, send_refusal
 from .lifecycle import Lifecycle
 from .thread_connection import LoopThread, ThreadConnection
@@ -42,8 +43,8 @@ _accept_failed = RateLimitedLog(logger, logging.ERROR, "failed accepts")
 class ThreadEngine:
     """Serves one :class:`~unixrpc.Server` on blocking threads until shut down."""
 
-    def __init__(self, server: Server) -> None:
-        self._server = server
+    def __init__(self, server: Server, config: ServerConfig) -> None:
+        self._config = config
         self.lock = threading.Lock()
         self._connections: set[ThreadConnection] = set()
         self._loop_thread: LoopThread | None = None
@@ -56,7 +57,7 @@ class ThreadEngine:
         self._grace: float | None = None  # set by stop()
         self.lifecycle = Lifecycle(server, self.wake)
         total, per_uid = connection_limits(
-            server.max_connections, server.max_connections_per_uid, 3, raise_fd_limit()
+            config.max_connections, config.max_connections_per_uid, 3, raise_fd_limit()
         )
         self._admission = Admission(total, per_uid)
 
@@ -97,10 +98,10 @@ class ThreadEngine:
     def serve(self, listeners: list[BoundListener], started: Callable[[], None] | None = None) -> None:
         """Accept and serve on *listeners* until :meth:`stop`, then shut down
         gracefully. The listeners are closed on the way out."""
-        server, lifecycle = self._server, self.lifecycle
-        ids = server._connection_ids
+        config, lifecycle = self._config, self.lifecycle
+        ids = config.connection_ids
         try:
-            if any(handler.is_async for handler in server._handlers.values()):
+            if config.has_async_handlers:
                 self.loop_thread()  # started with the server, not by its first async call
             poller = self._poller
             listening = {listener.socket.fileno(): listener.socket for listener in listeners}
@@ -161,7 +162,6 @@ class ThreadEngine:
         self.lifecycle.reloaded()
 
     def _admit(self, conn: socket.socket, connection_id: int) -> None:
-        server = self._server
         try:
             peer = peer_credentials(conn)
         except OSError:
@@ -173,7 +173,7 @@ class ThreadEngine:
             self._refuse(conn, refusal)
             return
         try:
-            connection = ThreadConnection(server, self, conn, connection_id)
+            connection = ThreadConnection(self._config, self, conn, connection_id)
         except OSError as exc:  # the peer left already
             logger.debug("connection %d: %s", connection_id, exc)
             conn.close()
@@ -220,8 +220,8 @@ class ThreadEngine:
             self._poller.unregister(fd)
             conn.close()
         self._refused.clear()
-        server = self._server
-        server._rules.stopping = True
+        config = self._config
+        config.rules.stopping = True
         with self.lock:
             connections = list(self._connections)
         for connection in connections:  # streams would never end by themselves
@@ -232,7 +232,7 @@ class ThreadEngine:
                 connections = list(self._connections)
             if not any(c.busy() for c in connections):
                 break
-            grace = self._grace if self._grace is not None else server.shutdown_grace
+            grace = self._grace if self._grace is not None else config.shutdown_grace
             if time.monotonic() >= began + grace:  # a later stop() may have shortened it
                 left = sum(c.calls_in_flight() for c in connections)
                 if left:

@@ -1,0 +1,479 @@
+"""The server side of one connection, as a sans-IO protocol object
+(:class:`ServerConnection`), protocol-neutral: the wire's codec
+(:mod:`.codec`; :mod:`.unixrpc` today) turns bodies into messages and
+replies into bodies.
+
+Facts go in: bytes and descriptors received (:meth:`~ServerConnection.receive_fds`,
+:meth:`~ServerConnection.receive_frame`, :meth:`~ServerConnection.received`),
+a failed read, the time (:meth:`~ServerConnection.on_timer`), the peer gone
+(:meth:`~ServerConnection.hang_up`). What the engine must do comes out as
+events (start this call, cancel that one, credit arrived, close). What a
+call did goes in through one door, :meth:`~ServerConnection.finish`, and
+the bytes to write come out of one outbox, in the order they were produced.
+
+Rules this module owns (docs/protocol.md):
+
+* Routing by kind: a request or a notification starts a call; a cancel
+  reaches the call in flight with that id (or nothing); a credit adds to the
+  window of the stream with that id, never beyond ``max_stream_window``;
+  anything else a client may not send is answered with a protocol error
+  (``"id": null``) and the connection goes on.
+* Refusals, checked in this order: the server is shutting down; too many
+  calls in flight on the connection; a call id already in flight; an unknown
+  method; the access policy denies the peer (:mod:`..access`); a stream
+  method called without a window (or a window sent to a unary method, or
+  one over ``max_stream_window``); params that do not validate. A refused
+  request is answered with its error, a refused notification only logged;
+  the descriptors of a refused frame are closed at once.
+* Answered or fatal: a frame that is not an envelope gets an error and the
+  connection goes on; a stream that cannot be trusted any more (an oversized
+  frame, too many descriptors, descriptors that never came or came with no
+  frame, truncated control data) closes the connection: :class:`.Close`.
+* Authorization: the hook's verdict is judged here (:meth:`authorized`):
+  a falsy answer is ``PermissionDenied`` (logged at INFO), an exception a
+  typed error as itself or the hook's failure.
+* Streams: an item is produced only with credit and room in the output
+  (:meth:`stream_step`); a notification's items are discarded.
+* Every call gets exactly one final reply: its result (a stream's is
+  ``null``), its error, or ``Cancelled``. It is retired on one path
+  (``_retire``). The release contract: every call handed to the engine
+  ends with exactly one :meth:`finish` (its handler ran), or one
+  :meth:`stop` with ``running=False`` (it never ran), or a False from
+  :meth:`authorized`; :meth:`stop` with ``running=True`` answers it now and
+  its :meth:`finish` only releases. Its request descriptors are closed
+  exactly once, when nothing can refer to them any more.
+* Time and memory: a frame begun must arrive whole within
+  ``frame_timeout``; a connection idle (nothing in flight, nothing to
+  write) for ``connection_idle_timeout`` is closed; the bytes it holds
+  (receive buffer beyond the base, output not written) are charged to the
+  server's :class:`.MemoryBudget`, and the connection that takes the server
+  over it is closed with the reason.
+* Output: no further request is taken while the output queued behind a
+  write in progress is over ``max_unsent`` (:meth:`wants_input`).
+
+No I/O here: no socket, anyio, trio, asyncio or threading import (a test
+checks). Engines (``server/``) wait and move bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..._ratelog import RateLimitedLog
+from ...exceptions import (
+    AncillaryDataTruncatedError,
+    InternalError,
+    MethodNotFoundError,
+    ProtocolViolationError,
+    RPCError,
+    ServerBusyError,
+    ServerShuttingDownError,
+    StreamProtocolParseError,
+)
+from ...fds import FdContext
+from .. import messages, wire
+from ..access import PeerFacts
+from ..calls import FdQueue, close_fds
+from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, ServerCall
+from .calltable import CallTable
+from .clocks import Charge, Clocks
+from .codec import CANCEL, CREDIT, INVALID, REQUEST, WireCodec
+from .intake import make_call
+from .outbox import Outbox
+from .rules import UNKNOWN_PEER, ServerRules
+from .unixrpc import UnixrpcCodec
+
+__all__ = ["ServerConnection"]
+
+logger = logging.getLogger("unixrpc.server")
+_warn = RateLimitedLog(logger, logging.WARNING, "protocol violations")
+
+
+def _debug() -> bool:
+    return logger.isEnabledFor(logging.DEBUG)
+
+
+class ServerConnection:
+    """The protocol state of one server connection (see the module docstring).
+
+    Not thread-safe: an engine with threads calls it under one lock.
+    """
+
+    __slots__ = (
+        "_calls",
+        "_charge",
+        "_clocks",
+        "_closed",
+        "_codec",
+        "_discard_output",
+        "_fd_queue",
+        "_out",
+        "_rules",
+        "_table",
+        "authorized",
+        "connection_id",
+        "end_streams",
+        "finish",
+        "item",
+        "peer",
+        "peer_pid",
+        "peer_uid",
+        "stop",
+        "stream_step",
+    )
+
+    def __init__(
+        self,
+        rules: ServerRules,
+        connection_id: int = 0,
+        peer_pid: int = 0,
+        peer_uid: int = -1,
+        *,
+        peer: PeerFacts | None = None,
+        codec: WireCodec | None = None,
+    ) -> None:
+        self._rules = rules
+        self._codec: WireCodec = codec if codec is not None else UnixrpcCodec()
+        self.connection_id = connection_id
+        self.peer_pid = peer_pid  # for the log
+        self.peer_uid = peer_uid
+        self.peer = peer  # what the access policy judges (None: a connection made without one)
+        self._fd_queue = FdQueue()
+        self._out = Outbox(CallTable.release)
+        table = self._table = CallTable(
+            rules, self._codec, self._queue, self.output_full, (peer_pid, peer_uid)
+        )
+        self._calls = table.calls
+        # the one door in for what calls do (see CallTable)
+        self.authorized = table.authorized
+        self.finish = table.finish
+        self.stop = table.stop
+        self.stream_step = table.stream_step
+        self.item = table.item
+        self.end_streams = table.end_streams
+        self._closed: str | None = None  # why the connection is closing
+        self._discard_output = False  # closed for its output: what calls still produce is dropped
+        self._clocks = Clocks()
+        self._charge = Charge(rules.memory)
+
+    # -- state ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Calls in flight."""
+        return len(self._calls)
+
+    def calls(self) -> list[ServerCall]:
+        """The calls in flight."""
+        return list(self._calls.values())
+
+    @property
+    def closing(self) -> str | None:
+        """Why the connection is being closed, or None."""
+        return self._closed
+
+    @property
+    def unsent(self) -> int:
+        """Bytes queued and not yet reported written."""
+        return self._out.unsent
+
+    @property
+    def output_failed(self) -> bool:
+        """A write failed: the peer is gone, further output is dropped."""
+        return self._out.failed
+
+    def busy(self) -> bool:
+        """Calls in flight or output not yet written: a graceful shutdown waits."""
+        return bool(self._calls) or bool(self._out) or self._out.unsent > 0
+
+    def wants_input(self) -> bool:
+        """False once the connection is closing, or while the output queued
+        behind a write in progress is over the bound: the peer does not read,
+        so take no more requests until it does (neither from the socket nor
+        from frames already read). The frame being written does not count."""
+        return self._closed is None and self._out.queued <= self._rules.max_unsent
+
+    def output_full(self) -> bool:
+        """True while the output not yet written is over the bound."""
+        return self._out.unsent > self._rules.max_unsent and not self._out.failed
+
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    # -- facts from the engine: reads, time ----------------------------------------
+
+    def received(self, now: float, *, partial: bool, receive_buffer: int = 0) -> Close | None:
+        """A read brought bytes at *now* (monotonic seconds): *partial* if a
+        frame is still half received after it; *receive_buffer* the read
+        buffer's size beyond the base read size. Restarts the idle clock,
+        starts or stops the frame clock, and charges the memory budget: a
+        Close if this connection grew while the server is over it."""
+        self._clocks.received(now, partial)
+        self._charge.receive_excess = receive_buffer
+        if not self._charge.update(self._out.unsent):
+            return self._over_budget()
+        return None
+
+    def read_failed(self, exc: BaseException) -> Close:
+        """The engine's read raised *exc*: a stream that cannot be parsed is
+        answered with one error and closed; truncated control data is closed
+        silently (and logged); anything else means the peer is gone."""
+        if isinstance(exc, StreamProtocolParseError):
+            return self.fatal(str(exc.error))
+        if isinstance(exc, AncillaryDataTruncatedError):
+            return self.fatal(str(exc), tell_peer=False)
+        if self._closed is None:
+            self._closed = "the peer closed the connection"
+        return Close(self._closed)
+
+    def next_deadline(self, now: float) -> float | None:
+        """When :meth:`on_timer` must be called if nothing else happens
+        first (None: no deadline). The idle clock starts at the later of the
+        last read and the moment the connection became idle (its last call
+        answered and written), as first seen by a call of this method."""
+        if self._closed is not None:
+            return None
+        busy = bool(self._calls) or bool(self._out.unsent) or bool(self._out)
+        rules = self._rules
+        return self._clocks.deadline(now, busy, rules.frame_timeout, rules.connection_idle_timeout)
+
+    def on_timer(self, now: float) -> Close | None:
+        """A deadline may have passed: checked again with the state as it is
+        *now* (a waiter acting on an old deadline closes nothing)."""
+        deadline = self.next_deadline(now)
+        if deadline is None or now < deadline:
+            return None
+        if self._clocks.partial_since is not None:
+            return self.fatal(f"a frame was not finished within {self._rules.frame_timeout} s")
+        return self.fatal(f"idle for {self._rules.connection_idle_timeout} s", tell_peer=False)
+
+    def _over_budget(self) -> Close:
+        limit = self._rules.memory.limit
+        return self.fatal(
+            f"the server holds more than its budget of {limit} bytes in buffers; try again later"
+        )
+
+    # -- input ------------------------------------------------------------------
+
+    def receive_fds(self, fds: Iterable[int]) -> None:
+        """Descriptors that arrived with the bytes of a read (ours to close)."""
+        if self._closed is not None:
+            close_fds(fds)
+        else:
+            self._fd_queue.push(fds)
+
+    def stray_fds(self, frame_pending: bool) -> Close | None:
+        """Check, with every received frame taken, that no descriptor waits
+        for none (they ride on their frame's first byte)."""
+        queued = len(self._fd_queue)
+        if queued and not frame_pending:
+            return self.fatal(f"{queued} file descriptors came with no frame")
+        if queued > self._rules.max_fds:  # more than the one frame begun may carry
+            limit = self._rules.max_fds
+            return self.fatal(
+                f"{queued} file descriptors queued for one frame (a frame carries at most {limit})"
+            )
+        return None
+
+    def fatal(self, reason: str, *, tell_peer: bool = True) -> Close:
+        """The stream cannot be trusted any more: queue one error about it,
+        unless *tell_peer* is False, and close."""
+        if self._closed is None:
+            self._closed = reason
+            self._fd_queue.close_all()
+            _warn("connection %d (pid %d): closed: %s", self.connection_id, self.peer_pid, reason)
+            if tell_peer:
+                error = ProtocolViolationError(reason)
+                self._queue(self._codec.error(None, error.code, error.message))
+        return Close(reason)
+
+    def receive_frame(self, frame: wire.RawFrame) -> Event | None:
+        """Take one received frame: the event it causes, if any. Errors it
+        causes (refusals, a frame that is no envelope) are queued as output."""
+        if self._closed is not None:
+            return None
+        fds: list[int] = []
+        if frame.nfds:
+            try:
+                fds = self._fd_queue.take(frame.nfds)
+            except ValueError as exc:
+                return self.fatal(str(exc))
+        message = self._codec.decode(frame.body)
+        kind = message[0]
+        if kind == REQUEST:
+            return self._request(message[1], message[2], message[3], message[4], fds)
+        close_fds(fds)  # only requests carry descriptors
+        if kind == CANCEL:
+            call = self._calls.get(message[1])
+            if call is None or call.cancel_requested or call.answered:
+                return None  # already answered (or never was): nothing to cancel
+            call.cancel_requested = True
+            return Cancel(call)
+        if kind == CREDIT:
+            call = self._calls.get(message[1])
+            if call is None or call.window is None:
+                return None
+            # outstanding credit never exceeds the window cap: a client within
+            # its window never needs more, and a flood of credit buys nothing
+            call.credit = min(call.credit + message[2], self._rules.max_stream_window)
+            if call.waiting_credit:
+                call.waiting_credit = False
+                return Grant(call)
+            return None
+        assert kind == INVALID
+        self._error(message[1], message[2])
+        return None
+
+    def _request(
+        self, call_id: int | None, name: str, params: Any, window: int | None, fds: list[int]
+    ) -> ServerCall | None:
+        rules = self._rules
+        error: RPCError
+        if rules.stopping:
+            self._refuse(call_id, name, fds, ServerShuttingDownError("server is shutting down"))
+            return None
+        if len(self._calls) >= rules.max_calls_per_connection:
+            limit = rules.max_calls_per_connection
+            error = ServerBusyError(f"too many calls in flight on this connection (limit {limit})")
+            self._refuse(call_id, name, fds, error)
+            return None
+        if call_id is not None and call_id in self._calls:
+            self._refuse(
+                call_id, name, fds, ProtocolViolationError(f"call id {call_id} is already in flight")
+            )
+            return None
+        handler = rules.handlers.get(name)
+        if handler is None:
+            self._refuse(
+                call_id, name, fds, MethodNotFoundError(messages.method_not_found(name, rules.handlers))
+            )
+            return None
+        if rules.access is not None:
+            denied = rules.access.refusal(name, self.peer or UNKNOWN_PEER)
+            if denied is not None:
+                self._refuse(call_id, name, fds, denied)
+                return None
+        call = make_call(handler, call_id, params, window, fds, rules.max_stream_window)
+        if not isinstance(call, ServerCall):
+            self._refuse(call_id, name, fds, call)
+            return None
+        if _debug():
+            call.started = time.monotonic()
+        self._calls[call.key] = call
+        return call
+
+    def _refuse(self, call_id: int | None, name: str, fds: list[int], error: RPCError) -> None:
+        close_fds(fds)
+        if call_id is not None:
+            self._queue(self._codec.error(call_id, error.code, error.message, error.data))
+        else:
+            logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+
+    def _error(self, call_id: int | None, message: str) -> None:
+        _warn("connection %d (pid %d): %s", self.connection_id, self.peer_pid, message)
+        error = ProtocolViolationError(message)
+        self._queue(self._codec.error(call_id, error.code, error.message))
+
+    # -- output -------------------------------------------------------------------
+
+    def _queue(
+        self,
+        body: bytes,
+        fds: FdContext | None = None,
+        release: FdContext | None = None,
+        call_id: int | None = None,
+        owner: ServerCall | None = None,
+    ) -> None:
+        """Queue one frame (*release*: request descriptors to close once it
+        is out; *owner*: the stream whose item it is). A frame over the limit
+        is replaced by an InternalError for *call_id*, or dropped if it has
+        none. Output is charged to the memory budget."""
+        out = self._out
+        carried = fds.outgoing if fds is not None else None
+        if out.failed or self._discard_output or len(body) > self._rules.max_frame_size:
+            if fds is not None:
+                fds.sent()
+            if release is not None:
+                release.abort()
+            if out.failed or self._discard_output:  # nobody will read it
+                return
+            logger.error(
+                "connection %d: a frame of %d bytes is over the limit", self.connection_id, len(body)
+            )
+            if call_id is None:
+                return
+            error = InternalError(
+                f"the reply could not be sent: it encodes to {len(body)} bytes, over the limit"
+            )
+            body, carried, release = self._codec.error(call_id, error.code, error.message), None, None
+        if carried:
+            assert fds is not None
+            out.put_fds(FdFrame(self._codec.frame(body, len(carried)), fds, release, owner))
+        else:
+            if fds is not None:
+                fds.sent()
+            if release is not None:
+                release.abort()
+            out.put(self._codec.frame(body))
+        if (
+            not self._charge.update(self._out.unsent) and self._closed is None
+        ):  # (a closing connection's last words go out)
+            self._output_over_budget()
+
+    def _output_over_budget(self) -> None:
+        """Output not yet written took the server over its memory budget:
+        what is queued is dropped, the peer is told why, the connection is
+        closing, and what its calls still produce is dropped."""
+        self._out.drop()
+        self._over_budget()
+        self._discard_output = True
+
+    def take_output(self) -> list[Chunk]:
+        """What to write now, in order: write it, then report each chunk with
+        :meth:`written`. Empty if nothing waits."""
+        return self._out.take()
+
+    def written(self, chunk: Chunk, *, ok: bool = True) -> None:
+        """*chunk* (from :meth:`take_output`) was written whole, or could not
+        be (*ok* False: the peer is gone; later output is dropped)."""
+        self._out.written(chunk, ok=ok)
+        self._charge.update(self._out.unsent)  # less is held: never refused
+
+    def drop_output(self) -> None:
+        """Discard what is queued, releasing its descriptors."""
+        self._out.drop()
+        self._charge.update(self._out.unsent)
+
+    # -- the end ------------------------------------------------------------------
+
+    def hang_up(self) -> list[ServerCall]:
+        """The peer is gone (no reply can reach it): the calls to cancel
+        (notifications are let finish). Queued descriptors are closed."""
+        self._fd_queue.close_all()
+        return self._table.hang_up()
+
+    def cut_off(self) -> list[ServerCall]:
+        """The grace period is over: every call still in flight is answered
+        ``ServerShuttingDownError`` now, and the peer told the connection
+        ends, ahead of closing it. The calls to cancel (each still ends with
+        :meth:`finish`, or :meth:`stop` if it never ran)."""
+        left = self._table.cut_off()
+        if self._closed is None:
+            error = ServerShuttingDownError("server is shutting down")
+            self._queue(self._codec.error(None, error.code, error.message))
+            self._closed = "shutting down"
+        return left
+
+    def close(self) -> None:
+        """The connection is closed: release every descriptor still held
+        (queued, of undelivered output) and its memory charge. Calls still in
+        flight keep their descriptors until the engine finishes them."""
+        if self._closed is None:
+            self._closed = "closed"
+        self._fd_queue.close_all()
+        self._out.failed = True
+        self._out.drop()
+        self._charge.receive_excess = 0
+        self._charge.update(self._out.unsent)
