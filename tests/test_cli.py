@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,7 +126,10 @@ def test_timeout_cancels_on_the_server(sock_dir: str) -> None:
     with serving_in_thread(make_server(events), path):
         result = unixrpc("call", path, "Sleep", "seconds=30", "tag=slow", "--timeout", "0.5")
         assert result.returncode == 6
-        assert result.stderr.startswith("unixrpc: timeout: ")
+        assert result.stderr == (
+            "unixrpc: timeout: no reply to Sleep within 0.5 seconds "
+            "(--timeout 0.5; raise it to wait longer)\n"
+        )
         deadline = time.monotonic() + 10
         while events.cancelled != ["slow"] and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -332,3 +336,140 @@ def test_schema_and_compat(sock_dir: str) -> None:
     added = unixrpc("compat", new, old)
     assert added.returncode == 0
     assert unixrpc("compat", old, os.path.join(sock_dir, "absent.json")).returncode == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf", "soon"])
+def test_timeout_must_be_a_positive_number(value: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "never.sock")  # parsing fails before any connect
+    for command in ("call", "stream", "describe"):
+        for form in (["--timeout", value], [f"--timeout={value}"]):
+            args = [command, path, *(["M"] if command != "describe" else []), *form]
+            result = unixrpc(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert (
+                f"argument --timeout: expected a number of seconds above 0, got {value!r} "
+                "(leave --timeout out for the default)"
+            ) in result.stderr
+
+
+def test_stream_timeout_names_the_option(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(make_server(), path):
+        result = unixrpc("stream", path, "Count", "n=5", "delay=30", "--timeout", "0.5")
+    assert (result.returncode, result.stdout) == (6, "0\n")
+    assert result.stderr == (
+        "unixrpc: timeout: no item from Count within 0.5 s (--timeout applies to each item; "
+        "leave it out to wait for ever)\n"
+    )
+
+
+def test_save_fd_without_a_descriptor_fails(rpc_daemon: str, sock_dir: str) -> None:
+    target = os.path.join(sock_dir, "never.txt")
+    none = unixrpc("call", rpc_daemon, "Add", "a=1", "b=2", "--save-fd", target)
+    assert (none.returncode, none.stdout) == (7, "3\n")  # the result is still printed
+    assert none.stderr == (
+        f"unixrpc: --save-fd {target}: the reply carried 0 descriptors, so this file was not written\n"
+    )
+    assert not os.path.exists(target)
+    first, second = os.path.join(sock_dir, "first.txt"), os.path.join(sock_dir, "second.txt")
+    one = unixrpc("call", rpc_daemon, "OpenScratch", "note=hi", "--save-fd", first, "--save-fd", second)
+    assert one.returncode == 7
+    assert one.stderr == (
+        f"unixrpc: --save-fd {second}: the reply carried 1 descriptor, so this file was not written\n"
+    )
+    with open(first) as saved:
+        assert saved.read() == "hi"
+    assert not os.path.exists(second)
+    streamed = unixrpc("stream", rpc_daemon, "Countdown", "start=1", "--save-fd", target, "--save-fd", second)
+    assert (streamed.returncode, streamed.stdout) == (7, "1\n0\n")
+    assert streamed.stderr == (
+        f"unixrpc: --save-fd {target}, {second}: the stream's items carried 0 descriptors, "
+        "so these files were not written\n"
+    )
+
+
+def test_push_fd_is_checked_against_the_schema(rpc_daemon: str, sock_dir: str) -> None:
+    data = os.path.join(sock_dir, "data.txt")
+    with open(data, "w") as out:
+        out.write("pushed")
+    takes_none = unixrpc("call", rpc_daemon, "Add", "a=1", "b=2", "--push-fd", data)
+    assert (takes_none.returncode, takes_none.stderr) == (
+        2,
+        "unixrpc: Add takes no file descriptors (none of its params is an FD), but --push-fd gave "
+        "1 descriptor: leave --push-fd out\n",
+    )
+    streamed = unixrpc("stream", rpc_daemon, "Countdown", "start=1", "--push-fd", data, "--push-fd", data)
+    assert streamed.returncode == 2
+    assert "Countdown takes no file descriptors" in streamed.stderr
+    assert "--push-fd gave 2 descriptors" in streamed.stderr
+
+    server = make_server()
+
+    @server.method(ReadFd)
+    def read(request: ReadFd) -> str:
+        with request.fd.open("r") as source:
+            return source.read()
+
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(server, path):
+        beyond = unixrpc("call", path, "files.Read", "fd=1", "--push-fd", data)
+        assert (beyond.returncode, beyond.stderr) == (
+            2,
+            "unixrpc: param fd refers to descriptor 1, but --push-fd gave 1 descriptor "
+            "(indexes start at 0)\n",
+        )
+        spare = unixrpc("call", path, "files.Read", "fd=0", "--push-fd", data, "--push-fd", data)
+        assert (spare.returncode, spare.stdout) == (0, '"pushed"\n')
+        assert spare.stderr == (
+            f"unixrpc: warning: descriptor 1 (--push-fd {data}) is not referred to by any param of "
+            "files.Read (its FD params: fd); the daemon closes it\n"
+        )
+
+
+def test_push_fd_to_a_daemon_that_does_not_describe_itself(sock_dir: str) -> None:
+    server = make_server(introspection=False)
+
+    @server.method(ReadFd)
+    def read(request: ReadFd) -> str:
+        with request.fd.open("r") as source:
+            return source.read()
+
+    data = os.path.join(sock_dir, "data.txt")
+    with open(data, "w") as out:
+        out.write("pushed")
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(server, path):
+        beyond = unixrpc("call", path, "files.Read", "fd=1", "--push-fd", data)  # no schema: the daemon says
+    assert beyond.returncode == 5
+    assert "fd index 1 out of range: the frame carries 1 descriptor" in error_of(beyond)["message"]
+
+
+DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv(1) to drop CAP_DAC_OVERRIDE",
+)
+def test_a_directory_that_does_not_let_the_user_through_is_named(sock_dir: str) -> None:
+    locked = os.path.join(sock_dir, "locked")
+    os.mkdir(locked, 0o700)
+    path = os.path.join(locked, "inner", "s.sock")
+    os.chmod(locked, 0o000)
+    try:
+        # root without the capabilities that bypass file permissions
+        result = subprocess.run(
+            [*DROP_DAC, sys.executable, "-m", "unixrpc", "call", path, "Add"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.chmod(locked, 0o700)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == (
+        f"unixrpc: permission denied connecting to {path}: the directory {locked} does not let this "
+        "user through (mode 0000, owner uid 0 gid 0; this process is uid 0 gid 0 and needs search (x) "
+        "permission there)\n"
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -44,11 +45,29 @@ examples:
 exit codes:
   0 success   1 error reply (or breaking changes, for compat)   2 usage
   3 cannot connect (no socket, refused, permission) or connection lost
-  4 method not found   5 invalid params   6 timeout   130 interrupted
+  4 method not found   5 invalid params   6 timeout
+  7 fewer descriptors received than --save-fd named   130 interrupted
 """
 
 
 # -- the parser -------------------------------------------------------------------
+
+
+def _seconds(text: str) -> float:
+    """A ``--timeout``: a finite number of seconds above 0.
+
+    Raises:
+        argparse.ArgumentTypeError: anything else (argparse makes it a usage error).
+    """
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0, got {text!r} (leave --timeout out for the default)"
+        )
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         common.add_argument(
             "--timeout",
-            type=float,
+            type=_seconds,
             default=default_timeout,
             metavar="SECONDS",
             help=f"give up after this long (default: {default_timeout or 'wait forever'})",

@@ -10,11 +10,11 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import interface
-from ..exceptions import ProtocolViolationError
+from ..exceptions import ConnectError, ProtocolViolationError
 from ..fds import FileDescriptor
 from ..rpc.client import Client
 from ..untyped import JSONReply
@@ -82,6 +82,64 @@ def _wrong_kind(client: Client, method: str, *, stream: bool) -> None:
         right = "stream" if entry.get("x-unixrpc-stream") else "call"
         kind = "a stream method" if right == "stream" else "not a stream method"
         fail(f"{method} is {kind}: use `unixrpc {right}`", "usage")
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 descriptor``, ``2 descriptors``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _check_pushed(args: argparse.Namespace, client: Client, params: dict[str, Any]) -> None:
+    """With the method's schema known, refuse ``--push-fd`` for a method
+    that takes no descriptors and params that refer to one not pushed, and
+    warn of a pushed descriptor no param refers to."""
+    pushed = len(args.push_fd)
+    if not pushed:
+        return
+    entry = find_method(describe_daemon(client), args.method)
+    if entry is None:
+        return  # not described: the daemon decides
+    paths = entry.get("x-unixrpc-fds", {}).get("params", [])
+    if not paths:
+        fail(
+            f"{args.method} takes no file descriptors (none of its params is an FD), but --push-fd "
+            f"gave {plural(pushed, 'descriptor')}: leave --push-fd out",
+            "usage",
+        )
+    referred: set[int] = set()
+    for path in paths:
+        for where, index in _values_at(params, _split_path(path), path):
+            if isinstance(index, int) and not isinstance(index, bool):
+                if index >= pushed:
+                    fail(
+                        f"param {where} refers to descriptor {index}, but --push-fd gave "
+                        f"{plural(pushed, 'descriptor')} (indexes start at 0)",
+                        "usage",
+                    )
+                referred.add(index)
+    for index, source in enumerate(args.push_fd):
+        if index not in referred:
+            sys.stderr.write(
+                f"unixrpc: warning: descriptor {index} (--push-fd {source}) is not referred to by any "
+                f"param of {args.method} (its FD params: {', '.join(paths)}); the daemon closes it\n"
+            )
+
+
+def _values_at(node: Any, parts: list[str], shown: str) -> Iterator[tuple[str, Any]]:
+    """The values found at a path of ``x-unixrpc-fds`` (``files[]``,
+    ``by_name{}``, ``file.fd``), each with where it is."""
+    if not parts:
+        yield shown, node
+        return
+    head, rest = parts[0], parts[1:]
+    if head == "[]" and isinstance(node, list):
+        for item in node:
+            yield from _values_at(item, rest, shown)
+    elif head == "{}" and isinstance(node, dict):
+        for item in node.values():
+            yield from _values_at(item, rest, shown)
+    elif isinstance(node, dict) and head in node:
+        yield from _values_at(node[head], rest, shown)
 
 
 def _push_fds(paths: Sequence[str]) -> list[int]:
@@ -155,7 +213,9 @@ def _split_path(path: str) -> list[str]:
 
 def _output_reply(
     reply: JSONReply, args: argparse.Namespace, client: Client, saved: list[str], what: str
-) -> None:
+) -> int:
+    """Print *reply*, its descriptors in place, and save them to the next
+    ``--save-fd`` files; returns how many descriptors it carried."""
     with reply:
         value = reply.value
         if reply.fds:
@@ -170,6 +230,18 @@ def _output_reply(
                 if saved:
                     _save_fd(handle, saved.pop(0))
         dump(value, sys.stdout, pretty=args.pretty)
+        return len(reply.fds)
+
+
+def _unsaved(saved: list[str], received: int, what: str) -> None:
+    """Fail (exit 7) if ``--save-fd`` named more files than descriptors came."""
+    if saved:
+        files = ", ".join(saved)
+        written = "this file was" if len(saved) == 1 else "these files were"
+        fail(
+            f"--save-fd {files}: {what} carried {plural(received, 'descriptor')}, so {written} not written",
+            "fds",
+        )
 
 
 def _save_fd(handle: FileDescriptor, target: str) -> None:
@@ -186,24 +258,38 @@ def _save_fd(handle: FileDescriptor, target: str) -> None:
 # -- subcommands ------------------------------------------------------------------
 
 
+def _close_opened(fds: list[int], sources: Sequence[str]) -> None:
+    """Close the descriptors ``--push-fd`` opened (not the inherited ones)."""
+    for fd, source in zip(fds, sources, strict=True):
+        if not source.isdigit():
+            os.close(fd)
+
+
 def run_call(args: argparse.Namespace) -> int:
+    """``unixrpc call``; returns the exit code (or raises :class:`Exit`)."""
     with reporting(args.pretty), connect(args) as client:
         params = _read_params(args, client)
+        _check_pushed(args, client, params)
         fds = _push_fds(args.push_fd)
         try:
             reply = client.call_by_name(args.method, params, fds=fds)
         except ProtocolViolationError:
             _wrong_kind(client, args.method, stream=False)
             raise
+        except TimeoutError as error:
+            if isinstance(error, ConnectError):
+                raise
+            fail(f"timeout: {error} (--timeout {args.timeout:g}; raise it to wait longer)", "timeout")
         finally:
-            for fd, path in zip(fds, args.push_fd, strict=True):
-                if not path.isdigit():
-                    os.close(fd)
-        _output_reply(reply, args, client, list(args.save_fd), "result")
+            _close_opened(fds, args.push_fd)
+        saved = list(args.save_fd)
+        received = _output_reply(reply, args, client, saved, "result")
+        _unsaved(saved, received, "the reply")
     return EXIT["ok"]
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    """``unixrpc stream``; returns the exit code (or raises :class:`Exit`)."""
     # Ctrl-C must cancel the stream, even when started from a shell that
     # ignores SIGINT in background jobs
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -211,17 +297,25 @@ def run_stream(args: argparse.Namespace) -> int:
         args.pretty = False  # one JSON line per item, on a terminal too
     with reporting(args.pretty), connect(args) as client:
         params = _read_params(args, client)
+        _check_pushed(args, client, params)
         fds = _push_fds(args.push_fd)
         saved = list(args.save_fd)
+        received = 0
         try:
             with client.stream_by_name(args.method, params, fds=fds) as items:
-                for fd, path in zip(fds, args.push_fd, strict=True):
-                    if not path.isdigit():
-                        os.close(fd)
+                _close_opened(fds, args.push_fd)
                 fds = []
                 try:
                     for item in items:
-                        _output_reply(item, args, client, saved, "item")
+                        received += _output_reply(item, args, client, saved, "item")
+                except TimeoutError as error:
+                    if isinstance(error, ConnectError):
+                        raise
+                    fail(
+                        f"timeout: no item from {args.method} within {args.timeout:g} s (--timeout "
+                        "applies to each item; leave it out to wait for ever)",
+                        "timeout",
+                    )
                 except ProtocolViolationError:
                     _wrong_kind(client, args.method, stream=True)
                     raise
@@ -230,6 +324,6 @@ def run_stream(args: argparse.Namespace) -> int:
                     sys.stderr.write("unixrpc: interrupted; the stream was cancelled\n")
                     return EXIT["interrupted"]
         finally:
-            for fd in fds:
-                os.close(fd)
+            _close_opened(fds, args.push_fd)
+        _unsaved(saved, received, "the stream's items")
     return EXIT["ok"]

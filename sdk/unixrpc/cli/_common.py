@@ -33,6 +33,7 @@ EXIT = {
     "method": 4,  # method not found
     "params": 5,  # invalid params
     "timeout": 6,  # no reply within --timeout
+    "fds": 7,  # the reply carried fewer descriptors than --save-fd named (the result is printed)
     "interrupted": 130,  # Ctrl-C (a stream is cancelled on the daemon first)
 }
 
