@@ -473,3 +473,143 @@ def test_a_directory_that_does_not_let_the_user_through_is_named(sock_dir: str) 
         "user through (mode 0000, owner uid 0 gid 0; this process is uid 0 gid 0 and needs search (x) "
         "permission there)\n"
     )
+
+
+RPC_TARGET = os.path.join(EXAMPLES, "rpc_daemon.py") + ":server"
+RPC_DOCUMENT = os.path.join(SCHEMAS, "rpc_daemon.openrpc.json")
+
+
+def without_whoami(sock_dir: str) -> str:
+    with open(RPC_DOCUMENT) as source:
+        document = json.load(source)
+    document["methods"] = [entry for entry in document["methods"] if entry["name"] != "WhoAmI"]
+    path = os.path.join(sock_dir, "old.json")
+    with open(path, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    return path
+
+
+def test_schema_check(sock_dir: str) -> None:
+    current = unixrpc("schema", RPC_TARGET, "-o", RPC_DOCUMENT, "--check")
+    assert (current.returncode, current.stdout, current.stderr) == (0, "", "")
+
+    stale = without_whoami(sock_dir)
+    with open(stale) as before:
+        kept = before.read()
+    result = unixrpc("schema", RPC_TARGET, "-o", stale, "--check")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"unixrpc: {stale} is stale: it differs from the document of the code (from the file to the code):\n"
+        "  ok       WhoAmI: new method\n"
+        f"regenerate it: unixrpc schema {RPC_TARGET} -o {stale}\n"
+    )
+    with open(stale) as after:
+        assert after.read() == kept  # --check writes nothing
+
+    with open(RPC_DOCUMENT) as source:
+        compact = os.path.join(sock_dir, "compact.json")
+        with open(compact, "w") as out:
+            json.dump(json.load(source), out)
+    reformatted = unixrpc("schema", RPC_TARGET, "-o", compact, "--check")
+    assert reformatted.returncode == 1
+    assert "  (the same interface, written differently)\n" in reformatted.stderr
+
+    absent = os.path.join(sock_dir, "absent.json")
+    missing = unixrpc("schema", RPC_TARGET, "-o", absent, "--check")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(
+        f"unixrpc: {absent} is stale: cannot read it (No such file or directory)\n"
+    )
+    assert not os.path.exists(absent)
+
+    garbage = os.path.join(sock_dir, "garbage.json")
+    with open(garbage, "w") as out:
+        out.write("not json")
+    assert (
+        "is stale: it is not an interface document\n"
+        in unixrpc("schema", RPC_TARGET, "-o", garbage, "--check").stderr
+    )
+
+    no_file = unixrpc("schema", RPC_TARGET, "--check")
+    assert (no_file.returncode, no_file.stderr) == (
+        2,
+        "unixrpc: --check compares with the file given by -o FILE: give it\n",
+    )
+
+
+def test_compat_against_a_running_daemon_and_code(rpc_daemon: str, sock_dir: str) -> None:
+    same = unixrpc("compat", RPC_DOCUMENT, rpc_daemon)
+    assert (same.returncode, same.stdout) == (0, "no breaking changes (0 compatible)\n"), same.stderr
+    old = without_whoami(sock_dir)
+    added = unixrpc("compat", old, rpc_daemon)
+    assert (added.returncode, added.stdout) == (
+        0,
+        "ok       WhoAmI: new method\nno breaking changes (1 compatible)\n",
+    )
+    removed = unixrpc("compat", rpc_daemon, old)
+    assert removed.returncode == 1
+    assert "BREAKING WhoAmI: method removed" in removed.stdout
+    from_code = unixrpc("compat", old, RPC_TARGET)
+    assert (from_code.returncode, from_code.stdout) == (0, added.stdout), from_code.stderr
+    assert unixrpc("compat", rpc_daemon, RPC_TARGET).returncode == 0
+
+    no_module = unixrpc("compat", old, "no_such_module_here:server")
+    assert no_module.returncode == 2
+    assert "No module named 'no_such_module_here'" in no_module.stderr
+    nowhere = unixrpc("compat", old, os.path.join(sock_dir, "nothing-here"))
+    assert (nowhere.returncode, nowhere.stderr) == (
+        2,
+        f"unixrpc: cannot read {sock_dir}/nothing-here: No such file or directory (give an interface "
+        "document, a daemon's socket, or MODULE:ATTR)\n",
+    )
+    quiet = os.path.join(sock_dir, "quiet.sock")
+    with serving_in_thread(make_server(introspection=False), quiet):
+        undescribed = unixrpc("compat", old, quiet)
+    assert undescribed.returncode == 4
+    assert "does not describe itself" in undescribed.stderr
+    assert unixrpc("compat", old, "@unixrpc-cli-nobody-listens").returncode == 3
+
+
+DAEMON = """
+from models import User
+
+from unixrpc import Method, Server
+
+
+class GetUser(Method[User], name="users.Get"):
+    uid: int
+
+
+server = Server(name="users", version="{version}")
+
+
+@server.method(GetUser)
+def get_user(request: GetUser) -> User:
+    return User(uid=request.uid)
+"""
+
+
+def test_compat_between_two_versions_of_one_module(sock_dir: str) -> None:
+    # the same module and sibling names in both: each is imported in a process of its own
+    models = {"v1": "uid: int", "v2": 'uid: int\n    email: str = ""'}
+    for version, fields in models.items():
+        os.mkdir(os.path.join(sock_dir, version))
+        with open(os.path.join(sock_dir, version, "daemon.py"), "w") as out:
+            out.write(DAEMON.format(version=version))
+        with open(os.path.join(sock_dir, version, "models.py"), "w") as out:
+            out.write(f"from pydantic import BaseModel\n\n\nclass User(BaseModel):\n    {fields}\n")
+    v1 = os.path.join(sock_dir, "v1", "daemon.py:server")
+    v2 = os.path.join(sock_dir, "v2", "daemon.py:server")
+    forward = unixrpc("compat", v1, v2)
+    assert (forward.returncode, forward.stdout) == (
+        0,
+        'ok       users.Get result.email: new field: old clients ignore it; new clients get its default ("") '
+        "from older daemons, which do not send it\nno breaking changes (1 compatible)\n",
+    ), forward.stderr
+    backward = unixrpc("compat", v2, v1)
+    assert backward.returncode == 1
+    assert backward.stdout.startswith(
+        "BREAKING users.Get result.email: old clients may not accept what the daemon now sends: "
+        "required field is absent\n"
+    )

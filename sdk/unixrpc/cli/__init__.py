@@ -40,10 +40,12 @@ examples:
   unixrpc list /run/app.sock
   unixrpc ping /run/app.sock
   unixrpc schema examples/rpc_daemon.py:server > api.json
+  unixrpc schema mydaemon.py:server -o api.json --check   (exit 1 if api.json is stale)
   unixrpc compat old-api.json new-api.json         (exit 1 on breaking changes)
+  unixrpc compat old-api.json /run/app.sock        (or MODULE:ATTR: the daemon as it is now)
 
 exit codes:
-  0 success   1 error reply (or breaking changes, for compat)   2 usage
+  0 success   1 error reply (or breaking changes, for compat; stale, for schema --check)   2 usage
   3 cannot connect (no socket, refused, permission) or connection lost
   4 method not found   5 invalid params   6 timeout
   7 fewer descriptors received than --save-fd named   130 interrupted
@@ -176,25 +178,45 @@ def build_parser() -> argparse.ArgumentParser:
     schema = commands.add_parser(
         "schema",
         help="print the interface document of a Server in code, without running it",
-        description="Import MODULE (or a .py file) and print the OpenRPC document of its Server ATTR.",
-        epilog="example: unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json",
+        description="Import MODULE (or a .py file) and print the OpenRPC document of its Server ATTR.\n"
+        "With --check, write nothing and exit 1 if the file given by -o is stale.",
+        epilog="examples:\n"
+        "  unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json\n"
+        "  unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json --check",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     schema.add_argument(
         "target", metavar="MODULE:ATTR", help="e.g. myapp.daemon:server or path/daemon.py:server"
     )
     schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    schema.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 (saying what changed) if FILE (-o) is not the current document",
+    )
     schema.set_defaults(run=run_schema)
 
     check = commands.add_parser(
         "compat",
         parents=[output],
-        help="the breaking changes between two interface documents (exit 1 if any)",
-        description="Compare two interface documents (OLD: what clients were built against, NEW: the "
-        "daemon now) and report what would break those clients. Exit 1 if anything would.",
-        epilog="example: unixrpc compat schemas/v1.json schemas/v2.json",
+        help="the breaking changes between two interfaces (exit 1 if any)",
+        description="Compare two interfaces (OLD: what clients were built against, NEW: the daemon\n"
+        "now) and report what would break those clients. Exit 1 if anything would. Each is\n"
+        "a document file, a running daemon's socket (a path or @name), or MODULE:ATTR.",
+        epilog="examples:\n  unixrpc compat schemas/v1.json schemas/v2.json\n"
+        "  unixrpc compat api/released.json /run/app.sock\n"
+        "  unixrpc compat api/released.json myapp.daemon:server",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("old", metavar="OLD.json")
-    check.add_argument("new", metavar="NEW.json")
+    check.add_argument("old", metavar="OLD", help="a document (.json), a daemon's socket, or MODULE:ATTR")
+    check.add_argument("new", metavar="NEW", help="the same choices as OLD")
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"for a daemon's socket: give up after this long (default: {DEFAULT_TIMEOUT:g})",
+    )
     check.add_argument("--json", action="store_true", help="the changes as a JSON list")
     check.set_defaults(run=run_compat)
     return parser

@@ -99,7 +99,28 @@ def address(text: str) -> str | bytes:
 
 
 def connect(args: argparse.Namespace) -> Client:
+    """A client of the daemon at ``args.socket`` (not connected yet)."""
     return Client(address(args.socket), timeout=args.timeout, connect_timeout=args.timeout)
+
+
+def fetch_document(socket: str, timeout: float | None, pretty: bool | None) -> Any:
+    """The interface document of the daemon at *socket* (``unixrpc.Describe``).
+
+    Raises:
+        Exit: cannot connect (3), the daemon does not describe itself (4), or
+            it answered with another error (1); the message is on stderr.
+    """
+    with reporting(pretty), Client(address(socket), timeout=timeout, connect_timeout=timeout) as client:
+        try:
+            reply = client.call_by_name("unixrpc.Describe")
+        except MethodNotFoundError:
+            fail(
+                f"the daemon at {socket} does not describe itself (it serves no unixrpc.Describe: "
+                "built with Server(introspection=False), or not a unixrpc daemon)",
+                "method",
+            )
+        reply.close()
+    return reply.value
 
 
 _documents: weakref.WeakKeyDictionary[Client, dict[str, Any] | None] = weakref.WeakKeyDictionary()

@@ -10,8 +10,7 @@ import time
 from typing import IO, Any
 
 from .. import interface
-from ..exceptions import MethodNotFoundError
-from ._common import EXIT, connect, dump, fail, find_method, reporting
+from ._common import EXIT, connect, dump, fail, fetch_document, find_method, reporting
 
 
 def _type_of(schema: Any, schemas: dict[str, Any], depth: int = 0) -> str:
@@ -91,23 +90,8 @@ def _summary(document: dict[str, Any], out: IO[str], only: dict[str, Any] | None
     out.flush()
 
 
-def _fetch_document(args: argparse.Namespace) -> Any:
-    """The daemon's interface document (``unixrpc.Describe``)."""
-    with reporting(args.pretty), connect(args) as client:
-        try:
-            reply = client.call_by_name("unixrpc.Describe")
-        except MethodNotFoundError:
-            fail(
-                f"the daemon at {args.socket} does not describe itself (it serves no unixrpc.Describe: "
-                "built with Server(introspection=False), or not a unixrpc daemon)",
-                "method",
-            )
-        reply.close()
-    return reply.value
-
-
 def run_describe(args: argparse.Namespace) -> int:
-    document = _fetch_document(args)
+    document = fetch_document(args.socket, args.timeout, args.pretty)
     only = None
     if args.method is not None:
         only = find_method(document, args.method)
@@ -124,7 +108,7 @@ def run_describe(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    for entry in _fetch_document(args).get("methods", ()):
+    for entry in fetch_document(args.socket, args.timeout, args.pretty).get("methods", ()):
         sys.stdout.write(entry["name"] + "\n")
     return EXIT["ok"]
 
