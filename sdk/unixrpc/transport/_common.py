@@ -162,11 +162,11 @@ def _blocking_directory(path: str) -> str:
     effective = os.access in os.supports_effective_ids
     for depth in range(len(parts) + 1):
         current = os.sep + os.sep.join(parts[:depth])
+        try:
+            info = os.stat(current)
+        except OSError:
+            break  # gone, or not what the kernel refused: say no more than we know
         if not os.access(current, os.X_OK, effective_ids=effective):
-            try:
-                info = os.stat(current)
-            except OSError:
-                return f"the directory {current} does not let this user through"
             return (
                 f"the directory {current} does not let this user through (mode "
                 f"{stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid} gid {info.st_gid}; this "
