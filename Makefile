@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest stress demo bench schemas clean
+.PHONY: test lint typecheck pytest stress demo bench schemas schemas-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ demo: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json
 	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json
+
+# exit 1, saying what changed, when a document in schemas/ is stale (writes nothing)
+schemas-check: $(STAMP)
+	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json --check
+	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json --check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,7 +126,10 @@ def test_timeout_cancels_on_the_server(sock_dir: str) -> None:
     with serving_in_thread(make_server(events), path):
         result = unixrpc("call", path, "Sleep", "seconds=30", "tag=slow", "--timeout", "0.5")
         assert result.returncode == 6
-        assert result.stderr.startswith("unixrpc: timeout: ")
+        assert result.stderr == (
+            "unixrpc: timeout: no reply to Sleep within 0.5 seconds "
+            "(--timeout 0.5; raise it to wait longer)\n"
+        )
         deadline = time.monotonic() + 10
         while events.cancelled != ["slow"] and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -332,3 +336,280 @@ def test_schema_and_compat(sock_dir: str) -> None:
     added = unixrpc("compat", new, old)
     assert added.returncode == 0
     assert unixrpc("compat", old, os.path.join(sock_dir, "absent.json")).returncode == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf", "soon"])
+def test_timeout_must_be_a_positive_number(value: str, sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "never.sock")  # parsing fails before any connect
+    for command in ("call", "stream", "describe"):
+        for form in (["--timeout", value], [f"--timeout={value}"]):
+            args = [command, path, *(["M"] if command != "describe" else []), *form]
+            result = unixrpc(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert (
+                f"argument --timeout: expected a number of seconds above 0, got {value!r} "
+                "(leave --timeout out for the default)"
+            ) in result.stderr
+
+
+def test_stream_timeout_names_the_option(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(make_server(), path):
+        result = unixrpc("stream", path, "Count", "n=5", "delay=30", "--timeout", "0.5")
+    assert (result.returncode, result.stdout) == (6, "0\n")
+    assert result.stderr == (
+        "unixrpc: timeout: no item from Count within 0.5 s (--timeout applies to each item; "
+        "leave it out to wait for ever)\n"
+    )
+
+
+def test_save_fd_without_a_descriptor_fails(rpc_daemon: str, sock_dir: str) -> None:
+    target = os.path.join(sock_dir, "never.txt")
+    none = unixrpc("call", rpc_daemon, "Add", "a=1", "b=2", "--save-fd", target)
+    assert (none.returncode, none.stdout) == (7, "3\n")  # the result is still printed
+    assert none.stderr == (
+        f"unixrpc: --save-fd {target}: the reply carried 0 descriptors, so this file was not written\n"
+    )
+    assert not os.path.exists(target)
+    first, second = os.path.join(sock_dir, "first.txt"), os.path.join(sock_dir, "second.txt")
+    one = unixrpc("call", rpc_daemon, "OpenScratch", "note=hi", "--save-fd", first, "--save-fd", second)
+    assert one.returncode == 7
+    assert one.stderr == (
+        f"unixrpc: --save-fd {second}: the reply carried 1 descriptor, so this file was not written\n"
+    )
+    with open(first) as saved:
+        assert saved.read() == "hi"
+    assert not os.path.exists(second)
+    streamed = unixrpc("stream", rpc_daemon, "Countdown", "start=1", "--save-fd", target, "--save-fd", second)
+    assert (streamed.returncode, streamed.stdout) == (7, "1\n0\n")
+    assert streamed.stderr == (
+        f"unixrpc: --save-fd {target}, {second}: the stream's items carried 0 descriptors, "
+        "so these files were not written\n"
+    )
+
+
+def test_push_fd_is_checked_against_the_schema(rpc_daemon: str, sock_dir: str) -> None:
+    data = os.path.join(sock_dir, "data.txt")
+    with open(data, "w") as out:
+        out.write("pushed")
+    takes_none = unixrpc("call", rpc_daemon, "Add", "a=1", "b=2", "--push-fd", data)
+    assert (takes_none.returncode, takes_none.stderr) == (
+        2,
+        "unixrpc: Add takes no file descriptors (none of its params is an FD), but --push-fd gave "
+        "1 descriptor: leave --push-fd out\n",
+    )
+    streamed = unixrpc("stream", rpc_daemon, "Countdown", "start=1", "--push-fd", data, "--push-fd", data)
+    assert streamed.returncode == 2
+    assert "Countdown takes no file descriptors" in streamed.stderr
+    assert "--push-fd gave 2 descriptors" in streamed.stderr
+
+    server = make_server()
+
+    @server.method(ReadFd)
+    def read(request: ReadFd) -> str:
+        with request.fd.open("r") as source:
+            return source.read()
+
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(server, path):
+        beyond = unixrpc("call", path, "files.Read", "fd=1", "--push-fd", data)
+        assert (beyond.returncode, beyond.stderr) == (
+            2,
+            "unixrpc: param fd refers to descriptor 1, but --push-fd gave 1 descriptor "
+            "(indexes start at 0)\n",
+        )
+        spare = unixrpc("call", path, "files.Read", "fd=0", "--push-fd", data, "--push-fd", data)
+        assert (spare.returncode, spare.stdout) == (0, '"pushed"\n')
+        assert spare.stderr == (
+            f"unixrpc: warning: descriptor 1 (--push-fd {data}) is not referred to by any param of "
+            "files.Read (its FD params: fd); the daemon closes it\n"
+        )
+
+
+def test_push_fd_to_a_daemon_that_does_not_describe_itself(sock_dir: str) -> None:
+    server = make_server(introspection=False)
+
+    @server.method(ReadFd)
+    def read(request: ReadFd) -> str:
+        with request.fd.open("r") as source:
+            return source.read()
+
+    data = os.path.join(sock_dir, "data.txt")
+    with open(data, "w") as out:
+        out.write("pushed")
+    path = os.path.join(sock_dir, "s.sock")
+    with serving_in_thread(server, path):
+        beyond = unixrpc("call", path, "files.Read", "fd=1", "--push-fd", data)  # no schema: the daemon says
+    assert beyond.returncode == 5
+    assert "fd index 1 out of range: the frame carries 1 descriptor" in error_of(beyond)["message"]
+
+
+DROP_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv(1) to drop CAP_DAC_OVERRIDE",
+)
+def test_a_directory_that_does_not_let_the_user_through_is_named(sock_dir: str) -> None:
+    locked = os.path.join(sock_dir, "locked")
+    os.mkdir(locked, 0o700)
+    path = os.path.join(locked, "inner", "s.sock")
+    os.chmod(locked, 0o000)
+    try:
+        # root without the capabilities that bypass file permissions
+        result = subprocess.run(
+            [*DROP_DAC, sys.executable, "-m", "unixrpc", "call", path, "Add"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.chmod(locked, 0o700)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == (
+        f"unixrpc: permission denied connecting to {path}: the directory {locked} does not let this "
+        "user through (mode 0000, owner uid 0 gid 0; this process is uid 0 gid 0 and needs search (x) "
+        "permission there)\n"
+    )
+
+
+RPC_TARGET = os.path.join(EXAMPLES, "rpc_daemon.py") + ":server"
+RPC_DOCUMENT = os.path.join(SCHEMAS, "rpc_daemon.openrpc.json")
+
+
+def without_whoami(sock_dir: str) -> str:
+    with open(RPC_DOCUMENT) as source:
+        document = json.load(source)
+    document["methods"] = [entry for entry in document["methods"] if entry["name"] != "WhoAmI"]
+    path = os.path.join(sock_dir, "old.json")
+    with open(path, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    return path
+
+
+def test_schema_check(sock_dir: str) -> None:
+    current = unixrpc("schema", RPC_TARGET, "-o", RPC_DOCUMENT, "--check")
+    assert (current.returncode, current.stdout, current.stderr) == (0, "", "")
+
+    stale = without_whoami(sock_dir)
+    with open(stale) as before:
+        kept = before.read()
+    result = unixrpc("schema", RPC_TARGET, "-o", stale, "--check")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        f"unixrpc: {stale} is stale: it differs from the document of the code (from the file to the code):\n"
+        "  ok       WhoAmI: new method\n"
+        f"regenerate it: unixrpc schema {RPC_TARGET} -o {stale}\n"
+    )
+    with open(stale) as after:
+        assert after.read() == kept  # --check writes nothing
+
+    with open(RPC_DOCUMENT) as source:
+        compact = os.path.join(sock_dir, "compact.json")
+        with open(compact, "w") as out:
+            json.dump(json.load(source), out)
+    reformatted = unixrpc("schema", RPC_TARGET, "-o", compact, "--check")
+    assert reformatted.returncode == 1
+    assert "  (the same interface, written differently)\n" in reformatted.stderr
+
+    absent = os.path.join(sock_dir, "absent.json")
+    missing = unixrpc("schema", RPC_TARGET, "-o", absent, "--check")
+    assert missing.returncode == 1
+    assert missing.stderr.startswith(
+        f"unixrpc: {absent} is stale: cannot read it (No such file or directory)\n"
+    )
+    assert not os.path.exists(absent)
+
+    garbage = os.path.join(sock_dir, "garbage.json")
+    with open(garbage, "w") as out:
+        out.write("not json")
+    assert (
+        "is stale: it is not an interface document\n"
+        in unixrpc("schema", RPC_TARGET, "-o", garbage, "--check").stderr
+    )
+
+    no_file = unixrpc("schema", RPC_TARGET, "--check")
+    assert (no_file.returncode, no_file.stderr) == (
+        2,
+        "unixrpc: --check compares with the file given by -o FILE: give it\n",
+    )
+
+
+def test_compat_against_a_running_daemon_and_code(rpc_daemon: str, sock_dir: str) -> None:
+    same = unixrpc("compat", RPC_DOCUMENT, rpc_daemon)
+    assert (same.returncode, same.stdout) == (0, "no breaking changes (0 compatible)\n"), same.stderr
+    old = without_whoami(sock_dir)
+    added = unixrpc("compat", old, rpc_daemon)
+    assert (added.returncode, added.stdout) == (
+        0,
+        "ok       WhoAmI: new method\nno breaking changes (1 compatible)\n",
+    )
+    removed = unixrpc("compat", rpc_daemon, old)
+    assert removed.returncode == 1
+    assert "BREAKING WhoAmI: method removed" in removed.stdout
+    from_code = unixrpc("compat", old, RPC_TARGET)
+    assert (from_code.returncode, from_code.stdout) == (0, added.stdout), from_code.stderr
+    assert unixrpc("compat", rpc_daemon, RPC_TARGET).returncode == 0
+
+    no_module = unixrpc("compat", old, "no_such_module_here:server")
+    assert no_module.returncode == 2
+    assert "No module named 'no_such_module_here'" in no_module.stderr
+    nowhere = unixrpc("compat", old, os.path.join(sock_dir, "nothing-here"))
+    assert (nowhere.returncode, nowhere.stderr) == (
+        2,
+        f"unixrpc: cannot read {sock_dir}/nothing-here: No such file or directory (give an interface "
+        "document, a daemon's socket, or MODULE:ATTR)\n",
+    )
+    quiet = os.path.join(sock_dir, "quiet.sock")
+    with serving_in_thread(make_server(introspection=False), quiet):
+        undescribed = unixrpc("compat", old, quiet)
+    assert undescribed.returncode == 4
+    assert "does not describe itself" in undescribed.stderr
+    assert unixrpc("compat", old, "@unixrpc-cli-nobody-listens").returncode == 3
+
+
+DAEMON = """
+from models import User
+
+from unixrpc import Method, Server
+
+
+class GetUser(Method[User], name="users.Get"):
+    uid: int
+
+
+server = Server(name="users", version="{version}")
+
+
+@server.method(GetUser)
+def get_user(request: GetUser) -> User:
+    return User(uid=request.uid)
+"""
+
+
+def test_compat_between_two_versions_of_one_module(sock_dir: str) -> None:
+    # the same module and sibling names in both: each is imported in a process of its own
+    models = {"v1": "uid: int", "v2": 'uid: int\n    email: str = ""'}
+    for version, fields in models.items():
+        os.mkdir(os.path.join(sock_dir, version))
+        with open(os.path.join(sock_dir, version, "daemon.py"), "w") as out:
+            out.write(DAEMON.format(version=version))
+        with open(os.path.join(sock_dir, version, "models.py"), "w") as out:
+            out.write(f"from pydantic import BaseModel\n\n\nclass User(BaseModel):\n    {fields}\n")
+    v1 = os.path.join(sock_dir, "v1", "daemon.py:server")
+    v2 = os.path.join(sock_dir, "v2", "daemon.py:server")
+    forward = unixrpc("compat", v1, v2)
+    assert (forward.returncode, forward.stdout) == (
+        0,
+        'ok       users.Get result.email: new field: old clients ignore it; new clients get its default ("") '
+        "from older daemons, which do not send it\nno breaking changes (1 compatible)\n",
+    ), forward.stderr
+    backward = unixrpc("compat", v2, v1)
+    assert backward.returncode == 1
+    assert backward.stdout.startswith(
+        "BREAKING users.Get result.email: old clients may not accept what the daemon now sends: "
+        "required field is absent\n"
+    )

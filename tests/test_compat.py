@@ -147,6 +147,7 @@ def test_the_allowed_changes_are_compatible() -> None:
     assert {(c.method, c.where) for c in changes} == {
         ("users.Get", "params.verbose"),
         ("users.Get", "errors.users.Suspended"),
+        ("users.Get", "result.email"),
         ("users.List", ""),
     }
     assert compatible([GetUserV1], [GetUserV1]) == []
@@ -279,3 +280,159 @@ def test_compare_refuses_what_is_not_a_document() -> None:
     assert (
         str(Change("M", "params.x", "new optional param", False)) == "ok       M params.x: new optional param"
     )
+
+
+def notes(old: list[type[Any]], new: list[type[Any]]) -> list[str]:
+    return [f"{c.method} {c.where}: {c.message}" for c in compatible(old, new)]
+
+
+class Out(BaseModel):
+    out: FD
+
+
+class MaybeOut(BaseModel):
+    out: FD | None = None
+
+
+class TakeOut(Method[int], name="F"):
+    out: FD
+
+
+class TakeMaybeOut(Method[int], name="F"):
+    out: FD | None = None
+
+
+class TakeInt(Method[int], name="F"):
+    out: int
+
+
+class GiveOut(Method[Out], name="F"):
+    pass
+
+
+class GiveMaybeOut(Method[MaybeOut], name="F"):
+    pass
+
+
+def test_an_fd_param_made_optional_is_compatible_and_an_fd_result_made_optional_is_not() -> None:
+    assert notes([TakeOut], [TakeMaybeOut]) == ["F params.out: required param made optional"]
+    assert breaking([TakeMaybeOut], [TakeOut]) == [
+        "F params.out: optional param made required: old clients may leave it out",
+        f"F params.out: {ACCEPTS}null where integer is expected",
+    ]
+    assert breaking([TakeOut], [TakeInt]) == [
+        f"F params.out: {ACCEPTS}the value no longer carries a file descriptor"
+    ]
+    assert breaking([TakeInt], [TakeOut]) == [
+        f"F params.out: {ACCEPTS}the value now carries a file descriptor"
+    ]
+    assert breaking([GiveOut], [GiveMaybeOut]) == [f"F result.out: {SENDS}null where integer is expected"]
+    compatible([GiveMaybeOut], [GiveOut])
+
+
+class Account(BaseModel):
+    uid: int
+
+
+class AccountMore(BaseModel):
+    uid: int
+    shell: str = "/bin/sh"
+    home: str
+
+
+class AccountDefaulted(BaseModel):
+    uid: int = 0
+
+
+class AccountMaybe(BaseModel):
+    uid: int | None = None
+
+
+class GetAccount(Method[Account], name="A"):
+    pass
+
+
+class GetAccountMore(Method[AccountMore], name="A"):
+    pass
+
+
+class GetAccountDefaulted(Method[AccountDefaulted], name="A"):
+    pass
+
+
+class GetAccountMaybe(Method[AccountMaybe], name="A"):
+    pass
+
+
+def test_new_result_fields_are_reported() -> None:
+    assert notes([GetAccount], [GetAccountMore]) == [
+        "A result.shell: new field: old clients ignore it; new clients get its default "
+        '("/bin/sh") from older daemons, which do not send it',
+        "A result.home: new field: old clients ignore it; new clients fail on older daemons, "
+        "which do not send it (give it a default if they must work together)",
+    ]
+    assert breaking([GetAccountMore], [GetAccount]) == [
+        f"A result.shell: {SENDS}required field is absent",
+        f"A result.home: {SENDS}required field is absent",
+    ]
+
+
+def test_result_fields_with_defaults_are_required_since_the_daemon_always_sends_them() -> None:
+    schemas = document(GetAccountDefaulted)["components"]["schemas"]
+    assert schemas["AccountDefaulted"]["required"] == ["uid"]
+    assert schemas["AccountDefaulted"]["properties"]["uid"]["default"] == 0
+    compatible([GetAccount], [GetAccountDefaulted])  # a default in the daemon's model: it still sends it
+    compatible([GetAccountDefaulted], [GetAccount])
+    assert breaking([GetAccountDefaulted], [GetAccountMaybe]) == [
+        f"A result.uid: {SENDS}null where integer is expected"
+    ]
+    # params keep pydantic's rule: a field with a default may be left out
+    params = document(Wide)["methods"][0]["params"]
+    assert [(p["name"], p["required"]) for p in params] == [("x", True), ("level", False)]
+
+
+class Filter(BaseModel):
+    name: str
+    limit: int = 10
+
+
+class FilterLess(BaseModel):
+    name: str
+
+
+class FilterMore(BaseModel):
+    name: str
+    limit: int = 10
+    sort: bool = False
+
+
+class Search(Method[int], name="S"):
+    filter: Filter
+
+
+class SearchLess(Method[int], name="S"):
+    filter: FilterLess
+
+
+class SearchMore(Method[int], name="S"):
+    filter: FilterMore
+
+
+class SearchLevel(Method[int], name="S"):
+    filter: Filter
+    level: int = 1
+
+
+class SearchLevelTwo(Method[int], name="S"):
+    filter: Filter
+    level: int = 2
+
+
+def test_nested_param_fields_and_defaults() -> None:
+    assert notes([Search], [SearchMore]) == ["S params.filter.sort: new optional field"]
+    assert breaking([Search], [SearchLess]) == [
+        f"S params.filter.limit: {ACCEPTS}field removed (old clients still send it; the daemon ignores it)"
+    ]
+    assert breaking([SearchLevel], [SearchLevelTwo]) == [
+        "S params.level: default changed from 1 to 2: old clients that leave it out now mean something else"
+    ]

@@ -4,16 +4,24 @@ break for clients built against its older interface.
 Owns the evolution rules of docs/interfaces.md, as checks. Between OLD (what
 clients know) and NEW (what the daemon now serves):
 
-* compatible: a new method; a new optional param; a required param made
-  optional; a param that accepts more; a new result field; a result that
-  sends less (a narrower type, a field made required); a new typed error,
-  or one no longer raised.
+* compatible (reported, exit 0): a new method; a new optional param (or
+  optional field of a param's model); a required param made optional (``FD``
+  to ``FD | None = None`` included); a param that accepts more; a new result
+  field (the note says whether new clients get a default from older
+  daemons); a result that sends less (a narrower type, a field made
+  required); a new typed error, or one no longer raised.
 * breaking: a method removed; a call turned into a stream or back; a new
-  required param, or an optional one made required; a param removed (old
-  clients still send it and the daemon now ignores it); a param that accepts
+  required param, or an optional one made required; a param (or a field of a
+  param's model) removed: old clients still send it and the daemon now
+  ignores it; an optional param's default changed; a param that accepts
   less; a result (or item) that may send what old clients do not accept (a
   field removed or made optional, a wider type, a new enum value); a change
   of which values carry file descriptors.
+
+A result field is "optional" only when the daemon may leave it out: the
+documents list every field a daemon sends as required, defaults included
+(:mod:`unixrpc.interface`), so giving a result field a default changes
+nothing for old clients.
 
 Params are checked "does NEW accept everything OLD accepted", results "does
 OLD accept everything NEW may send", over the JSON Schema that pydantic
@@ -151,16 +159,32 @@ def _method_changes(
             yield Change(name, where, "optional param made required: old clients may leave it out", True)
         elif before.get("required") and not after.get("required"):
             yield Change(name, where, "required param made optional", False)
-        problems = _covers(after.get("schema", {}), new_schemas, before.get("schema", {}), old_schemas, where)
-        for path, problem in problems:
+        elif not before.get("required") and not after.get("required"):
+            old_default = before.get("schema", {}).get("default")
+            new_default = after.get("schema", {}).get("default")
+            if old_default != new_default:
+                yield Change(
+                    name,
+                    where,
+                    f"default changed from {_show([old_default])} to {_show([new_default])}: old clients "
+                    "that leave it out now mean something else",
+                    True,
+                )
+        checker = _Checker(new_schemas, old_schemas, sends=False)
+        for path, problem in checker.covers(after.get("schema", {}), before.get("schema", {}), where):
             yield Change(
                 name, path, f"the daemon no longer accepts what old clients may send: {problem}", True
             )
+        for path, note in checker.notes:
+            yield Change(name, path, note, False)
     what = "item" if new.get("x-unixrpc-stream") else "result"
     old_result = old.get("result", {}).get("schema", {})
     new_result = new.get("result", {}).get("schema", {})
-    for path, problem in _covers(old_result, old_schemas, new_result, new_schemas, what):
+    checker = _Checker(old_schemas, new_schemas, sends=True)
+    for path, problem in checker.covers(old_result, new_result, what):
         yield Change(name, path, f"old clients may not accept what the daemon now sends: {problem}", True)
+    for path, note in checker.notes:
+        yield Change(name, path, note, False)
     old_errors = {error["code"] for error in old.get("x-unixrpc-errors", ())}
     new_errors = {error["code"] for error in new.get("x-unixrpc-errors", ())}
     for code in sorted(new_errors - old_errors):
@@ -169,18 +193,21 @@ def _method_changes(
         yield Change(name, f"errors.{code}", "typed error no longer declared", False)
 
 
-def _covers(
-    outer: Any, outer_defs: dict[str, Any], inner: Any, inner_defs: dict[str, Any], path: str
-) -> list[tuple[str, str]]:
-    """Why *outer* does not accept every value *inner* accepts (empty: it does)."""
-    return list(_Checker(outer_defs, inner_defs).covers(outer, inner, path))
-
-
 class _Checker:
-    def __init__(self, outer_defs: dict[str, Any], inner_defs: dict[str, Any]) -> None:
+    """Whether schema *outer* accepts every value of schema *inner*:
+    :meth:`covers` yields why not (empty: it does), and :attr:`notes` holds
+    the compatible differences seen on the way (a new field).
+
+    *sends*: the schemas are what a daemon sends (outer: the old clients'
+    view, inner: the new daemon's); else what it accepts (outer: the new
+    daemon, inner: what old clients send)."""
+
+    def __init__(self, outer_defs: dict[str, Any], inner_defs: dict[str, Any], *, sends: bool) -> None:
         self.outer_defs = outer_defs
         self.inner_defs = inner_defs
+        self.sends = sends
         self.assumed: set[tuple[str, str]] = set()  # $ref pairs under comparison (recursive models)
+        self.notes: list[tuple[str, str]] = []
 
     def covers(self, outer: Any, inner: Any, path: str) -> Iterator[tuple[str, str]]:
         if outer is True or outer == {}:
@@ -201,10 +228,6 @@ class _Checker:
         if not isinstance(outer, dict) or not isinstance(inner, dict):
             yield path, "a schema refers to a definition that is missing"
             return
-        if bool(outer.get(FD_MARK)) != bool(inner.get(FD_MARK)):
-            now = "carries" if inner.get(FD_MARK) else "no longer carries"
-            yield path, f"the value {now} a file descriptor"
-            return
         inner_branches = inner.get("anyOf") or inner.get("oneOf")
         if inner_branches:
             for branch in inner_branches:
@@ -213,7 +236,10 @@ class _Checker:
         outer_branches = outer.get("anyOf") or outer.get("oneOf")
         if outer_branches:
             for branch in outer_branches:
-                if not list(_Checker(self.outer_defs, self.inner_defs).covers(branch, inner, path)):
+                trial = _Checker(self.outer_defs, self.inner_defs, sends=self.sends)
+                trial.assumed = set(self.assumed)
+                if not list(trial.covers(branch, inner, path)):
+                    self.notes += trial.notes
                     return
             yield path, f"{_kind(inner)} is not among {_kind(outer)}"
             return
@@ -228,6 +254,14 @@ class _Checker:
                 yield path, f"'{keyword}' changed (the checker cannot tell whether that is compatible)"
         outer_types = _types(outer)
         inner_types = _types(inner)
+        nulls = {"null"} in (outer_types, inner_types)  # None for an FD: say null, below
+        if bool(outer.get(FD_MARK)) != bool(inner.get(FD_MARK)) and not nulls:
+            if self.sends:
+                now = "carries" if inner.get(FD_MARK) else "no longer carries"
+            else:
+                now = "no longer carries" if inner.get(FD_MARK) else "now carries"
+            yield path, f"the value {now} a file descriptor"
+            return
         if outer_types is not None:
             if inner_types is None:
                 yield path, f"now any value, where {'/'.join(sorted(outer_types))} was expected"
@@ -290,6 +324,15 @@ class _Checker:
                 yield f"{path}.{field}", "field not allowed"
             elif isinstance(outer_extra, dict):
                 yield from self.covers(outer_extra, schema, f"{path}.{field}")
+            elif self.sends:
+                self.notes.append((f"{path}.{field}", _new_result_field(schema)))
+            else:
+                yield f"{path}.{field}", "field removed (old clients still send it; the daemon ignores it)"
+        if not self.sends:
+            outer_required = set(outer.get("required", ()))
+            for field in outer_props:
+                if field not in inner_props and field not in outer_required:
+                    self.notes.append((f"{path}.{field}", "new optional field"))
         inner_extra = inner.get("additionalProperties")
         if isinstance(inner_extra, dict) or inner_extra is True:
             if outer_extra is False:
@@ -308,6 +351,18 @@ class _Checker:
         for index, schema in enumerate(outer_prefix):
             inner_item = inner_prefix[index] if index < len(inner_prefix) else inner.get("items", {})
             yield from self.covers(schema, inner_item, f"{path}[{index}]")
+
+
+def _new_result_field(schema: Any) -> str:
+    if isinstance(schema, dict) and "default" in schema:
+        return (
+            "new field: old clients ignore it; new clients get its default "
+            f"({_show([schema['default']])}) from older daemons, which do not send it"
+        )
+    return (
+        "new field: old clients ignore it; new clients fail on older daemons, which do not send it "
+        "(give it a default if they must work together)"
+    )
 
 
 def _types(schema: dict[str, Any]) -> set[str] | None:

@@ -217,7 +217,8 @@ class FdContext:
     def take(self, index: int) -> FileDescriptor:
         if not 0 <= index < len(self._incoming):
             count = len(self._incoming)
-            raise ValueError(f"fd index {index} out of range: the frame carries {count} descriptors")
+            noun = "descriptor" if count == 1 else "descriptors"
+            raise ValueError(f"fd index {index} out of range: the frame carries {count} {noun}")
         handle = self._taken.get(index)
         if handle is None:
             # the same handle on a repeat take: a union tries several branches

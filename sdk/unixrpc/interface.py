@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import core_schema
 
 from .methods import MethodSpec
 
@@ -42,6 +44,22 @@ OPENRPC_VERSION = "1.3.2"
 REF_PREFIX = "#/components/schemas/"
 #: the JSON Schema keyword that marks an ``FD`` field (an index into the frame's descriptors)
 FD_MARK = "x-unixrpc-fd"
+
+
+class _SchemaGenerator(GenerateJsonSchema):
+    """pydantic's generator, except that what a daemon sends (results, items,
+    error data: serialization mode) lists a field with a default as
+    required: the daemon always sends it, so a client may rely on it. The
+    ``default`` stays in the field's schema, for clients of older daemons."""
+
+    def field_is_required(
+        self,
+        field: core_schema.ModelField | core_schema.DataclassField | core_schema.TypedDictField,
+        total: bool,
+    ) -> bool:
+        if self.mode == "serialization" and field["type"] != "typed-dict-field":
+            return field.get("serialization_exclude_if") is None
+        return super().field_is_required(field, total)
 
 
 def _docstring(cls: type) -> str | None:
@@ -66,7 +84,8 @@ def openrpc_document(
 
     Params are described by name, one content descriptor per field of the
     method class, as a server validates them; results (or stream items) and
-    error data as a server sends them. Named models go to
+    error data as a server sends them: every field is sent, so a field with a
+    default is listed in ``required`` there too (its ``default`` kept). Named models go to
     ``components.schemas`` and are referred to with ``$ref``.
 
     Raises:
@@ -88,7 +107,9 @@ def openrpc_document(
                     )
                 )
     keyed, defs = TypeAdapter.json_schemas(
-        [(key, mode, adapter) for key, mode, adapter in inputs], ref_template=REF_PREFIX + "{model}"
+        [(key, mode, adapter) for key, mode, adapter in inputs],
+        ref_template=REF_PREFIX + "{model}",
+        schema_generator=_SchemaGenerator,
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     by_key = {key: schema for (key, _mode), schema in keyed.items()}

@@ -145,12 +145,34 @@ def connect_error(exc: OSError, raw: str | bytes) -> OSError:
                 "with socket_mode= and socket_group="
             )
         else:
-            detail = "a directory on the path does not let this user through"
+            detail = _blocking_directory(os.fsdecode(raw))
         return SocketPermissionError(code, f"permission denied connecting to {where}: {detail}", where)
     if code == errno.ENOTDIR:
         detail = "a component of the path is not a directory"
         return ConnectError(code, f"cannot connect to {where}: {detail}", where)
     return ConnectError(code, f"cannot connect to {where}: {exc.strerror}", where)
+
+
+def _blocking_directory(path: str) -> str:
+    """Which directory on *path* this process may not search (``x``), said
+    with its mode and owner; a generic phrase if none is found (the
+    permissions changed since, or a security module refused)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    parts = [part for part in directory.split(os.sep) if part]
+    effective = os.access in os.supports_effective_ids
+    for depth in range(len(parts) + 1):
+        current = os.sep + os.sep.join(parts[:depth])
+        try:
+            info = os.stat(current)
+        except OSError:
+            break  # gone, or not what the kernel refused: say no more than we know
+        if not os.access(current, os.X_OK, effective_ids=effective):
+            return (
+                f"the directory {current} does not let this user through (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}, owner uid {info.st_uid} gid {info.st_gid}; this "
+                f"process is uid {os.geteuid()} gid {os.getegid()} and needs search (x) permission there)"
+            )
+    return "a directory on the path does not let this user through"
 
 
 def check_connected_socket(sock: socket.socket) -> None:
