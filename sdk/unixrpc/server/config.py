@@ -13,7 +13,7 @@ from typing import Any
 
 from .._core.server import ServerRules
 from ..protocol import StreamProtocol
-from .threadpool import HandlerThreads
+from .anyio.handler_threads import HandlerThreads
 
 __all__ = ["ServerConfig"]
 

@@ -32,13 +32,12 @@ from ..address import UnixAddressLike, UnixSocketAddress
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
 from . import introspection as introspection_methods
-from .anyio_engine import AnyioEngine
+from .anyio import AnyioEngine, HandlerThreads
 from .binding import BoundListener, bind_listener
 from .config import ServerConfig
 from .context import CallContext
 from .policy import Allow, access_table
-from .thread_engine import ThreadEngine
-from .threadpool import HandlerThreads
+from .threads import ThreadEngine
 
 __all__ = ["AuthorizeHook", "Server"]
 

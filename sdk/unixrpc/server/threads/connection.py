@@ -36,40 +36,35 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from .._core import wire
-from .._core.server import (
-    ITEM,
-    NO_CREDIT,
-    STOP,
+from ..._core import wire
+from ..._core.server import (
     Cancel,
     Chunk,
     Close,
     FdFrame,
     Grant,
     Raised,
-    Returned,
     ServerCall,
     ServerConnection,
 )
-from .._ratelog import RateLimitedLog
-from ..ancillary import SocketAncillary
-from ..exceptions import (
+from ..._ratelog import RateLimitedLog
+from ...ancillary import SocketAncillary
+from ...exceptions import (
     AncillaryDataTruncatedError,
     ClientClosedError,
     ConnectionBrokenError,
     ServerBusyError,
     StreamProtocolParseError,
 )
-from ..peer import read_peer
-from ..transport.sync_client import UnixStreamClient
-from .config import ServerConfig
-from .context import CallContext, context_of
-from .kit import peer_hung_up
+from ...peer import Peer
+from ...transport.sync_client import UnixStreamClient
+from ..config import ServerConfig
+from ..kit import peer_hung_up
+from .calls import CallRunner
+from .loop_thread import LoopThread
 
 if TYPE_CHECKING:
     pass
@@ -81,51 +76,21 @@ _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _READ_ONCE = select.EPOLLIN | select.EPOLLONESHOT
 #: a thread idle this long, with another one waiting, ends
 _IDLE_SECONDS = 10.0
-#: how long a cancelled async handler's cleanup is waited for before its descriptors go
-_CLEANUP_WAIT = 30.0
-
-
-_DONE = object()  # a generator stream has no more items
-#: what _run_slow returns when the core answered the call itself (authorization refused it)
-_ANSWERED = object()
-
-
-class LoopThread:
-    """The event-loop thread ``async def`` handlers run on under the threads
-    engine (an anyio blocking portal on asyncio)."""
-
-    def __init__(self) -> None:
-        from anyio.from_thread import start_blocking_portal
-
-        self._manager = start_blocking_portal("asyncio")
-        self._portal = self._manager.__enter__()
-
-    def start(self, function: Callable[..., Awaitable[Any]], *args: Any) -> Future[Any]:
-        """Start ``function(*args)`` on the loop; cancel it with the future.
-
-        Raises:
-            RuntimeError: the loop thread has stopped.
-        """
-        return self._portal.start_task_soon(function, *args)
-
-    def close(self) -> None:
-        """Stop the loop, after cancelling what still runs there."""
-        self._portal.call(self._portal.stop, True)
-        with contextlib.suppress(Exception):
-            self._manager.__exit__(None, None, None)
 
 
 class ThreadConnection:
     """One accepted connection under the threads engine (see the module docstring)."""
 
-    def __init__(self, config: ServerConfig, engine: Any, sock: socket.socket, connection_id: int) -> None:
+    def __init__(
+        self, config: ServerConfig, engine: Any, sock: socket.socket, connection_id: int, peer: Peer
+    ) -> None:
         self._config = config
         self._engine = engine
         self._transport: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
             sock, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE
         )
         self.connection_id = connection_id
-        self.peer = read_peer(sock)
+        self.peer = peer  # (its pidfd is closed with the connection)
         self.core = ServerConnection(
             config.rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
         )
@@ -156,6 +121,7 @@ class ThreadConnection:
         self._ancillary = SocketAncillary()
         self._bufsize = config.ancillary_bufsize
         self.finished = threading.Event()
+        self._runner = CallRunner(self)
 
     def start(self) -> bool:
         """Start the connection's first thread (it waits for the first
@@ -276,7 +242,7 @@ class ThreadConnection:
                             if not events and self._waiting and not self._runq:
                                 return  # idle for a while, and not the last one waiting
                         continue
-                self._run(call)
+                self._runner.run(call)
         finally:
             if call is not None:
                 with lock:
@@ -459,164 +425,6 @@ class ThreadConnection:
         else:  # not started (None), or running on its thread (True): answered now
             self.core.stop(call, running=future is not None)
         self._notify_all()  # a stream waiting for credit stops
-
-    # -- running calls --------------------------------------------------------------
-
-    def _context(self, call: ServerCall) -> CallContext:
-        return context_of(call, self.peer, self.connection_id, self._config.rules)
-
-    def _run(self, call: ServerCall) -> None:
-        """Run *call* on this thread, and answer it."""
-        handler, core, lock = call.handler, self.core, self._lock
-        if call.cancel_requested:  # answered before a thread was free: it never runs
-            with lock:
-                core.stop(call)
-            self._flush()
-            return
-        ok = True
-        try:
-            if handler.is_async or handler.spec.streaming or self._config.authorize is not None:
-                result = self._run_slow(call)
-            elif handler.wants_context:
-                result = handler.function(call.request, self._context(call))
-            else:
-                result = handler.function(call.request)
-        except FutureCancelledError:  # an async handler, cancelled on the loop
-            with lock:
-                core.stop(call)
-            self._flush()
-            return
-        except Exception as exc:
-            ok, result = False, exc
-        if result is _ANSWERED:
-            self._flush()
-            return
-        self._answer(call, ok, result)
-
-    def _run_slow(self, call: ServerCall) -> Any:
-        """What :meth:`_run` does for authorization, async handlers and streams."""
-        handler = call.handler
-        hook = self._config.authorize
-        if hook is not None:
-            verdict: object
-            try:
-                verdict = hook(self._context(call), call.request)
-                if isinstance(verdict, Awaitable):
-                    pending = verdict
-                    verdict = self._await(call, lambda: pending)
-            except FutureCancelledError:
-                raise
-            except Exception as exc:
-                verdict = exc
-            with self._lock:
-                if not self.core.authorized(call, verdict):  # denied, or the hook failed: answered
-                    return _ANSWERED
-        args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
-        if handler.spec.streaming:
-            self._run_stream(call, args)
-            return None
-        if handler.is_async:
-            return self._await(call, lambda: handler.function(*args))
-        return handler.function(*args)
-
-    def _answer(self, call: ServerCall, ok: bool, value: Any) -> None:
-        """Hand *call*'s outcome to the core and write what it queued: in one
-        locked step when no other thread is writing (the common case)."""
-        core, lock = self.core, self._lock
-        with lock:
-            core.finish(call, Returned(value) if ok else Raised(value))
-            if self._writing or not core.has_output():
-                return
-            self._writing = True
-            chunks = core.take_output()
-        self._write(chunks)
-
-    def _await(self, call: ServerCall, make: Callable[[], Awaitable[Any]]) -> Any:
-        """Run an awaitable on the loop thread and wait for it here; a cancel
-        of *call* cancels it there.
-
-        Raises:
-            concurrent.futures.CancelledError: it was cancelled.
-        """
-        loop = self._engine.loop_thread()
-        ended = threading.Event()
-
-        async def run() -> Any:
-            try:
-                return await make()
-            finally:
-                ended.set()
-
-        with self._lock:
-            if call.cancel_requested:
-                raise FutureCancelledError
-            future = call.engine = loop.start(run)
-        try:
-            return future.result()
-        except FutureCancelledError:
-            # the future says cancelled at once; the coroutine may still run its
-            # cleanup on the loop, with the request's descriptors: wait for it
-            if not ended.wait(_CLEANUP_WAIT) and future.running():
-                logger.warning("a cancelled handler of %s still runs after %ss", call.method, _CLEANUP_WAIT)
-            raise
-        finally:
-            with self._lock:
-                call.engine = True
-
-    def _run_stream(self, call: ServerCall, args: tuple[Any, ...]) -> None:
-        items = call.handler.function(*args)
-        if call.handler.is_async:
-            done = object()
-
-            async def next_item() -> Any:
-                return await anext(items, done)
-
-            try:
-                while self._room_for_item(call):
-                    item = self._await(call, next_item)
-                    if item is done:
-                        return
-                    self._send_item(call, item)
-            finally:
-                with contextlib.suppress(Exception):
-                    self._engine.loop_thread().start(items.aclose).result()
-            return
-        try:
-            while self._room_for_item(call):
-                item = next(items, _DONE)
-                if item is _DONE:
-                    return
-                self._send_item(call, item)
-        finally:
-            items.close()
-
-    def _room_for_item(self, call: ServerCall) -> bool:
-        """Wait until the stream *call* may produce its next item (the core's
-        ``stream_step``: credit, and room in the output); False once it must
-        stop. Waiting for credit or for the peer to read is not work: the
-        thread's slot goes to a queued call meanwhile."""
-        core, lock = self.core, self._lock
-        while True:
-            with lock:
-                step = core.stream_step(call)
-                if step == ITEM:
-                    return True
-                if step == STOP:
-                    return False
-                if step == NO_CREDIT or self._writing:
-                    self._running -= 1
-                    self._dispatch(0)
-                    try:
-                        self._wait()  # a Grant, a cancel, or the writer done
-                    finally:
-                        self._running += 1
-                    continue
-            self._flush()  # no room and nobody writes: write it here (until the peer reads)
-
-    def _send_item(self, call: ServerCall, item: Any) -> None:
-        with self._lock:
-            self.core.item(call, item)  # InternalError: the stream fails with it
-        self._flush()
 
     # -- writing --------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 
-from .._core.server import Chunk, FdFrame, ServerConnection
-from .._wakeup import Wakeup
-from ..transport.async_client import AsyncUnixStreamClient
+from ..._core.server import Chunk, FdFrame, ServerConnection
+from ..._wakeup import Wakeup
+from ...transport.async_client import AsyncUnixStreamClient
 
 __all__ = ["OutputWriter"]
 

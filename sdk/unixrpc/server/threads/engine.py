@@ -22,17 +22,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._core.server import Admission
-from .._ratelog import RateLimitedLog
-from ..transport._common import peer_credentials
-from .binding import BoundListener
-from .config import ServerConfig
-from .kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit, send_refusal
-from .lifecycle import Lifecycle
-from .thread_connection import LoopThread, ThreadConnection
+from ..._core.server import Admission
+from ..._ratelog import RateLimitedLog
+from ...peer import read_peer
+from ..binding import BoundListener
+from ..config import ServerConfig
+from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit, send_refusal
+from ..lifecycle import Lifecycle
+from .connection import LoopThread, ThreadConnection
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 __all__ = ["ThreadEngine"]
 
@@ -163,7 +163,7 @@ class ThreadEngine:
 
     def _admit(self, conn: socket.socket, connection_id: int) -> None:
         try:
-            peer = peer_credentials(conn)
+            peer = read_peer(conn)
         except OSError:
             conn.close()
             return
@@ -173,7 +173,7 @@ class ThreadEngine:
             self._refuse(conn, refusal)
             return
         try:
-            connection = ThreadConnection(self._config, self, conn, connection_id)
+            connection = ThreadConnection(self._config, self, conn, connection_id, peer)
         except OSError as exc:  # the peer left already
             logger.debug("connection %d: %s", connection_id, exc)
             conn.close()

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._wakeup import Wakeup
+from ..._wakeup import Wakeup
 
 if TYPE_CHECKING:
-    from .._core.server import ServerCall
+    from ..._core.server import ServerCall
 
 __all__ = ["READER_BUDGET", "Worker", "resume"]
 

@@ -22,20 +22,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.abc
 
-from .._core import wire
-from .._core.server import Admission
-from .._ratelog import RateLimitedLog
-from ..address import UnixSocketAddress
-from ..exceptions import ClientClosedError, ServerBusyError
-from ..transport.async_client import AsyncUnixStreamClient
-from .binding import BoundListener
-from .config import ServerConfig
+from ..._core import wire
+from ..._core.server import Admission
+from ..._ratelog import RateLimitedLog
+from ...address import UnixSocketAddress
+from ...exceptions import ClientClosedError, ServerBusyError
+from ...transport.async_client import AsyncUnixStreamClient
+from ..binding import BoundListener
+from ..config import ServerConfig
+from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit
+from ..lifecycle import Lifecycle
 from .connection import Connection
-from .kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit
-from .lifecycle import Lifecycle
 
 if TYPE_CHECKING:
-    from .server import Server
+    from ..server import Server
 
 __all__ = ["AnyioEngine"]
 

@@ -26,8 +26,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._ratelog import RateLimitedLog
-from ..exceptions import ServerBusyError
+from ..._ratelog import RateLimitedLog
+from ...exceptions import ServerBusyError
 
 __all__ = ["HandlerThreads", "ThreadOutcome", "outcome_waiter"]
 

@@ -30,24 +30,24 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .._core import wire
-from .._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
-from .._wakeup import Wakeup, wakeup_factory
-from ..ancillary import SocketAncillary
-from ..exceptions import (
+from ..._core import wire
+from ..._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
+from ..._wakeup import Wakeup, wakeup_factory
+from ...ancillary import SocketAncillary
+from ...exceptions import (
     AncillaryDataTruncatedError,
     ClientClosedError,
     ConnectionBrokenError,
     StreamProtocolParseError,
 )
-from ..peer import Peer, read_peer
-from ..transport.async_client import AsyncUnixStreamClient
-from .anyio_calls import CallRunner
-from .anyio_output import OutputWriter
-from .config import ServerConfig
-from .kit import peer_hung_up
+from ...peer import Peer, read_peer
+from ...transport.async_client import AsyncUnixStreamClient
+from ..config import ServerConfig
+from ..kit import peer_hung_up
+from .calls import CallRunner
+from .handler_threads import outcome_waiter
+from .output import OutputWriter
 from .tasks import READER_BUDGET, Worker
-from .threadpool import outcome_waiter
 
 if TYPE_CHECKING:
     pass

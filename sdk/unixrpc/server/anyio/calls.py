@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from .._core.server import ITEM, NO_ROOM, STOP, Raised, Returned, ServerCall, ServerConnection
-from .._wakeup import Wakeup
-from ..ancillary import UnixCredentials
-from ..exceptions import CallCancelledError
-from .config import ServerConfig
-from .context import CallContext, context_of
+from ..._core.server import ITEM, NO_ROOM, STOP, Raised, Returned, ServerCall, ServerConnection
+from ..._wakeup import Wakeup
+from ...ancillary import UnixCredentials
+from ...exceptions import CallCancelledError
+from ..config import ServerConfig
+from ..context import CallContext, context_of
 from .tasks import Worker, resume
 
 if TYPE_CHECKING:

@@ -1,0 +1,196 @@
+"""How the threads engine runs calls (composed into
+:class:`.connection.ThreadConnection`): a plain ``def`` handler on the
+thread that took it, an ``async def`` one on the server's loop thread
+(:mod:`.loop_thread`), authorization and streams through the core's
+``authorized`` and ``stream_step``. The core decides what every outcome
+means; this only runs and waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from concurrent.futures import CancelledError as FutureCancelledError
+from typing import TYPE_CHECKING, Any
+
+from ..._core.server import ITEM, NO_CREDIT, STOP, Raised, Returned, ServerCall
+from ..context import CallContext, context_of
+
+if TYPE_CHECKING:
+    from .connection import ThreadConnection
+
+__all__ = ["CallRunner"]
+
+logger = logging.getLogger("unixrpc.server")
+#: how long a cancelled async handler's cleanup is waited for before its descriptors go
+_CLEANUP_WAIT = 30.0
+_DONE = object()  # a generator stream has no more items
+#: what _run_slow returns when the core answered the call itself (authorization refused it)
+_ANSWERED = object()
+
+
+class CallRunner:
+    """Runs the calls of one connection (see the module docstring)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, connection: ThreadConnection) -> None:
+        self._conn = connection
+
+    def _context(self, call: ServerCall) -> CallContext:
+        return context_of(call, self._conn.peer, self._conn.connection_id, self._conn._config.rules)
+
+    def run(self, call: ServerCall) -> None:
+        """Run *call* on this thread, and answer it."""
+        handler, core, lock = call.handler, self._conn.core, self._conn._lock
+        if call.cancel_requested:  # answered before a thread was free: it never runs
+            with lock:
+                core.stop(call)
+            self._conn._flush()
+            return
+        ok = True
+        try:
+            if handler.is_async or handler.spec.streaming or self._conn._config.authorize is not None:
+                result = self._run_slow(call)
+            elif handler.wants_context:
+                result = handler.function(call.request, self._context(call))
+            else:
+                result = handler.function(call.request)
+        except FutureCancelledError:  # an async handler, cancelled on the loop
+            with lock:
+                core.stop(call)
+            self._conn._flush()
+            return
+        except Exception as exc:
+            ok, result = False, exc
+        if result is _ANSWERED:
+            self._conn._flush()
+            return
+        self._answer(call, ok, result)
+
+    def _run_slow(self, call: ServerCall) -> Any:
+        """What :meth:`_run` does for authorization, async handlers and streams."""
+        handler = call.handler
+        hook = self._conn._config.authorize
+        if hook is not None:
+            verdict: object
+            try:
+                verdict = hook(self._context(call), call.request)
+                if isinstance(verdict, Awaitable):
+                    pending = verdict
+                    verdict = self._await(call, lambda: pending)
+            except FutureCancelledError:
+                raise
+            except Exception as exc:
+                verdict = exc
+            with self._conn._lock:
+                if not self._conn.core.authorized(call, verdict):  # denied, or the hook failed: answered
+                    return _ANSWERED
+        args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
+        if handler.spec.streaming:
+            self._run_stream(call, args)
+            return None
+        if handler.is_async:
+            return self._await(call, lambda: handler.function(*args))
+        return handler.function(*args)
+
+    def _answer(self, call: ServerCall, ok: bool, value: Any) -> None:
+        """Hand *call*'s outcome to the core and write what it queued: in one
+        locked step when no other thread is writing (the common case)."""
+        core, lock = self._conn.core, self._conn._lock
+        with lock:
+            core.finish(call, Returned(value) if ok else Raised(value))
+            if self._conn._writing or not core.has_output():
+                return
+            self._conn._writing = True
+            chunks = core.take_output()
+        self._conn._write(chunks)
+
+    def _await(self, call: ServerCall, make: Callable[[], Awaitable[Any]]) -> Any:
+        """Run an awaitable on the loop thread and wait for it here; a cancel
+        of *call* cancels it there.
+
+        Raises:
+            concurrent.futures.CancelledError: it was cancelled.
+        """
+        loop = self._conn._engine.loop_thread()
+        ended = threading.Event()
+
+        async def run() -> Any:
+            try:
+                return await make()
+            finally:
+                ended.set()
+
+        with self._conn._lock:
+            if call.cancel_requested:
+                raise FutureCancelledError
+            future = call.engine = loop.start(run)
+        try:
+            return future.result()
+        except FutureCancelledError:
+            # the future says cancelled at once; the coroutine may still run its
+            # cleanup on the loop, with the request's descriptors: wait for it
+            if not ended.wait(_CLEANUP_WAIT) and future.running():
+                logger.warning("a cancelled handler of %s still runs after %ss", call.method, _CLEANUP_WAIT)
+            raise
+        finally:
+            with self._conn._lock:
+                call.engine = True
+
+    def _run_stream(self, call: ServerCall, args: tuple[Any, ...]) -> None:
+        items = call.handler.function(*args)
+        if call.handler.is_async:
+            done = object()
+
+            async def next_item() -> Any:
+                return await anext(items, done)
+
+            try:
+                while self._room_for_item(call):
+                    item = self._await(call, next_item)
+                    if item is done:
+                        return
+                    self._send_item(call, item)
+            finally:
+                with contextlib.suppress(Exception):
+                    self._conn._engine.loop_thread().start(items.aclose).result()
+            return
+        try:
+            while self._room_for_item(call):
+                item = next(items, _DONE)
+                if item is _DONE:
+                    return
+                self._send_item(call, item)
+        finally:
+            items.close()
+
+    def _room_for_item(self, call: ServerCall) -> bool:
+        """Wait until the stream *call* may produce its next item (the core's
+        ``stream_step``: credit, and room in the output); False once it must
+        stop. Waiting for credit or for the peer to read is not work: the
+        thread's slot goes to a queued call meanwhile."""
+        core, lock = self._conn.core, self._conn._lock
+        while True:
+            with lock:
+                step = core.stream_step(call)
+                if step == ITEM:
+                    return True
+                if step == STOP:
+                    return False
+                if step == NO_CREDIT or self._conn._writing:
+                    self._conn._running -= 1
+                    self._conn._dispatch(0)
+                    try:
+                        self._conn._wait()  # a Grant, a cancel, or the writer done
+                    finally:
+                        self._conn._running += 1
+                    continue
+            self._conn._flush()  # no room and nobody writes: write it here (until the peer reads)
+
+    def _send_item(self, call: ServerCall, item: Any) -> None:
+        with self._conn._lock:
+            self._conn.core.item(call, item)  # InternalError: the stream fails with it
+        self._conn._flush()
