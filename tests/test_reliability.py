@@ -216,7 +216,9 @@ def test_a_hang_up_after_the_reading_ended_cancels_the_calls_and_frees_the_slot(
     every new client got ``ServerBusyError`` for ever. Now the hang-up is
     noticed when it happens: the streams are cancelled, the connections
     closed, their descriptors freed and a new client served."""
-    with ServerProcess(path, backend_of(server_engine), max_connections=2) as server:
+    with ServerProcess(
+        path, backend_of(server_engine), max_connections=2, max_connections_per_uid=2
+    ) as server:
         base_fds = server.fds()
         socks = []
         try:
@@ -421,7 +423,9 @@ def test_a_connection_that_stalls_in_a_frame_is_closed(path: str, server_engine:
     still after 30 s. Now ``Server(frame_timeout=0.5)`` closes a connection
     that began a frame and did not finish it in time, freeing its slot; a
     connection idle between frames is left alone (no idle timeout)."""
-    with ServerProcess(path, backend_of(server_engine), max_connections=3, frame_timeout=0.5) as server:
+    with ServerProcess(
+        path, backend_of(server_engine), max_connections=3, max_connections_per_uid=3, frame_timeout=0.5
+    ) as server:
         base_fds = server.fds()
         with raw_connect(path) as idle:
             assert ask(idle, add_request(1, 1, 1)) == {"id": 1, "result": 2}
@@ -447,7 +451,11 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(path: str, server_e
     flight that received nothing for that long is closed (its slot freed);
     one whose call is still running is not, and gets its reply."""
     with ServerProcess(
-        path, backend_of(server_engine), max_connections=2, connection_idle_timeout=0.5
+        path,
+        backend_of(server_engine),
+        max_connections=2,
+        max_connections_per_uid=2,  # every client here has one uid
+        connection_idle_timeout=0.5,
     ) as server:
         base_fds = server.fds()
         with raw_connect(path) as idle, raw_connect(path) as busy:
