@@ -22,20 +22,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 #: (client kind, anyio backend) combinations a shared client test runs under.
 CLIENT_VARIANTS = [("sync", "asyncio"), ("async", "asyncio"), ("async", "trio")]
-#: the server engines every server test runs on
+#: the server engines a test marked ``server`` runs on
 ENGINES = ["anyio", "threads"]
-#: modules whose tests run a unixrpc Server: each runs on every engine
-SERVER_MODULES = {
-    "test_server",
-    "test_fds",
-    "test_foreign_peer",
-    "test_rpc",
-    "test_fast_paths",
-    "test_coalescing",
-    "test_engine_edges",
-    "test_reliability",
-    "test_identity",
-}
 
 
 @pytest.fixture
@@ -46,8 +34,17 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 def server_engine() -> str:
-    """Overridden by pytest_generate_tests for server tests: every engine."""
+    """The engine the test's servers run on: ``"anyio"`` or ``"threads"``.
+    Overridden by pytest_generate_tests for tests marked ``server``."""
     return "anyio"
+
+
+@pytest.fixture
+def server_backend(server_engine: str, anyio_backend: str) -> str:
+    """The ``backend=`` that serves a server in a thread (``serve_in_thread``,
+    ``unixrpc.testing.serving``) on the test's engine: ``"threads"``, or the
+    test's anyio backend for the anyio engine."""
+    return "threads" if server_engine == "threads" else anyio_backend
 
 
 @pytest.fixture(autouse=True)
@@ -63,10 +60,12 @@ def _use_server_engine(server_engine: str) -> Iterator[None]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    module = metafunc.module.__name__.rpartition(".")[2]
-    engines = ENGINES if module in SERVER_MODULES else ENGINES[:1]
+    """A test marked ``server`` runs on every engine; others on the anyio
+    engine only. Every async test runs on asyncio and trio."""
+    on_every_engine = metafunc.definition.get_closest_marker("server") is not None
     if metafunc.definition.get_closest_marker("anyio_engine_only"):
-        engines = ENGINES[:1]
+        on_every_engine = False
+    engines = ENGINES if on_every_engine else ENGINES[:1]
     # the threads engine is the server's choice, not the test loop's: against it the
     # clients run on asyncio (trio clients are covered against the anyio engine)
     if "client_kind" in metafunc.fixturenames:

@@ -120,6 +120,7 @@ def test_exit_codes(rpc_daemon: str, sock_dir: str) -> None:
     )
 
 
+@pytest.mark.server
 def test_timeout_cancels_on_the_server(sock_dir: str) -> None:
     events = Events()
     path = os.path.join(sock_dir, "s.sock")
@@ -184,6 +185,7 @@ def test_stream_to_its_end(rpc_daemon: str) -> None:
     )
 
 
+@pytest.mark.server
 def test_stream_interrupted_cancels_on_the_server(sock_dir: str) -> None:
     events = Events()
     path = os.path.join(sock_dir, "s.sock")
@@ -229,6 +231,7 @@ class ReadFd(Method[str], name="files.Read"):
     fd: FD
 
 
+@pytest.mark.server
 def test_push_fd(sock_dir: str) -> None:
     server = make_server()
 
@@ -259,6 +262,7 @@ def test_push_fd(sock_dir: str) -> None:
         assert "--push-fd: cannot open" in absent.stderr
 
 
+@pytest.mark.server
 def test_describe_a_daemon_without_introspection(sock_dir: str) -> None:
     path = os.path.join(sock_dir, "s.sock")
     with serving_in_thread(make_server(introspection=False), path):
@@ -269,6 +273,7 @@ def test_describe_a_daemon_without_introspection(sock_dir: str) -> None:
         assert unixrpc("call", path, "Add", "a=1", "b=2").stdout == "3\n"
 
 
+@pytest.mark.server
 def test_abstract_names(sock_dir: str) -> None:
     name = f"unixrpc-cli-{os.getpid()}"
     with serving_in_thread(make_server(), "\0" + name):

@@ -24,7 +24,7 @@ from rpc_support import Add, Echo, Sleep, make_server, serving
 from unixrpc import AsyncClient, ConnectionBrokenError, FrameTooLargeError
 from unixrpc._core.framing import HEADER
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]  # every test here runs on every engine
 
 
 class FrameReader:

@@ -94,6 +94,7 @@ async def pair(kind: str, sock_dir: str, server: Server) -> AsyncIterator[Driver
             yield Driver(kind, client)
 
 
+@pytest.mark.server
 async def test_old_client_new_server(client_kind: str, sock_dir: str) -> None:
     async for client in pair(client_kind, sock_dir, server_v2()):
         user = await client.call(GetUserV1(uid=1))
@@ -104,6 +105,7 @@ async def test_old_client_new_server(client_kind: str, sock_dir: str) -> None:
         assert info.value.code == "users.Suspended"
 
 
+@pytest.mark.server
 async def test_new_client_old_server(client_kind: str, sock_dir: str) -> None:
     seen_params.clear()
     async for client in pair(client_kind, sock_dir, server_v1()):

@@ -1,8 +1,6 @@
-"""The server under systemd, end to end: written against the API proposed for
-the server facade, skipped until the lead integrates the daemon building
-blocks (unixrpc.daemon) into Server.serve() / serve_forever().
-
-Proposed API (see docs/daemon.md and the report on branch ``daemon``):
+"""The server under systemd, end to end: the daemon building blocks
+(unixrpc.daemon) as Server.serve() / serve_forever() / serve_in_thread()
+use them (docs/daemon.md).
 
 * ``serve(address=None, *, listener=None, listen_name=None, task_status=...)``
   and ``serve_forever(address=None, *, listener=None, listen_name=None,
@@ -19,7 +17,9 @@ Proposed API (see docs/daemon.md and the report on branch ``daemon``):
   ``on_reload`` hook: ``RELOADING=1`` + ``MONOTONIC_USEC=``, the hook, ``READY=1``.
 
 Real inherited fds (the launcher of daemon_support, and the real
-systemd-socket-activate), real datagrams, real signals, on every backend.
+systemd-socket-activate), real datagrams, real signals, in a daemon process
+on every backend; the tests in this process run on every engine (marker
+``server``).
 """
 
 from __future__ import annotations
@@ -33,19 +33,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import pytest
 
 from daemon_support import Manager, bind_manager, spawn_activated, unix_listener
 from rpc_support import Add, make_server
-from unixrpc import AsyncClient, Client, Method, SocketActivationError
+from unixrpc import AsyncClient, Client, Method, Server, SocketActivationError, UnixSocketAddress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "systemd")
 SOCKET_ACTIVATE = "/usr/bin/systemd-socket-activate"
-BACKENDS = ["asyncio", "trio", "threads"]
 
 DAEMON = """
 import time
@@ -138,13 +139,15 @@ def call_add(path: str, a: int = 1, b: int = 2, timeout: float = 10) -> int:
         return client.call(Add(a=a, b=b))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_no_address_serves_the_socket_systemd_passed(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_no_address_serves_the_socket_systemd_passed(
+    sock_dir: str, manager: Manager, server_backend: str
+) -> None:
     path = os.path.join(sock_dir, "kv.sock")
     with unix_listener(path) as listener:
         os.chmod(path, 0o640)
         inode = os.stat(path).st_ino
-        proc = start(manager, [listener.fileno()], backend, "no-address")
+        proc = start(manager, [listener.fileno()], server_backend, "no-address")
     try:
         lines, pid = manager.wait_for(b"READY=1")
         assert pid == proc.pid
@@ -157,11 +160,11 @@ def test_no_address_serves_the_socket_systemd_passed(sock_dir: str, manager: Man
     assert (st.st_ino, stat.S_IMODE(st.st_mode)) == (inode, 0o640), "never unlinked, never chmod-ed"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_every_passed_socket_is_served(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_every_passed_socket_is_served(sock_dir: str, manager: Manager, server_backend: str) -> None:
     paths = [os.path.join(sock_dir, name) for name in ("a.sock", "b.sock")]
     with unix_listener(paths[0]) as first, unix_listener(paths[1]) as second:
-        proc = start(manager, [first.fileno(), second.fileno()], backend, "no-address")
+        proc = start(manager, [first.fileno(), second.fileno()], server_backend, "no-address")
     try:
         manager.wait_for(b"READY=1")
         assert [call_add(path, 2, n) for n, path in enumerate(paths)] == [2, 3]
@@ -170,12 +173,12 @@ def test_every_passed_socket_is_served(sock_dir: str, manager: Manager, backend:
         reap(proc)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_listen_name_selects_the_socket(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_listen_name_selects_the_socket(sock_dir: str, manager: Manager, server_backend: str) -> None:
     api, admin = os.path.join(sock_dir, "api.sock"), os.path.join(sock_dir, "admin.sock")
     with unix_listener(api) as api_sock, unix_listener(admin) as admin_sock:
         proc = start(
-            manager, [api_sock.fileno(), admin_sock.fileno()], backend, "name=admin", names="api:admin"
+            manager, [api_sock.fileno(), admin_sock.fileno()], server_backend, "name=admin", names="api:admin"
         )
     try:
         manager.wait_for(b"READY=1")
@@ -187,15 +190,15 @@ def test_listen_name_selects_the_socket(sock_dir: str, manager: Manager, backend
         reap(proc)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.server
 def test_the_address_systemd_passed_is_served_not_bound_again(
-    sock_dir: str, manager: Manager, backend: str
+    sock_dir: str, manager: Manager, server_backend: str
 ) -> None:
     """Issue 12: serve_forever(path) under systemd-socket-activate -l path."""
     path = os.path.join(sock_dir, "kv.sock")
     with unix_listener(path) as listener:
         inode = os.stat(path).st_ino
-        proc = start(manager, [listener.fileno()], backend, f"path={path}")
+        proc = start(manager, [listener.fileno()], server_backend, f"path={path}")
     try:
         manager.wait_for(b"READY=1")
         assert call_add(path) == 3
@@ -205,11 +208,13 @@ def test_the_address_systemd_passed_is_served_not_bound_again(
     assert os.stat(path).st_ino == inode
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_path_and_an_inherited_socket_on_one_server(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_a_path_and_an_inherited_socket_on_one_server(
+    sock_dir: str, manager: Manager, server_backend: str
+) -> None:
     inherited, bound = os.path.join(sock_dir, "api.sock"), os.path.join(sock_dir, "own.sock")
     with unix_listener(inherited) as listener:
-        proc = start(manager, [listener.fileno()], backend, f"path+name={bound},api", names="api")
+        proc = start(manager, [listener.fileno()], server_backend, f"path+name={bound},api", names="api")
     try:
         manager.wait_for(b"READY=1")
         assert call_add(inherited) == 3
@@ -221,10 +226,10 @@ def test_a_path_and_an_inherited_socket_on_one_server(sock_dir: str, manager: Ma
     assert not os.path.exists(bound), "our own socket file is removed"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_ready_is_sent_once_listening(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_ready_is_sent_once_listening(sock_dir: str, manager: Manager, server_backend: str) -> None:
     path = os.path.join(sock_dir, "own.sock")
-    proc = start(manager, [], backend, f"path={path}")  # not socket-activated: binds the path
+    proc = start(manager, [], server_backend, f"path={path}")  # not socket-activated: binds the path
     try:
         manager.wait_for(b"READY=1")
         # no sleep, no retry: READY means a client can connect now
@@ -235,13 +240,16 @@ def test_ready_is_sent_once_listening(sock_dir: str, manager: Manager, backend: 
     assert not os.path.exists(path)
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.server
+@pytest.mark.anyio_engine_only  # the threads engine has no event loop a handler could wedge
 def test_watchdog_pings_from_the_serving_loop_and_stop_when_it_wedges(
-    sock_dir: str, manager: Manager, backend: str
+    sock_dir: str, manager: Manager, server_backend: str
 ) -> None:
     path = os.path.join(sock_dir, "kv.sock")
     with unix_listener(path) as listener:
-        proc = start(manager, [listener.fileno()], backend, "no-address", env={"WATCHDOG_USEC": "400000"})
+        proc = start(
+            manager, [listener.fileno()], server_backend, "no-address", env={"WATCHDOG_USEC": "400000"}
+        )
     try:
         manager.wait_for(b"READY=1")
         for _ in range(3):
@@ -264,14 +272,14 @@ def test_watchdog_pings_from_the_serving_loop_and_stop_when_it_wedges(
         reap(proc)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_no_watchdog_pings_for_another_pid(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_no_watchdog_pings_for_another_pid(sock_dir: str, manager: Manager, server_backend: str) -> None:
     path = os.path.join(sock_dir, "kv.sock")
     with unix_listener(path) as listener:
         proc = start(
             manager,
             [listener.fileno()],
-            backend,
+            server_backend,
             "no-address",
             env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"},
         )
@@ -285,11 +293,13 @@ def test_no_watchdog_pings_for_another_pid(sock_dir: str, manager: Manager, back
         reap(proc)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sighup_reloads_the_way_notify_reload_wants(sock_dir: str, manager: Manager, backend: str) -> None:
+@pytest.mark.server
+def test_sighup_reloads_the_way_notify_reload_wants(
+    sock_dir: str, manager: Manager, server_backend: str
+) -> None:
     path = os.path.join(sock_dir, "kv.sock")
     with unix_listener(path) as listener:
-        proc = start(manager, [listener.fileno()], backend, "no-address")
+        proc = start(manager, [listener.fileno()], server_backend, "no-address")
     try:
         manager.wait_for(b"READY=1")
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -309,35 +319,58 @@ def test_sighup_reloads_the_way_notify_reload_wants(sock_dir: str, manager: Mana
 # -- in this process -----------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def served(server: Server, engine: str, **where: Any) -> AsyncIterator[UnixSocketAddress]:
+    """Serve *server* for the block on the test's engine (*where* as for
+    ``serve``): in this event loop on the anyio engine, in a thread on the
+    threads engine. Yields the first listener's address."""
+    if engine == "threads":
+        with server.serve_in_thread(backend="threads", **where) as address:
+            yield address
+        return
+    async with anyio.create_task_group() as task_group:
+        yield await task_group.start(functools.partial(server.serve, **where))
+        server.shutdown()
+
+
+async def serve_once(server: Server, engine: str, **where: Any) -> None:
+    """Start serving on the test's engine, for what fails before it listens."""
+    if engine == "threads":
+        with server.serve_in_thread(backend="threads", **where):
+            pytest.fail("serving started")
+    else:
+        await server.serve(**where)
+
+
 @pytest.mark.anyio
-async def test_serve_a_handed_over_listener(anyio_backend: str, sock_dir: str) -> None:
+@pytest.mark.server
+async def test_serve_a_handed_over_listener(sock_dir: str, server_engine: str) -> None:
     path = os.path.join(sock_dir, "given.sock")
     sock = unix_listener(path)
     os.chmod(path, 0o644)
-    server = make_server()
-    async with anyio.create_task_group() as task_group:
-        address = await task_group.start(functools.partial(server.serve, listener=sock))
+    async with served(make_server(), server_engine, listener=sock) as address:
         assert str(address) == path
         async with AsyncClient(path) as client:
             assert await client.call(Add(a=2, b=3)) == 5
-        server.shutdown()
     assert sock.fileno() == -1, "the server took the socket over and closed it"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644, "never chmod-ed, never unlinked"
 
 
 @pytest.mark.anyio
-async def test_serve_refuses_a_socket_it_cannot_serve(anyio_backend: str, sock_dir: str) -> None:
+@pytest.mark.server
+async def test_serve_refuses_a_socket_it_cannot_serve(server_engine: str) -> None:
     with (
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram,
         pytest.raises(SocketActivationError, match="is a SOCK_DGRAM socket, not SOCK_STREAM"),
     ):
-        await make_server().serve(listener=dgram)
+        await serve_once(make_server(), server_engine, listener=dgram)
 
 
 @pytest.mark.anyio
-async def test_no_address_without_activation_raises_the_error_itself(anyio_backend: str) -> None:
+@pytest.mark.server
+async def test_no_address_without_activation_raises_the_error_itself(server_engine: str) -> None:
     with pytest.raises(SocketActivationError, match=r"^no socket to serve: LISTEN_FDS is not set"):
-        await make_server().serve()
+        await serve_once(make_server(), server_engine)
 
 
 # -- the example, under the real systemd-socket-activate -----------------------------------------

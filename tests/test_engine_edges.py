@@ -34,6 +34,8 @@ from unixrpc import (
     StreamMethod,
 )
 
+pytestmark = pytest.mark.server  # every test here runs on every engine
+
 
 class Ticks(StreamMethod[int]):
     pass

@@ -188,6 +188,7 @@ async def run_client(kind: str, path: str, server: Any, body: Any) -> None:
             await body(Driver(kind, client))
 
 
+@pytest.mark.server
 async def test_authorize_hook_that_raises_is_reported_as_the_hooks_failure(
     client_kind: str, sock_dir: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -205,6 +206,7 @@ async def test_authorize_hook_that_raises_is_reported_as_the_hooks_failure(
     assert any("authorize hook raised" in record.getMessage() for record in caplog.records)
 
 
+@pytest.mark.server
 async def test_authorize_hook_may_raise_a_typed_error_itself(client_kind: str, sock_dir: str) -> None:
     async def body(client: Driver) -> None:
         with pytest.raises(PermissionDeniedError, match="only on Tuesdays"):
@@ -224,6 +226,7 @@ class Sub(Method[int], name="add"):
     pass
 
 
+@pytest.mark.server
 async def test_server_messages_over_the_wire(client_kind: str, sock_dir: str) -> None:
     async def body(client: Driver) -> None:
         with pytest.raises(InvalidParamsError) as info:

@@ -40,6 +40,8 @@ from unixrpc import (
 )
 from unixrpc.fds import FdContext, schema_has_fds, serialize
 
+pytestmark = pytest.mark.server  # every test here runs on every engine
+
 # -- models and methods ------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ from unixrpc import (
     StreamMethod,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]  # every test here runs on every engine
 
 
 class LogHandle(BaseModel):

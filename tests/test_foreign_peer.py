@@ -43,6 +43,8 @@ from unixrpc import (
     StreamMethod,
 )
 
+pytestmark = pytest.mark.server  # every test here runs on every engine
+
 # -- the foreign peer: standard library only ------------------------------------------------
 
 PEER = r'''

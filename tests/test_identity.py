@@ -40,7 +40,10 @@ from unixrpc.methods import method_spec
 from unixrpc.peer import SO_PEERGROUPS, SO_PEERPIDFD, SO_PEERSEC, pid_of_pidfd, read_peer
 from unixrpc.testing import call_as, serving, temporary_socket_path
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="other-uid clients need root")
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="other-uid clients need root"),
+    pytest.mark.server,  # every test here runs on every engine
+]
 
 NOBODY = 65534
 

@@ -155,6 +155,7 @@ async def daemon(
             yield Face(kind, client)
 
 
+@pytest.mark.server
 async def test_describe_returns_the_interface_document(client_kind: str, sock_dir: str) -> None:
     async with daemon(client_kind, sock_dir) as client:
         reply = await client.call("unixrpc.Describe")
@@ -202,12 +203,14 @@ async def test_describe_returns_the_interface_document(client_kind: str, sock_di
     assert schemas["NoSuchTopicData"]["required"] == ["topic"]
 
 
+@pytest.mark.server
 async def test_ping(client_kind: str, sock_dir: str) -> None:
     async with daemon(client_kind, sock_dir) as client:
         reply = await client.call("unixrpc.Ping")
     assert reply.value == {"name": "test.daemon", "version": "2.1.0"}
 
 
+@pytest.mark.server
 async def test_introspection_can_be_turned_off(client_kind: str, sock_dir: str) -> None:
     async with daemon(client_kind, sock_dir, introspection=False) as client:
         with pytest.raises(MethodNotFoundError):
@@ -216,6 +219,7 @@ async def test_introspection_can_be_turned_off(client_kind: str, sock_dir: str) 
             await client.call("unixrpc.Ping")
 
 
+@pytest.mark.server
 async def test_introspection_goes_through_authorize(client_kind: str, sock_dir: str) -> None:
     seen: list[tuple[str, str]] = []
 
@@ -284,6 +288,7 @@ def test_fd_paths_walks_nested_values() -> None:
 # -- untyped calls ------------------------------------------------------------------
 
 
+@pytest.mark.server
 async def test_call_by_name_plain_json(client_kind: str, sock_dir: str) -> None:
     async with daemon(client_kind, sock_dir) as client:
         with pytest.raises(MethodNotFoundError, match=r"did you mean 'files\.Read'"):
@@ -301,6 +306,7 @@ async def test_call_by_name_plain_json(client_kind: str, sock_dir: str) -> None:
             assert reply.value == {"fd": 0, "size": 1}
 
 
+@pytest.mark.server
 async def test_call_by_name_sends_and_receives_fds(client_kind: str, sock_dir: str, no_fd_leak: None) -> None:
     async with daemon(client_kind, sock_dir) as client:
         read_end, write_end = os.pipe()
@@ -321,6 +327,7 @@ async def test_call_by_name_sends_and_receives_fds(client_kind: str, sock_dir: s
             await client.call("files.Read", {"fd": 0})
 
 
+@pytest.mark.server
 async def test_stream_by_name(client_kind: str, sock_dir: str, no_fd_leak: None) -> None:
     events = Events()
     async with daemon(client_kind, sock_dir, events) as client:

@@ -51,25 +51,14 @@ from reliability_support import (
 )
 from unixrpc import AsyncClient, Client, ConnectionBrokenError, Server, ServerBusyError
 
+pytestmark = pytest.mark.server  # every test here runs on every engine
+
 MiB = 1024 * 1024
 
 
 def backend_of(engine: str, loop: str = "asyncio") -> str:
     """The server process's backend for *engine* (the anyio engine on *loop*)."""
     return "threads" if engine == "threads" else loop
-
-
-def _server_accepts(name: str) -> bool:
-    return name in inspect.signature(Server).parameters
-
-
-def awaiting(*names: str) -> pytest.MarkDecorator:
-    """xfail (strict) while the Server does not take the limit *names*: the
-    test flips to a pass when the feature lands."""
-    missing = [name for name in names if not _server_accepts(name)]
-    return pytest.mark.xfail(
-        bool(missing), reason=f"awaiting {', '.join(missing)}", raises=TypeError, strict=True
-    )
 
 
 @pytest.fixture
@@ -227,7 +216,9 @@ def test_a_hang_up_after_the_reading_ended_cancels_the_calls_and_frees_the_slot(
     every new client got ``ServerBusyError`` for ever. Now the hang-up is
     noticed when it happens: the streams are cancelled, the connections
     closed, their descriptors freed and a new client served."""
-    with ServerProcess(path, backend_of(server_engine), max_connections=2) as server:
+    with ServerProcess(
+        path, backend_of(server_engine), max_connections=2, max_connections_per_uid=2
+    ) as server:
         base_fds = server.fds()
         socks = []
         try:
@@ -384,7 +375,6 @@ def test_a_notification_of_a_stream_method_runs_and_its_items_are_discarded(
 # -- new limits: per-uid connections, partial-frame and idle timeouts ------------------------------------
 
 
-@awaiting("max_connections_per_uid", "frame_timeout", "connection_idle_timeout")
 def test_limit_defaults() -> None:
     """The defaults a system daemon can ship (sd-varlink's: 1,024
     connections per uid out of 4,096): a half-header stall holds a slot
@@ -398,7 +388,6 @@ def test_limit_defaults() -> None:
     assert parameters["connection_idle_timeout"].default is None
 
 
-@awaiting("max_connections_per_uid")
 def test_connections_per_uid_are_limited(path: str, server_engine: str) -> None:
     """``Server(max_connections_per_uid=2)`` (out of 8): the third connection
     of one uid is refused with ``ServerBusyError`` whose message names the
@@ -428,14 +417,15 @@ def test_connections_per_uid_are_limited(path: str, server_engine: str) -> None:
         server.wait_fds(base_fds)
 
 
-@awaiting("frame_timeout")
 def test_a_connection_that_stalls_in_a_frame_is_closed(path: str, server_engine: str) -> None:
     """Defect 3: connections that send half a frame header and stall.
     Before, 1,023 of them left a fresh client with ``ServerBusyError``,
     still after 30 s. Now ``Server(frame_timeout=0.5)`` closes a connection
     that began a frame and did not finish it in time, freeing its slot; a
     connection idle between frames is left alone (no idle timeout)."""
-    with ServerProcess(path, backend_of(server_engine), max_connections=3, frame_timeout=0.5) as server:
+    with ServerProcess(
+        path, backend_of(server_engine), max_connections=3, max_connections_per_uid=3, frame_timeout=0.5
+    ) as server:
         base_fds = server.fds()
         with raw_connect(path) as idle:
             assert ask(idle, add_request(1, 1, 1)) == {"id": 1, "result": 2}
@@ -456,13 +446,16 @@ def test_a_connection_that_stalls_in_a_frame_is_closed(path: str, server_engine:
         server.wait_fds(base_fds)
 
 
-@awaiting("connection_idle_timeout")
 def test_an_idle_connection_is_closed_after_the_idle_timeout(path: str, server_engine: str) -> None:
     """``Server(connection_idle_timeout=0.5)``: a connection with no call in
     flight that received nothing for that long is closed (its slot freed);
     one whose call is still running is not, and gets its reply."""
     with ServerProcess(
-        path, backend_of(server_engine), max_connections=2, connection_idle_timeout=0.5
+        path,
+        backend_of(server_engine),
+        max_connections=2,
+        max_connections_per_uid=2,  # every client here has one uid
+        connection_idle_timeout=0.5,
     ) as server:
         base_fds = server.fds()
         with raw_connect(path) as idle, raw_connect(path) as busy:

@@ -27,7 +27,6 @@ from reliability_support import (
 from unixrpc import Client, ServerBusyError
 
 MiB = 1024 * 1024
-BACKENDS = ["asyncio", "trio", "threads"]
 
 
 @pytest.fixture
@@ -53,8 +52,8 @@ def rss_growth(server: ServerProcess, base: int, samples: int = 20) -> int:
 # -- item 1: one write froze an asyncio or trio daemon ---------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stream_window_over_the_server_limit_is_refused(path: str, backend: str) -> None:
+@pytest.mark.server
+def test_a_stream_window_over_the_server_limit_is_refused(path: str, server_backend: str) -> None:
     """A stream asked with a window of 2**62, and a second frame in the same
     write, against a producer that never awaits: before, the asyncio and trio
     loops never ran anything else again (every client timed out, memory grew
@@ -62,7 +61,7 @@ def test_a_stream_window_over_the_server_limit_is_refused(path: str, backend: st
     over ``max_stream_window`` (1,024): the call is refused with a message
     that names the limit, the call behind it is answered, and other clients
     are served."""
-    with ServerProcess(path, backend) as server:
+    with ServerProcess(path, server_backend) as server:
         wait_served(path)
         base = server.rss()
         with raw_connect(path) as attacker:
@@ -80,13 +79,15 @@ def test_a_stream_window_over_the_server_limit_is_refused(path: str, backend: st
         assert server.alive()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_producer_that_never_awaits_cannot_hold_the_loop_or_grow_memory(path: str, backend: str) -> None:
+@pytest.mark.server
+def test_a_producer_that_never_awaits_cannot_hold_the_loop_or_grow_memory(
+    path: str, server_backend: str
+) -> None:
     """The largest window allowed, credit sent far beyond it, a producer that
     never awaits, and a peer that never reads: items are produced only while
     the connection's output has room, the engine yields between items, and
     other clients are served all along with the server's memory bounded."""
-    with ServerProcess(path, backend) as server:
+    with ServerProcess(path, server_backend) as server:
         wait_served(path)
         base = server.rss()
         with raw_connect(path) as attacker:
@@ -117,8 +118,10 @@ def _hold():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to uid 65534 under RLIMIT_NPROC needs root")
-@pytest.mark.parametrize("backend", ["threads", "asyncio"])
-def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(path: str, backend: str) -> None:
+@pytest.mark.server
+def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(
+    path: str, server_backend: str
+) -> None:
     """Under ``RLIMIT_NPROC`` (as ``TasksMax=``, a container's ``pids.max``
     or a full pid space), thread starts fail. Before, the threads engine's
     ``serve_forever`` raised ``RuntimeError: can't start new thread``,
@@ -128,7 +131,7 @@ def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(pat
     rate, and once threads end the daemon serves again. The anyio engine's
     handler pool no longer counts a thread it failed to start."""
     os.chmod(os.path.dirname(path), 0o755)  # the server drops to uid 65534 after binding
-    with ServerProcess(path, backend, _spare_threads=3) as server:
+    with ServerProcess(path, server_backend, _spare_threads=3) as server:
         blockers: list[socket.socket] = []
         answers: list[object] = []
         try:
@@ -151,7 +154,7 @@ def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(pat
         finally:
             for sock in blockers:
                 sock.close()
-        if backend == "threads":  # a connection or call without a thread is refused
+        if server_backend == "threads":  # a connection or call without a thread is refused
             assert "busy" in answers
         # (the anyio engine's handler pool queues a call behind its busy threads instead)
         assert "ran" in answers
@@ -172,9 +175,9 @@ def _served(path: str) -> bool:
 # -- item 3: unsent output ignored the budget -------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.server
 def test_a_peer_that_pipelines_large_replies_and_never_reads_is_not_read_further(
-    path: str, backend: str
+    path: str, server_backend: str
 ) -> None:
     """300 pipelined calls returning 1 MiB each, never read: before, +1,131
     MiB on asyncio from 67 KB of requests (the frames already read were all
@@ -182,7 +185,7 @@ def test_a_peer_that_pipelines_large_replies_and_never_reads_is_not_read_further
     socket or from what was already read, while more than ``max_unsent`` of
     the connection's output waits: the server's memory stays bounded, other
     clients are served, and every reply arrives once the peer reads."""
-    with ServerProcess(path, backend) as server:
+    with ServerProcess(path, server_backend) as server:
         wait_served(path)
         base = server.rss()
         with raw_connect(path) as greedy:
@@ -198,15 +201,15 @@ def test_a_peer_that_pipelines_large_replies_and_never_reads_is_not_read_further
         assert server.alive()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_replies_a_peer_does_not_read_are_charged_to_the_budget(path: str, backend: str) -> None:
+@pytest.mark.server
+def test_replies_a_peer_does_not_read_are_charged_to_the_budget(path: str, server_backend: str) -> None:
     """16 calls in flight on one connection whose handlers all return 4 MiB
     at once, and a peer that does not read: before, +256-304 MiB per
     connection on threads and trio, and nothing closed it. Now unsent output
     is charged to ``max_buffered_bytes`` (32 MiB here): the connection that
     takes the server over it is told why and closed, its queued replies
     dropped, and other clients are served meanwhile."""
-    with ServerProcess(path, backend, max_buffered_bytes=32 * MiB) as server:
+    with ServerProcess(path, server_backend, max_buffered_bytes=32 * MiB) as server:
         wait_served(path)
         with raw_connect(path) as greedy:
             # 16 calls in flight (the threads engine runs 16 per connection), 4 MiB each
@@ -262,8 +265,8 @@ def test_connection_limits_are_derived_from_the_descriptor_limit(
     assert connection_limits(None, 5, fds_per_connection, fd_limit)[1] == 5
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_the_server_raises_its_soft_descriptor_limit_to_the_hard_one(path: str, backend: str) -> None:
+@pytest.mark.server
+def test_the_server_raises_its_soft_descriptor_limit_to_the_hard_one(path: str, server_backend: str) -> None:
     """systemd starts services with a soft ``RLIMIT_NOFILE`` of 1,024: the
     server raises it to the hard limit when it starts serving."""
     import resource
@@ -280,7 +283,7 @@ def test_the_server_raises_its_soft_descriptor_limit_to_the_hard_one(path: str, 
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(subprocess.Popen, "__init__", low_soft_limit)
-        server = ServerProcess(path, backend)
+        server = ServerProcess(path, server_backend)
     with server:
         with open(f"/proc/{server.pid}/limits") as limits:
             line = next(line for line in limits if line.startswith("Max open files"))

@@ -49,7 +49,7 @@ from unixrpc import (
     UnixCredentials,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.server]  # every test here runs on every engine
 
 
 class Missing(Method[int]):

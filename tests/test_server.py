@@ -52,6 +52,8 @@ from unixrpc import (
     UnixCredentials,
 )
 
+pytestmark = pytest.mark.server  # every test here runs on every engine
+
 BACKENDS = ["asyncio", "trio"]
 PROTOCOL_ERROR = "unixrpc.ProtocolError"
 

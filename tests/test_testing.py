@@ -1,7 +1,8 @@
 """unixrpc.testing: serving a daemon in a test (``serving``,
 ``temporary_socket_path``) and the pytest plugin's fixtures
 (``unixrpc_socket_path``, ``unixrpc_serve``), used as a user's tests use
-them, on the threads backend and on asyncio; plus a user-style test file
+them, on every engine (the anyio engine on asyncio and trio, the threads
+engine: marker ``server``); plus a user-style test file
 run by pytest itself (``pytester``), with the plugin loaded by its entry point."""
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from unixrpc import AsyncClient, CallContext, Client, Method, Server, StreamMeth
 from unixrpc.testing import serving, temporary_socket_path
 
 pytest_plugins = ["pytester"]
-
-BACKENDS = ["threads", "asyncio"]
 
 
 class Add(Method[int]):
@@ -62,9 +61,9 @@ def server_threads() -> list[str]:
 # -- the fixtures, as a user's tests use them --------------------------------------------
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sync_test_calls_a_served_daemon(unixrpc_serve: Callable[..., str], backend: str) -> None:
-    path = unixrpc_serve(make_server(), backend=backend)
+@pytest.mark.server
+def test_sync_test_calls_a_served_daemon(unixrpc_serve: Callable[..., str], server_backend: str) -> None:
+    path = unixrpc_serve(make_server(), backend=server_backend)
     assert len(os.fsencode(path)) <= 107
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     with Client(path, timeout=5) as client:
@@ -74,11 +73,11 @@ def test_sync_test_calls_a_served_daemon(unixrpc_serve: Callable[..., str], back
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.server
 async def test_async_test_calls_a_served_daemon(
-    anyio_backend: str, unixrpc_serve: Callable[..., str], backend: str
+    unixrpc_serve: Callable[..., str], server_backend: str
 ) -> None:
-    path = unixrpc_serve(make_server(), backend=backend)
+    path = unixrpc_serve(make_server(), backend=server_backend)
     async with AsyncClient(path, timeout=5) as client:
         assert await client.call(Add(a=20, b=22)) == 42
         assert await client.call(Who()) == os.getuid()
@@ -86,21 +85,23 @@ async def test_async_test_calls_a_served_daemon(
             assert [item async for item in items] == [0, 1, 2]
 
 
-def test_several_servers_in_one_test(unixrpc_serve: Callable[..., str]) -> None:
-    first = unixrpc_serve(make_server())
-    second = unixrpc_serve(make_server(), backend="asyncio")
+@pytest.mark.server
+def test_several_servers_in_one_test(unixrpc_serve: Callable[..., str], server_backend: str) -> None:
+    first = unixrpc_serve(make_server(), backend=server_backend)
+    second = unixrpc_serve(make_server())  # the default backend: threads
     assert first != second
     for path in (first, second):
         with Client(path, timeout=5) as client:
             assert client.call(Add(a=1, b=1)) == 2
 
 
+@pytest.mark.server
 def test_serve_on_the_socket_path_fixture(
-    unixrpc_socket_path: str, unixrpc_serve: Callable[..., str]
+    unixrpc_socket_path: str, unixrpc_serve: Callable[..., str], server_backend: str
 ) -> None:
     assert not os.path.exists(unixrpc_socket_path)
     assert stat.S_IMODE(os.stat(os.path.dirname(unixrpc_socket_path)).st_mode) == 0o700
-    assert unixrpc_serve(make_server(), unixrpc_socket_path) == unixrpc_socket_path
+    assert unixrpc_serve(make_server(), unixrpc_socket_path, backend=server_backend) == unixrpc_socket_path
     with Client(unixrpc_socket_path, timeout=5) as client:
         assert client.call(Add(a=2, b=3)) == 5
 
@@ -125,11 +126,11 @@ def test_temporary_socket_path_refuses_a_path_or_a_long_name() -> None:
         pass
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_serving_stops_the_server_and_it_can_serve_again(backend: str) -> None:
+@pytest.mark.server
+def test_serving_stops_the_server_and_it_can_serve_again(server_backend: str) -> None:
     server = make_server()  # as a daemon module's server, shared by several tests
     for _ in range(2):
-        with serving(server, backend=backend) as path:
+        with serving(server, backend=server_backend) as path:
             with Client(path, timeout=5) as client:
                 assert client.call(Add(a=1, b=2)) == 3
             assert server.is_shutting_down() is False
@@ -139,7 +140,8 @@ def test_serving_stops_the_server_and_it_can_serve_again(backend: str) -> None:
         assert "unixrpc-server" not in server_threads()
 
 
-def test_serving_with_grace_zero_cancels_what_is_in_flight() -> None:
+@pytest.mark.server
+def test_serving_with_grace_zero_cancels_what_is_in_flight(server_backend: str) -> None:
     server = make_server()
     started = threading.Event()
 
@@ -153,7 +155,7 @@ def test_serving_with_grace_zero_cancels_what_is_in_flight() -> None:
 
     client = None
     errors: list[BaseException] = []
-    with serving(server, grace=0) as path:
+    with serving(server, grace=0, backend=server_backend) as path:
         client = Client(path, timeout=10)
 
         def call() -> None:
@@ -170,11 +172,12 @@ def test_serving_with_grace_zero_cancels_what_is_in_flight() -> None:
     assert [type(error).__name__ for error in errors] == ["ServerShuttingDownError"]
 
 
-def test_serving_raises_a_failed_bind_on_entry() -> None:
+@pytest.mark.server
+def test_serving_raises_a_failed_bind_on_entry(server_backend: str) -> None:
     with temporary_socket_path() as path:
         with open(path, "w"):
             pass  # a regular file where the socket should go
-        with pytest.raises(FileExistsError), serving(make_server(), path):
+        with pytest.raises(FileExistsError), serving(make_server(), path, backend=server_backend):
             pytest.fail("entered the block although binding failed")
         with pytest.raises(ValueError, match="unknown backend"), serving(make_server(), backend="curio"):
             pytest.fail("entered the block with an unknown backend")
