@@ -180,7 +180,7 @@ def read_peer(sock: _GetSockOpt) -> Peer:
         OSError: the socket is closed or not connected.
     """
     if not _LINUX:  # pragma: no cover - non-Linux
-        from .transport._common import peer_credentials
+        from .transport import peer_credentials
 
         return Peer(*peer_credentials(sock))  # type: ignore[arg-type]
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))

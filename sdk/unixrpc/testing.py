@@ -49,7 +49,7 @@ import orjson
 
 from ._core import codec, wire
 from .methods import Method
-from .transport._common import connect_error
+from .transport import connect_error
 
 if TYPE_CHECKING:
     from .server import Server
