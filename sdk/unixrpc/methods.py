@@ -154,6 +154,12 @@ class MethodSpec:
         return adapter
 
     @property
+    def result_type(self) -> Any:
+        """The declared result (or item) type, as written (a forward
+        reference stays a string until :attr:`result_adapter` resolves it)."""
+        return self._result_type
+
+    @property
     def result_validator(self) -> Any:
         """The validator of results (or items): :attr:`result_adapter`'s
         (a pydantic-core ``SchemaValidator``)."""

@@ -25,7 +25,7 @@ from ...fds import EMPTY_FDS, FdContext
 from .. import messages
 from .call import Outcome, Raised, Returned, ServerCall
 from .codec import WireCodec
-from .encoding import discard_value, encode_value, error_body, error_of, log_outcome
+from .encoding import discard_value, encode_value, error_body, error_of, log_call, outcome_of
 from .rules import ServerRules
 
 __all__ = ["ITEM", "NO_CREDIT", "NO_ROOM", "STOP", "CallTable"]
@@ -168,7 +168,8 @@ class CallTable:
         self._queue(body, fds, owner=call)
 
     def _fail(self, call: ServerCall, exc: BaseException) -> None:
-        self._fail_with(call, error_of(call.handler.spec.name, exc, self._rules.expose_tracebacks))
+        who = f" (call {call.call_id} from pid {self._peer[0]} uid {self._peer[1]})"
+        self._fail_with(call, error_of(call.handler.spec.name, exc, self._rules.expose_tracebacks, who))
 
     def _fail_with(self, call: ServerCall, error: RPCError) -> None:
         if call.call_id is None:
@@ -186,7 +187,7 @@ class CallTable:
         self.calls.pop(call.key, None)
         if call.started:
             ms = (time.monotonic() - call.started) * 1000
-            log_outcome(call.handler.spec.name, call.call_id, self._peer[0], self._peer[1], body, ms)
+            log_call(call.handler.spec.name, call.call_id, self._peer[0], self._peer[1], outcome_of(body), ms)
         request_fds = call.request_fds
         if body is None:
             if not call.abandoned:

@@ -81,6 +81,7 @@ from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, ServerCall
 from .calltable import CallTable
 from .clocks import Charge, Clocks
 from .codec import CANCEL, CREDIT, INVALID, REQUEST, WireCodec
+from .encoding import log_call
 from .intake import make_call
 from .outbox import Outbox
 from .rules import UNKNOWN_PEER, ServerRules
@@ -370,6 +371,10 @@ class ServerConnection:
             self._queue(self._codec.error(call_id, error.code, error.message, error.data))
         else:
             logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
+        if _debug():  # the one line of a call that reached the server, refused
+            log_call(
+                name, call_id, self.peer_pid, self.peer_uid, f"refused {error.code}: {error.message}", None
+            )
 
     def _error(self, call_id: int | None, message: str) -> None:
         _warn("connection %d (pid %d): %s", self.connection_id, self.peer_pid, message)

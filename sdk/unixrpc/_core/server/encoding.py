@@ -18,7 +18,7 @@ from ...fds import FdContext, serialize
 from ...methods import MethodSpec
 from .codec import WireCodec
 
-__all__ = ["discard_value", "encode_value", "error_body", "error_of", "log_outcome"]
+__all__ = ["discard_value", "encode_value", "error_body", "error_of", "log_call", "outcome_of"]
 
 logger = logging.getLogger("unixrpc.server")
 
@@ -28,7 +28,10 @@ def encode_value(spec: MethodSpec, value: Any, what: str) -> tuple[bytes, FdCont
     it carries.
 
     Raises:
-        InternalError: the value does not fit the method's type.
+        InternalError: the value does not fit the method's type. The error
+            logged here (ERROR) has pydantic's detail; the one raised, which
+            the client receives, says only what kind of value came back and
+            what was expected, never the value itself (it may be a secret).
     """
     try:
         codec = spec.codec or spec.result_codec()
@@ -38,7 +41,19 @@ def encode_value(spec: MethodSpec, value: Any, what: str) -> tuple[bytes, FdCont
         warnings: bool | Literal["error"] = False if type(value) is codec.trusted_type else "error"
         return serialize(codec.serializer, value, has_fds=codec.has_fds, warnings=warnings)
     except (PydanticSerializationError, ValueError) as exc:
-        raise InternalError(f"handler of {spec.name} returned an invalid {what}: {exc}") from None
+        expected = _type_name(spec.result_type)
+        logger.error("handler of %s returned an invalid %s (expected %s): %s", spec.name, what, expected, exc)
+        message = (
+            f"handler of {spec.name} returned an invalid {what}: {type(value).__name__}, expected {expected}"
+        )
+        raise InternalError(message) from None
+
+
+def _type_name(annotation: Any) -> str:
+    """A short name of a result type, for messages (``int``, ``list[str]``, ``Device``)."""
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 def discard_value(spec: MethodSpec, value: Any) -> None:
@@ -58,13 +73,13 @@ def discard_value(spec: MethodSpec, value: Any) -> None:
         fds.sent()
 
 
-def error_of(name: str, exc: BaseException, expose_tracebacks: bool) -> RPCError:
+def error_of(name: str, exc: BaseException, expose_tracebacks: bool, who: str = "") -> RPCError:
     """What a handler's exception is sent as: a typed error as itself, any
-    other as an ``InternalError`` (logged; its traceback sent only if the
-    server exposes them)."""
+    other as an ``InternalError`` (logged with the traceback, and *who*
+    called: its traceback sent only if the server exposes them)."""
     if isinstance(exc, RPCError):
         return exc
-    logger.error("handler of %s raised", name, exc_info=exc)
+    logger.error("handler of %s raised%s", name, who, exc_info=exc)
     data = {"traceback": "".join(traceback.format_exception(exc))} if expose_tracebacks else None
     return InternalError(f"handler of {name} raised {type(exc).__name__}", data=data)
 
@@ -80,15 +95,35 @@ def error_body(codec: WireCodec, call_id: int, error: RPCError) -> tuple[bytes, 
     return codec.error(call_id, error.code, error.message, data), (fds if fds.outgoing else None)
 
 
-def log_outcome(name: str, call_id: int | None, pid: int, uid: int, body: bytes | None, ms: float) -> None:
-    """The DEBUG line of a call that ended."""
+def outcome_of(body: bytes | None) -> str:
+    """What a final reply says, for the log: ok, no reply, or the error's code."""
     if body is None:
-        outcome = "no reply"
-    elif b',"result":' in body[:40]:
-        outcome = "ok"
+        return "no reply"
+    if b',"result":' in body[:40] or body.startswith(b'{"parameters"'):
+        return "ok"
+    try:
+        error = orjson.loads(body)["error"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "?"
+    return str(error["code"] if isinstance(error, dict) else error)
+
+
+def log_call(name: str, call_id: int | None, pid: int, uid: int, outcome: str, ms: float | None) -> None:
+    """The one DEBUG line of a call that reached the server, refusals
+    included, with its fields for structured logs (``extra``:
+    ``unixrpc_method``, ``unixrpc_call_id``, ``unixrpc_peer_pid``,
+    ``unixrpc_peer_uid``, ``unixrpc_outcome``, ``unixrpc_duration_ms``;
+    the journal handler sends them as ``UNIXRPC_METHOD=`` and so on)."""
+    fields = {
+        "unixrpc_method": name,
+        "unixrpc_call_id": call_id,
+        "unixrpc_peer_pid": pid,
+        "unixrpc_peer_uid": uid,
+        "unixrpc_outcome": outcome,
+        "unixrpc_duration_ms": ms,
+    }
+    if ms is None:
+        logger.debug("call %s id=%s from pid %d uid %d: %s", name, call_id, pid, uid, outcome, extra=fields)
     else:
-        try:
-            outcome = str(orjson.loads(body)["error"]["code"])
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            outcome = "?"
-    logger.debug("call %s id=%s from pid %d uid %d: %s in %.2f ms", name, call_id, pid, uid, outcome, ms)
+        line = "call %s id=%s from pid %d uid %d: %s in %.2f ms"
+        logger.debug(line, name, call_id, pid, uid, outcome, ms, extra=fields)
