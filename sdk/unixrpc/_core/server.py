@@ -57,11 +57,10 @@ import traceback
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
-from pydantic_core import PydanticSerializationError
 
 from .._ratelog import RateLimitedLog
 from ..exceptions import (
@@ -82,6 +81,7 @@ from ..methods import MethodSpec
 from . import messages, wire
 from .access import AccessTable, PeerFacts
 from .calls import FdQueue, close_fds
+from .results import encode_value
 
 __all__ = [
     "Admission",
@@ -905,16 +905,7 @@ class ServerConnection:
             fds.sent()
 
     def _encode(self, call: ServerCall, value: Any, what: str) -> tuple[bytes, FdContext | None]:
-        spec = call.handler.spec
-        try:
-            codec = spec.codec or spec.result_codec()
-            # A value whose type could mismatch is encoded with warnings as
-            # errors, which costs pydantic-core about 1 us per call (the
-            # string argument): a value of exactly a plain class is spared.
-            warnings: bool | Literal["error"] = False if type(value) is codec.trusted_type else "error"
-            return serialize(codec.serializer, value, has_fds=codec.has_fds, warnings=warnings)
-        except (PydanticSerializationError, ValueError) as exc:
-            raise InternalError(f"handler of {spec.name} returned an invalid {what}: {exc}") from None
+        return encode_value(call.handler.spec, value, what)  # the rules: _core/results.py
 
     # -- output -------------------------------------------------------------------
 
