@@ -36,6 +36,7 @@ from .anyio_engine import AnyioEngine
 from .binding import BoundListener, bind_listener
 from .context import CallContext
 from .policy import Allow, access_table
+from .registration import context_comes_first, missing_method_class
 from .thread_engine import ThreadEngine
 from .threadpool import HandlerThreads
 
@@ -221,9 +222,13 @@ class Server:
         ``Allow(everyone=True)``). Without it, the server's ``policy`` applies.
 
         Raises:
-            TypeError: not a concrete method class, a handler of the wrong
-                kind, a name already served, or *allow* not an :class:`Allow`.
+            TypeError: not a concrete method class (``@server.method`` with
+                no class names the fix), a handler of the wrong kind or with
+                its parameters as ``(context, request)``, a name already
+                served, or *allow* not an :class:`Allow`.
         """
+        if not isinstance(method_class, type) and callable(method_class):
+            raise TypeError(missing_method_class(method_class))
 
         def register(function: F) -> F:
             self.add_method(method_class, function, allow=allow)
@@ -275,6 +280,12 @@ class Server:
         ]
         if not 1 <= len(positional) <= 2:
             raise TypeError(f"a handler takes (request) or (request, context), got {function!r}")
+        if len(positional) == 2 and context_comes_first(function, positional, spec):
+            first, second = positional[0].name, positional[1].name
+            raise TypeError(
+                f"the handler {function.__qualname__} of {spec.name!r} takes ({first}, {second}): "
+                f"the request comes first, write ({second}, {first})"
+            )
         self._handlers[spec.name] = Handler(spec, function, len(positional) == 2, is_async)
 
     @property
