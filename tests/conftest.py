@@ -35,6 +35,7 @@ SERVER_MODULES = {
     "test_engine_edges",
     "test_reliability",
     "test_identity",
+    "test_mistakes",
 }
 
 

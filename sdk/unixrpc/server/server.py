@@ -459,7 +459,8 @@ class Server:
     ) -> None:
         """Serve until :meth:`shutdown`, or SIGTERM or SIGINT when called in
         the main thread (a second signal cancels what is left at once; SIGHUP
-        runs ``on_reload`` when there is one), then shut down gracefully.
+        runs ``on_reload``, or is logged and ignored when there is none), then
+        shut down gracefully.
         Works in any thread. *address*, *listener* and *listen_name* are as
         for :meth:`serve`. Under systemd, when the program configured no
         logging, records go to the journal with their priorities.
@@ -599,7 +600,8 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
 @contextlib.contextmanager
 def _signals_shut_down(server: Server) -> Iterator[None]:
     """SIGTERM and SIGINT shut *server* down gracefully, a second one at
-    once; only in the main thread (the only one where Python runs signal
+    once; SIGHUP runs ``on_reload``, or is logged and ignored without one;
+    only in the main thread (the only one where Python runs signal
     handlers). The previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -617,13 +619,16 @@ def _signals_shut_down(server: Server) -> Iterator[None]:
         received.append(signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    if server.on_reload is not None:
 
-        def on_hangup(signum: int, frame: Any) -> None:
-            logger.info("received SIGHUP: reloading")
-            server.reload()
+    def on_hangup(signum: int, frame: Any) -> None:
+        # never the default action (exit 129 with calls in flight and a stale socket)
+        if server.on_reload is None:
+            logger.warning("received SIGHUP: ignored (no on_reload hook to run; stop with SIGTERM)")
+            return
+        logger.info("received SIGHUP: reloading")
+        server.reload()
 
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         yield
     finally:
