@@ -200,13 +200,12 @@ async def test_a_dict_for_a_model_is_validated_into_it(anyio_backend: str, sock_
             await client.call(GetUser(how="missing"))
         assert info.value.message == (
             "handler of GetUser returned an invalid result: a dict that does not validate as User "
-            "(name: field required)"
+            "(at name, a dict: field required)"
         )
         with pytest.raises(InternalError) as info:
             await client.call(GetUser(how="str-for-int"))  # strict: "3" is no int
-        assert "a dict that does not validate as User (uid: input should be a valid integer)" in str(
-            info.value
-        )
+        expected = "a dict that does not validate as User (at uid, a str: input should be a valid integer)"
+        assert expected in str(info.value)
         assert "hunter2" not in repr(info.value), "the returned value never reaches the client"
         with pytest.raises(InternalError, match="a list that does not validate as User"):
             await client.call(GetUser(how="list"))

@@ -53,12 +53,15 @@ def encode_value(spec: MethodSpec, value: Any, what: str) -> tuple[bytes, FdCont
     try:  # not of the declared type: validate it into that type
         validated = codec.validator.validate_python(value, strict=True)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
+        first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
-        detail = f"{where}: {first['msg']}" if where else first["msg"]
+        # only the kind of what was found, never the value itself
+        found = f"a {type(first['input']).__name__}" if "input" in first else "it"
+        reason = first["msg"][:1].lower() + first["msg"][1:]
+        detail = f"at {where}, {found}: {reason}" if where else reason
         message = (
             f"handler of {spec.name} returned an invalid {what}: a {type(value).__name__} "
-            f"that does not validate as {spec.result_type_name} ({detail.lower()})"
+            f"that does not validate as {spec.result_type_name} ({detail})"
         )
         raise InternalError(message) from None
     try:
