@@ -247,6 +247,8 @@ class InvalidResultError(Error, ValueError):
 
 
 _ERROR_CLASSES: dict[str, type[RPCError]] = {}
+#: instance attributes of every RPCError, which a declared field would clobber
+_RESERVED_FIELDS = frozenset({"code", "message", "data", "args"})
 
 
 def _own_fields(cls: type) -> dict[str, Any]:
@@ -291,7 +293,10 @@ class RPCError(Error):
 
     Raises:
         pydantic.ValidationError: the fields are missing or of the wrong type.
-        TypeError: fields were given to a class that declares none.
+        TypeError: fields were given to a class that declares none; or (at
+            class creation) a declared field named like an attribute of
+            RPCError itself (``code``, ``message``, ``data``, ``args``, a
+            method): rename it.
     """
 
     code: ClassVar[str] = "unixrpc.Error"
@@ -299,10 +304,21 @@ class RPCError(Error):
 
     def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        fields = _own_fields(cls)
+        for name in fields:
+            if name == "code":
+                raise TypeError(
+                    f"{cls.__name__} declares a field 'code', which RPCError reserves for the error "
+                    f'code: write class {cls.__name__}(RPCError, code="...") or rename the field'
+                )
+            if name in _RESERVED_FIELDS or hasattr(RPCError, name):
+                raise TypeError(
+                    f"{cls.__name__} declares a field {name!r}, a name RPCError uses itself "
+                    "(code, message, data, args and its methods): rename the field"
+                )
         if code is not None:
             cls.code = code
             _ERROR_CLASSES[code] = cls
-        fields = _own_fields(cls)
         if fields:
             from pydantic import create_model
 

@@ -22,18 +22,31 @@ import contextlib
 import os
 import socket
 import warnings
-from typing import IO, Any, Final, Literal, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol, TypeAlias, overload
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, SerializationInfo, ValidationInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticSerializationError, SchemaSerializer, core_schema
 
-__all__ = ["FD", "NO_FDS", "FdContext", "FileDescriptor", "schema_has_fds", "serialize"]
+__all__ = ["FD", "NO_FDS", "FdContext", "FileDescriptor", "SupportsFileno", "schema_has_fds", "serialize"]
 
 _CONTEXT_KEY = "unixrpc.fds"
 #: in the context of a value believed to hold no FD field (see :func:`serialize`)
 _NO_FDS_EXPECTED = object()
 _NO_FDS_MARK = "unixrpc: FD field in a value serialized as holding none"
+#: what refusing a bare int in an FD field says (see :func:`serialize`)
+BARE_INT_MESSAGE = (
+    "an FD field holds a bare int, which would stay open in this process: "
+    "return FileDescriptor.transfer(fd) to close it once sent, or "
+    "FileDescriptor.borrow(fd) to keep it open"
+)
+
+
+class SupportsFileno(Protocol):
+    """Anything with a ``fileno()`` method: files, sockets, selectors,
+    :class:`FileDescriptor`."""
+
+    def fileno(self) -> int: ...
 
 
 class FileDescriptor:
@@ -48,7 +61,7 @@ class FileDescriptor:
         ValueError: *fd* is negative.
     """
 
-    __slots__ = ("__weakref__", "_close_after_send", "_fd", "_keepalive", "_owned")
+    __slots__ = ("__weakref__", "_bare", "_close_after_send", "_fd", "_keepalive", "_owned")
 
     def __init__(self, fd: int) -> None:
         if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
@@ -57,9 +70,23 @@ class FileDescriptor:
         self._owned = True
         self._keepalive: object = None
         self._close_after_send = False
+        #: made by an FD field from a bare int (nobody said who owns it)
+        self._bare = False
+
+    if TYPE_CHECKING:
+        # For type checkers only: a field annotated ``FD`` in a pydantic
+        # model reads as a FileDescriptor but is built from anything the
+        # field accepts (PEP 681's rule for a field whose type is a
+        # descriptor). At run time FileDescriptor is no descriptor.
+        @overload
+        def __get__(self, instance: None, owner: Any) -> FileDescriptor: ...
+        @overload
+        def __get__(self, instance: object, owner: Any) -> FileDescriptor: ...
+        def __get__(self, instance: object, owner: Any) -> FileDescriptor: ...
+        def __set__(self, instance: object, value: FileDescriptor | int | SupportsFileno) -> None: ...
 
     @classmethod
-    def borrow(cls, source: int | Any) -> FileDescriptor:
+    def borrow(cls, source: int | SupportsFileno) -> FileDescriptor:
         """Wrap a descriptor you keep owning (an int, or any object with
         ``fileno()``, kept alive as long as the wrapper). Sending it leaves it
         open; ``close()`` on the wrapper does not close it.
@@ -69,6 +96,7 @@ class FileDescriptor:
             ValueError: the descriptor is negative (a closed file object).
         """
         if isinstance(source, FileDescriptor):
+            source._bare = False  # said explicitly now
             return source
         if isinstance(source, int) and not isinstance(source, bool):
             fd = source
@@ -82,7 +110,7 @@ class FileDescriptor:
         return handle
 
     @classmethod
-    def transfer(cls, source: int | Any) -> FileDescriptor:
+    def transfer(cls, source: int | SupportsFileno) -> FileDescriptor:
         """Wrap a descriptor whose ownership passes to the call: it is closed
         once the frame carrying it has been sent (or when sending fails).
         For a file or socket object, that object is closed.
@@ -90,7 +118,7 @@ class FileDescriptor:
         Raises:
             TypeError, ValueError: as for :meth:`borrow`.
         """
-        handle = cls.borrow(source) if not isinstance(source, FileDescriptor) else source
+        handle = cls.borrow(source)
         handle._close_after_send = True
         return handle
 
@@ -202,12 +230,14 @@ class FdContext:
     :meth:`abort` closes everything, taken or not.
     """
 
-    __slots__ = ("_incoming", "_taken", "outgoing")
+    __slots__ = ("_incoming", "_taken", "bare_ints", "outgoing")
 
-    def __init__(self, incoming: list[int] | None = None) -> None:
+    def __init__(self, incoming: list[int] | None = None, *, bare_ints: bool = True) -> None:
         self.outgoing: list[FileDescriptor] = []
         self._incoming = incoming if incoming is not None else []
         self._taken: dict[int, FileDescriptor] = {}
+        #: False: an FD field holding a bare int fails to encode (see :func:`serialize`)
+        self.bare_ints = bare_ints
 
     @property
     def pydantic_context(self) -> dict[str, Any]:
@@ -292,6 +322,7 @@ def _validate_fd(value: Any, info: ValidationInfo) -> FileDescriptor:
         return value
     try:
         handle = FileDescriptor.borrow(value)
+        handle._bare = type(value) is int
     except TypeError:
         raise ValueError(
             "expected a file descriptor: an int, a FileDescriptor, or an object with fileno()"
@@ -306,6 +337,8 @@ def _serialize_fd(value: FileDescriptor, info: SerializationInfo) -> int:
     if not isinstance(context, FdContext):
         return value.fileno()  # outside a call (model_dump in user code): the raw number
     value.fileno()  # raises if closed
+    if value._bare and not context.bare_ints:
+        raise ValueError(BARE_INT_MESSAGE)
     context.outgoing.append(value)
     return len(context.outgoing) - 1
 
@@ -333,8 +366,12 @@ FileDescriptor.__get_pydantic_json_schema__ = staticmethod(_json_schema)  # type
 
 #: A pydantic field type for a file descriptor that travels with the call as
 #: SCM_RIGHTS (on the wire: an index into the frame's descriptors). Accepts an
-#: int, a file, a socket or a FileDescriptor when you build a model; on the
-#: receiving side it is a FileDescriptor you own.
+#: int, a file, a socket or a FileDescriptor when you build a model (so do
+#: type checkers, for a field annotated ``FD``; inside ``FD | None`` or
+#: ``list[FD]`` they want a FileDescriptor: ``FileDescriptor.borrow(x)``);
+#: reading the field gives a FileDescriptor. On the receiving side it is one
+#: you own. A server refuses a bare int in a result or stream item (it would
+#: leak): return ``FileDescriptor.transfer(fd)`` or ``FileDescriptor.borrow(fd)``.
 FD: TypeAlias = FileDescriptor
 
 
@@ -370,7 +407,12 @@ _NO_FDS_CONTEXT = {_CONTEXT_KEY: _NO_FDS_EXPECTED}
 
 
 def serialize(
-    serializer: SchemaSerializer, value: Any, *, has_fds: bool, warnings: bool | Literal["error"] = True
+    serializer: SchemaSerializer,
+    value: Any,
+    *,
+    has_fds: bool,
+    warnings: bool | Literal["error"] = True,
+    bare_ints: bool = True,
 ) -> tuple[bytes, FdContext | None]:
     """*value* as JSON, with the FdContext that collected its descriptors
     (None when it has none to send).
@@ -384,9 +426,15 @@ def serialize(
     wrap serializer that swallows the ``ValueError``: which is why fields
     typed ``Any`` count as holding descriptors.)
 
+    *bare_ints* False refuses an FD field built from a bare int (neither
+    :meth:`FileDescriptor.transfer` nor :meth:`FileDescriptor.borrow` said
+    who closes it): a server's results, where it would leak one descriptor
+    per call. The error's text holds :data:`BARE_INT_MESSAGE`.
+
     Raises:
         PydanticSerializationError, ValueError: the value cannot be encoded
-            (what was transferred is closed even though nothing is sent).
+            (what was transferred is closed even though nothing is sent), or
+            it holds a bare int and *bare_ints* is False.
     """
     if not has_fds:
         try:
@@ -394,7 +442,7 @@ def serialize(
         except PydanticSerializationError as exc:
             if _NO_FDS_MARK not in str(exc):
                 raise
-    fd_context = FdContext()
+    fd_context = FdContext(bare_ints=bare_ints)
     try:
         data = serializer.to_json(
             value, by_alias=True, warnings=warnings, context=fd_context.pydantic_context

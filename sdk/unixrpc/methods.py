@@ -22,6 +22,7 @@ evolution rules this follows.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
@@ -35,8 +36,10 @@ __all__ = ["Method", "MethodSpec", "ResultCodec", "StreamMethod", "method_spec"]
 
 _SCALARS = (int, str, float, bool, bytes, type(None))
 
-ResultT = TypeVar("ResultT")
-ItemT = TypeVar("ItemT")
+# Covariant: a method whose result is a ``list[Device]`` is a method whose
+# result is ``Sized`` (``len(client.call(ListDevices()))`` type-checks).
+ResultT = TypeVar("ResultT", covariant=True)
+ItemT = TypeVar("ItemT", covariant=True)
 
 
 class ResultCodec(NamedTuple):
@@ -144,6 +147,7 @@ class MethodSpec:
                 except NameError as exc:
                     owner = self.method_class.__qualname__
                     raise TypeError(f"cannot resolve result type {result_type!r} of {owner}: {exc}") from None
+                self._result_type = result_type
             adapter = self._adapter = TypeAdapter(result_type)
             if result_type is None:
                 result_type = type(None)
@@ -158,6 +162,20 @@ class MethodSpec:
         """The declared result (or item) type, as written (a forward
         reference stays a string until :attr:`result_adapter` resolves it)."""
         return self._result_type
+
+    @property
+    def result_type_name(self) -> str:
+        """The result (or item) type as written in Python, for messages
+        (``int``, ``User``, ``list[User]``).
+
+        Raises:
+            TypeError: the result type is a forward reference that does not resolve.
+        """
+        self.result_adapter  # noqa: B018 - resolves a forward reference
+        result_type = self._result_type
+        if isinstance(result_type, type) and not getattr(result_type, "__args__", None):
+            return result_type.__name__
+        return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(result_type))
 
     @property
     def result_validator(self) -> Any:
@@ -216,6 +234,14 @@ class _MethodBase(BaseModel):
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         metadata = cls.__pydantic_generic_metadata__
+        for base in cls.__bases__ if metadata["origin"] is None else ():
+            if base.__module__ == __name__ and base.__qualname__ in ("Method", "StreamMethod"):
+                kind, name = base.__qualname__, cls.__name__
+                if kind == "Method":
+                    hint = f"write class {name}(Method[int]) (Method[None] for no result)"
+                else:
+                    hint = f"write class {name}(StreamMethod[str]) with the type of its items"
+                raise TypeError(f"class {name}({kind}) needs its result type: {hint}")
         if metadata["origin"] is not None or metadata["parameters"]:
             return  # ``Method[int]`` itself, or a still-generic subclass: not a method
         streaming = issubclass(cls, StreamMethod)
@@ -244,15 +270,22 @@ class Method(_MethodBase, Generic[ResultT]):
     ConfigDict(extra="allow")`` the server keeps them instead.
 
     Raises:
-        TypeError: (at class creation) an empty name, or ``errors`` that are
-            not RPCError subclasses.
+        TypeError: (at class creation) an empty name, ``errors`` that are
+            not RPCError subclasses, or a subclass of ``Method`` itself with
+            no type parameter (write ``Method[int]``; ``Method[None]`` for a
+            method that returns nothing).
     """
 
 
 class StreamMethod(_MethodBase, Generic[ItemT]):
     """Base class of a streaming method: the server yields items of the type
     parameter; the client iterates over them with ``client.stream(...)``.
-    Takes the same class keywords (``name``, ``errors``) as :class:`Method`."""
+    Takes the same class keywords (``name``, ``errors``) as :class:`Method`.
+
+    Raises:
+        TypeError: (at class creation) as for :class:`Method`; a subclass of
+            ``StreamMethod`` itself needs its item type (``StreamMethod[str]``).
+    """
 
 
 def method_spec(method_class: type[BaseModel]) -> MethodSpec:
@@ -263,5 +296,16 @@ def method_spec(method_class: type[BaseModel]) -> MethodSpec:
     """
     spec = method_class.__dict__.get("__rpc_spec__") if isinstance(method_class, type) else None
     if spec is None:
+        if isinstance(method_class, type) and issubclass(method_class, _MethodBase):
+            parameters = method_class.__pydantic_generic_metadata__["parameters"]
+            if parameters:
+                names = ", ".join(str(p).lstrip("+-~") for p in parameters)
+                raise TypeError(
+                    f"{method_class.__name__} is still generic (in {names}): serve or call a "
+                    f"subclass that names its result type, e.g. class Get({method_class.__name__}[int])"
+                )
+        elif isinstance(method_class, BaseModel):
+            name = type(method_class).__name__
+            raise TypeError(f"expected a method class, got an instance of {name}: pass {name} itself")
         raise TypeError(f"expected a concrete Method or StreamMethod subclass, got {method_class!r}")
     return spec  # type: ignore[no-any-return]

@@ -151,6 +151,24 @@ def _listening_in_this_process(st: os.stat_result) -> int | None:
     return None
 
 
+def _bind_error(exc: OSError, path: str) -> OSError:
+    """*exc* (from binding *path*) again, of the same class, with a message
+    that names the path and the fix."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if isinstance(exc, FileNotFoundError) and os.path.isdir(parent):
+        detail = f"{parent} does not take a socket file ({exc.strerror})"
+    elif isinstance(exc, FileNotFoundError):
+        detail = (
+            f"the directory {parent} does not exist: create it first (os.makedirs, or "
+            "RuntimeDirectory= in the systemd unit)"
+        )
+    elif isinstance(exc, NotADirectoryError):
+        detail = f"a component of {parent} is not a directory"
+    else:
+        detail = f"this user (uid {os.geteuid()}) may not create files in {parent}"
+    return type(exc)(exc.errno, f"cannot serve on {path}: {detail}")
+
+
 def bind_listener(
     address: UnixAddressLike, *, mode: int = 0o600, group: int | str | None = None, backlog: int = 128
 ) -> BoundListener:
@@ -167,6 +185,9 @@ def bind_listener(
         OSError (EADDRINUSE): a live server listens on that path (or this
             process itself does, e.g. on a socket systemd passed).
         FileExistsError: the path exists and is not a socket.
+        FileNotFoundError: the directory of the path does not exist.
+        NotADirectoryError, PermissionError: a component of the path is not
+            a directory, or this user may not create the socket there.
         KeyError: *group* is not a known group name.
         ValueError: the address is empty or invalid.
     """
@@ -183,16 +204,19 @@ def bind_listener(
             sock.setblocking(False)
             return BoundListener(sock, parsed, None)
         text = str(path)
-        _check_path_is_free(text)
-        # bind() creates the file with 0777 & ~umask: make it 0600 from the first
-        # instant (the umask is process-wide; it is only ever narrowed, briefly).
-        with _umask_lock:
-            previous = os.umask(0o177)
-            try:
-                sock.bind(text)
-                made = text
-            finally:
-                os.umask(previous)
+        try:
+            _check_path_is_free(text)
+            # bind() creates the file with 0777 & ~umask: make it 0600 from the first
+            # instant (the umask is process-wide; it is only ever narrowed, briefly).
+            with _umask_lock:
+                previous = os.umask(0o177)
+                try:
+                    sock.bind(text)
+                    made = text
+                finally:
+                    os.umask(previous)
+        except (FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+            raise _bind_error(exc, text) from None
         # listen at once: a starting rival must not take the new file for a stale one
         sock.listen(backlog)
         if group is not None:

@@ -37,6 +37,7 @@ from .binding import BoundListener, bind_listener
 from .config import ServerConfig
 from .context import CallContext
 from .policy import Allow, access_table
+from .registration import context_comes_first, missing_method_class
 from .threads import ThreadEngine
 
 __all__ = ["AuthorizeHook", "Server"]
@@ -221,9 +222,13 @@ class Server:
         ``Allow(everyone=True)``). Without it, the server's ``policy`` applies.
 
         Raises:
-            TypeError: not a concrete method class, a handler of the wrong
-                kind, a name already served, or *allow* not an :class:`Allow`.
+            TypeError: not a concrete method class (``@server.method`` with
+                no class names the fix), a handler of the wrong kind or with
+                its parameters as ``(context, request)``, a name already
+                served, or *allow* not an :class:`Allow`.
         """
+        if not isinstance(method_class, type) and callable(method_class):
+            raise TypeError(missing_method_class(method_class))
 
         def register(function: F) -> F:
             self.add_method(method_class, function, allow=allow)
@@ -275,6 +280,12 @@ class Server:
         ]
         if not 1 <= len(positional) <= 2:
             raise TypeError(f"a handler takes (request) or (request, context), got {function!r}")
+        if len(positional) == 2 and context_comes_first(function, positional, spec):
+            first, second = positional[0].name, positional[1].name
+            raise TypeError(
+                f"the handler {function.__qualname__} of {spec.name!r} takes ({first}, {second}): "
+                f"the request comes first, write ({second}, {first})"
+            )
         self._handlers[spec.name] = Handler(spec, function, len(positional) == 2, is_async)
 
     @property
@@ -464,7 +475,8 @@ class Server:
     ) -> None:
         """Serve until :meth:`shutdown`, or SIGTERM or SIGINT when called in
         the main thread (a second signal cancels what is left at once; SIGHUP
-        runs ``on_reload`` when there is one), then shut down gracefully.
+        runs ``on_reload``, or is logged and ignored when there is none), then
+        shut down gracefully.
         Works in any thread. *address*, *listener* and *listen_name* are as
         for :meth:`serve`. Under systemd, when the program configured no
         logging, records go to the journal with their priorities.
@@ -604,7 +616,8 @@ def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
 @contextlib.contextmanager
 def _signals_shut_down(server: Server) -> Iterator[None]:
     """SIGTERM and SIGINT shut *server* down gracefully, a second one at
-    once; only in the main thread (the only one where Python runs signal
+    once; SIGHUP runs ``on_reload``, or is logged and ignored without one;
+    only in the main thread (the only one where Python runs signal
     handlers). The previous handlers are restored afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -622,13 +635,16 @@ def _signals_shut_down(server: Server) -> Iterator[None]:
         received.append(signum)
 
     previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-    if server.on_reload is not None:
 
-        def on_hangup(signum: int, frame: Any) -> None:
-            logger.info("received SIGHUP: reloading")
-            server.reload()
+    def on_hangup(signum: int, frame: Any) -> None:
+        # never the default action (exit 129 with calls in flight and a stale socket)
+        if server.on_reload is None:
+            logger.warning("received SIGHUP: ignored (no on_reload hook to run; stop with SIGTERM)")
+            return
+        logger.info("received SIGHUP: reloading")
+        server.reload()
 
-        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         yield
     finally:

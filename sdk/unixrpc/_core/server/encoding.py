@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic_core import PydanticSerializationError
 
 from ...exceptions import InternalError, RPCError
 from ...fds import FdContext, serialize
 from ...methods import MethodSpec
 from .codec import WireCodec
+from .results import encode_value as _encode
 
 __all__ = ["discard_value", "encode_value", "error_body", "error_of", "log_call", "outcome_of"]
 
@@ -25,35 +25,19 @@ logger = logging.getLogger("unixrpc.server")
 
 def encode_value(spec: MethodSpec, value: Any, what: str) -> tuple[bytes, FdContext | None]:
     """The JSON of a result or item (*what*) of *spec*, and the descriptors
-    it carries.
+    it carries (the rules: :mod:`.results`).
 
     Raises:
-        InternalError: the value does not fit the method's type. The error
-            logged here (ERROR) has pydantic's detail; the one raised, which
-            the client receives, says only what kind of value came back and
-            what was expected, never the value itself (it may be a secret).
+        InternalError: the value does not fit the method's type. It says only
+            what kind of value came back and what was expected, never the
+            value (it may be a secret); the ERROR logged here on the server
+            has the detail.
     """
     try:
-        codec = spec.codec or spec.result_codec()
-        # A value whose type could mismatch is encoded with warnings as
-        # errors, which costs pydantic-core about 1 us per call (the
-        # string argument): a value of exactly a plain class is spared.
-        warnings: bool | Literal["error"] = False if type(value) is codec.trusted_type else "error"
-        return serialize(codec.serializer, value, has_fds=codec.has_fds, warnings=warnings)
-    except (PydanticSerializationError, ValueError) as exc:
-        expected = _type_name(spec.result_type)
-        logger.error("handler of %s returned an invalid %s (expected %s): %s", spec.name, what, expected, exc)
-        message = (
-            f"handler of {spec.name} returned an invalid {what}: {type(value).__name__}, expected {expected}"
-        )
-        raise InternalError(message) from None
-
-
-def _type_name(annotation: Any) -> str:
-    """A short name of a result type, for messages (``int``, ``list[str]``, ``Device``)."""
-    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+        return _encode(spec, value, what)
+    except InternalError as exc:
+        logger.error("%s (a %s: %.200r)", exc.message, type(value).__name__, value)
+        raise
 
 
 def discard_value(spec: MethodSpec, value: Any) -> None:
