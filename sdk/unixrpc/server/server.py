@@ -16,7 +16,6 @@ import functools
 import inspect
 import itertools
 import logging
-import signal
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,11 +32,12 @@ from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
 from . import introspection as introspection_methods
 from .anyio import AnyioEngine, HandlerThreads
-from .binding import BoundListener, bind_listener
+from .binding import BoundListener
 from .config import ServerConfig
 from .context import CallContext
 from .policy import Allow, access_table
 from .registration import context_comes_first, missing_method_class
+from .serving import journal_logging_by_default, listeners_for, signals_shut_down, unwrap
 from .threads import ThreadEngine
 
 __all__ = ["AuthorizeHook", "Server"]
@@ -357,31 +357,7 @@ class Server:
     def _listeners(
         self, address: UnixAddressLike | None, listener: socket.socket | None, listen_name: str | None
     ) -> list[BoundListener]:
-        """The sockets to serve: *listener* (handed over), *address* (the
-        socket systemd passed for it, else bound here), the sockets systemd
-        passed by *listen_name*, or, with none of these, every socket systemd
-        passed. They combine."""
-        # systemd's side of it (LISTEN_FDS) lives with the daemon plumbing, which imports binding
-        from ..daemon.activation import adopt_listener, inherited_listener_at, inherited_listeners
-
-        listeners: list[BoundListener] = []
-        try:
-            if listener is not None:
-                listeners.append(adopt_listener(listener))
-            if address is not None:
-                inherited = inherited_listener_at(address)
-                listeners.append(
-                    inherited
-                    if inherited is not None
-                    else bind_listener(address, mode=self.socket_mode, group=self.socket_group)
-                )
-            if listen_name is not None or not listeners:
-                listeners.extend(inherited_listeners(listen_name))
-        except BaseException:
-            for taken in listeners:
-                taken.close()
-            raise
-        return listeners
+        return listeners_for(address, listener, listen_name, self.socket_mode, self.socket_group)
 
     def _begin(
         self,
@@ -461,7 +437,7 @@ class Server:
         try:
             await engine.serve(listeners, task_status)
         except BaseExceptionGroup as group:
-            raise _unwrap(group) from None
+            raise unwrap(group) from None
         finally:
             self._end(listeners)
 
@@ -492,7 +468,7 @@ class Server:
                 for :meth:`serve`.
             ValueError: an unknown backend.
         """
-        _journal_logging_by_default()
+        journal_logging_by_default()
         self._serve_blocking(backend, None, address, listener, listen_name)
 
     def _serve_blocking(
@@ -505,7 +481,7 @@ class Server:
     ) -> None:
         if backend not in ("asyncio", "trio", "threads"):
             raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
-        with _signals_shut_down(self):
+        with signals_shut_down(self):
             if backend == "threads":
                 engine = ThreadEngine(self, self._config())
                 listeners = self._begin(engine, address, listener, listen_name)
@@ -527,7 +503,7 @@ class Server:
             try:
                 anyio.run(main, backend=backend)
             except BaseExceptionGroup as group:
-                raise _unwrap(group) from None
+                raise unwrap(group) from None
 
     @contextlib.contextmanager
     def serve_in_thread(
@@ -585,68 +561,3 @@ class Server:
                 raise TimeoutError("the server thread did not stop")
             if failure:
                 raise failure[0]
-
-
-def _journal_logging_by_default() -> None:
-    """Under systemd (stderr is the ``JOURNAL_STREAM``), a daemon that set up
-    no logging of its own gets the default handler, with ``<N>`` priority
-    prefixes so journald keeps the levels (``unixrpc.daemon.install_daemon_logging``)."""
-    from ..daemon.logs import install_daemon_logging, stream_is_journal
-
-    if not logging.getLogger().handlers and stream_is_journal():
-        install_daemon_logging()
-
-
-def _unwrap(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The one exception inside *group* (task groups wrap what serving
-    raised), or the group itself when it holds several."""
-    leaves: list[BaseException] = []
-
-    def collect(error: BaseException) -> None:
-        if isinstance(error, BaseExceptionGroup):
-            for inner in error.exceptions:
-                collect(inner)
-        else:
-            leaves.append(error)
-
-    collect(group)
-    return leaves[0] if len(leaves) == 1 else group
-
-
-@contextlib.contextmanager
-def _signals_shut_down(server: Server) -> Iterator[None]:
-    """SIGTERM and SIGINT shut *server* down gracefully, a second one at
-    once; SIGHUP runs ``on_reload``, or is logged and ignored without one;
-    only in the main thread (the only one where Python runs signal
-    handlers). The previous handlers are restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if received:
-            logger.warning("received %s again: cancelling what is left", name)
-            server.shutdown(grace=0)
-        else:
-            logger.info("received %s: shutting down", name)
-            server.shutdown()
-        received.append(signum)
-
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
-
-    def on_hangup(signum: int, frame: Any) -> None:
-        # never the default action (exit 129 with calls in flight and a stale socket)
-        if server.on_reload is None:
-            logger.warning("received SIGHUP: ignored (no on_reload hook to run; stop with SIGTERM)")
-            return
-        logger.info("received SIGHUP: reloading")
-        server.reload()
-
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -172,16 +172,10 @@ class ThreadConnection:
     def _arm(self) -> None:  # lock held
         """Let one waiting thread be woken when the socket has data, unless
         the connection must not be read now: its output waits for a peer
-        that does not read, or more calls wait for a thread than there are
-        threads (reading on would only turn requests into refusals; the
-        kernel's buffers hold them meanwhile)."""
-        if (
-            not self._armed
-            and not self._reading_over
-            and not self._inbox
-            and len(self._runq) <= self._max_running
-            and self.core.wants_input()
-        ):
+        that does not read. Reading goes on while calls wait for a thread,
+        so cancels, credit and shutdown refusals get through (the calls in
+        flight are bounded by ``max_calls_per_connection``)."""
+        if not self._armed and not self._reading_over and not self._inbox and self.core.wants_input():
             self._armed = True
             with contextlib.suppress(OSError):
                 self._epoll.modify(self._sock_fd, _READ_ONCE)
@@ -326,15 +320,12 @@ class ThreadConnection:
             self._end_reading()
 
     def _take_in(self, *, everything: bool = False) -> bool:  # lock held
-        """Hand the frames read to the core, in order, while fewer calls wait
-        for a thread than there are threads (the rest wait in the inbox:
-        turned into calls now, they would only be refused), or all of them
-        (*everything*: no more will be read). True if the reading is over
-        (the stream cannot be trusted any more)."""
+        """Hand the frames read to the core, in order, while the peer reads
+        what is queued for it (else the writer takes the rest in later), or
+        all of them (*everything*: no more will be read). True if the
+        reading is over (the stream cannot be trusted any more)."""
         core, inbox, runq = self.core, self._inbox, self._runq
-        limit = len(inbox) + len(runq) if everything else self._max_running
-        # no more calls while the peer does not read what is queued (the writer takes them in later)
-        while inbox and len(runq) <= limit and (everything or core.wants_input()):
+        while inbox and (everything or core.wants_input()):
             event = core.receive_frame(inbox.popleft())
             if event is None:
                 continue
