@@ -294,8 +294,13 @@ async def test_stream_break_cancels_and_backpressure(client_kind: str, sock_dir:
     events = Events()
     async with rpc(client_kind, sock_dir, events, stream_window=4) as client:
         if client.kind == "sync":
-            stream = client.client.stream(Count(n=1000))
-            assert [next(stream), next(stream)] == [0, 1]
+
+            def first_two() -> Any:
+                stream = client.client.stream(Count(n=1000))
+                assert [next(stream), next(stream)] == [0, 1]
+                return stream
+
+            stream = await anyio.to_thread.run_sync(first_two)
             time.sleep(0.2)
         else:
             stream = client.client.stream(Count(n=1000))

@@ -41,7 +41,7 @@ from .fds import FD, FileDescriptor
 from .methods import Method, StreamMethod
 from .peer import Peer
 from .protocol import StreamProtocol
-from .rpc import AsyncClient, AsyncStreamCall, Client, StreamCall
+from .client import AsyncClient, AsyncStreamCall, Client, StreamCall
 from .serializers import (
     AbstractFramedPacketSerializer,
     AbstractIncrementalPacketSerializer,

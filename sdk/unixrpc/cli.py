@@ -34,7 +34,7 @@ from .exceptions import (
     RPCError,
 )
 from .fds import FileDescriptor
-from .rpc.client import Client
+from .client import Client
 from .untyped import JSONReply
 
 __all__ = ["EXIT", "main"]

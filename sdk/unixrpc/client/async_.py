@@ -1,7 +1,8 @@
 """AsyncClient: the RPC client for asyncio and trio (via anyio).
 
-A shell over the sans-IO core (``_core/client.py``), which owns the
-protocol: ids, routing, descriptors, stream credit, the broken state. This
+A shell over the sans-IO core (``_core/client/``, through its narrow
+``ClientCore`` face), which owns the protocol: ids, routing, descriptors,
+stream credit, timeouts, what a failed write means, the broken state. This
 module owns the async side of sharing one connection. There is no reader task: a
 caller that needs a message and finds no one reading reads for everyone,
 filing each frame under its call id and waking the task it belongs to; when
@@ -27,32 +28,31 @@ import contextlib
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, NoReturn, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core import wire
-from .._core.calls import close_fds
-from .._core.client import CallSlot, ClientConnection
+from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, CallSlot, ClientConnection, ClientCore, Message, Timeout
 from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
 from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
-from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
 from ..fds import FdContext
 from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
-from ._calls import outgoing_fds
-from .client import DEFAULT, DEFAULT_STREAM_WINDOW, _Default
+from ._fds import outgoing_fds
 
 __all__ = ["AsyncClient", "AsyncStreamCall"]
 
-_CANCEL_SEND_LIMIT = 1.0  # seconds a cancelled call may spend telling the server
 _NO_TIMEOUT = contextlib.nullcontext()
+_ITEM = wire.ITEM
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
@@ -89,15 +89,19 @@ class AsyncClient:
         stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
         framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        self._core = ClientConnection(framing, stream_window)  # raises ValueError for the window
+        # raises ValueError for the window; the clock is read only in calls, in the loop
+        self._core: ClientCore = ClientConnection(
+            framing, stream_window, timeout=timeout, clock=anyio.current_time
+        )
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
             address, StreamProtocol(framing), max_recv_size=wire.RECV_SIZE
         )
-        self._timeout = timeout
         self._task_group: TaskGroup | None = None
-        # framed cancels of calls given up where no one can await
-        self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[bytes](math.inf)
+        # framed cancels of calls given up where no one can await (made on
+        # entering: a stream never closed would warn when collected)
+        self._cancel_send: MemoryObjectSendStream[bytes] | None = None
+        self._cancel_receive: MemoryObjectReceiveStream[bytes] | None = None
         self._reading = False  # a caller is reading for everyone
         self._parked: dict[CallSlot, None] = {}  # callers waiting for a message, oldest first
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
@@ -113,9 +117,8 @@ class AsyncClient:
             await self._raw.wait_connected()
         except BaseException:
             await self._raw.aclose()
-            self._cancel_send.close()
-            self._cancel_receive.close()
             raise
+        self._cancel_send, self._cancel_receive = anyio.create_memory_object_stream[bytes](math.inf)
         self._new_wakeup = wakeup_factory()
         self._flush_wakeup = self._new_wakeup()
         task_group = anyio.create_task_group()
@@ -158,7 +161,7 @@ class AsyncClient:
 
     # -- calls --------------------------------------------------------------
 
-    async def call(self, method: Method[ResultT], *, timeout: float | _Default | None = DEFAULT) -> ResultT:
+    async def call(self, method: Method[ResultT], *, timeout: Timeout = DEFAULT) -> ResultT:
         """Call *method* on the server and return its validated result.
 
         Cancelling the awaiting task (or a timeout) cancels the call on the
@@ -184,19 +187,18 @@ class AsyncClient:
         spec = getattr(type(method), "__rpc_spec__", None)
         if spec is None or spec.method_class is not type(method) or spec.streaming:
             spec = spec_of(method, streaming=False)  # raises the right TypeError
-        if timeout is DEFAULT:
-            timeout = self._timeout
         params, fd_context = encode_params(method, spec)
         if fd_context is None:  # the common case, in this coroutine
             slot, unfinished = self._request_nowait(spec, params, timeout)
-            remaining = timeout if unfinished is None else await unfinished
+            if unfinished is not None:
+                await unfinished
         else:
-            slot, remaining = await self._start(spec, params, fd_context, timeout)
+            slot = await self._start(spec, params, fd_context, timeout)
         if not slot.messages:
-            await self._wait(slot, remaining, timeout)
-        kind, envelope, fds = slot.messages.popleft()
-        if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
-            self._give_up(slot)
+            await self._wait(slot)
+        (kind, envelope, fds), cancel = self._core.take(slot)
+        if cancel is not None:  # an item for this unary call: the server erred, the call is given up
+            self._cancel_later(cancel)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
     async def notify(self, method: Method[Any]) -> None:
@@ -217,7 +219,7 @@ class AsyncClient:
                 fd_context.sent()
 
     def stream(
-        self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
+        self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT
     ) -> AsyncStreamCall[ItemT]:
         """A streaming call: ``async for item in client.stream(Watch()):``.
 
@@ -235,7 +237,7 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError.
         """
         spec = spec_of(method, streaming=True)
-        return AsyncStreamCall(self, spec, method, self._timeout if timeout is DEFAULT else timeout)
+        return AsyncStreamCall(self, spec, method, timeout)
 
     async def call_by_name(
         self,
@@ -243,7 +245,7 @@ class AsyncClient:
         params: Mapping[str, Any] | None = None,
         *,
         fds: Iterable[Any] = (),
-        timeout: float | _Default | None = DEFAULT,
+        timeout: Timeout = DEFAULT,
     ) -> JSONReply:
         """Call a method known only by its wire name: *params* as a JSON
         object, the result as plain JSON (see :meth:`Client.call_by_name`).
@@ -264,7 +266,7 @@ class AsyncClient:
         params: Mapping[str, Any] | None = None,
         *,
         fds: Iterable[Any] = (),
-        timeout: float | _Default | None = DEFAULT,
+        timeout: Timeout = DEFAULT,
     ) -> AsyncStreamCall[JSONReply]:
         """A stream known only by its wire name: ``async for item in
         client.stream_by_name("Countdown", {"start": 3}):`` (each item a
@@ -285,113 +287,105 @@ class AsyncClient:
             raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
 
     async def _start(
-        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: float | None
-    ) -> tuple[CallSlot, float | None]:
-        """Open a call and write its request within *timeout*: the slot, and
-        the time left."""
+        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: Timeout
+    ) -> CallSlot:
+        """Open a call and write its request within its deadline."""
         try:
             if fd_context is None or not fd_context.outgoing:
                 slot, unfinished = self._request_nowait(spec, params, timeout)
-                return slot, (timeout if unfinished is None else await unfinished)
+                if unfinished is not None:
+                    await unfinished
+                return slot
             self._check_usable()  # descriptors: never corked, written at once
             cmsgs, nfds = outgoing_fds(fd_context)
-            slot, data = self._core.request(spec, params, nfds)
-            sent = self._try_send(slot, data, cmsgs)
-            if sent == len(data):
-                return slot, timeout
-            return slot, await self._finish_request(slot, data, sent, cmsgs, timeout)
+            slot, data = self._core.request(spec, params, nfds, timeout)
+            try:
+                sent = self._raw.try_send(data, cmsgs)
+            except BaseException as exc:
+                self._request_failed(slot, exc)
+            if sent != len(data):
+                await self._finish_request(slot, data, sent, cmsgs)
+            return slot
         finally:
             if fd_context is not None:
                 fd_context.sent()
 
     def _request_nowait(
-        self, spec: MethodSpec, params: bytes, timeout: float | None
-    ) -> tuple[CallSlot, Awaitable[float | None] | None]:
+        self, spec: MethodSpec, params: bytes, timeout: Timeout
+    ) -> tuple[CallSlot, Awaitable[None] | None]:
         """Open a call and write its request (no descriptors): at once, as
         far as the socket takes it now, if no other call is in flight; else
         queued for the flusher. The slot, and what finishes the write within
-        *timeout* (await it before anything else; it returns the time left)
-        or None."""
+        its deadline (await it before anything else) or None."""
         if self._task_group is None:
             self._check_usable()  # raises the right error
         core, corked = self._core, self._corked
-        slot, data = core.request(spec, params)
+        slot, data = core.request(spec, params, 0, timeout)
         if corked or len(core) > 1:  # others are in flight: write this with theirs
             if not corked:
                 assert self._flush_wakeup is not None
                 self._flush_wakeup.set()
             corked[slot.call_id] = data
             return slot, None
-        try:  # (inline, not _try_send: this is on every lone call's path)
+        try:
             sent = self._raw.try_send(data)
         except BaseException as exc:
-            core.give_up(slot, request_sent=False)
-            reason = self._send_error(exc)
-            if reason is not None:
-                raise reason from None
-            raise
+            self._request_failed(slot, exc)
         if sent == len(data):
             return slot, None
-        return slot, self._finish_request(slot, data, sent, None, timeout)
-
-    def _try_send(
-        self, slot: CallSlot, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None
-    ) -> int | None:
-        try:
-            return self._raw.try_send(data, cmsgs)
-        except BaseException as exc:
-            self._core.give_up(slot, request_sent=False)
-            reason = self._send_error(exc)
-            if reason is not None:
-                raise reason from None
-            raise
+        return slot, self._finish_request(slot, data, sent, None)
 
     async def _finish_request(
-        self,
-        slot: CallSlot,
-        data: bytes,
-        sent: int | None,
-        cmsgs: list[tuple[int, int, bytes]] | None,
-        timeout: float | None,
-    ) -> float | None:
-        """Write the rest of *slot*'s request within *timeout*; the time left."""
-        raw = self._raw
+        self, slot: CallSlot, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None
+    ) -> None:
+        """Write the rest of *slot*'s request within its deadline."""
         try:
-            if timeout is None:
-                await raw.finish_send(data, sent, cmsgs)
-                return None
-            started = anyio.current_time()
-            with anyio.fail_after(timeout):
-                await raw.finish_send(data, sent, cmsgs)
-            return max(timeout - (anyio.current_time() - started), 0.0)
+            await self._finish_send(data, sent, cmsgs, slot.deadline)
         except BaseException as exc:
-            self._core.give_up(slot, request_sent=False)  # cut or not started: no cancel
-            reason = self._send_error(exc)
-            if reason is not None:
-                raise reason from None
-            if timeout is not None and type(exc) is TimeoutError:
-                cut = raw.is_send_broken()
-                raise self._core.send_timeout_error(slot.spec, timeout, cut=cut) from None
-            raise
+            self._request_failed(slot, exc)
 
-    def _send_error(self, exc: BaseException) -> Exception | None:
-        """A write failed with *exc*: the core decides whether that broke the
-        connection. Returns the better error to raise, if the server said why
-        it hung up (e.g. too many connections)."""
-        reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
-        woken = self._core.send_failed(exc, cut=self._raw.is_send_broken())
+    def _request_failed(self, slot: CallSlot, exc: BaseException) -> NoReturn:
+        """Writing *slot*'s request raised *exc*: the call never started (no
+        cancel), and the core says what to raise."""
+        self._core.give_up(slot, request_sent=False)
+        error = self._send_failed(exc, slot)
+        if error is exc:
+            raise exc
+        raise error from None
+
+    async def _finish_send(
+        self, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None, deadline: float | None
+    ) -> None:
+        """Write the rest of a frame; raises TimeoutError at *deadline*."""
+        if deadline is None:
+            await self._raw.finish_send(data, sent, cmsgs)
+            return
+        with anyio.CancelScope(deadline=deadline) as scope:
+            await self._raw.finish_send(data, sent, cmsgs)
+        if scope.cancelled_caught:
+            raise TimeoutError
+
+    def _send_failed(
+        self, exc: BaseException, slot: CallSlot | None = None, what: str = "request", lost: Message | None = None
+    ) -> BaseException:
+        """A write raised *exc*: the core decides whether that broke the
+        connection and what the caller raises (after reading, without
+        waiting, what the server left if it hung up)."""
+        core = self._core
+        if core.wants_farewell(exc):
+            self._read_farewell()
+        error, woken = core.send_failed(exc, cut=self._raw.is_send_broken(), slot=slot, what=what, lost=lost)
         if woken is not None:
             self._wake_all(woken)
             self._broken()
-        return reason
+        return error
 
-    def _farewell(self) -> Exception | None:
-        """The connection-level error the server left in the receive buffer
-        before it hung up, if any (read without waiting, unless another task
-        is reading)."""
+    def _read_farewell(self) -> None:
+        """Hand the core what the server left in the receive buffer before it
+        hung up (read without waiting; skipped if another task is reading)."""
         raw, core, ancillary = self._raw, self._core, self._ancillary
         if self._reading:
-            return None
+            return
         try:
             while core.broken is None:
                 try:
@@ -401,51 +395,54 @@ class AsyncClient:
                         core.receive_fds(ancillary.iter_fds())
                         ancillary.clear()
                 if not frames:
-                    return None
+                    return
                 self._wake_all(core.receive_frames(frames, raw.buffered_size()))
         except (StreamProtocolParseError, ConnectionError):
-            return None
-        self._broken()
-        return core.broken_error() if isinstance(core.broken, RPCError) else None
+            return
 
-    async def _write(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None = None) -> None:
-        """Write one frame (a notification, a cancel, a credit)."""
-        raw = self._raw
+    async def _write(
+        self,
+        data: bytes,
+        cmsgs: list[tuple[int, int, bytes]] | None = None,
+        *,
+        deadline: float | None = None,
+        slot: CallSlot | None = None,
+        what: str = "request",
+        lost: Message | None = None,
+    ) -> None:
+        """Write one frame (a notification, a cancel, a credit: *slot*'s
+        *what*) within *deadline*."""
         try:
-            sent = raw.try_send(data, cmsgs)
+            sent = self._raw.try_send(data, cmsgs)
             if sent != len(data):
-                await raw.finish_send(data, sent, cmsgs)
+                await self._finish_send(data, sent, cmsgs, deadline)
         except BaseException as exc:
-            reason = self._send_error(exc)
-            if reason is not None:
-                raise reason from None
-            raise
+            error = self._send_failed(exc, slot, what, lost)
+            if error is exc:
+                raise
+            raise error from None
 
     async def _send_cancel(self, cancel: bytes) -> None:
-        with contextlib.suppress(OSError, RPCError):
-            await self._write(cancel)
+        """Tell the server, within the core's limit (best effort)."""
+        with contextlib.suppress(OSError, RPCError, TimeoutError):
+            await self._write(cancel, deadline=self._core.cancel_deadline())
 
-    async def _send_credit(self, slot: CallSlot, credit: bytes, timeout: float | None) -> None:
-        if timeout is None:
-            await self._write(credit)
-            return
-        try:
-            with anyio.fail_after(timeout):
-                await self._write(credit)
-        except TimeoutError:
-            cut = self._raw.is_send_broken()
-            raise self._core.send_timeout_error(slot.spec, timeout, cut=cut, what="credit") from None
+    def _cancel_later(self, cancel: bytes) -> None:
+        """Have the canceller task send *cancel* (for callers that cannot await)."""
+        if self._cancel_send is not None:
+            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+                self._cancel_send.send_nowait(cancel)
 
-    async def _wait(self, slot: CallSlot, timeout: float | None, seconds: float | None) -> None:
-        """Wait for a message of *slot*, at most *timeout* (*seconds*: the
-        call's timeout, for the message). If no task is reading, read for
-        everyone (no reader task: the caller reads its own reply); else wait
-        to be handed a message, or the reader role. Cancelled or timed out,
-        the call is given up and the server told (one coroutine, not two:
-        this is on every call's path)."""
+    async def _wait(self, slot: CallSlot) -> None:
+        """Wait for a message of *slot*, until its deadline. If no task is
+        reading, read for everyone (no reader task: the caller reads its own
+        reply); else wait to be handed a message, or the reader role.
+        Cancelled or timed out, the call is given up and the server told
+        (one coroutine, not two: this is on every call's path)."""
         core = self._core
+        deadline = slot.deadline
         try:
-            with _NO_TIMEOUT if timeout is None else anyio.fail_after(timeout):
+            with _NO_TIMEOUT if deadline is None else anyio.CancelScope(deadline=deadline) as scope:
                 while not slot.messages:
                     if core.broken is not None:
                         raise core.broken_error()
@@ -468,15 +465,16 @@ class AsyncClient:
                             if not self._reading:  # we may have been picked to read next
                                 self._pass_reading()
                             raise
+            if scope is not None and scope.cancelled_caught:
+                raise TimeoutError
         except BaseException as exc:
             cancel = self._give_up(slot, send_cancel=False)
             if cancel is not None:
-                # tell the server now, even though we are being cancelled (bounded:
-                # a server that does not read cannot hold us up)
-                with anyio.CancelScope(shield=True), anyio.move_on_after(_CANCEL_SEND_LIMIT):
+                # tell the server now, even though we are being cancelled
+                with anyio.CancelScope(shield=True):
                     await self._send_cancel(cancel)
-            if timeout is not None and type(exc) is TimeoutError:
-                raise core.timeout_error(slot, timeout if seconds is None else seconds) from None
+            if isinstance(exc, TimeoutError) and slot.timeout is not None:
+                raise core.timed_out(slot) from None
             raise
 
     def _pass_reading(self) -> None:
@@ -511,8 +509,7 @@ class AsyncClient:
         written = self._corked.pop(slot.call_id, None) is None  # queued: the server knows nothing of it
         cancel = self._core.give_up(slot, request_sent=written)
         if cancel is not None and send_cancel:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._cancel_send.send_nowait(cancel)
+            self._cancel_later(cancel)
             return None
         return cancel
 
@@ -537,6 +534,7 @@ class AsyncClient:
                 return
 
     async def _canceller(self) -> None:
+        assert self._cancel_receive is not None
         async with self._cancel_receive:
             async for cancel in self._cancel_receive:
                 await self._send_cancel(cancel)
@@ -584,13 +582,17 @@ class AsyncClient:
     def _broken(self) -> None:
         """The core is broken: nothing more is written."""
         self._corked.clear()
-        self._cancel_send.close()
+        if self._cancel_send is not None:
+            self._cancel_send.close()
 
 
 class AsyncStreamCall(Generic[ItemT]):
-    """The items of a streaming call, as an async iterator."""
+    """The items of a streaming call, as an async iterator. Iterating raises
+    RPCError (the stream ended with an error), TimeoutError (no item within
+    the timeout), InvalidResultError, ClientClosedError or
+    ConnectionBrokenError."""
 
-    def __init__(self, client: AsyncClient, spec: MethodSpec, method: Any, timeout: float | None) -> None:
+    def __init__(self, client: AsyncClient, spec: MethodSpec, method: Any, timeout: Timeout) -> None:
         self._client = client
         self._spec = spec
         self._method = method
@@ -604,28 +606,24 @@ class AsyncStreamCall(Generic[ItemT]):
     async def __anext__(self) -> ItemT:
         if self._done:
             raise StopAsyncIteration
-        client, timeout = self._client, self._timeout
+        client = self._client
+        core = client._core
         try:
             slot = self._slot
-            remaining = timeout
             if slot is None:
                 params, fd_context = encode_params(self._method, self._spec)
-                slot, remaining = await client._start(self._spec, params, fd_context, timeout)
-                self._slot = slot
+                slot = self._slot = await client._start(self._spec, params, fd_context, self._timeout)
+            core.ask_item(slot)
             if not slot.messages:
-                await client._wait(slot, remaining, timeout)
-            kind, envelope, fds = slot.messages.popleft()
+                await client._wait(slot)
+            message, credit = core.take(slot)
         except BaseException:
             self._done = True
             raise
-        if kind == wire.ITEM:
-            credit = client._core.item_consumed(slot)
-            if credit is not None:
-                try:
-                    await client._send_credit(slot, credit, timeout)
-                except BaseException:
-                    close_fds(fds)  # the item is lost with the connection: so are its fds
-                    raise
+        if credit is not None:  # the item is lost if this fails, and its descriptors closed
+            await client._write(credit, deadline=slot.deadline, slot=slot, what="credit", lost=message)
+        kind, envelope, fds = message
+        if kind is _ITEM:
             return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True
         stream_end(kind, envelope, fds)

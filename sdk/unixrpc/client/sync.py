@@ -1,59 +1,71 @@
 """Client: the blocking RPC client. Plain sockets, no event loop, no thread.
 
-A shell over the sans-IO core (``_core/client.py``), which owns the
-protocol: ids, routing, descriptors, stream credit, the broken state. This
+A shell over the sans-IO core (``_core/client/``, through its narrow
+``ClientCore`` face), which owns the protocol: ids, routing, descriptors,
+stream credit, timeouts, what a failed write means, the broken state. This
 module owns how threads share one connection: any number of calls may be
 in flight; a caller that needs a message takes the reader role, reads
 frames and hands them to the core, waking the callers they belong to; when
 its own message is in, it hands the role to a waiting caller. One lock
-guards the core; no reader thread.
+guards the core; no reader thread. It refuses to block a thread that runs
+an event loop (:func:`refuse_event_loop`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from .._core import wire
-from .._core.calls import close_fds
-from .._core.client import CallSlot, ClientConnection, Message
+from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, CallSlot, ClientConnection, ClientCore, Timeout
 from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
 from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike
 from ..ancillary import SocketAncillary, UnixCredentials
-from ..exceptions import (
-    ClientClosedError,
-    ConnectionBrokenError,
-    RPCError,
-    StreamProtocolParseError,
-)
+from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
 from ..methods import Method, MethodSpec, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
-from ._calls import outgoing_fds
+from ._fds import outgoing_fds
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
 
 ResultT = TypeVar("ResultT")
 ItemT = TypeVar("ItemT")
-
-_CANCEL_SEND_LIMIT = 1.0  # seconds a given-up call may spend telling the server
-
-
-class _Default(enum.Enum):
-    DEFAULT = "DEFAULT"
+_ITEM = wire.ITEM
 
 
-#: "Use the client's default timeout".
-DEFAULT: Final = _Default.DEFAULT
+def refuse_event_loop(api: str) -> None:
+    """A blocking call must not run on a thread that runs an event loop: it
+    would stop the loop until it returns, and never return if what it waits
+    for (the server, say) runs on that loop.
 
-DEFAULT_STREAM_WINDOW: Final = 16
+    Any running loop is refused, not only the server's: the client cannot
+    know what the reply depends on, and blocking a loop is a bug either way.
+
+    Raises:
+        RuntimeError: the calling thread is running an asyncio or trio loop.
+    """
+    asyncio = sys.modules.get("asyncio")
+    running = None
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        running = "asyncio"
+    else:
+        trio = sys.modules.get("trio")
+        if trio is not None and trio.lowlevel.in_trio_run():
+            running = "trio"
+    if running is not None:
+        raise RuntimeError(
+            f"Client.{api}() blocks, and this thread is running a {running} event loop: it would stop "
+            "the loop, for ever if the server runs on it. Use AsyncClient in async code, or call Client "
+            "from a worker thread (anyio.to_thread.run_sync, asyncio.to_thread, trio.to_thread.run_sync)"
+        )
 
 
 class Client:
@@ -91,12 +103,14 @@ class Client:
         stream_window: int = DEFAULT_STREAM_WINDOW,
     ) -> None:
         framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        self._core = ClientConnection(framing, stream_window)  # raises ValueError for the window
+        # raises ValueError for the window
+        self._core: ClientCore = ClientConnection(
+            framing, stream_window, timeout=timeout, clock=time.monotonic
+        )
         self._ancillary_bufsize = framing.ancillary_bufsize
         self._raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
             address, StreamProtocol(framing), connect_timeout=connect_timeout, max_recv_size=wire.RECV_SIZE
         )
-        self._timeout = timeout
         self._lock = threading.Lock()  # guards the core
         self._ancillary = SocketAncillary()  # used by the reader only
         self._reader_lock = threading.Lock()
@@ -131,7 +145,7 @@ class Client:
 
     # -- calls --------------------------------------------------------------
 
-    def call(self, method: Method[ResultT], *, timeout: float | _Default | None = DEFAULT) -> ResultT:
+    def call(self, method: Method[ResultT], *, timeout: Timeout = DEFAULT) -> ResultT:
         """Call *method* on the server and return its validated result.
 
         Args:
@@ -152,15 +166,17 @@ class Client:
                 is a StreamMethod.
             ClientClosedError, ConnectionBrokenError: the connection is gone
                 (``RemoteProtocolError``: the server broke the protocol).
+            RuntimeError: this thread is running an event loop (use
+                AsyncClient there, or call from a worker thread).
         """
         spec = spec_of(method, streaming=False)
-        if timeout is DEFAULT:
-            timeout = self._timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        slot = self._start(spec, method, deadline, timeout)
-        kind, envelope, fds = self._next_message(slot, deadline, timeout)
-        if kind == wire.ITEM:  # a misbehaving server: this call is not a stream
-            self._give_up(slot)
+        refuse_event_loop("call")
+        slot = self._start(spec, method, timeout)
+        self._wait(slot)
+        with self._lock:
+            (kind, envelope, fds), cancel = self._core.take(slot)
+        if cancel is not None:  # an item for this unary call: the server erred, the call is given up
+            self._send_cancel(cancel)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
     def notify(self, method: Method[Any]) -> None:
@@ -169,8 +185,10 @@ class Client:
         Raises:
             TypeError: *method* is not a method instance, or is a StreamMethod.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
+            RuntimeError: this thread is running an event loop.
         """
         spec = spec_of(method, streaming=False, api="notify")
+        refuse_event_loop("notify")
         self._core.check_usable()
         params, fd_context = encode_params(method, spec)
         try:
@@ -181,7 +199,7 @@ class Client:
                 fd_context.sent()
 
     def stream(
-        self, method: StreamMethod[ItemT], *, timeout: float | _Default | None = DEFAULT
+        self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT
     ) -> StreamCall[ItemT]:
         """Start a streaming call; iterate over the result to get its items.
 
@@ -197,14 +215,12 @@ class Client:
             TypeError: *method* is not a StreamMethod instance.
             TimeoutError: the request could not be sent within *timeout*.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
+            RuntimeError: this thread is running an event loop.
             (while iterating) RPCError, TimeoutError, InvalidResultError.
         """
         spec = spec_of(method, streaming=True)
-        if timeout is DEFAULT:
-            timeout = self._timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        slot = self._start(spec, method, deadline, timeout)
-        return StreamCall(self, slot, timeout)
+        refuse_event_loop("stream")
+        return StreamCall(self, self._start(spec, method, timeout))
 
     def call_by_name(
         self,
@@ -212,7 +228,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         *,
         fds: Iterable[Any] = (),
-        timeout: float | _Default | None = DEFAULT,
+        timeout: Timeout = DEFAULT,
     ) -> JSONReply:
         """Call a method known only by its wire name: *params* as a JSON
         object, the result as plain JSON (no method class needed; for tools
@@ -247,7 +263,7 @@ class Client:
         params: Mapping[str, Any] | None = None,
         *,
         fds: Iterable[Any] = (),
-        timeout: float | _Default | None = DEFAULT,
+        timeout: Timeout = DEFAULT,
     ) -> StreamCall[JSONReply]:
         """Start a stream known only by its wire name (see
         :meth:`call_by_name`); each item is a :class:`~unixrpc.JSONReply`.
@@ -262,36 +278,38 @@ class Client:
 
     # -- internals shared with StreamCall --------------------------------------
 
-    def _start(
-        self, spec: MethodSpec, method: Any, deadline: float | None, timeout: float | None
-    ) -> CallSlot:
-        """Open a call and write its request, within *deadline*."""
+    def _start(self, spec: MethodSpec, method: Any, timeout: Timeout) -> CallSlot:
+        """Open a call and write its request, within its deadline."""
         params, fd_context = encode_params(method, spec)
         try:
             cmsgs, nfds = outgoing_fds(fd_context)
             with self._lock:
-                slot, data = self._core.request(spec, params, nfds)
+                slot, data = self._core.request(spec, params, nfds, timeout)
             try:
-                self._send(data, cmsgs, deadline)
-            except BaseException as exc:
+                self._send(data, cmsgs, slot.deadline, slot)
+            except BaseException:
                 with self._lock:
                     self._core.give_up(slot, request_sent=False)
-                if isinstance(exc, TimeoutError) and timeout is not None:
-                    raise self._core.send_timeout_error(
-                        spec, timeout, cut=self._raw.is_send_broken()
-                    ) from None
                 raise
         finally:
             if fd_context is not None:
                 fd_context.sent()
         return slot
 
-    def _send(self, data: bytes, cmsgs: list[tuple[int, int, bytes]] | None, deadline: float | None) -> None:
-        """Write a frame within *deadline*. A write that failed or was cut in
-        the middle of its frame breaks the connection.
+    def _send(
+        self,
+        data: bytes,
+        cmsgs: list[tuple[int, int, bytes]] | None,
+        deadline: float | None,
+        slot: CallSlot | None = None,
+        what: str = "request",
+        lost: Any = None,
+    ) -> None:
+        """Write a frame (*slot*'s *what*) within *deadline*; the core says
+        what a failure means (see ``ClientConnection.send_failed``).
 
-        Raises: as the transport's ``send_data``; the server's farewell error
-            instead when it hung up after saying why (e.g. ServerBusyError).
+        Raises: as the transport's ``send_data``, or what the core chose
+            instead (the server's parting error, a timeout naming the call).
         """
         raw = self._raw
         try:
@@ -300,22 +318,22 @@ class Client:
             else:
                 raw.send_data(data, cmsgs, timeout=deadline - time.monotonic())
         except BaseException as exc:
-            # the server may have said why before it hung up (e.g. too many
-            # connections): that is the better error
-            reason = self._farewell() if isinstance(exc, ConnectionBrokenError) else None
+            core = self._core
+            if core.wants_farewell(exc):
+                self._read_farewell()
             with self._lock:
-                woken = self._core.send_failed(exc, cut=raw.is_send_broken())
+                error, woken = core.send_failed(exc, cut=raw.is_send_broken(), slot=slot, what=what, lost=lost)
             if woken is not None:
                 self._shut()
-            if reason is not None:
-                raise reason from None
-            raise
+            if error is exc:
+                raise
+            raise error from None
 
-    def _farewell(self) -> Exception | None:
-        """The connection-level error the server left in the receive buffer
-        before closing, if any (read without blocking)."""
+    def _read_farewell(self) -> None:
+        """Hand the core what the server left in the receive buffer before
+        it hung up (read without blocking; skipped if another thread reads)."""
         if not self._reader_lock.acquire(blocking=False):
-            return None
+            return
         core = self._core
         try:
             while core.broken is None:
@@ -324,13 +342,12 @@ class Client:
                         timeout=0, ancillary_data=self._ancillary, ancillary_bufsize=self._ancillary_bufsize
                     )
                 except (TimeoutError, ConnectionError, StreamProtocolParseError):
-                    return None
+                    return
                 finally:
                     self._take_fds()
                 with self._lock:
                     core.receive_frames((frame,), self._raw.buffered_size())
             self._raw.close()
-            return core.broken_error() if isinstance(core.broken, RPCError) else None
         finally:
             self._reader_lock.release()
             if self._waiting:  # a caller may be waiting for the reader role, or was filed a message
@@ -338,50 +355,40 @@ class Client:
                     self._cond.notify_all()
 
     def _give_up(self, slot: CallSlot) -> None:
-        """The caller no longer wants *slot*: drop what came, cancel the rest
-        (a bounded write: a server that does not read cannot hold us up)."""
+        """The caller no longer wants *slot*: drop what came, cancel the rest."""
         with self._lock:
             cancel = self._core.give_up(slot)
         if cancel is not None:
-            with contextlib.suppress(OSError, RPCError):
-                self._send(cancel, None, time.monotonic() + _CANCEL_SEND_LIMIT)
+            self._send_cancel(cancel)
 
-    def _send_credit(
-        self, slot: CallSlot, credit: bytes, deadline: float | None, timeout: float | None
-    ) -> None:
-        try:
-            self._send(credit, None, deadline)
-        except TimeoutError:
-            if timeout is None:
-                raise
-            raise self._core.send_timeout_error(
-                slot.spec, timeout, cut=self._raw.is_send_broken(), what="credit"
-            ) from None
+    def _send_cancel(self, cancel: bytes) -> None:
+        """Tell the server, within the core's limit (best effort)."""
+        with contextlib.suppress(OSError, RPCError):
+            self._send(cancel, None, self._core.cancel_deadline())
 
-    def _next_message(self, slot: CallSlot, deadline: float | None, timeout: float | None) -> Message:
-        """Wait for the next message of *slot*, reading for everyone if no one else is."""
+    def _wait(self, slot: CallSlot) -> None:
+        """Wait until *slot* has a message, reading for everyone if no one
+        else is. Timed out or interrupted, the call is given up."""
         core = self._core
         try:
-            while True:
-                if slot.messages:
-                    return slot.messages.popleft()
+            while not slot.messages:
                 if core.broken is not None:
                     raise core.broken_error()
                 if self._reader_lock.acquire(blocking=False):
                     try:
-                        self._read_until(slot, deadline)
+                        self._read_until(slot, slot.deadline)
                     finally:
                         self._reader_lock.release()
                         if self._waiting:
                             with self._cond:
                                 self._cond.notify_all()
                 else:
-                    self._wait_for_reader(slot, deadline)
+                    self._wait_for_reader(slot, slot.deadline)
         except TimeoutError:
             self._give_up(slot)
-            if timeout is None:
+            if slot.timeout is None:
                 raise
-            raise core.timeout_error(slot, timeout) from None
+            raise core.timed_out(slot) from None
         except BaseException:
             self._give_up(slot)
             raise
@@ -461,12 +468,16 @@ def _others(woken: Iterable[CallSlot], slot: CallSlot) -> bool:
 
 class StreamCall(Generic[ItemT]):
     """The items of a streaming call, as an iterator. Close it (or leave its
-    ``with`` block, or break out of the loop) to cancel the call."""
+    ``with`` block, or break out of the loop) to cancel the call.
 
-    def __init__(self, client: Client, slot: CallSlot, timeout: float | None) -> None:
+    Iterating raises RPCError (the stream ended with an error), TimeoutError
+    (no item within the timeout), InvalidResultError, ClientClosedError or
+    ConnectionBrokenError, and RuntimeError when the thread runs an event loop.
+    """
+
+    def __init__(self, client: Client, slot: CallSlot) -> None:
         self._client = client
         self._slot = slot
-        self._timeout = timeout
         self._done = False
 
     def __iter__(self) -> Self:
@@ -475,21 +486,20 @@ class StreamCall(Generic[ItemT]):
     def __next__(self) -> ItemT:
         if self._done:
             raise StopIteration
-        client, slot, timeout = self._client, self._slot, self._timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        client, slot = self._client, self._slot
         try:
-            kind, envelope, fds = client._next_message(slot, deadline, timeout)
+            refuse_event_loop("stream")
+            client._core.ask_item(slot)
+            client._wait(slot)
+            with client._lock:
+                message, credit = client._core.take(slot)
         except BaseException:
             self._done = True
             raise
-        if kind == wire.ITEM:
-            credit = client._core.item_consumed(slot)
-            if credit is not None:
-                try:
-                    client._send_credit(slot, credit, deadline, timeout)
-                except BaseException:
-                    close_fds(fds)  # the item is lost with the connection: so are its fds
-                    raise
+        if credit is not None:  # the item is lost if this fails, and its descriptors closed
+            client._send(credit, None, slot.deadline, slot, "credit", message)
+        kind, envelope, fds = message
+        if kind is _ITEM:
             return item_value(slot.spec, envelope, fds)  # type: ignore[no-any-return]
         self._done = True
         stream_end(kind, envelope, fds)
