@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, NoReturn
 
 from . import compat, interface
+from .client import Client
 from .exceptions import (
     ConnectError,
     Error,
@@ -34,7 +35,6 @@ from .exceptions import (
     RPCError,
 )
 from .fds import FileDescriptor
-from .client import Client
 from .untyped import JSONReply
 
 __all__ = ["EXIT", "main"]

@@ -35,7 +35,15 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core import wire
-from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, CallSlot, ClientConnection, ClientCore, Message, Timeout
+from .._core.client import (
+    DEFAULT,
+    DEFAULT_STREAM_WINDOW,
+    CallSlot,
+    ClientConnection,
+    ClientCore,
+    Message,
+    Timeout,
+)
 from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
 from .._core.framing import FrameSerializer
 from .._wakeup import Wakeup, wakeup_factory
@@ -218,9 +226,7 @@ class AsyncClient:
             if fd_context is not None:
                 fd_context.sent()
 
-    def stream(
-        self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT
-    ) -> AsyncStreamCall[ItemT]:
+    def stream(self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT) -> AsyncStreamCall[ItemT]:
         """A streaming call: ``async for item in client.stream(Watch()):``.
 
         The request is sent when iteration starts. Breaking out of the loop
@@ -354,7 +360,11 @@ class AsyncClient:
         raise error from None
 
     async def _finish_send(
-        self, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None, deadline: float | None
+        self,
+        data: bytes,
+        sent: int | None,
+        cmsgs: list[tuple[int, int, bytes]] | None,
+        deadline: float | None,
     ) -> None:
         """Write the rest of a frame; raises TimeoutError at *deadline*."""
         if deadline is None:
@@ -366,7 +376,11 @@ class AsyncClient:
             raise TimeoutError
 
     def _send_failed(
-        self, exc: BaseException, slot: CallSlot | None = None, what: str = "request", lost: Message | None = None
+        self,
+        exc: BaseException,
+        slot: CallSlot | None = None,
+        what: str = "request",
+        lost: Message | None = None,
     ) -> BaseException:
         """A write raised *exc*: the core decides whether that broke the
         connection and what the caller raises (after reading, without

@@ -198,9 +198,7 @@ class Client:
             if fd_context is not None:
                 fd_context.sent()
 
-    def stream(
-        self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT
-    ) -> StreamCall[ItemT]:
+    def stream(self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT) -> StreamCall[ItemT]:
         """Start a streaming call; iterate over the result to get its items.
 
         Leaving the loop early (``break``, an exception, ``close()``) cancels
@@ -322,7 +320,9 @@ class Client:
             if core.wants_farewell(exc):
                 self._read_farewell()
             with self._lock:
-                error, woken = core.send_failed(exc, cut=raw.is_send_broken(), slot=slot, what=what, lost=lost)
+                error, woken = core.send_failed(
+                    exc, cut=raw.is_send_broken(), slot=slot, what=what, lost=lost
+                )
             if woken is not None:
                 self._shut()
             if error is exc:

@@ -364,7 +364,9 @@ class ClientConnection:
             if isinstance(error, OSError) and not isinstance(error, TimeoutError):
                 woken = self.fail(error)
             else:
-                woken = self.fail(ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel"))
+                woken = self.fail(
+                    ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel")
+                )
         if isinstance(error, ConnectionBrokenError) and isinstance(self.broken, RPCError):
             return broken_error(self.broken), woken  # the server said why it hung up
         if isinstance(error, TimeoutError) and slot is not None and slot.timeout is not None:
