@@ -455,5 +455,5 @@ async def test_async_client_keeps_no_trace_of_waiters_it_woke(anyio_backend: str
                 async with anyio.create_task_group() as calls:
                     for i in range(start, start + 100):
                         calls.start_soon(short, i)
-            assert len(client._parked) <= 1
+            assert len(client._conn._parked) <= 1
             tg.cancel_scope.cancel()
