@@ -142,16 +142,16 @@ class AsyncClient:
         params, fd_context = encode_params(method, spec)
         conn = self._conn
         if fd_context is None:  # the common case, in this coroutine
-            slot, unfinished = conn.request_nowait(spec, params, timeout)
+            slot, unfinished = conn.writer.request_nowait(spec, params, timeout)
             if unfinished is not None:
                 await unfinished
         else:
-            slot = await conn.start(spec, params, fd_context, timeout)
+            slot = await conn.writer.start_call(spec, params, fd_context, timeout)
         if not slot.messages:
             await conn.wait(slot)
         (kind, envelope, fds), cancel = conn.core.take(slot)
         if cancel is not None:  # an item for this unary call: the server erred, the call is given up
-            conn.cancel_later(cancel)
+            conn.writer.cancel_later(cancel)
         return final_value(spec, kind, envelope, fds)  # type: ignore[no-any-return]
 
     async def notify(self, method: Method[Any]) -> None:
@@ -163,11 +163,11 @@ class AsyncClient:
         """
         spec = spec_of(method, streaming=False, api="notify")
         conn = self._conn
-        conn.check_usable()
+        conn.writer.check_usable()
         params, fd_context = encode_params(method, spec)
         try:
             cmsgs, nfds = outgoing_fds(fd_context)
-            await conn.write(conn.core.notification(spec, params, nfds), cmsgs)
+            await conn.writer.write(conn.core.notification(spec, params, nfds), cmsgs)
         finally:
             if fd_context is not None:
                 fd_context.sent()
@@ -258,7 +258,9 @@ class AsyncStreamCall(Generic[ItemT]):
             slot = self._slot
             if slot is None:
                 params, fd_context = encode_params(self._method, self._spec)
-                slot = self._slot = await conn.start(self._spec, params, fd_context, self._timeout)
+                slot = self._slot = await conn.writer.start_call(
+                    self._spec, params, fd_context, self._timeout
+                )
             core.ask_item(slot)
             if not slot.messages:
                 await conn.wait(slot)
@@ -267,7 +269,7 @@ class AsyncStreamCall(Generic[ItemT]):
             self._done = True
             raise
         if credit is not None:  # the item is lost if this fails, and its descriptors closed
-            await conn.write(credit, deadline=slot.deadline, slot=slot, what="credit", lost=message)
+            await conn.writer.write(credit, deadline=slot.deadline, slot=slot, what="credit", lost=message)
         kind, envelope, fds = message
         if kind is _ITEM:
             return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
