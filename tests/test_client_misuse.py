@@ -42,7 +42,9 @@ async def test_a_sync_client_on_the_servers_loop_raises_at_once(
             with pytest.raises(RuntimeError) as raised:
                 client.call(Add(a=1, b=2))
             message = str(raised.value)
-            assert message.startswith(f"Client.call() blocks, and this thread is running a {anyio_backend} ")
+            assert message.startswith(
+                f"Client.call() blocks, and this thread is running an event loop ({anyio_backend}): "
+            )
             assert "Use AsyncClient in async code, or call Client from a worker thread" in message
             with pytest.raises(RuntimeError, match=r"^Client\.notify\(\) blocks"):
                 client.notify(Log(line="x"))

@@ -49,7 +49,7 @@ class AsyncConnection:
         self._parked: dict[CallSlot, None] = {}  # callers waiting for a message, oldest first
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
         self._ancillary = SocketAncillary()  # used by the reading caller only
-        self.writer = AsyncWriter(raw, core, self._send_failed, lambda exc: self._fail(core.fail, exc))
+        self.writer = AsyncWriter(raw, core, self)
 
     async def enter(self) -> None:
         """Connect and start the canceller and flusher tasks.
@@ -77,7 +77,11 @@ class AsyncConnection:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
 
-    def _send_failed(
+    def flush_failed(self, exc: BaseException) -> None:
+        """The writer's batched write failed: every call in flight fails."""
+        self._fail(self.core.fail, exc)
+
+    def write_failed(
         self, exc: BaseException, slot: CallSlot | None, what: str, lost: Message | None
     ) -> BaseException:
         """A write raised *exc*: the core decides whether that broke the

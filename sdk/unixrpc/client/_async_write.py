@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,28 +35,31 @@ from ..methods import MethodSpec
 from ..transport.async_client import AsyncUnixStreamClient
 from ._fds import outgoing_fds
 
-__all__ = ["AsyncWriter"]
+__all__ = ["AsyncWriter", "Owner"]
 
-#: (the error, the call, what was written, the message lost with it) -> what the caller raises
-Failed = Callable[[BaseException, "CallSlot | None", str, "Message | None"], BaseException]
+
+class Owner(Protocol):
+    """The connection a writer writes for."""
+
+    def write_failed(
+        self, exc: BaseException, slot: CallSlot | None, what: str, lost: Message | None
+    ) -> BaseException:
+        """A write raised *exc*: ask the core, wake whom it must; the error to raise."""
+
+    def flush_failed(self, exc: BaseException) -> None:
+        """The flusher's write failed: the connection is over."""
 
 
 class AsyncWriter:
-    """Writes for one connection. *failed*: a write raised (the connection
-    asks the core, wakes whom it must, returns the error to raise);
-    *broke*: the flusher's write failed, the connection is over."""
+    """Writes for one connection, its *owner* (held weakly: no cycle keeps
+    a dropped client alive)."""
 
     def __init__(
-        self,
-        raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame],
-        core: ClientCore,
-        failed: Failed,
-        broke: Callable[[BaseException], None],
+        self, raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame], core: ClientCore, owner: Owner
     ) -> None:
         self._raw = raw
         self._core = core
-        self._failed = failed
-        self._broke = broke
+        self._owner = weakref.ref(owner)
         # framed requests waiting for the flusher, by call id, in order
         self._corked: dict[int, bytes] = {}
         self._flush_wakeup: Wakeup | None = None  # set to make the flusher write; None until started
@@ -138,6 +142,12 @@ class AsyncWriter:
         """*slot* is given up: drop its request if it is still queued.
         Returns whether it was written (or started to be)."""
         return self._corked.pop(slot.call_id, None) is None
+
+    def _failed(
+        self, exc: BaseException, slot: CallSlot | None, what: str, lost: Message | None
+    ) -> BaseException:
+        owner = self._owner()
+        return exc if owner is None else owner.write_failed(exc, slot, what, lost)
 
     async def _finish_request(
         self, slot: CallSlot, data: bytes, sent: int | None, cmsgs: list[tuple[int, int, bytes]] | None
@@ -224,7 +234,9 @@ class AsyncWriter:
                 if sent != len(data):
                     await raw.finish_send(data, sent)
             except (OSError, RPCError) as exc:
-                self._broke(exc)
+                owner = self._owner()
+                if owner is not None:
+                    owner.flush_failed(exc)
                 return
 
     async def _canceller(self) -> None:

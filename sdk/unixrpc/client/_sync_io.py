@@ -45,12 +45,14 @@ def refuse_event_loop(api: str) -> None:
     if asyncio is not None and asyncio._get_running_loop() is not None:
         running = "asyncio"
     else:
-        trio = sys.modules.get("trio")
-        if trio is not None and trio.lowlevel.in_trio_run():
+        # trio names itself in sniffio's thread-local while it runs (cheaper
+        # than trio.lowlevel.in_trio_run(), which raises inside when it is not)
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is not None and sniffio.thread_local.name == "trio":
             running = "trio"
     if running is not None:
         raise RuntimeError(
-            f"Client.{api}() blocks, and this thread is running a {running} event loop: it would stop "
+            f"Client.{api}() blocks, and this thread is running an event loop ({running}): it would stop "
             "the loop, for ever if the server runs on it. Use AsyncClient in async code, or call Client "
             "from a worker thread (anyio.to_thread.run_sync, asyncio.to_thread, trio.to_thread.run_sync)"
         )

@@ -52,6 +52,7 @@ asyncio or threading.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -113,7 +114,7 @@ class ClientConnection:
         stream_window: int,
         *,
         timeout: float | None = None,
-        clock: Callable[[], float] = lambda: 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if stream_window < 1:
             raise ValueError(f"stream_window must be at least 1, got {stream_window}")
