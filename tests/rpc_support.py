@@ -170,7 +170,11 @@ class Driver:
 
     async def call(self, method: Any, **kwargs: Any) -> Any:
         if self.kind == "sync":
-            return await anyio.to_thread.run_sync(lambda: self.client.call(method, **kwargs))
+            # the result comes back in a box the test empties: a worker thread
+            # keeps what its last job returned, and results may own descriptors
+            box: list[Any] = []
+            await anyio.to_thread.run_sync(lambda: box.append(self.client.call(method, **kwargs)))
+            return box.pop()
         return await self.client.call(method, **kwargs)
 
     async def notify(self, method: Any) -> None:
