@@ -160,7 +160,9 @@ def serving_in_thread(server: Server, path: str, backend: str = "asyncio") -> It
 
 
 class Driver:
-    """One async face for Client and AsyncClient."""
+    """One async face for Client and AsyncClient. The sync client's calls run
+    in a worker thread: a blocking call on the event loop's thread is refused
+    (it would stop the loop, and the server when it runs there)."""
 
     def __init__(self, kind: str, client: Any) -> None:
         self.kind = kind
@@ -168,23 +170,31 @@ class Driver:
 
     async def call(self, method: Any, **kwargs: Any) -> Any:
         if self.kind == "sync":
-            return self.client.call(method, **kwargs)
+            # the result comes back in a box the test empties: a worker thread
+            # keeps what its last job returned, and results may own descriptors
+            box: list[Any] = []
+            await anyio.to_thread.run_sync(lambda: box.append(self.client.call(method, **kwargs)))
+            return box.pop()
         return await self.client.call(method, **kwargs)
 
     async def notify(self, method: Any) -> None:
         if self.kind == "sync":
-            self.client.notify(method)
+            await anyio.to_thread.run_sync(self.client.notify, method)
         else:
             await self.client.notify(method)
 
     async def stream(self, method: Any, limit: int | None = None) -> list[Any]:
         items: list[Any] = []
         if self.kind == "sync":
-            with self.client.stream(method) as stream:
-                for item in stream:
-                    items.append(item)
-                    if limit is not None and len(items) >= limit:
-                        break
+
+            def run() -> None:
+                with self.client.stream(method) as stream:
+                    for item in stream:
+                        items.append(item)
+                        if limit is not None and len(items) >= limit:
+                            break
+
+            await anyio.to_thread.run_sync(run)
         else:
             async with self.client.stream(method) as stream:
                 async for item in stream:

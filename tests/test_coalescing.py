@@ -94,7 +94,7 @@ async def test_a_lone_call_is_written_at_once(anyio_backend: str, sock_dir: str)
         with counting_writes(client) as writes:
             for i in range(5):
                 assert await client.call(Add(a=i, b=i)) == 2 * i
-                assert not client._corked
+                assert not client._conn.writer._corked
         assert len(writes) == 5
 
 
@@ -121,7 +121,7 @@ async def test_call_given_up_before_its_request_is_written_is_never_sent(anyio_b
                 # so this one stays queued until it times out
                 with pytest.raises(TimeoutError):
                     await client.call(Sleep(seconds=0, tag="given up"), timeout=0.05)
-                assert not client._corked
+                assert not client._conn.writer._corked
 
                 def read_all() -> list[bytes]:
                     reader = FrameReader(peer)
@@ -201,7 +201,7 @@ async def test_failed_batch_write_fails_its_calls(anyio_backend: str) -> None:
                 for i in range(1, 6):
                     tg.start_soon(call, i)
         assert len(errors) == 6
-        assert not client._corked
+        assert not client._conn.writer._corked
     assert open_fds() <= before
 
 
@@ -211,15 +211,15 @@ async def test_request_over_the_frame_limit_leaves_no_call_behind(anyio_backend:
         for _ in range(2):  # alone, then with another call in flight (the queued path)
             with pytest.raises(FrameTooLargeError):
                 await client.call(Echo(payload={"pad": "x" * 500}))
-            assert len(client._core) == 0
-            assert not client._corked
+            assert len(client._conn.core) == 0
+            assert not client._conn.writer._corked
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call, Sleep(seconds=5))
-            while len(client._core) != 1:  # until the Sleep call is in flight
+            while len(client._conn.core) != 1:  # until the Sleep call is in flight
                 await anyio.sleep(0.001)
             with pytest.raises(FrameTooLargeError):
                 await client.call(Echo(payload={"pad": "x" * 500}))
-            assert len(client._core) == 1  # only the Sleep
-            assert not client._corked
+            assert len(client._conn.core) == 1  # only the Sleep
+            assert not client._conn.writer._corked
             tg.cancel_scope.cancel()
         assert await client.call(Add(a=1, b=2)) == 3

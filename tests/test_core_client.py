@@ -1,5 +1,5 @@
-"""The client core (``_core/client.py``) with frames in and actions out: no
-sockets, no event loop, no threads. Descriptors are real (``/dev/null``) so
+"""The client core (``_core/client/``) with frames in and actions out: no
+sockets, no event loop, no threads; time from a fake clock. Descriptors are real (``/dev/null``) so
 that closing them can be checked."""
 
 from __future__ import annotations
@@ -21,12 +21,22 @@ from unixrpc import (
     ConnectionBrokenError,
     DeserializeError,
     FrameTooLargeError,
+    InvalidResultError,
     RemoteProtocolError,
     ServerBusyError,
     StreamProtocolParseError,
 )
 from unixrpc._core import wire
-from unixrpc._core.client import CallSlot, ClientConnection
+from unixrpc._core.client import (
+    CANCEL_SEND_LIMIT,
+    DEFAULT,
+    DEFAULT_STREAM_WINDOW,
+    CallSlot,
+    ClientConnection,
+    ClientCore,
+    Default,
+)
+from unixrpc._core.codec import final_value
 from unixrpc._core.framing import FrameSerializer
 
 ADD = Add.__rpc_spec__
@@ -35,6 +45,16 @@ COUNT = Count.__rpc_spec__
 
 def core(window: int = 16, **limits: int) -> ClientConnection:
     return ClientConnection(FrameSerializer(**limits), window)
+
+
+class FakeClock:
+    """The time, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def frame(envelope: object, nfds: int = 0) -> wire.RawFrame:
@@ -310,16 +330,75 @@ def test_breaking_fails_every_call_and_closes_what_they_held(devnull: Callable[[
 def test_a_failed_write_breaks_the_connection_only_if_it_cut_a_frame_or_the_peer_is_gone() -> None:
     c = core()
     slot, _ = c.request(ADD, b"{}")
-    assert c.send_failed(TimeoutError("no room"), cut=False) is None  # nothing written
-    assert c.send_failed(OSError(9, "bad descriptor"), cut=False) is None
+    no_room = TimeoutError("no room")
+    assert c.send_failed(no_room, cut=False) == (no_room, None)  # nothing written
+    bad = OSError(9, "bad descriptor")
+    assert c.send_failed(bad, cut=False) == (bad, None)
     assert c.broken is None
-    assert c.send_failed(TimeoutError("no room"), cut=True) == [slot]
+    assert c.send_failed(no_room, cut=True) == (no_room, [slot])
     assert (
         str(c.broken_error()) == "connection is broken: a frame was cut in the middle by a timeout or cancel"
     )
     gone = core()
-    assert gone.send_failed(ConnectionBrokenError("peer closed the connection"), cut=False) == []
+    hung_up = ConnectionBrokenError("peer closed the connection")
+    assert gone.wants_farewell(hung_up)
+    assert not gone.wants_farewell(no_room)
+    assert gone.send_failed(hung_up, cut=False) == (hung_up, [])
     assert str(gone.broken_error()) == "connection is broken: peer closed the connection"
+
+
+def test_after_a_hang_up_the_servers_parting_error_is_what_the_caller_raises() -> None:
+    """The shell read, without waiting, what the server left before it hung
+    up (a connection-level error): the failed write raises that instead."""
+    c = core()
+    slot, _ = c.request(ADD, b"{}")
+    hung_up = ConnectionBrokenError("peer closed the connection")
+    assert c.wants_farewell(hung_up)
+    busy = {"id": None, "error": {"code": "unixrpc.Busy", "message": "too many connections"}}
+    assert c.receive_frames([frame(busy)], 0) == [slot]
+    error, woken = c.send_failed(hung_up, cut=False, slot=slot)
+    assert type(error) is ServerBusyError
+    assert str(error) == "too many connections [unixrpc.Busy]"
+    assert woken == []
+    # a cut request whose peer said nothing raises what the write raised
+    quiet = core()
+    slot, _ = quiet.request(ADD, b"{}")
+    assert quiet.send_failed(hung_up, cut=True, slot=slot)[0] is hung_up
+
+
+def test_a_write_that_timed_out_names_the_call_and_whether_it_broke_the_connection() -> None:
+    c = core()
+    slot, _ = c.request(ADD, b"{}", timeout=2)
+    error, woken = c.send_failed(TimeoutError(), cut=False, slot=slot)
+    assert str(error) == "could not send the request for Add within 2 seconds (the server is not reading)"
+    assert woken is None
+    stream, _ = c.request(COUNT, b"{}", timeout=1)
+    error, woken = c.send_failed(TimeoutError(), cut=True, slot=stream, what="credit")
+    assert str(error) == (
+        "could not send the credit for Count within 1 second: "
+        "it was cut in the middle of its frame, so the connection is broken"
+    )
+    assert woken is not None
+    forever = core()
+    slot, _ = forever.request(ADD, b"{}", timeout=None)
+    timeout = TimeoutError("raw")
+    assert forever.send_failed(timeout, cut=False, slot=slot)[0] is timeout  # no timeout of ours: as raised
+
+
+def test_an_item_whose_credit_could_not_be_sent_is_lost_with_its_descriptors(
+    devnull: Callable[[int], list[int]],
+) -> None:
+    c = core(window=2)
+    stream, _ = c.request(COUNT, b"{}")
+    fds = devnull(1)
+    c.receive_fds(fds)
+    c.receive_frames([frame({"id": 1, "item": 0}, nfds=1)], 0)
+    message, credit = c.take(stream)
+    assert credit is not None
+    assert body_of(credit) == ({"credit": 1, "n": 1}, 0)
+    cancelled = KeyboardInterrupt()
+    assert c.send_failed(cancelled, cut=False, slot=stream, what="credit", lost=message) == (cancelled, None)
+    assert not is_open(fds[0])
 
 
 def test_the_kept_cause_holds_no_frames() -> None:
@@ -405,19 +484,113 @@ def test_the_window_must_be_positive() -> None:
 
 def test_timeout_messages_name_the_method_and_the_seconds() -> None:
     c = core()
-    unary, stream = CallSlot(1, ADD), CallSlot(2, COUNT)
-    assert str(c.timeout_error(unary, 0.25)) == "no reply to Add within 0.25 seconds"
-    assert str(c.timeout_error(unary, 1)) == "no reply to Add within 1 second"
-    assert str(c.timeout_error(stream, 2.0)) == (
+    assert str(c.timed_out(CallSlot(1, ADD, 0.25))) == "no reply to Add within 0.25 seconds"
+    assert str(c.timed_out(CallSlot(1, ADD, 1))) == "no reply to Add within 1 second"
+    assert str(c.timed_out(CallSlot(2, COUNT, 2.0))) == (
         "no item from Count within 2 seconds (the timeout applies to each item; timeout=None waits for ever)"
     )
-    assert str(c.send_timeout_error(ADD, 1, cut=False)) == (
-        "could not send the request for Add within 1 second (the server is not reading)"
-    )
-    assert str(c.send_timeout_error(ADD, 3, cut=True)) == (
-        "could not send the request for Add within 3 seconds: "
-        "it was cut in the middle of its frame, so the connection is broken"
-    )
+
+
+# -- timeouts ---------------------------------------------------------------------------------
+
+
+def test_a_calls_timeout_is_the_clients_unless_it_says_otherwise() -> None:
+    clock = FakeClock()
+    c = ClientConnection(FrameSerializer(), 16, timeout=5, clock=clock)
+    default, _ = c.request(ADD, b"{}")
+    assert (default.timeout, default.deadline) == (5, 105.0)
+    own, _ = c.request(ADD, b"{}", timeout=0.5)
+    assert (own.timeout, own.deadline) == (0.5, 100.5)
+    forever, _ = c.request(ADD, b"{}", timeout=None)
+    assert (forever.timeout, forever.deadline) == (None, None)
+    assert (DEFAULT_STREAM_WINDOW, ClientConnection(FrameSerializer(), 16).timeout) == (16, None)
+    assert DEFAULT is Default.DEFAULT
+
+
+def test_a_unary_calls_deadline_covers_sending_and_the_reply() -> None:
+    clock = FakeClock()
+    c = ClientConnection(FrameSerializer(), 16, timeout=2, clock=clock)
+    slot, _ = c.request(ADD, b"{}")
+    clock.now += 1.5  # the request took that long to write
+    assert slot.deadline == 102.0  # one deadline for the whole call
+
+
+def test_a_streams_timeout_bounds_the_request_then_each_item_from_when_it_is_asked_for() -> None:
+    clock = FakeClock()
+    c = ClientConnection(FrameSerializer(), 2, timeout=2, clock=clock)
+    stream, _ = c.request(COUNT, b"{}")
+    assert stream.deadline == 102.0  # the request's send
+    clock.now = 150.0
+    c.ask_item(stream)
+    assert stream.deadline == 152.0
+    c.receive_frames([frame({"id": 1, "item": 0})], 0)
+    _, credit = c.take(stream)
+    assert credit is not None  # sent within the item's deadline
+    clock.now = 151.0
+    c.ask_item(stream)
+    assert stream.deadline == 153.0
+    forever, _ = c.request(COUNT, b"{}", timeout=None)
+    c.ask_item(forever)
+    assert forever.deadline is None
+
+
+def test_a_cancel_may_take_at_most_the_cancel_send_limit() -> None:
+    clock = FakeClock()
+    c = ClientConnection(FrameSerializer(), 16, clock=clock)
+    assert c.cancel_deadline() == 100.0 + CANCEL_SEND_LIMIT
+
+
+# -- taking messages ------------------------------------------------------------------------
+
+
+def test_taking_a_reply_or_the_end_of_a_stream_sends_nothing() -> None:
+    c = core()
+    unary, _ = c.request(ADD, b"{}")
+    stream, _ = c.request(COUNT, b"{}")
+    c.receive_frames([frame({"id": 1, "result": 3}), frame({"id": 2, "result": None})], 0)
+    assert c.take(unary) == ((wire.RESULT, {"id": 1, "result": 3}, []), None)
+    assert c.take(stream) == ((wire.RESULT, {"id": 2, "result": None}, []), None)
+
+
+def test_an_item_for_a_unary_call_gives_the_call_up(devnull: Callable[[int], list[int]]) -> None:
+    c = core()
+    unary, _ = c.request(ADD, b"{}")
+    fds = devnull(1)
+    c.receive_fds(fds)
+    assert c.receive_frames([frame({"id": 1, "item": 7}, nfds=1)], 0) == [unary]
+    (kind, envelope, got), cancel = c.take(unary)
+    assert (kind, envelope, got) == (wire.ITEM, {"id": 1, "item": 7}, fds)  # decoding it raises
+    assert cancel is not None
+    assert body_of(cancel) == ({"cancel": 1}, 0)
+    assert len(c) == 0
+    assert c.receive_frames([frame({"id": 1, "result": 3})], 0) == []  # the late reply is dropped
+    with pytest.raises(
+        InvalidResultError, match="server sent a stream item in reply to Add, which is not a stream"
+    ):
+        final_value(ADD, kind, envelope, got)
+    assert not is_open(fds[0])
+
+
+# -- the shells' face -----------------------------------------------------------------------
+
+
+def test_the_shells_use_the_core_only_through_its_narrow_interface() -> None:
+    """A session layer will implement ClientCore: the shells must not need
+    more of ClientConnection than that face."""
+    allowed = {name for name in dir(ClientCore) if not name.startswith("__")} | {"broken"}
+    shells = pathlib.Path(wire.__file__).parent.parent / "client"
+    used: set[str] = set()
+    for path in sorted(shells.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            holder = node.value
+            if (isinstance(holder, ast.Attribute) and holder.attr in {"_core", "core"}) or (
+                isinstance(holder, ast.Name) and holder.id == "core"
+            ):
+                assert node.attr in allowed, f"{path.name} uses core.{node.attr}, not in ClientCore"
+                used.add(node.attr)
+    assert {"request", "take", "send_failed", "receive_frames"} <= used  # the check sees the shells' uses
 
 
 # -- the layering rule ------------------------------------------------------------------------
@@ -425,9 +598,12 @@ def test_timeout_messages_name_the_method_and_the_seconds() -> None:
 FORBIDDEN = {"socket", "anyio", "trio", "asyncio", "threading", "select", "selectors"}
 
 
-@pytest.mark.parametrize("module", sorted(p.name for p in (pathlib.Path(wire.__file__).parent).glob("*.py")))
+CORE = pathlib.Path(wire.__file__).parent
+
+
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(CORE)) for p in CORE.rglob("*.py")))
 def test_core_modules_import_no_io(module: str) -> None:
-    tree = ast.parse((pathlib.Path(wire.__file__).parent / module).read_text())
+    tree = ast.parse((CORE / module).read_text())
     imported: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

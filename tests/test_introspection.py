@@ -112,14 +112,19 @@ def build_server(events: Events, **kwargs: Any) -> Server:
 
 
 class Face:
-    """Client and AsyncClient behind one async face (untyped calls)."""
+    """Client and AsyncClient behind one async face (untyped calls). The sync
+    client runs in a worker thread: it refuses to block the event loop."""
 
     def __init__(self, kind: str, client: Any) -> None:
         self.kind, self.client = kind, client
 
     async def call(self, name: str, params: Any = None, **kwargs: Any) -> JSONReply:
         if self.kind == "sync":
-            return self.client.call_by_name(name, params, **kwargs)  # type: ignore[no-any-return]
+            box: list[JSONReply] = []  # (a worker thread keeps what its last job returned)
+            await anyio.to_thread.run_sync(
+                lambda: box.append(self.client.call_by_name(name, params, **kwargs))
+            )
+            return box.pop()
         return await self.client.call_by_name(name, params, **kwargs)  # type: ignore[no-any-return]
 
     async def stream(
@@ -127,11 +132,15 @@ class Face:
     ) -> list[JSONReply]:
         items: list[JSONReply] = []
         if self.kind == "sync":
-            with self.client.stream_by_name(name, params, **kwargs) as stream:
-                for item in stream:
-                    items.append(item)
-                    if limit is not None and len(items) >= limit:
-                        break
+
+            def run() -> None:
+                with self.client.stream_by_name(name, params, **kwargs) as stream:
+                    for item in stream:
+                        items.append(item)
+                        if limit is not None and len(items) >= limit:
+                            break
+
+            await anyio.to_thread.run_sync(run)
         else:
             async with self.client.stream_by_name(name, params, **kwargs) as stream:
                 async for item in stream:

@@ -6,6 +6,7 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
+from .client import AsyncClient, AsyncStreamCall, Client, StreamCall
 from .daemon import listen_fds, notify
 from .exceptions import (
     AncillaryDataTruncatedError,
@@ -41,7 +42,6 @@ from .fds import FD, FileDescriptor
 from .methods import Method, StreamMethod
 from .peer import Peer
 from .protocol import StreamProtocol
-from .rpc import AsyncClient, AsyncStreamCall, Client, StreamCall
 from .serializers import (
     AbstractFramedPacketSerializer,
     AbstractIncrementalPacketSerializer,

@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import interface
+from ..client import Client
 from ..exceptions import ConnectError, ProtocolViolationError
 from ..fds import FileDescriptor
-from ..rpc.client import Client
 from ..untyped import JSONReply
 from ._common import EXIT, connect, describe_daemon, dump, fail, find_method, reporting
 

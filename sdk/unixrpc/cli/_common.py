@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Iterator
 from typing import IO, Any, NoReturn
 
+from ..client import Client
 from ..exceptions import (
     ConnectError,
     Error,
@@ -21,7 +22,6 @@ from ..exceptions import (
     PermissionDeniedError,
     RPCError,
 )
-from ..rpc.client import Client
 
 #: exit codes, by what happened (docs/cli.md)
 EXIT = {

@@ -1,7 +1,7 @@
-"""The RPC clients (sync and async) and the RPC frame serializer."""
+"""The old home of the RPC clients, kept so that ``unixrpc.rpc`` imports
+keep working: the clients live in :mod:`unixrpc.client` now (import them
+from ``unixrpc``)."""
 
-from .._core.framing import FrameSerializer
-from .async_client import AsyncClient, AsyncStreamCall
-from .client import DEFAULT, Client, StreamCall
+from ..client import DEFAULT, AsyncClient, AsyncStreamCall, Client, StreamCall
 
-__all__ = ["DEFAULT", "AsyncClient", "AsyncStreamCall", "Client", "FrameSerializer", "StreamCall"]
+__all__ = ["DEFAULT", "AsyncClient", "AsyncStreamCall", "Client", "StreamCall"]

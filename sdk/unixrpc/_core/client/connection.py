@@ -1,12 +1,16 @@
 """ClientConnection: the client side of one unixrpc connection, without I/O.
 
-In the manner of h11's ``Connection``: the shells (``rpc/client.py`` with
-threads, ``rpc/async_client.py`` with anyio) hand it the frames and
-descriptors they read and write the bytes it gives them; it tells them
-which calls to wake. It never waits, locks or touches a socket, so the two
-shells differ only in how they wait and lock.
+In the manner of h11's ``Connection``: the shells (``client/sync.py`` with
+threads, ``client/async_.py`` with anyio) hand it the frames and descriptors
+they read, the time (through the clock they give it) and what became of
+their writes, and write the bytes it gives them; it tells them which calls
+to wake, which deadline to wait for, what to send and what to raise. It
+never waits, locks or touches a socket, so the two shells differ only in
+how they wait and lock. The shells use it through the narrow ``ClientCore``
+interface (``interface.py``), where a reconnecting session can later sit.
 
-Rules this module owns:
+Rules this module owns (with ``calls.py``: timeouts, the cancel-send limit;
+``errors.py``: the errors' classes and wording):
 
 * Call ids are allocated per connection, increasing, never reused (a
   request that cannot be framed burns its id, and leaves no call behind).
@@ -23,20 +27,23 @@ Rules this module owns:
   fatal, and it is what every call raises.
 * Replies of exactly the shape ``{"id": N, "result": R}`` without
   descriptors are filed without the general decoder (most replies).
+* An item that comes for a unary call is the server's mistake: the call is
+  given up (the server told to cancel it) and the item is what the caller
+  decodes (``codec.final_value`` raises ``InvalidResultError`` for it).
 * Broken is sticky. A body that is not an envelope, a frame the framing
   refused, a failed read, a request cut in the middle of its frame, or
-  ``close()``: the first cause is kept (without its traceback: no cycle
-  through the frames that raised it), every call in flight is failed, and
-  every later operation raises a fresh error of the cause's class
-  (``ConnectionBrokenError``, or its subclasses ``RemoteProtocolError``
-  when the server broke the protocol and ``AncillaryDataTruncatedError``
-  when descriptors were lost; ``ClientClosedError``; the server's own
-  ``RPCError``) whose message names the cause.
+  ``close()``: the first cause is kept, every call in flight is failed, and
+  every later operation raises the broken error (``errors.py``).
+* A failed write breaks the connection only when it cut its frame or the
+  peer is gone. When the peer is gone the shell first reads, without
+  waiting, what the server left before it hung up: a connection-level error
+  there (``ServerBusyError``, say) is what the caller raises. A write that
+  timed out raises the timeout naming the method; an item whose credit
+  could not be sent is lost, its descriptors closed.
 * A call given up (timeout, cancel, dropped stream) whose request went out
   and whose reply is not in gets a cancel frame; one never sent gets none.
 * Stream credit: the server may send ``window`` items ahead; after every
   ``max(window // 2, 1)`` consumed items a credit frame grants them back.
-* Timeouts name the method and the seconds; a stream's is per item.
 
 stdlib, orjson and our own sans-IO modules only: never socket, anyio, trio,
 asyncio or threading.
@@ -45,29 +52,27 @@ asyncio or threading.
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
-from ..exceptions import (
-    AncillaryDataTruncatedError,
+from ...exceptions import (
     ClientClosedError,
     ConnectionBrokenError,
     RemoteProtocolError,
     RPCError,
     StreamProtocolParseError,
 )
-from ..methods import MethodSpec
-from . import wire
-from .calls import FdQueue, close_fds
-from .framing import FrameSerializer
+from ...methods import MethodSpec
+from .. import wire
+from ..calls import FdQueue, close_fds
+from ..framing import FrameSerializer
+from .calls import CANCEL_SEND_LIMIT, DEFAULT, CallSlot, Message, Timeout
+from .errors import broken_error, detached, send_timeout_error, timeout_error
 
-__all__ = ["CallSlot", "ClientConnection", "Message"]
-
-#: what a call receives: (kind, envelope, descriptors now owned by the receiver)
-Message = tuple[str, dict[str, Any], list[int]]
+__all__ = ["ClientConnection"]
 
 _RESULT, _ITEM, _ERROR = wire.RESULT, wire.ITEM, wire.ERROR
 _ID_LIMIT = wire.ID_LIMIT
@@ -76,65 +81,22 @@ _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 
-class CallSlot:
-    """One call in flight: what it has received so far, oldest first.
-
-    A unary call receives one final message (result or error); a stream
-    receives items, then one final message. ``waiter`` belongs to the shell
-    (the async one parks an event there).
-    """
-
-    __slots__ = ("call_id", "consumed", "finished", "messages", "spec", "waiter")
-
-    def __init__(self, call_id: int, spec: MethodSpec) -> None:
-        self.call_id = call_id
-        self.spec = spec
-        self.messages: deque[Message] = deque()
-        self.finished = False  # the final message has been filed
-        self.consumed = 0  # stream items consumed since the last credit
-        self.waiter: Any = None
-
-    def discard(self) -> None:
-        """Close the descriptors of every message not yet consumed."""
-        while self.messages:
-            close_fds(self.messages.popleft()[2])
-
-
-def _detached(error: BaseException) -> BaseException:
-    """*error*, or an equivalent of the same class for :meth:`broken_error`,
-    without traceback or chained exceptions: kept for the life of the
-    connection, those would hold the frames that raised it, and through
-    them the connection itself (a cycle only the GC breaks)."""
-    if error.__traceback__ is None and error.__cause__ is None and error.__context__ is None:
-        return error
-    message = str(error)
-    if isinstance(error, AncillaryDataTruncatedError):
-        return AncillaryDataTruncatedError(message, bufsize=error.bufsize, closed_fds=error.closed_fds)
-    if isinstance(error, RemoteProtocolError):
-        return RemoteProtocolError(message)
-    if isinstance(error, ClientClosedError):
-        return ClientClosedError(message)
-    if isinstance(error, RPCError):
-        return RPCError.from_wire(error.code, error.message, error.data)
-    return ConnectionBrokenError(message)
-
-
-def _seconds(seconds: float) -> str:
-    return "1 second" if seconds == 1 else f"{seconds:g} seconds"
-
-
 class ClientConnection:
     """The client side of one connection (see the module docstring).
 
     Args:
         framing: the frame serializer of the connection (limits).
         stream_window: items a stream may receive ahead of consumption (>= 1).
+        timeout: the default timeout of a call, in seconds (None: for ever).
+        clock: the shell's clock, in seconds; read only for calls with a
+            timeout. Deadlines are on it.
 
     Raises:
         ValueError: *stream_window* is below 1.
     """
 
     __slots__ = (
+        "_clock",
         "_credit_every",
         "_fds",
         "_fds_queued",
@@ -143,14 +105,24 @@ class ClientConnection:
         "_slots",
         "broken",
         "stream_window",
+        "timeout",
     )
 
-    def __init__(self, framing: FrameSerializer, stream_window: int) -> None:
+    def __init__(
+        self,
+        framing: FrameSerializer,
+        stream_window: int,
+        *,
+        timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if stream_window < 1:
             raise ValueError(f"stream_window must be at least 1, got {stream_window}")
         self._framing = framing
         self.stream_window = stream_window
         self._credit_every = max(stream_window // 2, 1)
+        self.timeout = timeout
+        self._clock = clock
         self._ids = itertools.count(1)
         self._slots: dict[int, CallSlot] = {}
         self._fds = FdQueue()
@@ -167,55 +139,26 @@ class ClientConnection:
     def check_usable(self) -> None:
         """Raises: the broken error (see :meth:`broken_error`) once broken."""
         if self.broken is not None:
-            raise self.broken_error()
+            raise broken_error(self.broken)
 
     def broken_error(self) -> Exception:
         """A fresh exception for a caller, because the connection ended with
         :attr:`broken`: of the cause's class, chained to it."""
-        broken = self.broken
-        if isinstance(broken, ClientClosedError):
-            return ClientClosedError("client is closed")
-        if isinstance(broken, RPCError):
-            return RPCError.from_wire(broken.code, broken.message, broken.data)
-        message = f"connection is broken: {broken}"
-        error: ConnectionBrokenError
-        if isinstance(broken, AncillaryDataTruncatedError):
-            error = AncillaryDataTruncatedError(message, bufsize=broken.bufsize, closed_fds=broken.closed_fds)
-        elif isinstance(broken, RemoteProtocolError):
-            error = RemoteProtocolError(message)
-        else:
-            error = ConnectionBrokenError(message)
-        error.__cause__ = broken
-        return error
+        return broken_error(self.broken)
 
-    def timeout_error(self, slot: CallSlot, seconds: float) -> TimeoutError:
-        """What a caller raises when *slot*'s next message took longer than *seconds*."""
-        name = slot.spec.name
-        if slot.spec.streaming:
-            return TimeoutError(
-                f"no item from {name} within {_seconds(seconds)} (the timeout applies to each item; "
-                "timeout=None waits for ever)"
-            )
-        return TimeoutError(f"no reply to {name} within {_seconds(seconds)}")
-
-    def send_timeout_error(
-        self, spec: MethodSpec, seconds: float, *, cut: bool, what: str = "request"
-    ) -> TimeoutError:
-        """What a caller raises when its request (or other *what*) could not
-        be written within *seconds*; *cut*: it was cut in the middle of its
-        frame (then call :meth:`send_failed` too)."""
-        message = f"could not send the {what} for {spec.name} within {_seconds(seconds)}"
-        if cut:
-            return TimeoutError(
-                f"{message}: it was cut in the middle of its frame, so the connection is broken"
-            )
-        return TimeoutError(f"{message} (the server is not reading)")
+    def timed_out(self, slot: CallSlot) -> TimeoutError:
+        """What the caller of *slot* raises when its deadline passed (it gives
+        the call up with :meth:`give_up`)."""
+        return timeout_error(slot.spec, slot.timeout if slot.timeout is not None else 0.0)
 
     # -- what to send ------------------------------------------------------------
 
-    def request(self, spec: MethodSpec, params: bytes, nfds: int = 0) -> tuple[CallSlot, bytes]:
+    def request(
+        self, spec: MethodSpec, params: bytes, nfds: int = 0, timeout: Timeout = DEFAULT
+    ) -> tuple[CallSlot, bytes]:
         """Open a call of *spec* with the encoded *params*: its slot, and its
-        framed request (whose header declares *nfds* descriptors).
+        framed request (whose header declares *nfds* descriptors). The slot's
+        deadline covers sending the request and (a unary call) its reply.
 
         Raises:
             the broken error (see :meth:`broken_error`);
@@ -223,12 +166,16 @@ class ClientConnection:
                 framed (no call is opened).
         """
         if self.broken is not None:
-            raise self.broken_error()
+            raise broken_error(self.broken)
         call_id = next(self._ids)
+        if timeout is DEFAULT:
+            timeout = self.timeout
         window = self.stream_window if spec.streaming else None
         body = wire.encode_request(call_id, spec.name_json, params, window)
         data = self._framing.frame_bytes(body, nfds)
-        slot = self._slots[call_id] = CallSlot(call_id, spec)
+        slot = self._slots[call_id] = CallSlot(
+            call_id, spec, timeout, None if timeout is None else self._clock() + timeout
+        )
         return slot, data
 
     def notification(self, spec: MethodSpec, params: bytes, nfds: int = 0) -> bytes:
@@ -237,21 +184,46 @@ class ClientConnection:
         Raises: as :meth:`request`.
         """
         if self.broken is not None:
-            raise self.broken_error()
+            raise broken_error(self.broken)
         return self._framing.frame_bytes(wire.encode_notification(spec.name_json, params), nfds)
+
+    def ask_item(self, slot: CallSlot) -> None:
+        """The caller of stream *slot* asks for its next item (its request
+        is out): the item's deadline starts now."""
+        if slot.timeout is not None:
+            slot.deadline = self._clock() + slot.timeout
+
+    def take(self, slot: CallSlot) -> tuple[Message, bytes | None]:
+        """The next message of *slot* (there is one: the shell saw it filed),
+        and the frame to send before handing it to the caller: for a stream
+        item, the credit when one is due (send it within ``slot.deadline``);
+        for an item that came for a unary call, the cancel of the call, now
+        given up (send it within :meth:`cancel_deadline`); else None.
+        """
+        message = slot.messages.popleft()
+        if message[0] is not _ITEM:
+            return message, None
+        if slot.spec.streaming:
+            return message, self.item_consumed(slot)
+        return message, self.give_up(slot)
 
     def give_up(self, slot: CallSlot, *, request_sent: bool = True) -> bytes | None:
         """The caller no longer wants *slot*: what came for it is dropped
         (descriptors closed), and so is whatever still comes. Returns the
-        framed cancel to send when the server should be told (the request
-        went out, or started to, and its final message is not in), else
-        None. Idempotent."""
+        framed cancel to send (within :meth:`cancel_deadline`) when the
+        server should be told (the request went out, or started to, and its
+        final message is not in), else None. Idempotent."""
         pending = self._slots.pop(slot.call_id, None) is not None
         slot.discard()
         if pending and request_sent and self.broken is None:
             body = wire.encode_cancel(slot.call_id)
             return _pack_header(len(body), 0) + body
         return None
+
+    def cancel_deadline(self) -> float:
+        """When writing a cancel must stop (the server is not reading): a
+        caller giving up is held at most ``CANCEL_SEND_LIMIT`` seconds."""
+        return self._clock() + CANCEL_SEND_LIMIT
 
     def item_consumed(self, slot: CallSlot) -> bytes | None:
         """A stream item of *slot* was taken by its caller: the framed credit
@@ -355,18 +327,52 @@ class ClientConnection:
             return self._violation(f"server broke the protocol: {error.error}")
         return self.fail(error)
 
-    def send_failed(self, error: BaseException, *, cut: bool) -> list[CallSlot] | None:
+    @staticmethod
+    def wants_farewell(error: BaseException) -> bool:
+        """Whether a write that raised *error* means the server hung up: then
+        read what it left, without waiting, before :meth:`send_failed` (it
+        may have said why)."""
+        return isinstance(error, ConnectionBrokenError)
+
+    def send_failed(
+        self,
+        error: BaseException,
+        *,
+        cut: bool,
+        slot: CallSlot | None = None,
+        what: str = "request",
+        lost: Message | None = None,
+    ) -> tuple[BaseException, list[CallSlot] | None]:
         """A write raised *error*; *cut*: part of its frame went out (the
-        transport's ``is_send_broken()``). The connection is broken when the
-        frame was cut (the server could never find the next frame) or the
-        peer is gone; then returns the slots to wake. Else (nothing was
+        transport's ``is_send_broken()``); *slot*: the call whose *what*
+        (request, credit) it was, if any; *lost*: a message that is lost
+        with the write (an item whose credit this was: its descriptors are
+        closed).
+
+        The connection is broken when the frame was cut (the server could
+        never find the next frame) or the peer is gone. Else (nothing was
         written: a timeout waiting for room, a cancel, a refused descriptor)
-        it stays usable and None is returned."""
-        if not cut and not isinstance(error, ConnectionBrokenError):
-            return None
-        if isinstance(error, OSError) and not isinstance(error, TimeoutError):
-            return self.fail(error)
-        return self.fail(ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel"))
+        it stays usable.
+
+        Returns the error the caller raises (*error* itself, the server's
+        parting error, or a timeout naming the call), and the slots to wake
+        when the connection broke, else None.
+        """
+        if lost is not None:
+            close_fds(lost[2])
+        woken: list[CallSlot] | None = None
+        if cut or isinstance(error, ConnectionBrokenError):
+            if isinstance(error, OSError) and not isinstance(error, TimeoutError):
+                woken = self.fail(error)
+            else:
+                woken = self.fail(
+                    ConnectionBrokenError("a frame was cut in the middle by a timeout or cancel")
+                )
+        if isinstance(error, ConnectionBrokenError) and isinstance(self.broken, RPCError):
+            return broken_error(self.broken), woken  # the server said why it hung up
+        if isinstance(error, TimeoutError) and slot is not None and slot.timeout is not None:
+            return send_timeout_error(slot.spec, slot.timeout, cut=cut, what=what), woken
+        return error, woken
 
     def close(self) -> list[CallSlot]:
         """The client is being closed. Returns the slots to wake."""
@@ -378,7 +384,7 @@ class ClientConnection:
         and :meth:`send_failed`): every call in flight is failed, queued
         descriptors are closed. Returns the slots to wake."""
         if self.broken is None:
-            self.broken = _detached(error)
+            self.broken = detached(error)
         slots = list(self._slots.values())
         self._slots.clear()
         for slot in slots:

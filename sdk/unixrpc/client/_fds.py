@@ -1,7 +1,7 @@
 """The part of building request frames that needs the socket layer: the
 descriptors of an outgoing frame as ancillary data. Everything else the
 clients do between the wire and the caller is sans-IO and lives in
-``_core`` (``_core/client.py``: calls and routing; ``_core/codec.py``:
+``_core`` (``_core/client/``: calls, routing and timeouts; ``_core/codec.py``:
 params, results, items and errors).
 """
 

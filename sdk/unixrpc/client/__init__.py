@@ -1,0 +1,14 @@
+"""The typed RPC clients: :class:`Client` (blocking, threads) and
+:class:`AsyncClient` (asyncio and trio, via anyio).
+
+Both are thin shells over the sans-IO client core (``unixrpc._core.client``),
+which owns every protocol rule; they differ only in how they wait and lock.
+``sync.py`` and ``async_.py`` hold one shell each; ``_fds.py`` turns a
+call's descriptors into ancillary data.
+"""
+
+from .._core.client import DEFAULT
+from .async_ import AsyncClient, AsyncStreamCall
+from .sync import Client, StreamCall
+
+__all__ = ["DEFAULT", "AsyncClient", "AsyncStreamCall", "Client", "StreamCall"]
