@@ -118,6 +118,14 @@ class Connection(CallRunner, OutputWriter):
             self.peer._close()  # its pidfd, before the socket closes
             self.core.close()
 
+    def describe_calls(self) -> list[str]:
+        """The calls in flight, for the log: method, call id and caller."""
+        peer = self.peer
+        return [
+            f"{call.method} (call {call.call_id}) from pid {peer.pid} uid {peer.uid}"
+            for call in self.core.calls()
+        ]
+
     def _peer_hung_up(self) -> bool:
         try:
             return peer_hung_up(self._transport.socket)

@@ -149,9 +149,14 @@ class AnyioEngine:
                 await anyio.sleep(0.01)
         self._drain_scope = None
         if scope.cancelled_caught:
-            left = sum(len(c.core) for c in self.connections)
-            if left:
-                logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", grace, left)
+            running = [line for c in self.connections for line in c.describe_calls()]
+            if running:
+                logger.warning(
+                    "shutdown grace of %ss elapsed; cancelling %d calls: %s",
+                    grace,
+                    len(running),
+                    "; ".join(running),
+                )
         with anyio.CancelScope(shield=True):
             for connection in list(self.connections):
                 await connection.abort()

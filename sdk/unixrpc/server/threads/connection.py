@@ -121,6 +121,7 @@ class ThreadConnection:
         self._ancillary = SocketAncillary()
         self._bufsize = config.ancillary_bufsize
         self.finished = threading.Event()
+        self._fds_closed = False  # epoll and eventfd closed (by _close, or by a shutdown that left a handler)
         self._runner = CallRunner(self)
 
     def start(self) -> bool:
@@ -135,9 +136,7 @@ class ThreadConnection:
         socket (the engine refuses the connection on it)."""
         with self._lock:
             self.core.close()
-        with self._engine.lock:
-            self._epoll.close()
-            os.close(self._work_fd)
+        self.release_descriptors()
         self._engine.connection_done(self)
         self.finished.set()
 
@@ -159,12 +158,12 @@ class ThreadConnection:
         return True
 
     def _signal_work(self) -> None:  # lock held
-        if not self._work_signalled:
+        if not self._work_signalled and not self._fds_closed:
             self._work_signalled = True
             os.eventfd_write(self._work_fd, 1)
 
     def _clear_work(self) -> None:  # lock held
-        if self._work_signalled and not self._reading_over:  # the end must wake every thread
+        if self._work_signalled and not self._reading_over and not self._fds_closed:  # the end wakes all
             self._work_signalled = False
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._work_fd)
@@ -175,7 +174,13 @@ class ThreadConnection:
         that does not read. Reading goes on while calls wait for a thread,
         so cancels, credit and shutdown refusals get through (the calls in
         flight are bounded by ``max_calls_per_connection``)."""
-        if not self._armed and not self._reading_over and not self._inbox and self.core.wants_input():
+        if (
+            not self._armed
+            and not self._reading_over
+            and not self._inbox
+            and not self._fds_closed
+            and self.core.wants_input()
+        ):
             self._armed = True
             with contextlib.suppress(OSError):
                 self._epoll.modify(self._sock_fd, _READ_ONCE)
@@ -216,6 +221,10 @@ class ThreadConnection:
                         timeout = left if timeout < 0 else min(timeout, left)
                     try:
                         events = epoll.poll(timeout)
+                    except ValueError:  # closed by a shutdown that left a handler behind: the end
+                        with lock:
+                            self._waiting -= 1
+                        return
                     except BaseException:
                         with lock:
                             self._waiting -= 1
@@ -527,11 +536,29 @@ class ThreadConnection:
                 self.core.stop(call)
             self._runq.clear()
             self.core.close()
-        with self._engine.lock:
-            self._epoll.close()
-            os.close(self._work_fd)
+        self.release_descriptors()
         self._engine.connection_done(self)
         self.finished.set()
+
+    def release_descriptors(self) -> None:
+        """Close the connection's epoll and eventfd (once): when its last
+        thread ends, or at shutdown when a handler would not return (its
+        thread, when it does, finds them closed and ends)."""
+        with self._lock:
+            if self._fds_closed:
+                return
+            self._fds_closed = True
+            self._epoll.close()
+            os.close(self._work_fd)
+
+    def describe_calls(self) -> list[str]:
+        """The calls in flight, for the log: method, call id and caller."""
+        peer = self.peer
+        with self._lock:
+            return [
+                f"{call.method} (call {call.call_id}) from pid {peer.pid} uid {peer.uid}"
+                for call in self.core.calls()
+            ]
 
 
 #: "could not start a thread", at most 10 lines per 10 s

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ThreadEngine"]
 
 logger = logging.getLogger("unixrpc.server")
+#: how long shutdown waits, after cutting the connections, for their threads to end
+_ABORT_JOIN = 0.25
 _accept_failed = RateLimitedLog(logger, logging.ERROR, "failed accepts")
 
 
@@ -233,19 +235,30 @@ class ThreadEngine:
             if not any(c.busy() for c in connections):
                 break
             grace = self._grace if self._grace is not None else config.shutdown_grace
-            if time.monotonic() >= began + grace:  # a later stop() may have shortened it
-                left = sum(c.calls_in_flight() for c in connections)
-                if left:
-                    logger.warning("shutdown grace of %ss elapsed; cancelling %d calls", grace, left)
+            if time.monotonic() >= began + grace:  # a later stop() (a second signal) may have shortened it
+                running = [line for c in connections for line in c.describe_calls()]
+                if running:
+                    logger.warning(
+                        "shutdown grace of %ss elapsed; cancelling %d calls: %s",
+                        grace,
+                        len(running),
+                        "; ".join(running),
+                    )
                 break
             time.sleep(0.01)
         for connection in connections:
             connection.abort()
-        deadline = time.monotonic() + 5.0  # for all of them together: handlers that will not stop
+        # the threads the abort woke end at once; a handler that does not return is
+        # left running (a daemon thread, told through ctx.cancelled) and its connection's
+        # descriptors are closed now: no wait beyond the grace, nothing left open
+        deadline = time.monotonic() + _ABORT_JOIN
         for connection in connections:
             if not connection.finished.wait(max(deadline - time.monotonic(), 0.0)):
-                number = connection.connection_id
-                logger.warning("connection %d: threads still running after shutdown", number)
+                logger.warning(
+                    "connection %d: a handler still runs after shutdown; left behind",
+                    connection.connection_id,
+                )
+                connection.release_descriptors()
         with self.lock:
             loop, self._loop_thread = self._loop_thread, None
         if loop is not None:
