@@ -190,3 +190,20 @@ def test_descriptors_returned_for_a_call_already_answered_are_closed() -> None:
         os.fstat(r)
     (reply,) = output(core)
     assert reply["error"]["code"] == "unixrpc.Cancelled"
+
+
+def test_the_fatal_error_goes_out_after_the_replies_of_calls_read_before_it() -> None:
+    """Issue 21 item 11: a frame that ends the connection, read after calls
+    still in flight: their replies go out first, then the ``"id": null``
+    error (before, the threads engine sent the error first, and the client
+    gave up on calls the server went on to answer)."""
+    core, _ = make()
+    call = core.receive_frame(frame(id=1, method="Add", params={"a": 1, "b": 2}))
+    assert isinstance(call, ServerCall)
+    core.read_failed(StreamProtocolParseError(DeserializeError("frame of 9 bytes is over the limit")))
+    assert output(core) == []  # held back: a call is in flight
+    core.finish(call, Returned(3))
+    replies = output(core)
+    assert replies[0] == {"id": 1, "result": 3}
+    assert replies[1]["id"] is None
+    assert "over the limit" in replies[1]["error"]["message"]

@@ -296,24 +296,24 @@ def test_the_server_raises_its_soft_descriptor_limit_to_the_hard_one(path: str, 
 
 @pytest.mark.server
 def test_a_cancel_behind_more_calls_than_threads_is_answered_at_once(path: str, server_backend: str) -> None:
-    """40 blocking calls on one connection (the threads engine runs 16 at
-    once, so 24 wait for a thread), then a cancel of the last one: before, the threads engine read
+    """32 blocking calls on one connection (the threads engine runs 16 at
+    once, so 16 wait for a thread), then a cancel of the last one: before, the threads engine read
     nothing more until a thread was free (a cancel answered after 7.5 s, a
     Ping after 15.5 s). Now reading goes on while calls wait for a thread:
     the cancel is answered while the others still block."""
     with ServerProcess(path, server_backend) as server:
         with raw_connect(path, timeout=20) as sock:
             sock.sendall(
-                b"".join(frame(encode(id=i, method="Block", params={"tag": "q"})) for i in range(1, 41))
+                b"".join(frame(encode(id=i, method="Block", params={"tag": "q"})) for i in range(1, 33))
             )
             with raw_connect(path) as probe:
                 wait_for(lambda: _pending(probe, "q") >= 16, 30, "the calls started")
-            sock.sendall(frame(encode(cancel=40)))
+            sock.sendall(frame(encode(cancel=32)))
             reply = recv_envelope(sock)  # the first answer is the cancel's: every Block still blocks
             assert reply is not None
-            assert reply["id"] == 40
+            assert reply["id"] == 32
             assert reply["error"]["code"] == "unixrpc.Cancelled"
             _release_tag(path, "q")
-            ids = sorted(recv_envelope(sock)["id"] for _ in range(39))  # type: ignore[index]
-            assert ids == list(range(1, 40))
+            ids = sorted(recv_envelope(sock)["id"] for _ in range(31))  # type: ignore[index]
+            assert ids == list(range(1, 32))
         assert server.alive()

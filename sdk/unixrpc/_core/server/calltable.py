@@ -48,7 +48,7 @@ class CallTable:
     *output_full* says whether a stream must wait for the peer to read;
     *peer* is ``(pid, uid)`` for the log."""
 
-    __slots__ = ("_codec", "_output_full", "_peer", "_queue", "_rules", "calls")
+    __slots__ = ("_codec", "_output_full", "_peer", "_queue", "_rules", "calls", "farewell")
 
     def __init__(
         self,
@@ -64,6 +64,9 @@ class CallTable:
         self._output_full = output_full
         self._peer = peer
         self.calls: dict[int | object, ServerCall] = {}
+        #: the connection's last words (an error about the connection), queued
+        #: after the replies of the calls still in flight when it was closed
+        self.farewell: bytes | None = None
 
     def authorized(self, call: ServerCall, verdict: object) -> bool:
         """The authorization hook answered *verdict* for *call* (its return
@@ -179,6 +182,12 @@ class CallTable:
         self._retire(call, *error_body(self._codec, call.call_id, error))
 
     def _retire(self, call: ServerCall, body: bytes | None, fds: FdContext | None) -> None:
+        self._retire_one(call, body, fds)
+        if self.farewell is not None and not self.calls:
+            farewell, self.farewell = self.farewell, None
+            self._queue(farewell)
+
+    def _retire_one(self, call: ServerCall, body: bytes | None, fds: FdContext | None) -> None:
         """The one path out of the call table: queue the final frame, free
         the id and the slot, and release the request's descriptors once
         nothing can refer to them."""

@@ -200,6 +200,10 @@ class ServerConnection:
         """True while the output not yet written is over the bound."""
         return self._out.unsent > self._rules.max_unsent and not self._out.failed
 
+    def queued_fds(self) -> int:
+        """Descriptors received and not yet taken by their frame."""
+        return len(self._fd_queue)
+
     def has_output(self) -> bool:
         return bool(self._out)
 
@@ -253,7 +257,8 @@ class ServerConnection:
     def _over_budget(self) -> Close:
         limit = self._rules.memory.limit
         return self.fatal(
-            f"the server holds more than its budget of {limit} bytes in buffers; try again later"
+            f"the server holds more than its budget of {limit} bytes in buffers; try again later",
+            at_once=True,
         )
 
     # -- input ------------------------------------------------------------------
@@ -278,17 +283,35 @@ class ServerConnection:
             )
         return None
 
-    def fatal(self, reason: str, *, tell_peer: bool = True) -> Close:
-        """The stream cannot be trusted any more: queue one error about it,
-        unless *tell_peer* is False, and close."""
+    def fatal(self, reason: str, *, tell_peer: bool = True, at_once: bool = False) -> Close:
+        """The stream cannot be trusted any more: no further frame is taken,
+        and one error about it (``"id": null``) is queued, unless *tell_peer*
+        is False, after the replies of the calls still in flight (they were
+        read before the fault), or *at_once* (the output is over budget)."""
         if self._closed is None:
             self._closed = reason
             self._fd_queue.close_all()
             _warn("connection %d (pid %d): closed: %s", self.connection_id, self.peer_pid, reason)
             if tell_peer:
                 error = ProtocolViolationError(reason)
-                self._queue(self._codec.error(None, error.code, error.message))
+                body = self._codec.error(None, error.code, error.message)
+                if self._calls and not at_once:
+                    self._table.farewell = body
+                else:
+                    self._queue(body)
         return Close(reason)
+
+    def receive_control(self, frame: wire.RawFrame) -> Event | bool | None:
+        """Take *frame* ahead of requests read before it, if it is a cancel
+        or credit for a call already in flight (an engine whose calls wait
+        for threads reads on, so those get through): its event, or None;
+        False if it must wait its turn (a request, or anything else)."""
+        if self._closed is not None or frame.nfds:
+            return False
+        message = self._codec.decode(frame.body)
+        if message[0] not in (CANCEL, CREDIT) or message[1] not in self._calls:
+            return False
+        return self.receive_frame(frame)
 
     def receive_frame(self, frame: wire.RawFrame) -> Event | None:
         """Take one received frame: the event it causes, if any. Errors it

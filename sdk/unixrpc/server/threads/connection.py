@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import itertools
 import logging
 import os
 import select
@@ -98,6 +99,8 @@ class ThreadConnection:
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
         self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken in (no thread free)
+        self._inbox_bytes = 0
+        self._unscanned = 0  # frames at the end of the inbox not yet looked at for cancels and credit
         self._reading_over = False
         self._writing = False  # a thread is writing (and writes what is queued meanwhile)
         self._waiting = 0  # threads waiting in epoll for a request (or queued work)
@@ -171,13 +174,14 @@ class ThreadConnection:
     def _arm(self) -> None:  # lock held
         """Let one waiting thread be woken when the socket has data, unless
         the connection must not be read now: its output waits for a peer
-        that does not read. Reading goes on while calls wait for a thread,
-        so cancels, credit and shutdown refusals get through (the calls in
-        flight are bounded by ``max_calls_per_connection``)."""
+        that does not read, or the frames read and not yet taken (calls
+        waiting for threads) reach ``_INBOX_BYTES``. Reading goes on while
+        calls wait for a thread, so cancels and credit get through."""
         if (
             not self._armed
             and not self._reading_over
-            and not self._inbox
+            and self._inbox_bytes < _INBOX_BYTES
+            and (not self._inbox or self.core.queued_fds() <= self._config.rules.max_fds)
             and not self._fds_closed
             and self.core.wants_input()
         ):
@@ -288,6 +292,8 @@ class ThreadConnection:
             if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
                 over = True  # over the server's memory budget
             self._inbox.extend(frames)
+            self._inbox_bytes += sum(len(frame.body) for frame in frames)
+            self._unscanned += len(frames)
             if failed is not None:  # what came before a bad frame is served first
                 self._take_in(everything=True)
                 core.read_failed(failed)
@@ -330,27 +336,55 @@ class ThreadConnection:
 
     def _take_in(self, *, everything: bool = False) -> bool:  # lock held
         """Hand the frames read to the core, in order, while the peer reads
-        what is queued for it (else the writer takes the rest in later), or
-        all of them (*everything*: no more will be read). True if the
-        reading is over (the stream cannot be trusted any more)."""
-        core, inbox, runq = self.core, self._inbox, self._runq
-        while inbox and (everything or core.wants_input()):
-            event = core.receive_frame(inbox.popleft())
-            if event is None:
-                continue
-            if type(event) is ServerCall:
-                runq.append(event)
-            elif type(event) is Cancel:
-                self._cancel(event.call)
-            elif type(event) is Grant:
-                self._notify_all()
-            else:
-                assert type(event) is Close
-                inbox.clear()
+        what is queued for it (else the writer takes the rest in later) and
+        the core holds fewer calls than the threads plus ``_QUEUED_CALLS``:
+        the rest wait in the inbox (turned into calls now, they would only
+        be refused), except cancels and credit for calls in flight, which
+        are taken at once. Or all of them (*everything*: no more will be read). True if
+        the reading is over (the stream cannot be trusted any more)."""
+        core, inbox = self.core, self._inbox
+        most = self._config.rules.max_calls_per_connection
+        hold = self._max_running + _QUEUED_CALLS  # calls the core holds, running or waiting for a thread
+        taking = everything or most <= hold  # (a small max_calls_per_connection: refused beyond it)
+        while inbox and (everything or (core.wants_input() and (taking or len(core) < hold))):
+            frame = inbox.popleft()
+            self._inbox_bytes -= len(frame.body)
+            if self._on_event(core.receive_frame(frame)):
                 return True
+        fresh = min(self._unscanned, len(inbox))
+        self._unscanned = 0
+        if fresh and not everything:  # calls wait for threads: cancels and credit get through
+            older = len(inbox) - fresh  # (frames of earlier reads were looked at already)
+            kept: deque[wire.RawFrame] = deque(itertools.islice(inbox, older))
+            for frame in itertools.islice(inbox, older, None):
+                event = core.receive_control(frame)
+                if event is False:
+                    kept.append(frame)
+                    continue
+                self._inbox_bytes -= len(frame.body)
+                if self._on_event(event):
+                    return True
+            self._inbox = kept
         if everything:
             return False
-        return not inbox and core.stray_fds(self._transport.buffered_size() > 0) is not None
+        return not self._inbox and core.stray_fds(self._transport.buffered_size() > 0) is not None
+
+    def _on_event(self, event: object) -> bool:  # lock held
+        """Act on what a frame caused: True if the reading is over."""
+        if event is None:
+            return False
+        if type(event) is ServerCall:
+            self._runq.append(event)
+        elif type(event) is Cancel:
+            self._cancel(event.call)
+        elif type(event) is Grant:
+            self._notify_all()
+        else:
+            assert type(event) is Close
+            self._inbox.clear()
+            self._inbox_bytes = 0
+            return True
+        return False
 
     def _dispatch(self, taking: int) -> bool:  # lock held
         """Get threads for the calls waiting in the queue (waiting ones
@@ -561,6 +595,10 @@ class ThreadConnection:
             ]
 
 
+#: calls a connection's core holds waiting for a thread, beyond those running
+_QUEUED_CALLS = 16
+#: the bytes of frames read and not yet taken in over which a connection is not read further
+_INBOX_BYTES = 256 * 1024
 #: "could not start a thread", at most 10 lines per 10 s
 thread_start_failed = RateLimitedLog(logger, logging.ERROR, "failed thread starts")
 
