@@ -25,8 +25,6 @@ from unixrpc._core.server import (
     FdFrame,
     Grant,
     Handler,
-    Raised,
-    Returned,
     ServerCall,
     ServerConnection,
     ServerRules,
@@ -111,7 +109,7 @@ def test_a_request_starts_a_call_and_its_result_retires_it(core: ServerConnectio
     assert (call.call_id, call.request) == (7, Add(a=1, b=2))
     assert len(core) == 1
     assert core.busy()
-    core.finish(call, Returned(3))
+    core.finish(call, 3)
     assert len(core) == 0
     assert output(core) == [{"id": 7, "result": 3}]
     assert not core.busy()
@@ -121,7 +119,7 @@ def test_a_notification_starts_a_call_that_gets_no_reply(core: ServerConnection)
     call = core.receive_frame(frame(method="Add", params={"a": 1, "b": 2}))
     assert isinstance(call, ServerCall)
     assert call.call_id is None
-    core.finish(call, Returned(3))
+    core.finish(call, 3)
     assert output(core) == []
     assert len(core) == 0
 
@@ -138,7 +136,7 @@ def test_a_cancel_reaches_the_call_once(core: ServerConnection) -> None:
     assert output(core) == [
         {"id": 1, "error": {"code": "unixrpc.Cancelled", "message": "call cancelled by the client"}}
     ]
-    core.finish(call, Returned(3))  # the handler's late outcome changes nothing
+    core.finish(call, 3)  # the handler's late outcome changes nothing
     assert output(core) == []
 
 
@@ -206,7 +204,7 @@ def test_descriptors_go_to_the_frame_that_declares_them(core: ServerConnection) 
     assert refused is None
     assert not is_open(fds[1])
     assert is_open(fds[0])
-    core.finish(call, Returned("ok"))
+    core.finish(call, "ok")
     assert not is_open(fds[0])  # released with the call
 
 
@@ -240,7 +238,7 @@ def test_a_reply_carrying_a_descriptor_is_one_fd_frame() -> None:
     call = core.receive_frame(frame(id=1, method="Give", params={}))
     assert isinstance(call, ServerCall)
     (fd,) = pipe_fds(1)
-    core.finish(call, Returned(FileDescriptor.borrow(fd)))
+    core.finish(call, FileDescriptor.borrow(fd))
     (chunk,) = core.take_output()
     assert isinstance(chunk, FdFrame)
     assert chunk.fileno_list() == [fd]
@@ -265,7 +263,7 @@ def test_credit_bounds_a_stream_and_a_grant_wakes_it(core: ServerConnection) -> 
     assert core.stream_step(call) == ITEM
     assert core.stream_step(call) == ITEM
     core.item(call, 1)
-    core.finish(call, Returned())
+    core.finish(call)
     assert output(core) == [{"id": 1, "item": 0}, {"id": 1, "item": 1}, {"id": 1, "result": None}]
 
 
@@ -278,7 +276,7 @@ def test_a_notification_of_a_stream_runs_and_its_items_are_discarded(
     for i in range(3):
         assert core.stream_step(call) == ITEM  # never waits
         core.item(call, i)
-    core.finish(call, Returned())
+    core.finish(call)
     assert output(core) == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
@@ -296,8 +294,8 @@ def test_an_item_of_the_wrong_type_is_an_internal_error(core: ServerConnection) 
 def test_failures_become_typed_errors(core: ServerConnection) -> None:
     calls = [core.receive_frame(frame(id=i, method="Add", params={"a": 1, "b": 2})) for i in (1, 2, 3)]
     assert all(isinstance(call, ServerCall) for call in calls)
-    core.finish(calls[0], Raised(ValueError("secret")))  # type: ignore[arg-type]
-    core.finish(calls[1], Returned("not an int"))  # type: ignore[arg-type]
+    core.finish(calls[0], raised=ValueError("secret"))  # type: ignore[arg-type]
+    core.finish(calls[1], "not an int")  # type: ignore[arg-type]
     assert core.authorized(calls[2], False) is False  # type: ignore[arg-type]
     errors = {reply["id"]: reply["error"] for reply in output(core)}
     assert errors[1] == {"code": "unixrpc.InternalError", "message": "handler of Add raised ValueError"}
@@ -310,7 +308,7 @@ def test_a_reply_over_the_frame_limit_becomes_an_error_for_the_same_call() -> No
     core, _ = make(max_frame_size=64)
     call = core.receive_frame(frame(id=9, method="Add", params={"a": 1, "b": 2}))
     assert isinstance(call, ServerCall)
-    core.finish(call, Raised(Exception("x" * 200)))
+    core.finish(call, raised=Exception("x" * 200))
     (reply,) = output(core)
     assert reply["id"] == 9
     assert reply["error"]["code"] == "unixrpc.InternalError"
@@ -337,7 +335,7 @@ def test_a_failed_write_drops_later_output(core: ServerConnection) -> None:
     (chunk,) = [*core.take_output()] or [b""]
     core.written(chunk, ok=False)
     assert isinstance(call, ServerCall)
-    core.finish(call, Returned(3))
+    core.finish(call, 3)
     assert core.take_output() == []
     assert core.output_failed
 
@@ -373,7 +371,7 @@ def test_an_abandoned_call_keeps_its_descriptors_until_its_handler_returns(core:
     core.stop(call, running=True)  # answered now: a thread runs on
     assert output(core)[0]["error"]["code"] == "unixrpc.Cancelled"
     assert is_open(fd)
-    core.finish(call, Returned("late"))  # the thread returned
+    core.finish(call, "late")  # the thread returned
     assert not is_open(fd)
     assert output(core) == []
 
@@ -396,7 +394,7 @@ def test_one_debug_line_per_call(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="unixrpc.server"):
         call = core.receive_frame(frame(id=4, method="Add", params={"a": 1, "b": 2}))
         assert isinstance(call, ServerCall)
-        core.finish(call, Returned(3))
+        core.finish(call, 3)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(lines) == 1
     assert lines[0].startswith("call Add id=4 from pid 123 uid 1000: ok in ")

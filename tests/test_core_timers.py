@@ -12,15 +12,17 @@ from typing import Any
 
 import pytest
 
-from test_core_server import frame, make, output
-from unixrpc import FileDescriptor
-from unixrpc._core.server import ITEM, Close, Returned, ServerCall, ServerConnection
+from test_core_server import _handler, frame, make, output
+from unixrpc import FileDescriptor, Method
+from unixrpc._core.server import ITEM, Close, ServerCall, ServerConnection, ServerRules
 from unixrpc.exceptions import (
     AncillaryDataTruncatedError,
     ConnectionBrokenError,
     DeserializeError,
     StreamProtocolParseError,
 )
+
+KiB = 1024
 
 
 def test_a_frame_begun_must_arrive_whole_within_frame_timeout() -> None:
@@ -58,7 +60,7 @@ def test_the_idle_clock_starts_when_the_connection_becomes_idle() -> None:
     assert isinstance(call, ServerCall)
     assert core.next_deadline(11.0) is None  # a call in flight: never idle
     assert core.on_timer(50.0) is None
-    core.finish(call, Returned(3))
+    core.finish(call, 3)
     assert core.next_deadline(51.0) is None  # its reply not written yet
     output(core)
     assert core.next_deadline(52.0) == 54.0  # idle since it was written
@@ -88,16 +90,23 @@ def test_bytes_received_restart_the_idle_clock() -> None:
 
 
 def test_received_bytes_are_charged_to_the_budget_and_released_on_close() -> None:
-    core, rules = make(max_buffered_bytes=1000)
-    assert core.received(1.0, partial=True, receive_buffer=600) is None
-    assert rules.memory.total == 600
+    """Charged in steps of 64 KiB, rounded down (small replies never touch
+    the shared budget): 640 KiB held is charged, and a second connection of
+    the same server that grows past the 1 MiB budget is closed."""
+    core, rules = make(max_buffered_bytes=1024 * KiB)
+    assert core.received(1.0, partial=True, receive_buffer=640 * KiB) is None
+    assert rules.memory.total == 640 * KiB
     other = ServerConnection(rules, 2)  # a second connection of the same server
-    closed = other.received(1.0, partial=True, receive_buffer=600)  # 1,200 > 1,000: it grew, it goes
+    closed = other.received(1.0, partial=True, receive_buffer=640 * KiB)  # 1,280 KiB > 1 MiB: it goes
     assert isinstance(closed, Close)
-    assert "budget of 1000 bytes" in closed.reason
+    assert f"budget of {1024 * KiB} bytes" in closed.reason
     other.close()
     core.close()
     assert rules.memory.total == 0
+
+
+class Big(Method[str]):
+    size: int
 
 
 def test_unsent_output_is_charged_and_a_connection_whose_output_overflows_is_closed() -> None:
@@ -105,26 +114,27 @@ def test_unsent_output_is_charged_and_a_connection_whose_output_overflows_is_clo
     server-wide budget; the connection that takes it over is closed with a
     reason, its queued output dropped, and what its calls still produce is
     dropped (nothing grows any more)."""
-    core, rules = make(max_buffered_bytes=4096)
+    rules = ServerRules({"Big": _handler(Big)}, max_buffered_bytes=256 * KiB)
+    core = ServerConnection(rules, 1)
     calls = []
     for call_id in range(3):
-        call = core.receive_frame(frame(id=call_id, method="Add", params={"a": 1, "b": 2}))
+        call = core.receive_frame(frame(id=call_id, method="Big", params={"size": 100 * KiB}))
         assert isinstance(call, ServerCall)
         calls.append(call)
-    core.finish(calls[0], Returned(1))
+    core.finish(calls[0], "x" * (100 * KiB))
     held = rules.memory.total
-    assert held == core.unsent > 0
-    others = 4096 - held
-    core._rules.memory.total += others  # other connections hold the rest of the budget
-    core.finish(calls[1], Returned(2))  # over: closed
+    assert held == 64 * KiB  # 100 KiB unsent, charged in 64 KiB steps
+    others = 256 * KiB - held
+    rules.memory.total += others  # other connections hold the rest of the budget
+    core.finish(calls[1], "x" * (100 * KiB))  # 200 KiB unsent: over, closed
     assert core.closing is not None
-    assert "budget of 4096 bytes" in core.closing
-    core.finish(calls[2], Returned(3))  # produced after: dropped
+    assert f"budget of {256 * KiB} bytes" in core.closing
+    core.finish(calls[2], "x" * (100 * KiB))  # produced after: dropped
     frames = output(core)
     assert len(frames) == 1
     assert frames[0]["id"] is None
-    assert "budget of 4096 bytes" in frames[0]["error"]["message"]
-    core._rules.memory.total -= others
+    assert f"budget of {256 * KiB} bytes" in frames[0]["error"]["message"]
+    rules.memory.total -= others
     core.close()
     assert rules.memory.total == 0
 
@@ -185,7 +195,7 @@ def test_descriptors_returned_for_a_call_already_answered_are_closed() -> None:
     core.stop(call, running=True)  # answered now; the handler runs on
     r, w = os.pipe()
     os.close(w)
-    core.finish(call, Returned(FileDescriptor.transfer(r)))  # what it returned, too late
+    core.finish(call, FileDescriptor.transfer(r))  # what it returned, too late
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(r)
     (reply,) = output(core)
@@ -202,7 +212,7 @@ def test_the_fatal_error_goes_out_after_the_replies_of_calls_read_before_it() ->
     assert isinstance(call, ServerCall)
     core.read_failed(StreamProtocolParseError(DeserializeError("frame of 9 bytes is over the limit")))
     assert output(core) == []  # held back: a call is in flight
-    core.finish(call, Returned(3))
+    core.finish(call, 3)
     replies = output(core)
     assert replies[0] == {"id": 1, "result": 3}
     assert replies[1]["id"] is None

@@ -18,7 +18,7 @@ rules). Split by concept:
 No I/O anywhere in this package (tests/test_layers.py checks).
 """
 
-from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, Outcome, Raised, Returned, ServerCall
+from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, ServerCall
 from .calltable import ITEM, NO_CREDIT, NO_ROOM, STOP, CallTable
 from .codec import WireCodec
 from .connection import ServerConnection
@@ -49,9 +49,6 @@ __all__ = [
     "Grant",
     "Handler",
     "MemoryBudget",
-    "Outcome",
-    "Raised",
-    "Returned",
     "ServerCall",
     "ServerConnection",
     "ServerRules",

@@ -20,9 +20,6 @@ __all__ = [
     "Event",
     "FdFrame",
     "Grant",
-    "Outcome",
-    "Raised",
-    "Returned",
     "ServerCall",
 ]
 
@@ -149,24 +146,3 @@ class FdFrame:
 
 
 Chunk = bytes | FdFrame
-
-
-class Returned:
-    """Outcome: the handler returned *value* (a stream: its generator ended)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any = None) -> None:
-        self.value = value
-
-
-class Raised:
-    """Outcome: the handler raised *error* (or the engine could not run it)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-Outcome = Returned | Raised

@@ -23,9 +23,10 @@ from ...exceptions import (
 )
 from ...fds import EMPTY_FDS, FdContext
 from .. import messages
-from .call import Outcome, Raised, Returned, ServerCall
+from .call import ServerCall
 from .codec import WireCodec
-from .encoding import discard_value, encode_value, error_body, error_of, log_call, outcome_of
+from .encoding import discard_value, error_body, error_of, log_call, log_invalid, outcome_of
+from .results import encode_value
 from .rules import ServerRules
 
 __all__ = ["ITEM", "NO_CREDIT", "NO_ROOM", "STOP", "CallTable"]
@@ -88,21 +89,20 @@ class CallTable:
         self._fail_with(call, PermissionDeniedError(f"{name} is not allowed for uid {uid} (pid {pid})"))
         return False
 
-    def finish(self, call: ServerCall, outcome: Outcome) -> None:
-        """The handler of *call* ended with *outcome* (:class:`.Returned`,
-        :class:`.Raised`). Its reply is queued and it is retired; for a call
-        already answered (stopped while its handler ran on), what it produced
-        is discarded (descriptors it hands over are closed) and its request
-        descriptors are released."""
+    def finish(self, call: ServerCall, value: Any = None, *, raised: BaseException | None = None) -> None:
+        """The handler of *call* returned *value* (a stream: its generator
+        ended), or raised *raised*. Its reply is queued and it is retired;
+        for a call already answered (stopped while its handler ran on), what
+        it produced is discarded (descriptors it hands over are closed) and
+        its request descriptors are released."""
         if call.answered:
-            if type(outcome) is Returned:
-                discard_value(call.handler.spec, outcome.value)
+            if raised is None:
+                discard_value(call.handler.spec, value)
             self.release(call)
             return
-        if isinstance(outcome, Raised):
-            self._fail(call, outcome.error)
+        if raised is not None:
+            self._fail(call, raised)
             return
-        value = outcome.value
         call_id = call.call_id
         if call_id is None:
             discard_value(call.handler.spec, value)
@@ -114,6 +114,7 @@ class CallTable:
         try:
             encoded, fds = encode_value(call.handler.spec, value, "result")
         except InternalError as exc:
+            log_invalid(exc, value)
             self._fail_with(call, exc)
             return
         self._retire(call, self._codec.result(call_id, encoded), fds)
@@ -162,7 +163,11 @@ class CallTable:
         if call.call_id is None or call.answered:
             discard_value(call.handler.spec, value)
             return
-        encoded, fds = encode_value(call.handler.spec, value, "item")
+        try:
+            encoded, fds = encode_value(call.handler.spec, value, "item")
+        except InternalError as exc:
+            log_invalid(exc, value)
+            raise
         body = self._codec.item(call.call_id, encoded)
         if len(body) > self._rules.max_frame_size:
             if fds is not None:

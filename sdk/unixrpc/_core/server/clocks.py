@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from .rules import MemoryBudget
 
-__all__ = ["Charge", "Clocks"]
+__all__ = ["CHARGE_SHIFT", "Charge", "Clocks"]
+
+#: a connection's memory is charged in steps of 2**CHARGE_SHIFT bytes (64 KiB),
+#: rounded down: at most that much per connection goes uncharged, like its read buffer
+CHARGE_SHIFT = 16
 
 
 class Clocks:
@@ -61,7 +65,7 @@ class Charge:
     def update(self, unsent: int) -> bool:
         """Charge what is held now: False if it grew while the server is
         over its budget (the connection must go)."""
-        held = self.receive_excess + unsent
+        held = (self.receive_excess + unsent) >> CHARGE_SHIFT << CHARGE_SHIFT
         if held == self.held:
             return True
         ok = self._budget.charge(self.held, held)

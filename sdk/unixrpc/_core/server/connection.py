@@ -79,7 +79,7 @@ from ..access import PeerFacts
 from ..calls import FdQueue, close_fds
 from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, ServerCall
 from .calltable import CallTable
-from .clocks import Charge, Clocks
+from .clocks import CHARGE_SHIFT, Charge, Clocks
 from .codec import CANCEL, CREDIT, INVALID, REQUEST, WireCodec
 from .encoding import log_call
 from .intake import make_call
@@ -187,7 +187,7 @@ class ServerConnection:
 
     def busy(self) -> bool:
         """Calls in flight or output not yet written: a graceful shutdown waits."""
-        return bool(self._calls) or bool(self._out) or self._out.unsent > 0
+        return bool(self._calls) or bool(self._out.frames) or self._out.unsent > 0
 
     def wants_input(self) -> bool:
         """False once the connection is closing, or while the output queued
@@ -205,7 +205,13 @@ class ServerConnection:
         return len(self._fd_queue)
 
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self._out.frames)
+
+    def may_time_out(self) -> bool:
+        """Whether a deadline can come up without a read (the idle timeout
+        is set): a waiting engine must then be ready to have its wait cut
+        short when the connection becomes idle."""
+        return self._rules.connection_idle_timeout is not None
 
     # -- facts from the engine: reads, time ----------------------------------------
 
@@ -217,7 +223,7 @@ class ServerConnection:
         Close if this connection grew while the server is over it."""
         self._clocks.received(now, partial)
         self._charge.receive_excess = receive_buffer
-        if not self._charge.update(self._out.unsent):
+        if not self._charged():
             return self._over_budget()
         return None
 
@@ -238,11 +244,13 @@ class ServerConnection:
         first (None: no deadline). The idle clock starts at the later of the
         last read and the moment the connection became idle (its last call
         answered and written), as first seen by a call of this method."""
-        if self._closed is not None:
+        clocks, rules = self._clocks, self._rules
+        if self._closed is not None or (
+            clocks.partial_since is None and rules.connection_idle_timeout is None
+        ):
             return None
-        busy = bool(self._calls) or bool(self._out.unsent) or bool(self._out)
-        rules = self._rules
-        return self._clocks.deadline(now, busy, rules.frame_timeout, rules.connection_idle_timeout)
+        busy = bool(self._calls) or bool(self._out.unsent) or bool(self._out.frames)
+        return clocks.deadline(now, busy, rules.frame_timeout, rules.connection_idle_timeout)
 
     def on_timer(self, now: float) -> Close | None:
         """A deadline may have passed: checked again with the state as it is
@@ -253,6 +261,15 @@ class ServerConnection:
         if self._clocks.partial_since is not None:
             return self.fatal(f"a frame was not finished within {self._rules.frame_timeout} s")
         return self.fatal(f"idle for {self._rules.connection_idle_timeout} s", tell_peer=False)
+
+    def _charged(self) -> bool:
+        """Charge the memory budget for what is held now, in steps of
+        ``CHARGE_STEP`` (small replies never touch the shared budget or its
+        lock): False if the connection grew while the server is over it."""
+        charge = self._charge
+        if (charge.receive_excess + self._out.unsent) >> CHARGE_SHIFT == charge.held >> CHARGE_SHIFT:
+            return True
+        return charge.update(self._out.unsent)
 
     def _over_budget(self) -> Close:
         limit = self._rules.memory.limit
@@ -287,7 +304,8 @@ class ServerConnection:
         """The stream cannot be trusted any more: no further frame is taken,
         and one error about it (``"id": null``) is queued, unless *tell_peer*
         is False, after the replies of the calls still in flight (they were
-        read before the fault), or *at_once* (the output is over budget)."""
+        read before the fault), unless one is a stream (no credit can come
+        any more) or *at_once* (the output is over budget)."""
         if self._closed is None:
             self._closed = reason
             self._fd_queue.close_all()
@@ -295,8 +313,9 @@ class ServerConnection:
             if tell_peer:
                 error = ProtocolViolationError(reason)
                 body = self._codec.error(None, error.code, error.message)
-                if self._calls and not at_once:
-                    self._table.farewell = body
+                calls = self._calls
+                if calls and not at_once and not any(call.handler.spec.streaming for call in calls.values()):
+                    self._table.farewell = body  # (a stream would wait for credit for ever: not after it)
                 else:
                     self._queue(body)
         return Close(reason)
@@ -444,10 +463,12 @@ class ServerConnection:
                 fds.sent()
             if release is not None:
                 release.abort()
-            out.put(self._codec.frame(body))
-        if (
-            not self._charge.update(self._out.unsent) and self._closed is None
-        ):  # (a closing connection's last words go out)
+            data = self._codec.frame(body)
+            out.frames.append(data)  # (Outbox.put, inlined: the hot path)
+            out.unsent += len(data)
+            out.queued += len(data)
+        if (out.unsent >> CHARGE_SHIFT or self._charge.held) and not self._charged() and self._closed is None:
+            # (a closing connection's last words go out)
             self._output_over_budget()
 
     def _output_over_budget(self) -> None:
@@ -467,12 +488,13 @@ class ServerConnection:
         """*chunk* (from :meth:`take_output`) was written whole, or could not
         be (*ok* False: the peer is gone; later output is dropped)."""
         self._out.written(chunk, ok=ok)
-        self._charge.update(self._out.unsent)  # less is held: never refused
+        if self._charge.held:
+            self._charged()  # less is held: never refused
 
     def drop_output(self) -> None:
         """Discard what is queued, releasing its descriptors."""
         self._out.drop()
-        self._charge.update(self._out.unsent)
+        self._charged()
 
     # -- the end ------------------------------------------------------------------
 
@@ -504,4 +526,4 @@ class ServerConnection:
         self._out.failed = True
         self._out.drop()
         self._charge.receive_excess = 0
-        self._charge.update(self._out.unsent)
+        self._charged()

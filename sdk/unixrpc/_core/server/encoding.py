@@ -16,28 +16,16 @@ from ...exceptions import InternalError, RPCError
 from ...fds import FdContext, serialize
 from ...methods import MethodSpec
 from .codec import WireCodec
-from .results import encode_value as _encode
 
-__all__ = ["discard_value", "encode_value", "error_body", "error_of", "log_call", "outcome_of"]
+__all__ = ["discard_value", "error_body", "error_of", "log_call", "log_invalid", "outcome_of"]
 
 logger = logging.getLogger("unixrpc.server")
 
 
-def encode_value(spec: MethodSpec, value: Any, what: str) -> tuple[bytes, FdContext | None]:
-    """The JSON of a result or item (*what*) of *spec*, and the descriptors
-    it carries (the rules: :mod:`.results`).
-
-    Raises:
-        InternalError: the value does not fit the method's type. It says only
-            what kind of value came back and what was expected, never the
-            value (it may be a secret); the ERROR logged here on the server
-            has the detail.
-    """
-    try:
-        return _encode(spec, value, what)
-    except InternalError as exc:
-        logger.error("%s (a %s: %.200r)", exc.message, type(value).__name__, value)
-        raise
+def log_invalid(exc: InternalError, value: Any) -> None:
+    """An invalid result or item, on the server with the detail (the
+    client's error, *exc*, names only the kind of value, never the value)."""
+    logger.error("%s (a %s: %.200r)", exc.message, type(value).__name__, value)
 
 
 def discard_value(spec: MethodSpec, value: Any) -> None:

@@ -24,10 +24,10 @@ class Outbox:
     them). *release* is called with a stream whose request descriptors
     waited for the last of its items that carried descriptors."""
 
-    __slots__ = ("_has_fds", "_out", "_release", "failed", "queued", "unsent")
+    __slots__ = ("_has_fds", "_release", "failed", "frames", "queued", "unsent")
 
     def __init__(self, release: Callable[[ServerCall], None]) -> None:
-        self._out: list[Chunk] = []
+        self.frames: list[Chunk] = []  # queued, not yet taken by a writer
         self._has_fds = False
         self._release = release
         self.queued = 0
@@ -35,18 +35,15 @@ class Outbox:
         #: a write failed: the peer is gone, further output is dropped
         self.failed = False
 
-    def __bool__(self) -> bool:
-        return bool(self._out)
-
     def put(self, data: bytes) -> None:
         """Queue a frame without descriptors."""
-        self._out.append(data)
+        self.frames.append(data)
         self.unsent += len(data)
         self.queued += len(data)
 
     def put_fds(self, frame: FdFrame) -> None:
         """Queue a frame with descriptors."""
-        self._out.append(frame)
+        self.frames.append(frame)
         self._has_fds = True
         if frame.owner is not None:
             frame.owner.fd_frames += 1
@@ -56,10 +53,10 @@ class Outbox:
     def take(self) -> list[Chunk]:
         """What to write now, in order (plain frames joined): write it, then
         report each chunk with :meth:`written`. Empty if nothing waits."""
-        out = self._out
+        out = self.frames
         if not out:
             return out
-        self._out = []
+        self.frames = []
         self.queued = 0
         if not self._has_fds:
             return [out[0] if len(out) == 1 else b"".join(out)]  # type: ignore[arg-type]
@@ -103,7 +100,7 @@ class Outbox:
     def drop(self) -> None:
         """Discard what is queued (the connection is going away), releasing
         its descriptors."""
-        out, self._out = self._out, []
+        out, self.frames = self.frames, []
         self._has_fds = False
         self.queued = 0
         for chunk in out:

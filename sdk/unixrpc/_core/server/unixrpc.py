@@ -59,18 +59,8 @@ class UnixrpcCodec:
             return (CREDIT, envelope["credit"], envelope["n"])
         return (INVALID, None, f"a client may not send {kind} messages")
 
-    @staticmethod
-    def result(call_id: int, encoded: bytes) -> bytes:
-        return wire.encode_result(call_id, encoded)
-
-    @staticmethod
-    def item(call_id: int, encoded: bytes) -> bytes:
-        return wire.encode_item(call_id, encoded)
-
-    @staticmethod
-    def error(call_id: int | None, code: str, message: str, data: Any = None) -> bytes:
-        return wire.encode_error(call_id, code, message, data)
-
-    @staticmethod
-    def frame(body: bytes, nfds: int = 0) -> bytes:
-        return wire.frame(body, nfds)
+    #: the bodies of replies, and a body as it goes on the socket (the wire's functions)
+    result = staticmethod(wire.encode_result)
+    item = staticmethod(wire.encode_item)
+    error = staticmethod(wire.encode_error)
+    frame = staticmethod(wire.frame)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ..._core.server import ITEM, NO_ROOM, STOP, Raised, Returned, ServerCall, ServerConnection
+from ..._core.server import ITEM, NO_ROOM, STOP, ServerCall, ServerConnection
 from ..._wakeup import Wakeup
 from ...ancillary import UnixCredentials
 from ...exceptions import CallCancelledError
@@ -75,9 +75,9 @@ class CallRunner:
         try:
             yielded = coro.send(None)
         except StopIteration as stop:
-            self.core.finish(call, Returned(stop.value))
+            self.core.finish(call, stop.value)
         except Exception as exc:
-            self.core.finish(call, Raised(exc))
+            self.core.finish(call, raised=exc)
         else:
             return self._finish_call(call, coro, yielded)
         return None if self._corking else self._flush_nowait()
@@ -87,9 +87,9 @@ class CallRunner:
         try:
             result = await resume(coro, yielded)
         except Exception as exc:
-            self.core.finish(call, Raised(exc))
+            self.core.finish(call, raised=exc)
         else:
-            self.core.finish(call, Returned(result))
+            self.core.finish(call, result)
         await self._flush()
 
     async def _run_call(self, call: ServerCall) -> None:
@@ -119,9 +119,9 @@ class CallRunner:
             else:
                 result = await self._in_thread(call, handler.function, args)
         except Exception as exc:
-            core.finish(call, Raised(exc))
+            core.finish(call, raised=exc)
         else:
-            core.finish(call, Returned(result))
+            core.finish(call, result)
         if not self._corking:
             await self._flush()
 
@@ -135,9 +135,7 @@ class CallRunner:
         *always* (cleanup)."""
         waiter = self._new_waiter()
         core = self.core
-        waiter.late = lambda outcome: core.finish(
-            call, Returned(outcome[1]) if outcome[0] else Raised(outcome[1])
-        )
+        waiter.late = lambda outcome: _finish_late(core, call, outcome)  # an abandoned call's outcome
         job, job_args = (function, args) if always else (_unless_answered, (call, function, args))
         self._config.handler_threads().submit(job, job_args, waiter.settle_threadsafe)
         worker: Worker = call.engine
@@ -208,6 +206,14 @@ class CallRunner:
 
     def _send_item(self, call: ServerCall, item: Any) -> None:
         self.core.item(call, item)  # InternalError: the stream fails with it
+
+
+def _finish_late(core: ServerConnection, call: ServerCall, outcome: tuple[bool, Any]) -> None:
+    ok, value = outcome
+    if ok:
+        core.finish(call, value)
+    else:
+        core.finish(call, raised=value)
 
 
 def _unless_answered(call: ServerCall, function: Any, args: tuple[Any, ...]) -> Any:

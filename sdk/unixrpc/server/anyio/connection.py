@@ -20,11 +20,13 @@ also writes what was queued meanwhile, so frames keep their order.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import socket
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -68,8 +70,10 @@ class Connection(CallRunner, OutputWriter):
         config: ServerConfig,
         transport: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame],
         connection_id: int,
+        sock: socket.socket,
     ) -> None:
         self._config = config
+        self._sock = sock  # (the transport's, for a shutdown that ends the reader's wait)
         self._transport = transport
         self.connection_id = connection_id
         self.peer: Peer = read_peer(transport.socket)
@@ -89,7 +93,9 @@ class Connection(CallRunner, OutputWriter):
         self._writing = False  # a task is finishing a short write (and writes what follows)
         self._write_done: Wakeup | None = None  # set when it is done
         self._reading_over = anyio.Event()
-        self._wait_scope: anyio.CancelScope | None = None  # the reader's wait for data
+        self._wait_scope: anyio.CancelScope | None = None  # the reader's wait for data, with a deadline
+        self._waiting_plain = False  # the reader waits for data with no deadline
+        self._clock = _loop_clock()  # anyio.current_time's clock, without its lookups
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -219,7 +225,7 @@ class Connection(CallRunner, OutputWriter):
         buffered = transport.buffered_size()
         if frames or buffered != before:  # bytes came
             excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
-            if core.received(anyio.current_time(), partial=buffered > 0, receive_buffer=excess) is not None:
+            if core.received(self._clock(), partial=buffered > 0, receive_buffer=excess) is not None:
                 await self._flush()  # over the server's memory budget
                 return None
         return frames
@@ -228,14 +234,21 @@ class Connection(CallRunner, OutputWriter):
         """Wait for the socket, or for the core's next deadline: False if
         the core closed the connection when it passed."""
         core = self.core
-        deadline = core.next_deadline(anyio.current_time())
+        deadline = core.next_deadline(self._clock())
+        if deadline is None and not core.may_time_out():  # (the common case: no scope to set up)
+            self._waiting_plain = True
+            try:
+                await self._transport.wait_for_data()
+            finally:
+                self._waiting_plain = False
+            return True
         with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
             self._wait_scope = scope  # moved by deadline_changed() when a call ends meanwhile
             try:
                 await self._transport.wait_for_data()
             finally:
                 self._wait_scope = None
-        if scope.cancelled_caught and core.on_timer(anyio.current_time()) is not None:
+        if scope.cancelled_caught and core.on_timer(self._clock()) is not None:
             await self._flush()
             return False
         return True
@@ -245,11 +258,16 @@ class Connection(CallRunner, OutputWriter):
         for the core's deadline as it is now (the idle clock starts when the
         connection becomes idle, not when the reader began waiting)."""
         scope = self._wait_scope
+        if self._waiting_plain and self.core.closing is not None:
+            # the core closed it (its output went over the budget): end the reader's wait
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RD)
+            return
         if scope is not None:
             if self.core.closing is not None:  # the core closed it: the reader stops waiting
                 scope.cancel()
                 return
-            deadline = self.core.next_deadline(anyio.current_time())
+            deadline = self.core.next_deadline(self._clock())
             scope.deadline = math.inf if deadline is None else deadline
 
     def _cancel(self, call: ServerCall) -> None:
@@ -342,3 +360,14 @@ class Connection(CallRunner, OutputWriter):
         await self._transport.aclose()
         for call in left:
             self._cancel(call)
+
+
+def _loop_clock() -> Callable[[], float]:
+    """The running loop's clock, the one anyio's deadlines use
+    (``anyio.current_time``), looked up once per connection."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        return trio.current_time

@@ -203,7 +203,7 @@ class AnyioEngine:
                 finally:
                     self._lingering -= 1
                 return
-            connection = Connection(config, transport, next(config.connection_ids))
+            connection = Connection(config, transport, next(config.connection_ids), conn)
             self.connections.add(connection)
             try:
                 await connection.run()

@@ -36,6 +36,7 @@ class OutputWriter:
     _write_done: Wakeup | None
     _new_wakeup: Callable[[], Wakeup]
     _wait_scope: anyio.CancelScope | None
+    _waiting_plain: bool
     deadline_changed: Callable[[], None]
 
     async def _flush(self) -> None:
@@ -70,7 +71,7 @@ class OutputWriter:
                 self._writing = True
                 return self._finish_writes(chunks[index:], sent)
             core.written(chunk)
-        if self._wait_scope is not None and chunks:
+        if chunks and (self._wait_scope is not None or self._waiting_plain):
             self.deadline_changed()
         return None
 
@@ -96,7 +97,7 @@ class OutputWriter:
             done, self._write_done = self._write_done, None
             if done is not None:
                 done.set()
-            if self._wait_scope is not None:
+            if self._wait_scope is not None or self._waiting_plain:
                 self.deadline_changed()
 
     def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:

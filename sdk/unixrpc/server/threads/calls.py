@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelledError
 from typing import TYPE_CHECKING, Any
 
-from ..._core.server import ITEM, NO_CREDIT, STOP, Raised, Returned, ServerCall
+from ..._core.server import ITEM, NO_CREDIT, STOP, ServerCall
 from ..context import CallContext, context_of
 
 if TYPE_CHECKING:
@@ -101,7 +101,10 @@ class CallRunner:
         locked step when no other thread is writing (the common case)."""
         core, lock = self._conn.core, self._conn._lock
         with lock:
-            core.finish(call, Returned(value) if ok else Raised(value))
+            if ok:
+                core.finish(call, value)
+            else:
+                core.finish(call, raised=value)
             if self._conn._writing or not core.has_output():
                 return
             self._conn._writing = True

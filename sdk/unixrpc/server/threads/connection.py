@@ -47,7 +47,6 @@ from ..._core.server import (
     Close,
     FdFrame,
     Grant,
-    Raised,
     ServerCall,
     ServerConnection,
 )
@@ -99,7 +98,6 @@ class ThreadConnection:
         self._cond = threading.Condition(self._lock)
         self._runq: deque[ServerCall] = deque()
         self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken in (no thread free)
-        self._inbox_bytes = 0
         self._unscanned = 0  # frames at the end of the inbox not yet looked at for cancels and credit
         self._reading_over = False
         self._writing = False  # a thread is writing (and writes what is queued meanwhile)
@@ -180,14 +178,16 @@ class ThreadConnection:
         if (
             not self._armed
             and not self._reading_over
-            and self._inbox_bytes < _INBOX_BYTES
+            and (not self._inbox or _bytes_of(self._inbox) < _INBOX_BYTES)
             and (not self._inbox or self.core.queued_fds() <= self._config.rules.max_fds)
             and not self._fds_closed
             and self.core.wants_input()
         ):
             self._armed = True
-            with contextlib.suppress(OSError):
+            try:  # (not contextlib.suppress: this runs once a call)  # noqa: SIM105
                 self._epoll.modify(self._sock_fd, _READ_ONCE)
+            except OSError:
+                pass
 
     def _thread_main(self) -> None:
         lock, sock_fd, epoll = self._lock, self._sock_fd, self._epoll
@@ -292,7 +292,6 @@ class ThreadConnection:
             if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
                 over = True  # over the server's memory budget
             self._inbox.extend(frames)
-            self._inbox_bytes += sum(len(frame.body) for frame in frames)
             self._unscanned += len(frames)
             if failed is not None:  # what came before a bad frame is served first
                 self._take_in(everything=True)
@@ -314,7 +313,7 @@ class ThreadConnection:
                 ):
                     # no thread would read while this one runs the call: refuse it instead
                     self._running -= 1
-                    core.finish(mine, Raised(_no_thread()))
+                    core.finish(mine, raised=_no_thread())
                     mine = None
                 self._arm()  # if it may be read now; else the writer or a thread taking a call does
         if core.has_output():
@@ -347,9 +346,10 @@ class ThreadConnection:
         hold = self._max_running + _QUEUED_CALLS  # calls the core holds, running or waiting for a thread
         taking = everything or most <= hold  # (a small max_calls_per_connection: refused beyond it)
         while inbox and (everything or (core.wants_input() and (taking or len(core) < hold))):
-            frame = inbox.popleft()
-            self._inbox_bytes -= len(frame.body)
-            if self._on_event(core.receive_frame(frame)):
+            event = core.receive_frame(inbox.popleft())
+            if type(event) is ServerCall:
+                self._runq.append(event)
+            elif event is not None and self._on_event(event):
                 return True
         fresh = min(self._unscanned, len(inbox))
         self._unscanned = 0
@@ -357,12 +357,11 @@ class ThreadConnection:
             older = len(inbox) - fresh  # (frames of earlier reads were looked at already)
             kept: deque[wire.RawFrame] = deque(itertools.islice(inbox, older))
             for frame in itertools.islice(inbox, older, None):
-                event = core.receive_control(frame)
-                if event is False:
+                control = core.receive_control(frame)
+                if control is False:
                     kept.append(frame)
                     continue
-                self._inbox_bytes -= len(frame.body)
-                if self._on_event(event):
+                if self._on_event(control):
                     return True
             self._inbox = kept
         if everything:
@@ -382,7 +381,6 @@ class ThreadConnection:
         else:
             assert type(event) is Close
             self._inbox.clear()
-            self._inbox_bytes = 0
             return True
         return False
 
@@ -405,7 +403,7 @@ class ThreadConnection:
             if not self._spawn():
                 free = self._waiting + started  # threads that will take a queued call
                 while len(runq) > free:
-                    self.core.finish(runq.pop(), Raised(_no_thread()))
+                    self.core.finish(runq.pop(), raised=_no_thread())
                 return False
         return True
 
@@ -599,6 +597,12 @@ class ThreadConnection:
 _QUEUED_CALLS = 16
 #: the bytes of frames read and not yet taken in over which a connection is not read further
 _INBOX_BYTES = 256 * 1024
+
+
+def _bytes_of(frames: deque[wire.RawFrame]) -> int:
+    return sum(len(frame.body) for frame in frames)
+
+
 #: "could not start a thread", at most 10 lines per 10 s
 thread_start_failed = RateLimitedLog(logger, logging.ERROR, "failed thread starts")
 
