@@ -207,6 +207,11 @@ class ServerConnection:
     def has_output(self) -> bool:
         return bool(self._out.frames)
 
+    def has_deadline(self) -> bool:
+        """Whether :meth:`next_deadline` may give one now (a frame is half
+        received, or the idle timeout is set): an engine can skip asking."""
+        return self._clocks.partial_since is not None or self._rules.connection_idle_timeout is not None
+
     def may_time_out(self) -> bool:
         """Whether a deadline can come up without a read (the idle timeout
         is set): a waiting engine must then be ready to have its wait cut

@@ -207,7 +207,6 @@ class Connection(CallRunner, OutputWriter):
         """One read: the frames it completed (maybe none); None if the
         reading is over (the core said why)."""
         transport, core, ancillary = self._transport, self.core, self._ancillary
-        before = transport.buffered_size()
         try:
             frames = transport.recv_packets_nowait(ancillary, self._bufsize)
         except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
@@ -223,9 +222,10 @@ class Connection(CallRunner, OutputWriter):
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
         buffered = transport.buffered_size()
-        if frames or buffered != before:  # bytes came
+        if frames or buffered:  # bytes came (or a frame is still half read)
             excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
-            if core.received(self._clock(), partial=buffered > 0, receive_buffer=excess) is not None:
+            now = self._clock() if buffered or core.may_time_out() else 0.0  # (the time only matters then)
+            if core.received(now, partial=buffered > 0, receive_buffer=excess) is not None:
                 await self._flush()  # over the server's memory budget
                 return None
         return frames
@@ -234,7 +234,7 @@ class Connection(CallRunner, OutputWriter):
         """Wait for the socket, or for the core's next deadline: False if
         the core closed the connection when it passed."""
         core = self.core
-        deadline = core.next_deadline(self._clock())
+        deadline = core.next_deadline(self._clock()) if core.has_deadline() else None
         if deadline is None and not core.may_time_out():  # (the common case: no scope to set up)
             self._waiting_plain = True
             try:
