@@ -5,11 +5,13 @@ The server calls these building blocks; daemons may use them directly too.
 """
 
 from .activation import ListenFd, adopt_listener, inherited_listener_at, inherited_listeners, listen_fds
+from .journal import JournalHandler
 from .logs import JournalFormatter, RateLimitFilter, install_daemon_logging, stream_is_journal
 from .notify import Notifier, notify
 
 __all__ = [
     "JournalFormatter",
+    "JournalHandler",
     "ListenFd",
     "Notifier",
     "RateLimitFilter",
