@@ -132,7 +132,9 @@ class Lifecycle:
     def tick(self, connections: int) -> float | None:
         """Ping the watchdog when due, and shut down after ``idle_timeout``
         with no connection: how long the engine may sleep before the next
-        tick (None: nothing is due)."""
+        tick (None: nothing is due; 0 while a reload is pending, so that an
+        engine which consumed the wake-up of a reload asked for after it
+        last looked does not sleep on it)."""
         now = time.monotonic()
         waits: list[float] = []
         if self._watchdog is not None:
@@ -152,4 +154,6 @@ class Lifecycle:
                     self._server.shutdown()
                 else:
                     waits.append(since + idle_timeout - now)
+        if self.reload_requested:
+            return 0.0
         return max(min(waits), 0.0) if waits else None
