@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from unixrpc import Client, InternalError, Method, Server
 from unixrpc.daemon import (
     JournalFormatter,
     JournalHandler,
@@ -390,7 +391,7 @@ class Journal:
     def nothing_pending(self) -> bool:
         self.sock.setblocking(False)
         try:
-            self.sock.recv(1)
+            self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return True
         return False
@@ -613,3 +614,60 @@ def test_a_daemon_under_journald_sends_entries_not_lines(
     assert entries[2]["MESSAGE"].endswith("\nZeroDivisionError: division by zero")
     [identifier] = {e["SYSLOG_IDENTIFIER"] for e in entries}
     assert identifier.startswith("python"), "python -c: the process name"
+
+
+class Add(Method[int]):
+    a: int
+    b: int
+
+
+class Boom(Method[int]):
+    pass
+
+
+@pytest.mark.server
+def test_a_servers_records_reach_the_journal_with_the_call_fields(
+    journal: Journal, sock_dir: str, server_backend: str
+) -> None:
+    server = Server()
+
+    @server.method(Add)
+    def add(request: Add) -> int:
+        return request.a + request.b
+
+    @server.method(Boom)
+    def boom(request: Boom) -> int:
+        raise RuntimeError("kaboom")
+
+    handler = JournalHandler(socket_path=journal.path)
+    target = logging.getLogger("unixrpc.server")
+    target.addHandler(handler)
+    previous_level = target.level
+    target.setLevel(logging.DEBUG)
+    path = os.path.join(sock_dir, "kv.sock")
+    try:
+        with server.serve_in_thread(path, backend=server_backend), Client(path, timeout=10) as client:
+            assert client.call(Add(a=1, b=2)) == 3
+            with pytest.raises(InternalError):
+                client.call(Boom())
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(previous_level)
+        handler.close()
+    entries = []
+    while not journal.nothing_pending():
+        entries.append(journal.entry())
+    [added] = [e for e in entries if e.get("UNIXRPC_METHOD") == "Add" and e["PRIORITY"] == "7"]
+    assert {name: added[name] for name in ("UNIXRPC_PEER_PID", "UNIXRPC_PEER_UID", "UNIXRPC_OUTCOME")} == {
+        "UNIXRPC_PEER_PID": str(os.getpid()),
+        "UNIXRPC_PEER_UID": str(os.getuid()),
+        "UNIXRPC_OUTCOME": "ok",
+    }
+    assert added["UNIXRPC_CALL_ID"].isdigit()
+    assert "UNIXRPC_DURATION_MS" in added
+    assert added["LOGGER"] == "unixrpc.server"
+    assert added["MESSAGE"].startswith("unixrpc.server: call Add id=")
+    [raised] = [e for e in entries if e["PRIORITY"] == "3"]
+    assert raised["MESSAGE"].startswith("unixrpc.server: handler of Boom raised")
+    assert raised["MESSAGE"].endswith("\nRuntimeError: kaboom"), "the traceback in the same entry"
+    assert any(e["MESSAGE"] == f"unixrpc.server: serving 2 methods on {path}" for e in entries)
