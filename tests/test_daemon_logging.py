@@ -430,6 +430,7 @@ def test_encode_entry_is_the_native_protocol() -> None:
     two_lines = encode_entry([("MESSAGE", "a\nb"), ("X", b"\xff")])
     assert two_lines == b"MESSAGE\n" + (3).to_bytes(8, "little") + b"a\nb\n" + b"X=\xff\n"
     assert encode_entry([("EMPTY", "")]) == b"EMPTY=\n"
+    assert encode_entry([("PATH", "/tmp/\udcff"), ("ODD", "\ud800")]) == b"PATH=/tmp/\xff\nODD=\\ud800\n"
     for bad in ("message", "_PID", "1ST", "", "A" * 65, "A-B"):
         with pytest.raises(ValueError, match="is not a journal field name"):
             encode_entry([(bad, "x")])

@@ -109,7 +109,8 @@ def field_name(name: str) -> str | None:
 def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
     """One entry of the native protocol from (name, value) pairs, in order.
 
-    Text is encoded as UTF-8 (lone surrogates kept as their bytes); a value
+    Text is encoded as UTF-8 (bytes that ``surrogateescape`` decoding kept
+    are sent as they were, other lone surrogates as ``\\udXXX``); a value
     with a newline takes the length-prefixed form.
 
     Raises:
@@ -122,13 +123,20 @@ def encode_entry(fields: Iterable[tuple[str, str | bytes]]) -> bytes:
             raise ValueError(
                 f"{name!r} is not a journal field name (A-Z, 0-9 and _, starting with a letter, at most 64)"
             )
-        data = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+        data = _utf8(value) if isinstance(value, str) else value
         key = name.encode("ascii")
         if b"\n" in data:
             out += key + b"\n" + struct.pack("<Q", len(data)) + data + b"\n"
         else:
             out += key + b"=" + data + b"\n"
     return bytes(out)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
 
 
 def default_identifier() -> str:
