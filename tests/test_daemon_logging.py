@@ -1,12 +1,20 @@
-"""Daemon logging: syslog priority prefixes when stderr is the journal stream
-(a child process whose stderr is a real file that JOURNAL_STREAM names), the
+"""Daemon logging: the native journal protocol (a real datagram socket stands in
+for journald's: one entry per record, traceback included, with its fields; a
+memfd for a big one; stderr while the journal is away), syslog priority
+prefixes when stderr is the journal stream but no journal socket is there (a
+child process whose stderr is a real file that JOURNAL_STREAM names), the
 rate limiter (a fake clock, real loggers and handlers), and the installer."""
 
 from __future__ import annotations
 
+import array
+import fcntl
+import inspect
 import io
 import logging
 import os
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -14,7 +22,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from unixrpc.daemon import JournalFormatter, RateLimitFilter, install_daemon_logging, stream_is_journal
+from unixrpc import Client, InternalError, Method, Server
+from unixrpc.daemon import (
+    JournalFormatter,
+    JournalHandler,
+    RateLimitFilter,
+    install_daemon_logging,
+    stream_is_journal,
+)
+from unixrpc.daemon.journal import encode_entry, field_name
 from unixrpc.daemon.logs import syslog_priority
 
 
@@ -112,8 +128,12 @@ logging.getLogger("kv").critical("disk gone")
 """
 
 
-def run_child_with_stderr_in(path: str, journal_stream_of: str | None) -> str:
+def run_child_with_stderr_in(
+    path: str, journal_stream_of: str | None, journal_socket: str | None = None
+) -> str:
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    # never the real journal: a socket of the test's, or none (the stream, with <N>)
+    env["UNIXRPC_JOURNAL_SOCKET"] = journal_socket or os.path.join(os.path.dirname(path), "no-journal-socket")
     with open(path, "w") as stderr:
         if journal_stream_of is not None:
             st = os.stat(journal_stream_of)
@@ -257,6 +277,7 @@ def test_bad_limits_are_refused() -> None:
 
 def test_install_daemon_logging_limits_a_flood(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+    monkeypatch.setenv("UNIXRPC_JOURNAL_SOCKET", "/nonexistent/journal.socket")  # the <N> stream
     target = logging.getLogger("install-test")
     target.propagate = False
     out = io.StringIO()
@@ -297,3 +318,357 @@ def test_install_daemon_logging_plain(monkeypatch: pytest.MonkeyPatch) -> None:
         target.setLevel(logging.NOTSET)
     with pytest.raises(TypeError, match=r"logger must be a logging\.Logger or a name"):
         install_daemon_logging(logger=42)  # type: ignore[arg-type]
+
+
+# -- the native journal protocol -----------------------------------------------------------------
+#
+# A real AF_UNIX datagram socket stands in for /run/systemd/journal/socket (the handler's
+# socket_path=, or UNIXRPC_JOURNAL_SOCKET for a child); entries are parsed here, independently of
+# the library, as the "Native Journal Protocol" document describes them.
+
+
+def parse_entry(data: bytes) -> list[tuple[str, bytes]]:
+    """The (name, value) pairs of one native entry, in order."""
+    fields: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        line = data[pos:end]
+        if b"=" in line:
+            name, _, value = line.partition(b"=")
+            pos = end + 1
+        else:
+            name = line
+            (size,) = struct.unpack_from("<Q", data, end + 1)
+            start = end + 9
+            value = data[start : start + size]
+            assert data[start + size : start + size + 1] == b"\n", "a binary value ends with a newline"
+            pos = start + size + 1
+        fields.append((name.decode("ascii"), value))
+    return fields
+
+
+class Journal:
+    """The journal's end: a bound datagram socket that reads entries, from the
+    datagram itself or from a memfd passed with it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.memfds = 0
+
+    def raw(self, timeout: float = 5.0) -> tuple[bytes, list[int]]:
+        self.sock.settimeout(timeout)
+        data, ancdata, flags, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * 4))
+        assert not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds.extend(array.array("i", payload[: len(payload) - len(payload) % 4]))
+        return data, fds
+
+    def entry(self, timeout: float = 5.0) -> dict[str, str]:
+        """The next entry, its fields as text (each name once)."""
+        data, fds = self.raw(timeout)
+        if fds:
+            [fd] = fds
+            try:
+                assert data == b"", "a memfd comes in an empty datagram"
+                seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+                wanted = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                assert seals & wanted == wanted, "journald takes sealed memfds"
+                size = os.fstat(fd).st_size
+                data = os.pread(fd, size, 0)
+                self.memfds += 1
+            finally:
+                os.close(fd)
+        fields = parse_entry(data)
+        names = [name for name, _ in fields]
+        assert len(names) == len(set(names)), f"a field sent twice: {names}"
+        return {name: value.decode() for name, value in fields}
+
+    def nothing_pending(self) -> bool:
+        self.sock.setblocking(False)
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def journal(sock_dir: str) -> Iterator[Journal]:
+    receiver = Journal(os.path.join(sock_dir, "journal.socket"))
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+@pytest.fixture
+def journal_logger(journal: Journal) -> Iterator[tuple[logging.Logger, JournalHandler]]:
+    handler = JournalHandler(socket_path=journal.path, identifier="kvstore")
+    target = logging.getLogger("journal-test")
+    target.propagate = False
+    target.setLevel(logging.DEBUG)
+    target.addHandler(handler)
+    try:
+        yield target, handler
+    finally:
+        target.removeHandler(handler)
+        handler.close()
+        target.propagate = True
+        target.setLevel(logging.NOTSET)
+
+
+def test_encode_entry_is_the_native_protocol() -> None:
+    assert encode_entry([("MESSAGE", "hello"), ("PRIORITY", "6")]) == b"MESSAGE=hello\nPRIORITY=6\n"
+    two_lines = encode_entry([("MESSAGE", "a\nb"), ("X", b"\xff")])
+    assert two_lines == b"MESSAGE\n" + (3).to_bytes(8, "little") + b"a\nb\n" + b"X=\xff\n"
+    assert encode_entry([("EMPTY", "")]) == b"EMPTY=\n"
+    assert encode_entry([("PATH", "/tmp/\udcff"), ("ODD", "\ud800")]) == b"PATH=/tmp/\xff\nODD=\\ud800\n"
+    for bad in ("message", "_PID", "1ST", "", "A" * 65, "A-B"):
+        with pytest.raises(ValueError, match="is not a journal field name"):
+            encode_entry([(bad, "x")])
+
+
+def test_record_attributes_become_field_names() -> None:
+    assert field_name("unixrpc_method") == "UNIXRPC_METHOD"
+    assert field_name("kv_key-name") == "KV_KEY_NAME"
+    assert field_name("_private") is None
+    assert field_name("9lives") is None
+    assert field_name("x" * 100) == "X" * 64
+
+
+def test_a_record_is_one_entry_with_its_fields(
+    journal: Journal, journal_logger: tuple[logging.Logger, JournalHandler]
+) -> None:
+    target, _ = journal_logger
+    fields = {
+        "unixrpc_method": "kv.Get",
+        "unixrpc_peer_pid": 4242,
+        "unixrpc_peer_uid": 1000,
+        "unixrpc_call_id": None,  # a notification has no id: left out
+        "unixrpc_outcome": "ok",
+        "other": "not a unixrpc_ attribute: not sent",
+    }
+    line = inspect.currentframe().f_lineno + 1  # type: ignore[union-attr]
+    target.info("call %s from pid %d", "kv.Get", 4242, extra=fields)
+    assert journal.entry() == {
+        "MESSAGE": "journal-test: call kv.Get from pid 4242",
+        "PRIORITY": "6",
+        "SYSLOG_IDENTIFIER": "kvstore",
+        "LOGGER": "journal-test",
+        "THREAD_NAME": "MainThread",
+        "CODE_FILE": __file__,
+        "CODE_LINE": str(line),
+        "CODE_FUNC": "test_a_record_is_one_entry_with_its_fields",
+        "UNIXRPC_METHOD": "kv.Get",
+        "UNIXRPC_PEER_PID": "4242",
+        "UNIXRPC_PEER_UID": "1000",
+        "UNIXRPC_OUTCOME": "ok",
+    }
+    target.debug("debug")
+    target.log(25, "notice")
+    target.critical("critical")
+    assert [journal.entry()["PRIORITY"] for _ in range(3)] == ["7", "5", "2"]
+    assert journal.nothing_pending()
+
+
+def test_a_traceback_is_one_entry(
+    journal: Journal, journal_logger: tuple[logging.Logger, JournalHandler]
+) -> None:
+    target, _ = journal_logger
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        target.exception("handler of %s raised", "kv.Get", extra={"unixrpc_method": "kv.Get"})
+    data, fds = journal.raw()
+    assert not fds
+    assert data.startswith(b"MESSAGE\n"), "a message with newlines takes the length-prefixed form"
+    entry = {name: value.decode() for name, value in parse_entry(data)}
+    lines = entry["MESSAGE"].split("\n")
+    assert lines[0] == "journal-test: handler of kv.Get raised"
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ZeroDivisionError: division by zero"
+    assert (entry["PRIORITY"], entry["UNIXRPC_METHOD"]) == ("3", "kv.Get")
+    assert journal.nothing_pending(), "the whole traceback is in that one entry"
+
+
+def test_a_big_entry_goes_in_a_sealed_memfd(
+    no_fd_leak: None, journal: Journal, journal_logger: tuple[logging.Logger, JournalHandler]
+) -> None:
+    target, _ = journal_logger
+    big = "".join(f"line {n}: " + "x" * 100 + "\n" for n in range(40_000))  # about 4 MiB
+    target.warning("%s", big)
+    entry = journal.entry()
+    assert journal.memfds == 1
+    assert entry["MESSAGE"] == "journal-test: " + big
+    assert entry["PRIORITY"] == "4"
+    target.warning("small again")
+    assert journal.entry()["MESSAGE"] == "journal-test: small again"
+    assert journal.memfds == 1, "a datagram when it fits"
+
+
+def test_records_go_to_stderr_while_the_journal_is_away(sock_dir: str) -> None:
+    path = os.path.join(sock_dir, "journal.socket")
+    fallback = io.StringIO()
+    handler = JournalHandler(socket_path=path, fallback=fallback)
+    target = logging.getLogger("journal-away")
+    target.propagate = False
+    target.addHandler(handler)
+    try:
+        target.error("first\nsecond")
+        target.warning("again")
+        assert fallback.getvalue().splitlines() == [
+            f"<4>unixrpc.daemon: cannot send to the journal at {path}: [Errno 2] No such file or "
+            "directory; writing records to stderr until it works again",
+            "<3>journal-away: first",
+            "<3>second",
+            "<4>journal-away: again",
+        ]
+        journal = Journal(path)
+        try:
+            target.warning("back")
+            assert journal.entry()["MESSAGE"] == "journal-away: back"
+        finally:
+            journal.close()
+        fallback.seek(0)
+        fallback.truncate()
+        target.warning("gone again")
+        lines = fallback.getvalue().splitlines()
+        assert lines[0].startswith("<4>unixrpc.daemon: cannot send to the journal at"), "said again"
+        assert lines[1:] == ["<4>journal-away: gone again"]
+    finally:
+        target.removeHandler(handler)
+        handler.close()
+        target.propagate = True
+
+
+def test_field_prefixes_are_checked_and_extend_the_fields(journal: Journal) -> None:
+    for bad in ("", "_kv", "9x"):
+        with pytest.raises(ValueError, match="cannot start journal field names"):
+            JournalHandler(socket_path=journal.path, field_prefixes=("unixrpc_", bad))
+    handler = JournalHandler(socket_path=journal.path, field_prefixes=("unixrpc_", "kv_"))
+    try:
+        record = logging.LogRecord("kv", logging.INFO, __file__, 7, "stored", None, None)
+        record.kv_key = "greeting"
+        record.unixrpc_outcome = "ok"
+        handler.handle(record)
+        entry = journal.entry()
+        assert (entry["KV_KEY"], entry["UNIXRPC_OUTCOME"]) == ("greeting", "ok")
+    finally:
+        handler.close()
+
+
+def test_install_uses_the_journal_under_journald(
+    journal: Journal, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UNIXRPC_JOURNAL_SOCKET", journal.path)
+    target = logging.getLogger("install-journal")
+    target.propagate = False
+    with open(os.path.join(tmp_path, "stderr"), "w") as stderr:
+        st = os.fstat(stderr.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        try:
+            handler = install_daemon_logging(logger=target, stream=stderr)
+            assert isinstance(handler, JournalHandler)
+            assert handler.fallback is stderr
+            for n in range(20):
+                target.warning("violation %d", n)
+            assert [journal.entry()["MESSAGE"] for _ in range(10)] == [
+                f"install-journal: violation {n}" for n in range(10)
+            ]
+            assert journal.nothing_pending(), "the rate limiter guards it too"
+            monkeypatch.setenv("UNIXRPC_JOURNAL_SOCKET", os.path.join(tmp_path, "no-socket"))
+            stream_handler = install_daemon_logging(logger=target, stream=stderr)
+            assert not isinstance(stream_handler, JournalHandler), "no socket: the stream, with <N>"
+            assert isinstance(stream_handler.formatter, JournalFormatter)
+            assert target.handlers == [stream_handler]
+        finally:
+            for h in list(target.handlers):
+                target.removeHandler(h)
+            target.propagate = True
+            target.setLevel(logging.NOTSET)
+
+
+def test_a_daemon_under_journald_sends_entries_not_lines(
+    journal: Journal, tmp_path: os.PathLike[str]
+) -> None:
+    path = os.path.join(tmp_path, "stderr")
+    open(path, "w").close()
+    run_child_with_stderr_in(path, journal_stream_of=path, journal_socket=journal.path)
+    with open(path) as file:
+        assert file.read() == "", "nothing on the stream"
+    entries = [journal.entry() for _ in range(4)]
+    assert journal.nothing_pending()
+    assert [(e["PRIORITY"], e["MESSAGE"].split("\n")[0]) for e in entries] == [
+        ("6", "unixrpc.server: serving on /run/kv.sock"),
+        ("4", "unixrpc.server: protocol violation from pid 42"),
+        ("3", "unixrpc.server: handler failed"),
+        ("2", "kv: disk gone"),
+    ]
+    assert entries[2]["MESSAGE"].endswith("\nZeroDivisionError: division by zero")
+    [identifier] = {e["SYSLOG_IDENTIFIER"] for e in entries}
+    assert identifier.startswith("python"), "python -c: the process name"
+
+
+class Add(Method[int]):
+    a: int
+    b: int
+
+
+class Boom(Method[int]):
+    pass
+
+
+@pytest.mark.server
+def test_a_servers_records_reach_the_journal_with_the_call_fields(
+    journal: Journal, sock_dir: str, server_backend: str
+) -> None:
+    server = Server()
+
+    @server.method(Add)
+    def add(request: Add) -> int:
+        return request.a + request.b
+
+    @server.method(Boom)
+    def boom(request: Boom) -> int:
+        raise RuntimeError("kaboom")
+
+    handler = JournalHandler(socket_path=journal.path)
+    target = logging.getLogger("unixrpc.server")
+    target.addHandler(handler)
+    previous_level = target.level
+    target.setLevel(logging.DEBUG)
+    path = os.path.join(sock_dir, "kv.sock")
+    try:
+        with server.serve_in_thread(path, backend=server_backend), Client(path, timeout=10) as client:
+            assert client.call(Add(a=1, b=2)) == 3
+            with pytest.raises(InternalError):
+                client.call(Boom())
+    finally:
+        target.removeHandler(handler)
+        target.setLevel(previous_level)
+        handler.close()
+    entries = []
+    while not journal.nothing_pending():
+        entries.append(journal.entry())
+    [added] = [e for e in entries if e.get("UNIXRPC_METHOD") == "Add" and e["PRIORITY"] == "7"]
+    assert {name: added[name] for name in ("UNIXRPC_PEER_PID", "UNIXRPC_PEER_UID", "UNIXRPC_OUTCOME")} == {
+        "UNIXRPC_PEER_PID": str(os.getpid()),
+        "UNIXRPC_PEER_UID": str(os.getuid()),
+        "UNIXRPC_OUTCOME": "ok",
+    }
+    assert added["UNIXRPC_CALL_ID"].isdigit()
+    assert "UNIXRPC_DURATION_MS" in added
+    assert added["LOGGER"] == "unixrpc.server"
+    assert added["MESSAGE"].startswith("unixrpc.server: call Add id=")
+    [raised] = [e for e in entries if e["PRIORITY"] == "3"]
+    assert raised["MESSAGE"].startswith("unixrpc.server: handler of Boom raised")
+    assert raised["MESSAGE"].endswith("\nRuntimeError: kaboom"), "the traceback in the same entry"
+    assert any(e["MESSAGE"] == f"unixrpc.server: serving 2 methods on {path}" for e in entries)

@@ -1,7 +1,8 @@
 """sd_notify over real datagrams: a test binds an AF_UNIX SOCK_DGRAM socket (a
 path or an abstract name), points NOTIFY_SOCKET at it, and reads what
 notify() and Notifier send, with the sender's credentials as systemd sees
-them."""
+them; and what a server says (READY=1 and STATUS= counting methods as the log
+does, back to the serving status after a reload), on every engine."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import anyio
 import pytest
 
-from daemon_support import Manager
-from unixrpc import notify
+from daemon_support import Manager, bind_manager
+from unixrpc import Client, Method, Server, UnixSocketAddress, notify
 from unixrpc.daemon import Notifier
+from unixrpc.server.lifecycle import Lifecycle
 
 _names = itertools.count()
 
@@ -268,3 +272,132 @@ def test_notifier_logs_a_failing_manager_once(
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, f"notifying the service manager at {path} works again")
     ]
+
+
+# -- what the server says: STATUS= on every engine ---------------------------------------------
+
+
+class Get(Method[str]):
+    key: str
+
+
+class Put(Method[None]):
+    key: str
+    value: str
+
+
+class Size(Method[int]):
+    pass
+
+
+class Reload:
+    """An on_reload hook, plain or async, that raises when told to."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.fail = False
+        self.runs = 0
+
+    def run(self) -> None:
+        self.runs += 1
+        if self.fail:
+            raise RuntimeError("bad configuration")
+
+    def hook(self) -> Callable[[], object]:
+        if self.kind == "sync":
+            return self.run
+
+        async def hook() -> None:
+            await anyio.sleep(0)
+            self.run()
+
+        return hook
+
+
+def kv_server(**kwargs: Any) -> Server:
+    server = Server(**kwargs)
+
+    @server.method(Get)
+    def get(request: Get) -> str:
+        return request.key
+
+    @server.method(Put)
+    def put(request: Put) -> None:
+        return None
+
+    @server.method(Size)
+    def size(request: Size) -> int:
+        return 0
+
+    return server
+
+
+@pytest.fixture
+def service_manager(sock_dir: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Manager]:
+    """The manager's end of NOTIFY_SOCKET, for a server in this process."""
+    manager = bind_manager(os.path.join(sock_dir, "notify"))
+    monkeypatch.setenv("NOTIFY_SOCKET", manager.notify_socket)
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+    with manager.sock:
+        yield manager
+
+
+def status_of(lines: list[bytes]) -> str:
+    [status] = [line for line in lines if line.startswith(b"STATUS=")]
+    return status.decode().partition("=")[2]
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+def test_status_counts_methods_as_the_log_does_and_comes_back_after_a_reload(
+    sock_dir: str,
+    service_manager: Manager,
+    server_backend: str,
+    hook_kind: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="unixrpc.server")
+    reload = Reload(hook_kind)
+    server = kv_server(on_reload=reload.hook())
+    assert len(server.methods) > 3, "the library's own unixrpc.* methods are served too"
+    path = os.path.join(sock_dir, "kv.sock")
+    serving = f"serving 3 methods on {path}"
+    with server.serve_in_thread(path, backend=server_backend):
+        assert status_of(service_manager.wait_for(b"READY=1")[0]) == serving
+        assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("serving")] == [serving]
+
+        server.reload()
+        lines, pid = service_manager.wait_for(b"RELOADING=1")
+        assert (status_of(lines), pid) == ("reloading", os.getpid())
+        assert status_of(service_manager.wait_for(b"READY=1")[0]) == serving, "not 'reloaded' for good"
+
+        reload.fail = True
+        server.reload()
+        service_manager.wait_for(b"RELOADING=1")
+        failed = status_of(service_manager.wait_for(b"READY=1")[0])
+        assert failed == serving + " (the last reload failed: see the log)"
+        [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert error.getMessage() == "the on_reload hook raised"
+        assert error.exc_info is not None
+        assert str(error.exc_info[1]) == "bad configuration"
+
+        reload.fail = False
+        server.reload()
+        service_manager.wait_for(b"RELOADING=1")
+        assert status_of(service_manager.wait_for(b"READY=1")[0]) == serving, "a good reload clears it"
+        with Client(path, timeout=10) as client:
+            assert client.call(Get(key="still serving")) == "still serving"
+    assert status_of(service_manager.wait_for(b"STOPPING=1")[0]) == "shutting down"
+    assert reload.runs == 3
+
+
+def test_no_ready_for_a_reload_without_a_hook(service_manager: Manager, sock_dir: str) -> None:
+    server = kv_server()
+    lifecycle = Lifecycle(server, lambda: None)
+    lifecycle.started([UnixSocketAddress.from_pathname(os.path.join(sock_dir, "kv.sock"))])
+    assert status_of(service_manager.receive()[0].split(b"\n")) == f"serving 3 methods on {sock_dir}/kv.sock"
+    lifecycle.request_reload()
+    assert lifecycle.reload() is None
+    lifecycle.reloaded()
+    assert service_manager.nothing_pending(), "no RELOADING=1 was sent: no READY=1 either"

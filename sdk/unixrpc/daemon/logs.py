@@ -1,18 +1,24 @@
-"""Logging for daemons: levels journald keeps, and floods it never sees.
+"""Logging for daemons: whole records in the journal, with their levels and
+fields, and floods it never sees.
 
 Owns three things:
 
-* :class:`JournalFormatter`: under systemd, stderr is a stream into journald
-  (``JOURNAL_STREAM`` holds its ``device:inode``, systemd.exec(5)); a line
-  starting ``<N>`` (sd-daemon(3)) is stored at syslog priority N, so each line
-  of a record, a traceback's too, gets the record's priority. No timestamp:
-  journald stamps every line itself.
+* the choice of how records reach journald. Under systemd, stderr is a
+  stream into journald (``JOURNAL_STREAM`` holds its ``device:inode``,
+  systemd.exec(5)) that splits at newlines: a traceback would be one entry
+  per line, and no field but the priority gets through. So, when stderr is
+  that stream and the journal's socket exists, records go over the native
+  protocol instead (:class:`~unixrpc.daemon.journal.JournalHandler`: one
+  entry per record, with fields). Without the socket,
+  :class:`JournalFormatter` writes each line of a record with ``<N>``
+  (sd-daemon(3)), the record's syslog priority. No timestamp either way:
+  journald stamps entries itself.
 * :class:`RateLimitFilter`: at most ``burst`` records per ``interval``
   seconds per key (by default: logger, level and message template, so one
   warning raised by many peers is one key), then one ``suppressed K
   messages`` line when the window is over; memory is bounded.
-* :func:`install_daemon_logging`: the default handler for a daemon, on
-  stderr, with both of the above when under journald.
+* :func:`install_daemon_logging`: the default handler for a daemon, chosen
+  as above, guarded by a rate limiter.
 
 The module is called ``logs`` so that it does not shadow the stdlib's
 ``logging``. Imports only the stdlib.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import threading
 import time
@@ -29,46 +36,24 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Final, Literal, TextIO
 
+from .journal import MESSAGE_FORMAT, JournalHandler, journal_socket_path, prefix_lines, syslog_priority
+
 __all__ = [
     "JournalFormatter",
     "RateLimitFilter",
     "install_daemon_logging",
+    "journal_socket_exists",
     "stream_is_journal",
     "syslog_priority",
 ]
 
-#: syslog priorities (sd-daemon(3): SD_EMERG "<0>" ... SD_DEBUG "<7>").
-LOG_CRIT: Final = 2
-LOG_ERR: Final = 3
-LOG_WARNING: Final = 4
-LOG_NOTICE: Final = 5
-LOG_INFO: Final = 6
-LOG_DEBUG: Final = 7
-
 #: what a daemon's lines look like outside journald
 PLAIN_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: and inside (journald adds the time, the unit and the pid)
-JOURNAL_FORMAT: Final = "%(name)s: %(message)s"
+JOURNAL_FORMAT: Final = MESSAGE_FORMAT
 
 _INSTALLED: Final = "_unixrpc_daemon_handler"
 _SUMMARY: Final = "_unixrpc_ratelimit_summary"
-
-
-def syslog_priority(levelno: int) -> int:
-    """The syslog priority for a ``logging`` level: CRITICAL 2, ERROR 3,
-    WARNING 4, INFO 6, DEBUG 7; levels in between take the next more severe
-    (a custom level 25 between INFO and WARNING is NOTICE, 5)."""
-    if levelno >= logging.CRITICAL:
-        return LOG_CRIT
-    if levelno >= logging.ERROR:
-        return LOG_ERR
-    if levelno >= logging.WARNING:
-        return LOG_WARNING
-    if levelno > logging.INFO:
-        return LOG_NOTICE
-    if levelno >= logging.INFO:
-        return LOG_INFO
-    return LOG_DEBUG
 
 
 def stream_is_journal(stream: TextIO | int | None = None) -> bool:
@@ -90,6 +75,16 @@ def stream_is_journal(stream: TextIO | int | None = None) -> bool:
     return expected == (st.st_dev, st.st_ino)
 
 
+def journal_socket_exists(path: str | None = None) -> bool:
+    """True if *path* (default :func:`~unixrpc.daemon.journal.journal_socket_path`:
+    ``/run/systemd/journal/socket``, or ``$UNIXRPC_JOURNAL_SOCKET`` in tests)
+    is a socket, so the native journal protocol can be used. Never raises."""
+    try:
+        return stat.S_ISSOCK(os.stat(path if path is not None else journal_socket_path()).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 class JournalFormatter(logging.Formatter):
     """Formats records for journald's stream protocol: every line, the
     traceback's included, starts with ``<N>``, the record's syslog priority.
@@ -108,9 +103,7 @@ class JournalFormatter(logging.Formatter):
         super().__init__(fmt, datefmt, style, validate)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{syslog_priority(record.levelno)}>"
-        return "\n".join(prefix + line for line in text.split("\n"))
+        return prefix_lines(super().format(record), syslog_priority(record.levelno))
 
 
 @dataclass
@@ -250,14 +243,25 @@ def install_daemon_logging(
 ) -> logging.Handler:
     """Install the default handler for a daemon and return it.
 
-    A :class:`logging.StreamHandler` on *stream* (default ``sys.stderr``)
-    added to *logger* (default the root logger, so the daemon's own records
-    go the same way), whose level is set to *level*. Under journald
-    (*journal* None: detected with :func:`stream_is_journal`) records are
-    formatted by :class:`JournalFormatter`; otherwise as
-    ``time LEVEL logger: message``. A :class:`RateLimitFilter` (default: 10
-    per 30 s per key, WARNING and above) guards the handler. Calling it again
-    replaces the handler it installed before on that logger.
+    The handler is added to *logger* (default the root logger, so the
+    daemon's own records go the same way), whose level is set to *level*.
+    Which handler:
+
+    * under journald (*journal* None: *stream*, default ``sys.stderr``, is
+      the journal stream, :func:`stream_is_journal`; *journal* True: assume
+      it is) and the journal's socket exists (:func:`journal_socket_exists`):
+      a :class:`~unixrpc.daemon.journal.JournalHandler`, one entry per
+      record, traceback included, with fields (``PRIORITY``, ``CODE_*``,
+      ``LOGGER``, ``UNIXRPC_*`` from the record's ``unixrpc_*`` attributes);
+      it falls back to *stream* with ``<N>`` prefixes when sending fails;
+    * under journald without the socket: a :class:`logging.StreamHandler` on
+      *stream* with :class:`JournalFormatter` (each line ``<N>``-prefixed);
+    * elsewhere (or *journal* False): a :class:`logging.StreamHandler` on
+      *stream*, ``time LEVEL logger: message``.
+
+    A :class:`RateLimitFilter` (default: 10 per 30 s per key, WARNING and
+    above) guards the handler. Calling it again replaces the handler it
+    installed before on that logger.
 
     Raises:
         TypeError: *logger* is not a logger or a logger name.
@@ -270,12 +274,17 @@ def install_daemon_logging(
         raise TypeError(f"logger must be a logging.Logger or a name, got {logger!r}")
     out = sys.stderr if stream is None else stream
     under_journal = stream_is_journal(out) if journal is None else journal
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(JournalFormatter() if under_journal else logging.Formatter(PLAIN_FORMAT))
+    handler: logging.Handler
+    if under_journal and journal_socket_exists():
+        handler = JournalHandler(fallback=stream)
+    else:
+        handler = logging.StreamHandler(out)
+        handler.setFormatter(JournalFormatter() if under_journal else logging.Formatter(PLAIN_FORMAT))
     handler.addFilter(rate_limit if rate_limit is not None else RateLimitFilter())
     setattr(handler, _INSTALLED, True)
     for previous in [h for h in target.handlers if getattr(h, _INSTALLED, False)]:
         target.removeHandler(previous)
+        previous.close()
     target.addHandler(handler)
     target.setLevel(level)
     return handler

@@ -35,6 +35,7 @@ from .anyio import AnyioEngine, HandlerThreads
 from .binding import BoundListener
 from .config import ServerConfig
 from .context import CallContext
+from .lifecycle import served_method_count
 from .policy import Allow, access_table
 from .registration import context_comes_first, missing_method_class
 from .serving import journal_logging_by_default, listeners_for, signals_shut_down, unwrap
@@ -374,7 +375,7 @@ class Server:
             self._listeners_now, self._engine = listeners, engine
             self._rules.stopping = False
         where = ", ".join(str(bound.address) for bound in listeners)
-        logger.info("serving %d methods on %s", len(self._handlers), where)
+        logger.info("serving %d methods on %s", served_method_count(self), where)  # as STATUS= says
         return listeners
 
     def _end(self, listeners: list[BoundListener]) -> None:
