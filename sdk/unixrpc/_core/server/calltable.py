@@ -176,8 +176,13 @@ class CallTable:
         self._queue(body, fds, owner=call)
 
     def _fail(self, call: ServerCall, exc: BaseException) -> None:
-        who = f" (call {call.call_id} from pid {self._peer[0]} uid {self._peer[1]})"
-        self._fail_with(call, error_of(call.handler.spec.name, exc, self._rules.expose_tracebacks, who))
+        pid, uid = self._peer
+        who = f" (call {call.call_id} from pid {pid} uid {uid})"
+        fields = {"unixrpc_method": call.handler.spec.name, "unixrpc_call_id": call.call_id}
+        fields.update(unixrpc_peer_pid=pid, unixrpc_peer_uid=uid, unixrpc_outcome="raised")
+        self._fail_with(
+            call, error_of(call.handler.spec.name, exc, self._rules.expose_tracebacks, who, fields)
+        )
 
     def _fail_with(self, call: ServerCall, error: RPCError) -> None:
         if call.call_id is None:
@@ -187,15 +192,10 @@ class CallTable:
         self._retire(call, *error_body(self._codec, call.call_id, error))
 
     def _retire(self, call: ServerCall, body: bytes | None, fds: FdContext | None) -> None:
-        self._retire_one(call, body, fds)
-        if self.farewell is not None and not self.calls:
-            farewell, self.farewell = self.farewell, None
-            self._queue(farewell)
-
-    def _retire_one(self, call: ServerCall, body: bytes | None, fds: FdContext | None) -> None:
         """The one path out of the call table: queue the final frame, free
         the id and the slot, and release the request's descriptors once
-        nothing can refer to them."""
+        nothing can refer to them; the connection's farewell, if one waits,
+        follows the last call's reply."""
         call.answered = True
         call.waiting_credit = False
         self.calls.pop(call.key, None)
@@ -206,17 +206,23 @@ class CallTable:
         if body is None:
             if not call.abandoned:
                 self.release(call)
-            return
-        if fds is not None:
+        elif fds is not None:
             # a reply may hand back a request descriptor: release them with it
             release = None if call.abandoned or request_fds is EMPTY_FDS else request_fds
             if release is not None:
                 call.released = True
             self._queue(body, fds, release, call.call_id)
-            return
-        self._queue(body, call_id=call.call_id)
-        if not call.abandoned:
-            self.release(call)
+        else:
+            self._queue(body, call_id=call.call_id)
+            if call.abandoned:
+                pass
+            elif request_fds is EMPTY_FDS and not call.fd_frames:  # (release, inlined: the usual case)
+                call.released = True
+            else:
+                self.release(call)
+        if self.farewell is not None and not self.calls:
+            farewell, self.farewell = self.farewell, None
+            self._queue(farewell)
 
     @staticmethod
     def release(call: ServerCall) -> None:

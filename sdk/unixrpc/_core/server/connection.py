@@ -207,19 +207,6 @@ class ServerConnection:
     def has_output(self) -> bool:
         return bool(self._out.frames)
 
-    def has_deadline(self) -> bool:
-        """Whether :meth:`next_deadline` may give one now (a frame is half
-        received, or the idle timeout is set): an engine can skip asking."""
-        return self._clocks.partial_since is not None or self._rules.connection_idle_timeout is not None
-
-    def may_time_out(self) -> bool:
-        """Whether a deadline can come up without a read (the idle timeout
-        is set): a waiting engine must then be ready to have its wait cut
-        short when the connection becomes idle."""
-        return self._rules.connection_idle_timeout is not None
-
-    # -- facts from the engine: reads, time ----------------------------------------
-
     def received(self, now: float, *, partial: bool, receive_buffer: int = 0) -> Close | None:
         """A read brought bytes at *now* (monotonic seconds): *partial* if a
         frame is still half received after it; *receive_buffer* the read

@@ -45,13 +45,19 @@ def discard_value(spec: MethodSpec, value: Any) -> None:
         fds.sent()
 
 
-def error_of(name: str, exc: BaseException, expose_tracebacks: bool, who: str = "") -> RPCError:
+def error_of(
+    name: str,
+    exc: BaseException,
+    expose_tracebacks: bool,
+    who: str = "",
+    fields: dict[str, Any] | None = None,
+) -> RPCError:
     """What a handler's exception is sent as: a typed error as itself, any
     other as an ``InternalError`` (logged with the traceback, and *who*
     called: its traceback sent only if the server exposes them)."""
     if isinstance(exc, RPCError):
         return exc
-    logger.error("handler of %s raised%s", name, who, exc_info=exc)
+    logger.error("handler of %s raised%s", name, who, exc_info=exc, extra=fields)
     data = {"traceback": "".join(traceback.format_exception(exc))} if expose_tracebacks else None
     return InternalError(f"handler of {name} raised {type(exc).__name__}", data=data)
 

@@ -96,6 +96,8 @@ class Connection(CallRunner, OutputWriter):
         self._wait_scope: anyio.CancelScope | None = None  # the reader's wait for data, with a deadline
         self._waiting_plain = False  # the reader waits for data with no deadline
         self._clock = _loop_clock()  # anyio.current_time's clock, without its lookups
+        self._partial = False  # a frame is half read (as of the last read)
+        self._idle_limit = config.rules.connection_idle_timeout is not None
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -222,9 +224,10 @@ class Connection(CallRunner, OutputWriter):
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
         buffered = transport.buffered_size()
+        self._partial = buffered > 0
         if frames or buffered:  # bytes came (or a frame is still half read)
             excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
-            now = self._clock() if buffered or core.may_time_out() else 0.0  # (the time only matters then)
+            now = self._clock() if buffered or self._idle_limit else 0.0  # (the time only matters then)
             if core.received(now, partial=buffered > 0, receive_buffer=excess) is not None:
                 await self._flush()  # over the server's memory budget
                 return None
@@ -234,14 +237,14 @@ class Connection(CallRunner, OutputWriter):
         """Wait for the socket, or for the core's next deadline: False if
         the core closed the connection when it passed."""
         core = self.core
-        deadline = core.next_deadline(self._clock()) if core.has_deadline() else None
-        if deadline is None and not core.may_time_out():  # (the common case: no scope to set up)
+        if not self._partial and not self._idle_limit:  # (the common case: no deadline, no scope)
             self._waiting_plain = True
             try:
                 await self._transport.wait_for_data()
             finally:
                 self._waiting_plain = False
             return True
+        deadline = core.next_deadline(self._clock())
         with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
             self._wait_scope = scope  # moved by deadline_changed() when a call ends meanwhile
             try:
