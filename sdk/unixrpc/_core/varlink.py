@@ -51,7 +51,7 @@ SERVICE: Final = "org.varlink.service"
 #: counterpart: InternalError, Busy, ShuttingDown, ProtocolError, Cancelled)
 UNIXRPC_INTERFACE: Final = "org.unixrpc"
 
-_INTERFACE = re.compile(r"[a-z]([-]*[a-z0-9])*(\.[a-z0-9]([-]*[a-z0-9])*)+")
+_INTERFACE = re.compile(r"[A-Za-z]([-]*[A-Za-z0-9])*(\.[A-Za-z0-9]([-]*[A-Za-z0-9])*)+")
 _MEMBER = re.compile(r"[A-Z][A-Za-z0-9]*")
 _FIELD = re.compile(r"[A-Za-z](_?[A-Za-z0-9])*")
 
