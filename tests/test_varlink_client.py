@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import threading
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,30 +109,30 @@ def python_varlink_server() -> Iterator[str]:
 
     @service.interface("org.example.peer")
     class Peer:
-        def Add(self, a: int, b: int) -> dict[str, Any]:  # noqa: N802
+        def Add(self, a: int, b: int) -> dict[str, Any]:
             return {"result": a + b}
 
-        def Where(self, name: str) -> dict[str, Any]:  # noqa: N802
+        def Where(self, name: str) -> dict[str, Any]:
             return {"x": len(name), "y": 2}
 
-        def Count(self, n: int, _more: bool = False) -> Iterator[dict[str, Any]]:  # noqa: N802
+        def Count(self, n: int, _more: bool = False) -> Iterator[dict[str, Any]]:
             for i in range(n):
                 yield {"item": i, "_continues": i < n - 1}
 
-        def Echo(self, data: str) -> dict[str, Any]:  # noqa: N802
+        def Echo(self, data: str) -> dict[str, Any]:
             return {"data": data}
 
-        def Big(self, size: int) -> dict[str, Any]:  # noqa: N802
+        def Big(self, size: int) -> dict[str, Any]:
             return {"data": "z" * size}
 
-        def Remember(self, note: str) -> dict[str, Any]:  # noqa: N802
+        def Remember(self, note: str) -> dict[str, Any]:
             notes.append(note)
             return {}
 
-        def Recall(self) -> dict[str, Any]:  # noqa: N802
+        def Recall(self) -> dict[str, Any]:
             return {"notes": list(notes)}
 
-        def Divide(self, a: int, b: int) -> dict[str, Any]:  # noqa: N802
+        def Divide(self, a: int, b: int) -> dict[str, Any]:
             if b == 0:
                 raise varlink.VarlinkError(
                     {"error": "org.example.peer.DivisionByZero", "parameters": {"dividend": a}}
@@ -265,9 +264,9 @@ def test_a_timeout_closes_the_connection_and_fails_what_was_queued(silent_server
 
         first_sent = threading.Event()
         thread = threading.Thread(target=lambda: (first_sent.wait(), queued()))
+        thread.start()
+        first_sent.set()
         with pytest.raises(TimeoutError, match="connection was closed"):
-            thread.start()
-            first_sent.set()
             client.call(Add(a=1, b=1))
         thread.join()
         with pytest.raises(ConnectionBrokenError, match="timed out"):

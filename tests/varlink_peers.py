@@ -12,26 +12,26 @@ def fd_peer() -> asyncvarlink.VarlinkInterface:
 
     class FdPeer(asyncvarlink.VarlinkInterface, name="org.example.fds"):
         @asyncvarlink.varlinkmethod(return_parameter="result")
-        def ReadFrom(self, *, fd: asyncvarlink.FileDescriptor) -> str:  # noqa: N802
+        def ReadFrom(self, *, fd: asyncvarlink.FileDescriptor) -> str:
             return os.read(fd.fileno(), 100).decode()
 
         @asyncvarlink.varlinkmethod(return_parameter="result")
-        def Pipe(self) -> asyncvarlink.FileDescriptor:  # noqa: N802
+        def Pipe(self) -> asyncvarlink.FileDescriptor:
             read, write = os.pipe()
             os.write(write, b"from asyncvarlink")
             os.close(write)
             return asyncvarlink.FileDescriptor(read, should_close=True)
 
         @asyncvarlink.varlinkmethod(return_parameter="result")
-        def Add(self, *, a: int, b: int) -> int:  # noqa: N802
+        def Add(self, *, a: int, b: int) -> int:
             return a + b
 
         @asyncvarlink.varlinkmethod(return_parameter="data")
-        def Echo(self, *, data: str) -> str:  # noqa: N802
+        def Echo(self, *, data: str) -> str:
             return data
 
         @asyncvarlink.varlinkmethod(return_parameter="item")
-        def Count(self, *, n: int) -> typing.Iterator[int]:  # noqa: N802
+        def Count(self, *, n: int) -> typing.Iterator[int]:
             yield from range(n)
 
     return FdPeer()

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from types import EllipsisType
 from typing import Any, NamedTuple, TypeVar
 
 import anyio
@@ -46,7 +48,13 @@ import orjson
 from pydantic import BaseModel
 
 from .._core.server.varlink import wrap_field
-from .._core.varlink import DEFAULT_MAX_MESSAGE_SIZE, SERVICE, UNIXRPC_INTERFACE, MessageSplitter, message_length
+from .._core.varlink import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    SERVICE,
+    UNIXRPC_INTERFACE,
+    MessageSplitter,
+    message_length,
+)
 from ..exceptions import (
     AncillaryDataTruncatedError,
     ClientClosedError,
@@ -194,10 +202,8 @@ class _Protocol:
 
 def _close(fds: list[int]) -> None:
     for fd in fds:
-        try:
+        with contextlib.suppress(OSError):
             socket.close(fd)
-        except OSError:
-            pass
 
 
 def _encode_params(method: BaseModel) -> tuple[bytes, FdContext | None]:
@@ -353,7 +359,10 @@ class VarlinkClient:
         return _decode(type(method), reply, received, False)  # type: ignore[no-any-return]
 
     def stream(
-        self, method: StreamMethod[T] | Method[T], *, timeout: float | None = ...  # type: ignore[assignment]
+        self,
+        method: StreamMethod[T] | Method[T],
+        *,
+        timeout: float | EllipsisType | None = ...,
     ) -> Iterator[T]:
         """Call *method* with ``more`` and iterate over its replies. Leaving
         the loop before the end closes the connection (varlink has no
@@ -363,7 +372,9 @@ class VarlinkClient:
         streaming = isinstance(method, StreamMethod)
         pending = self._submit(spec.name, params, fds, more=True, expects_fds=spec.result_has_fds)
         assert pending is not None
-        return self._items(pending, timeout, lambda reply, received: _decode(type(method), reply, received, streaming))
+        return self._items(
+            pending, timeout, lambda reply, received: _decode(type(method), reply, received, streaming)
+        )
 
     def notify(self, method: BaseModel) -> None:
         """Send *method* ``oneway``: no reply, no error comes back."""
@@ -380,7 +391,7 @@ class VarlinkClient:
         fds: list[int] | None = None,
         expect_fds: bool = False,
         oneway: bool = False,
-        timeout: float | None = ...,  # type: ignore[assignment]
+        timeout: float | EllipsisType | None = ...,
     ) -> VarlinkReply | None:
         """Call the method *name* (qualified) with *parameters* and the
         descriptors *fds* (sent, not closed; refer to them by index).
@@ -400,7 +411,7 @@ class VarlinkClient:
         parameters: Mapping[str, Any] | None = None,
         *,
         expect_fds: bool = False,
-        timeout: float | None = ...,  # type: ignore[assignment]
+        timeout: float | EllipsisType | None = ...,
     ) -> Iterator[VarlinkReply]:
         """Call *name* with ``more``: its replies, untyped."""
         data = orjson.dumps(parameters or {})
@@ -429,7 +440,7 @@ class VarlinkClient:
 
     # -- machinery ------------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None) -> float | None:
+    def _deadline(self, timeout: float | EllipsisType | None) -> float | None:
         if timeout is ...:
             timeout = self.timeout
         return None if timeout is None else time.monotonic() + timeout
@@ -474,10 +485,8 @@ class VarlinkClient:
 
     def _break(self, error: BaseException) -> None:
         self._protocol.break_with(error)
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _next(self, pending: _Pending, deadline: float | None) -> tuple[Any, str | None, list[int]]:
         """The next reply of *pending*, reading (and filing) what arrives until it comes."""
@@ -530,7 +539,7 @@ class VarlinkClient:
             with self._send_lock:
                 self._break(exc)
 
-    def _items(self, pending: _Pending, timeout: float | None, decode: Any) -> Iterator[Any]:
+    def _items(self, pending: _Pending, timeout: float | EllipsisType | None, decode: Any) -> Iterator[Any]:
         finished = False
         try:
             while True:
@@ -635,7 +644,10 @@ class AsyncVarlinkClient:
         return _decode(type(method), reply, received, False)  # type: ignore[no-any-return]
 
     async def stream(
-        self, method: StreamMethod[T] | Method[T], *, timeout: float | None = ...  # type: ignore[assignment]
+        self,
+        method: StreamMethod[T] | Method[T],
+        *,
+        timeout: float | EllipsisType | None = ...,
     ) -> AsyncIterator[T]:
         """As :meth:`VarlinkClient.stream` (``async for``)."""
         params, fds = _encode_params(method)
@@ -659,7 +671,7 @@ class AsyncVarlinkClient:
         fds: list[int] | None = None,
         expect_fds: bool = False,
         oneway: bool = False,
-        timeout: float | None = ...,  # type: ignore[assignment]
+        timeout: float | EllipsisType | None = ...,
     ) -> VarlinkReply | None:
         """As :meth:`VarlinkClient.call_by_name`."""
         data = orjson.dumps(parameters or {})
@@ -677,7 +689,7 @@ class AsyncVarlinkClient:
         parameters: Mapping[str, Any] | None = None,
         *,
         expect_fds: bool = False,
-        timeout: float | None = ...,  # type: ignore[assignment]
+        timeout: float | EllipsisType | None = ...,
     ) -> AsyncIterator[VarlinkReply]:
         """As :meth:`VarlinkClient.stream_by_name`."""
         data = orjson.dumps(parameters or {})
@@ -688,7 +700,7 @@ class AsyncVarlinkClient:
 
     # -- machinery ------------------------------------------------------------------------
 
-    def _timeout(self, timeout: float | None) -> float | None:
+    def _timeout(self, timeout: float | EllipsisType | None) -> float | None:
         return self.timeout if timeout is ... else timeout
 
     def _raise_if_broken(self) -> None:
@@ -700,10 +712,8 @@ class AsyncVarlinkClient:
     def _break(self, error: BaseException) -> None:
         self._protocol.break_with(error)
         if self._sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     async def _submit(
         self,
@@ -758,7 +768,9 @@ class AsyncVarlinkClient:
                     if pending.replies:
                         return pending.replies.popleft()
                     if pending.done:
-                        raise _copy(self._protocol.broken or ConnectionBrokenError("the varlink connection broke"))
+                        raise _copy(
+                            self._protocol.broken or ConnectionBrokenError("the varlink connection broke")
+                        )
                     async with self._read_lock:
                         if pending.replies or pending.done:
                             continue
@@ -802,7 +814,9 @@ class AsyncVarlinkClient:
                 self._break(exc)
             return
 
-    async def _items(self, pending: _Pending, timeout: float | None) -> AsyncIterator[tuple[Any, list[int]]]:
+    async def _items(
+        self, pending: _Pending, timeout: float | EllipsisType | None
+    ) -> AsyncIterator[tuple[Any, list[int]]]:
         finished = False
         try:
             while True:

@@ -48,7 +48,11 @@ class _Writer:
         if isinstance(kind, Array):
             return f"list[{self.annotation(kind.type, owner, name)}]"
         if isinstance(kind, Dict):
-            return "dict[str, None]" if kind.type is None else f"dict[str, {self.annotation(kind.type, owner, name)}]"
+            return (
+                "dict[str, None]"
+                if kind.type is None
+                else f"dict[str, {self.annotation(kind.type, owner, name)}]"
+            )
         if isinstance(kind, Named):
             self.typedef(kind.name)
             return kind.name

@@ -220,7 +220,7 @@ class _Builder:
         self.types[name] = TypeDef(name, self.struct(model, name), _doc(model))
         return Named(name)
 
-    def type(self, hint: Any, where: str) -> VarlinkType:  # noqa: PLR0911, PLR0912, C901
+    def type(self, hint: Any, where: str) -> VarlinkType:
         origin = typing.get_origin(hint)
         args = typing.get_args(hint)
         if origin is typing.Annotated:
@@ -233,10 +233,10 @@ class _Builder:
             return Primitive("int")
         if hint is float:
             return Primitive("float")
-        if isinstance(hint, type) and issubclass(hint, _STRINGLIKE):
-            return Primitive("string")
         if isinstance(hint, type) and issubclass(hint, enum.Enum):
             return self._enum([member.value for member in hint], where)
+        if isinstance(hint, type) and issubclass(hint, _STRINGLIKE):
+            return Primitive("string")
         if isinstance(hint, type) and issubclass(hint, BaseModel):
             return self.model(hint, where)
         if origin is typing.Literal:
@@ -251,7 +251,9 @@ class _Builder:
                 f"{where}: {shown} has no varlink type (a union other than X | None); "
                 "use one type, or object (Any)"
             )
-        if origin in (list, set, frozenset, Sequence) or (origin is tuple and len(args) == 2 and args[1] is ...):
+        if origin in (list, set, frozenset, Sequence) or (
+            origin is tuple and len(args) == 2 and args[1] is ...
+        ):
             return Array(self.type(args[0] if args else Any, where))
         if hint in (list, set, frozenset):
             return Array(Primitive("object"))
@@ -261,7 +263,9 @@ class _Builder:
             key, value = args if args else (str, Any)
             if key is not str:
                 name = getattr(key, "__name__", str(key))
-                raise VarlinkTypeError(f"{where}: dict keys of type {name} have no varlink type (keys are strings)")
+                raise VarlinkTypeError(
+                    f"{where}: dict keys of type {name} have no varlink type (keys are strings)"
+                )
             inner = self.type(value, where)
             return Primitive("object") if inner == Primitive("object") else Dict(inner)
         if hint is type(None) or hint is None:
@@ -279,6 +283,9 @@ class _Builder:
 def _doc(obj: Any) -> str:
     doc = obj.__dict__.get("__doc__") if isinstance(obj, type) else None
     return typing.cast(str, doc or "").strip()
+
+
+_STREAM_NOTE = "A stream: call it with more; each reply continues."
 
 
 def _reply(builder: _Builder, result: Any, streaming: bool, where: str) -> Struct:
@@ -335,8 +342,8 @@ def build(
         inputs = builder.struct(cls, f"{cls.__name__}")
         outputs = _reply(builder, spec.result_type, spec.streaming, f"{cls.__name__} result")
         text = _doc(cls)
-        if spec.streaming:
-            text = (text + "\n" if text else "") + "A stream: call it with more; each reply continues."
+        if spec.streaming and _STREAM_NOTE not in text:
+            text = (text + "\n" if text else "") + _STREAM_NOTE
         result.methods[member] = MethodDef(member, inputs, outputs, text)
         error_classes.extend(spec.errors)
     for error in error_classes:
