@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import types
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ varlink = pytest.importorskip("varlink", reason="python-varlink is not installed
 HERE = Path(__file__).resolve().parent / "varlink"
 
 
-class Color(str, Enum):
+class Color(StrEnum):
     red = "red"
     blue = "blue"
 
@@ -100,9 +100,10 @@ def test_the_idl_of_example_methods_is_read_by_python_varlink_and_by_us() -> Non
     ],
 )
 def test_what_has_no_varlink_type_is_refused_naming_the_field(annotation: Any, why: str) -> None:
-    bad = types.new_class(
-        "Bad", (Method[int],), {"name": "x.Bad"}, lambda ns: ns.update({"__annotations__": {"field": annotation}})
-    )
+    def body(namespace: dict[str, Any]) -> None:
+        namespace["__annotations__"] = {"field": annotation}
+
+    bad = types.new_class("Bad", (Method[int],), {"name": "x.Bad"}, body)
     with pytest.raises(VarlinkTypeError, match=f"Bad.field: {why}".replace("|", r"\|").replace("[", r"\[")):
         describe("org.example", [bad])
 
@@ -129,7 +130,8 @@ def test_generated_methods_round_trip_the_idl() -> None:
         assert module.Missing.code == "org.example.people.Missing"
         # the generated models describe the same interface again
         generated = [find, module.Count, module.Watch, module.Share]
-        assert describe("org.example.people", generated, [module.Missing]) == describe("org.example.people", METHODS)
+        again = describe("org.example.people", generated, [module.Missing])
+        assert again == describe("org.example.people", METHODS)
     finally:
         del sys.modules["people_generated"]
 
