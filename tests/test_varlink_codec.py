@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from unixrpc import FD, FileDescriptor, Method, RPCError, StreamMethod
 from unixrpc._core import wire
-from unixrpc._core.server import Handler, Returned, ServerCall, ServerConnection, ServerRules
+from unixrpc._core.server import Handler, ServerCall, ServerConnection, ServerRules
 from unixrpc._core.server.codec import INVALID, REQUEST
 from unixrpc._core.server.varlink import VarlinkCodec, VarlinkNames
 from unixrpc._core.varlink import (
@@ -326,10 +326,10 @@ def test_a_connection_answers_varlink_calls() -> None:
     (event,) = feed(core, call(method="org.example.calc.Add", parameters={"a": 1, "b": 2}) + b"\0")
     assert isinstance(event, ServerCall)
     assert event.request == Add(a=1, b=2)
-    core.finish(event, Returned(3))
+    core.finish(event, 3)
     assert output(core) == [{"parameters": {"result": 3}}]
     (event,) = feed(core, call(method="org.example.calc.Origin") + b"\0")
-    core.finish(event, Returned(Point(x=0, y=0)))
+    core.finish(event, Point(x=0, y=0))
     assert output(core) == [{"parameters": {"x": 0, "y": 0}}]
 
 
@@ -362,7 +362,7 @@ def test_a_more_call_streams_items_then_ends_and_oneway_gets_nothing() -> None:
     for n in range(2):
         assert core.stream_step(stream) == "item"
         core.item(stream, n)
-    core.finish(stream, Returned(None))
+    core.finish(stream, None)
     assert output(core) == [
         {"parameters": {"item": 0}, "continues": True},
         {"parameters": {"item": 1}, "continues": True},
@@ -373,7 +373,7 @@ def test_a_more_call_streams_items_then_ends_and_oneway_gets_nothing() -> None:
     )
     assert isinstance(note, ServerCall)
     assert note.call_id is None
-    core.finish(note, Returned(2))
+    core.finish(note, 2)
     assert output(core) == []
 
 
@@ -382,9 +382,8 @@ def test_an_error_of_the_authorize_hook_and_a_typed_error() -> None:
     (first,) = feed(core, call(method="org.example.calc.Add", parameters={"a": 1, "b": 1}) + b"\0")
     assert not core.authorized(first, PermissionDeniedError("no"))
     (second,) = feed(core, call(method="org.example.calc.Divide", parameters={"a": 1, "b": 0}) + b"\0")
-    from unixrpc._core.server import Raised
 
-    core.finish(second, Raised(DivisionByZero(dividend=1)))
+    core.finish(second, raised=DivisionByZero(dividend=1))
     assert output(core) == [
         {"error": "org.varlink.service.PermissionDenied", "parameters": {}},
         {"error": "org.example.calc.DivisionByZero", "parameters": {"dividend": 1}},
@@ -399,12 +398,12 @@ def test_descriptors_both_ways_by_index() -> None:
     (event,) = feed(core, call(method="org.example.calc.Take", parameters={"fd": 0}) + b"\0", [read])
     assert isinstance(event, ServerCall)
     assert os.read(event.request.fd.fileno(), 2) == b"hi"
-    core.finish(event, Returned("ok"))
+    core.finish(event, "ok")
     assert output(core) == [{"parameters": {"result": "ok"}}]
     assert not _is_open(read)  # released with the reply
     (give,) = feed(core, call(method="org.example.calc.Give") + b"\0")
     out_read, out_write = os.pipe()
-    core.finish(give, Returned(FileDescriptor.transfer(out_read)))
+    core.finish(give, FileDescriptor.transfer(out_read))
     (chunk,) = core.take_output()
     assert not isinstance(chunk, bytes)
     assert chunk.data == b'{"parameters":{"result":0}}\0'
