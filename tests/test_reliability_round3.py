@@ -15,12 +15,14 @@ import time
 import pytest
 
 from reliability_support import (
+    HEADER,
     ServerProcess,
     add_request,
     encode,
     frame,
     raw_connect,
     recv_envelope,
+    send_with_fds,
     wait_for,
     wait_served,
 )
@@ -316,4 +318,57 @@ def test_a_cancel_behind_more_calls_than_threads_is_answered_at_once(path: str, 
             _release_tag(path, "q")
             ids = sorted(recv_envelope(sock)["id"] for _ in range(31))  # type: ignore[index]
             assert ids == list(range(1, 32))
+        assert server.alive()
+
+
+# -- item 10: descriptors sent ahead of their frames pinned the fd table ------------------------------
+
+
+@pytest.mark.server
+def test_descriptors_queued_ahead_of_their_frames_are_bounded_server_wide(
+    path: str, server_backend: str
+) -> None:
+    """10 connections each begin a frame declaring 100 descriptors, send
+    them, and stall: before, 1,000 descriptors pinned a 1,024-entry table for
+    ``frame_timeout`` and a fresh client timed out. Now descriptors queued
+    ahead of their frames are bounded server wide (a quarter of the table):
+    the connection that goes over is told why and closed, its descriptors
+    closed, and a fresh client is served."""
+    import resource
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def small_table(self: subprocess.Popen[bytes], *args: object, **kwargs: object) -> None:
+        kwargs["preexec_fn"] = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+        original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", small_table)
+        server = ServerProcess(path, server_backend)
+    with server:
+        wait_served(path)
+        socks = []
+        refused = 0
+        try:
+            for _ in range(10):
+                sock = raw_connect(path)
+                socks.append(sock)
+                body = b'{"id":1,"method":"Add","params":{"a":1,"b":2}}'
+                send_with_fds(sock, HEADER.pack(len(body), 100), 100)  # the header alone: a frame begun
+            for sock in socks:
+                sock.settimeout(0.5)
+                try:
+                    reply = recv_envelope(sock)
+                except (TimeoutError, ConnectionResetError):
+                    continue
+                if reply is not None and reply["id"] is None:
+                    assert "descriptors sent ahead of their frames" in reply["error"]["message"], reply
+                    refused += 1
+            assert refused >= 6, f"only {refused} of 10 connections were refused"
+            assert server.fds() < 700, f"the server holds {server.fds()} descriptors"
+            wait_served(path)
+        finally:
+            for sock in socks:
+                sock.close()
         assert server.alive()

@@ -111,6 +111,7 @@ class ServerConnection:
         "_codec",
         "_discard_output",
         "_fd_queue",
+        "_fds_held",
         "_out",
         "_rules",
         "_table",
@@ -143,6 +144,7 @@ class ServerConnection:
         self.peer_uid = peer_uid
         self.peer = peer  # what the access policy judges (None: a connection made without one)
         self._fd_queue = FdQueue()
+        self._fds_held = 0  # queued descriptors charged to the server's fd budget
         self._out = Outbox(CallTable.release)
         table = self._table = CallTable(
             rules, self._codec, self._queue, self.output_full, (peer_pid, peer_uid)
@@ -276,8 +278,24 @@ class ServerConnection:
         """Descriptors that arrived with the bytes of a read (ours to close)."""
         if self._closed is not None:
             close_fds(fds)
-        else:
-            self._fd_queue.push(fds)
+            return
+        self._fd_queue.push(fds)
+        if not self._recount_fds():  # many connections each holding descriptors for a frame begun
+            limit = self._rules.fd_budget.limit
+            self.fatal(
+                f"the server holds more than {limit} descriptors sent ahead of their frames; try again later",
+                at_once=True,
+            )
+
+    def _recount_fds(self) -> bool:
+        """Charge the server's fd budget for the descriptors queued now:
+        False if they grew while the server is over it."""
+        queued = len(self._fd_queue)
+        if queued == self._fds_held:
+            return True
+        ok = self._rules.fd_budget.charge(self._fds_held, queued)
+        self._fds_held = queued
+        return ok
 
     def stray_fds(self, frame_pending: bool) -> Close | None:
         """Check, with every received frame taken, that no descriptor waits
@@ -301,6 +319,7 @@ class ServerConnection:
         if self._closed is None:
             self._closed = reason
             self._fd_queue.close_all()
+            self._recount_fds()
             _warn("connection %d (pid %d): closed: %s", self.connection_id, self.peer_pid, reason)
             if tell_peer:
                 error = ProtocolViolationError(reason)
@@ -335,6 +354,7 @@ class ServerConnection:
                 fds = self._fd_queue.take(frame.nfds)
             except ValueError as exc:
                 return self.fatal(str(exc))
+            self._recount_fds()
         message = self._codec.decode(frame.body)
         kind = message[0]
         if kind == REQUEST:
@@ -494,6 +514,7 @@ class ServerConnection:
         """The peer is gone (no reply can reach it): the calls to cancel
         (notifications are let finish). Queued descriptors are closed."""
         self._fd_queue.close_all()
+        self._recount_fds()
         return self._table.hang_up()
 
     def cut_off(self) -> list[ServerCall]:
@@ -515,6 +536,7 @@ class ServerConnection:
         if self._closed is None:
             self._closed = "closed"
         self._fd_queue.close_all()
+        self._recount_fds()
         self._out.failed = True
         self._out.drop()
         self._charge.receive_excess = 0

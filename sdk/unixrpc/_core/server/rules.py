@@ -115,6 +115,7 @@ class ServerRules:
         "access",
         "connection_idle_timeout",
         "expose_tracebacks",
+        "fd_budget",
         "frame_timeout",
         "handlers",
         "max_calls_per_connection",
@@ -156,6 +157,9 @@ class ServerRules:
         self.stopping = False
         #: what all connections hold beyond their read buffers
         self.memory = MemoryBudget(max_buffered_bytes, memory_lock)
+        #: descriptors all connections hold that arrived ahead of their frames
+        #: (the engine sets the limit from the descriptor table when serving starts)
+        self.fd_budget = MemoryBudget(1 << 30, memory_lock)
         #: the access policy (set by the server when it starts serving); None: none
         self.access: AccessTable | None = None
 

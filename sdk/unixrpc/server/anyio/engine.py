@@ -68,8 +68,10 @@ class AnyioEngine:
         self._drain_scope: anyio.CancelScope | None = None
         self.lifecycle: Lifecycle | None = None
         total, per_uid = connection_limits(
-            config.max_connections, config.max_connections_per_uid, 1, raise_fd_limit()
+            config.max_connections, config.max_connections_per_uid, 1, fd_limit := raise_fd_limit()
         )
+        # descriptors queued ahead of their frames, all connections together: a quarter of the table
+        config.rules.fd_budget.limit = max(fd_limit // 4, config.rules.max_fds)
         self._admission = Admission(total, per_uid)
         self._housekeeping_wake: anyio.Event | None = None
         self._lingering = 0  # refused connections kept open so their peers read why

@@ -291,6 +291,8 @@ class ThreadConnection:
                 ancillary.clear()
             if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
                 over = True  # over the server's memory budget
+            if core.closing is not None and failed is None:
+                over = True  # (the descriptors that came took the server over its fd budget)
             self._inbox.extend(frames)
             self._unscanned += len(frames)
             if failed is not None:  # what came before a bad frame is served first

@@ -59,8 +59,10 @@ class ThreadEngine:
         self._grace: float | None = None  # set by stop()
         self.lifecycle = Lifecycle(server, self.wake)
         total, per_uid = connection_limits(
-            config.max_connections, config.max_connections_per_uid, 3, raise_fd_limit()
+            config.max_connections, config.max_connections_per_uid, 3, fd_limit := raise_fd_limit()
         )
+        # descriptors queued ahead of their frames, all connections together: a quarter of the table
+        config.rules.fd_budget.limit = max(fd_limit // 4, config.rules.max_fds)
         self._admission = Admission(total, per_uid)
 
     # -- what connections use -------------------------------------------------------
