@@ -137,10 +137,10 @@ def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(
         blockers: list[socket.socket] = []
         answers: list[object] = []
         try:
-            for _ in range(12):
+            for _ in range(6):
                 sock = raw_connect(path, timeout=30)
                 blockers.append(sock)
-                sock.sendall(frame(encode(id=1, method="Block", params={"tag": "t", "seconds": 2})))
+                sock.sendall(frame(encode(id=1, method="Block", params={"tag": "t", "seconds": 1})))
             for sock in blockers:
                 reply = recv_envelope(sock)  # each answered: run once a thread was free, or refused
                 assert reply is not None
