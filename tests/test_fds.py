@@ -439,7 +439,7 @@ def test_truncated_control_data_fails_the_connection(fd_baseline: None) -> None:
 async def test_no_leak_across_many_calls_and_failures(
     client_kind: str, sock_dir: str, fd_baseline: None
 ) -> None:
-    rounds = 10_000 if client_kind == "sync" else 3_000
+    rounds = 4_000 if client_kind == "sync" else 3_000
     async with rpc(client_kind, sock_dir) as client:
         fd = temp_file(b"data")
         try:
