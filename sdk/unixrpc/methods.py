@@ -294,9 +294,10 @@ class Method(_MethodBase, Generic[ResultT]):
 
     Raises:
         TypeError: (at class creation) an empty name, ``errors`` that are
-            not RPCError subclasses, ``idempotent`` that is not a bool, or a subclass of ``Method`` itself with
-            no type parameter (write ``Method[int]``; ``Method[None]`` for a
-            method that returns nothing).
+            not RPCError subclasses, ``idempotent`` that is not a bool, or
+            a subclass of ``Method`` itself with no type parameter (write
+            ``Method[int]``; ``Method[None]`` for a method that returns
+            nothing).
     """
 
 
