@@ -1,0 +1,440 @@
+"""How an :class:`~unixrpc.AsyncClient` with ``reconnect=`` on lives across
+connections: the twin of ``_sync_session.py`` with anyio's waiting (a lock
+for the reconnect role, cancel scopes for deadlines). What to do after a
+loss is the session core's (``_core/client/session.py``); everything on one
+connection ``_async_io.py``'s. Each connection's writer tasks run in one
+task group of the client, which outlives them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._core import wire
+from .._core.client import DEFAULT, CallSlot, Timeout
+from .._core.client.errors import timeout_error
+from .._core.client.session import (
+    ConnectionState,
+    ReconnectPolicy,
+    Session,
+    connection_lost,
+    ends_stream_for_restart,
+    refused_before_running,
+)
+from .._core.codec import encode_params, error_from_envelope, final_value, item_value, stream_end
+from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError
+from ..fds import FdContext
+from ..methods import MethodSpec
+from ._async_io import AsyncConnection
+from ._async_stream import AsyncStreamCall
+from ._fds import outgoing_fds
+
+__all__ = ["AsyncSession", "AsyncSessionStreamCall"]
+
+_log = logging.getLogger("unixrpc.client")
+_ITEM, _ERROR = wire.ITEM, wire.ERROR
+_CONNECTED, _RECONNECTING = ConnectionState.CONNECTED, ConnectionState.RECONNECTING
+_DISCONNECTED, _CLOSED = ConnectionState.DISCONNECTED, ConnectionState.CLOSED
+
+ItemT = TypeVar("ItemT")
+
+
+class _NoConnection(Exception):
+    """No connection came within the caller's deadline, or the episode gave up."""
+
+
+def _task_id() -> int:
+    return anyio.get_current_task().id
+
+
+class AsyncSession:
+    """The connections of one reconnecting AsyncClient, one after the other
+    (see ``SyncSession``, its twin)."""
+
+    def __init__(
+        self,
+        first: AsyncConnection,
+        connect: Callable[[], AsyncConnection],
+        policy: ReconnectPolicy,
+        timeout: float | None,
+        on_connect: Callable[[], object] | None,
+    ) -> None:
+        self.session = Session(policy, anyio.current_time)
+        self.current = first
+        self._connect = connect
+        self._timeout = timeout
+        self._on_connect = on_connect
+        self._reconnecting: anyio.Lock | None = None
+        self._retired: list[AsyncConnection] = []
+        self._hook_task: int | None = None
+        self._task_group: TaskGroup | None = None
+
+    async def enter(self) -> None:
+        """Connect the first connection; start the client's task group."""
+        if self._task_group is not None:
+            raise RuntimeError("this AsyncClient was already entered")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._reconnecting = anyio.Lock()
+        try:
+            await self.current.enter_in(task_group)
+        except BaseException as exc:
+            self._task_group = None
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    async def aclose(self) -> None:
+        self.session.close()
+        conns = [self.current, *self._retired]
+        self._retired = []
+        for conn in conns:
+            await conn.aclose()
+        task_group, self._task_group = self._task_group, None
+        if task_group is not None:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+
+    # -- connections -----------------------------------------------------------------
+
+    async def connection(self, after: int, deadline: float | None) -> AsyncConnection:
+        """The current connection, if it is not number *after*; else
+        reconnect, or wait for the task that does, until *deadline*.
+
+        Raises: ClientClosedError; _NoConnection; RuntimeError (not entered)."""
+        session = self.session
+        while True:
+            conn = self.current
+            state = session.state
+            if state is _CONNECTED and conn.generation != after and conn.core.broken is None:
+                return conn
+            if state is _CONNECTED:
+                session.lost(conn.generation)
+                continue
+            if state is _CLOSED:
+                raise ClientClosedError("client is closed")
+            if state is _DISCONNECTED:
+                raise _NoConnection
+            if self._hook_task is not None and self._hook_task == _task_id() and conn.generation != after:
+                return conn  # the on_connect hook's own calls
+            lock = self._reconnecting
+            if lock is None:
+                raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
+                await lock.acquire()
+            if scope.cancelled_caught:
+                raise _NoConnection  # the deadline came first
+            try:
+                if session.state is _RECONNECTING:
+                    await self._reconnect(deadline)
+                    if session.state is _RECONNECTING:
+                        raise _NoConnection
+            finally:
+                lock.release()
+
+    def lost(self, conn: AsyncConnection) -> None:
+        self.session.lost(conn.generation)
+
+    def arrive(self) -> None:
+        if self.session.state is _DISCONNECTED:
+            self.session.call_arrives()
+
+    async def _reconnect(self, deadline: float | None) -> None:
+        session = self.session
+        while True:
+            at = session.next_attempt()
+            if at is None:
+                return
+            now = anyio.current_time()
+            if at > now:
+                if deadline is not None and at > deadline:
+                    await anyio.sleep(max(0.0, deadline - now))
+                    return
+                await anyio.sleep(at - now)
+            conn = self._connect()
+            assert self._task_group is not None
+            try:
+                await conn.enter_in(self._task_group)
+            except Exception as exc:
+                session.connect_failed(exc)
+                continue
+            await self._install(conn)
+            return
+
+    async def _install(self, conn: AsyncConnection) -> None:
+        if self.session.state is _CLOSED:
+            await conn.aclose()
+            return
+        conn.generation = self.session.generation + 1
+        old, self.current = self.current, conn
+        self._retired.append(old)
+        idle = [c for c in self._retired if c.core.broken is not None or not len(c.core)]
+        self._retired = [c for c in self._retired if c not in idle]
+        with anyio.CancelScope(shield=True):
+            for done in idle:
+                await done.aclose()
+        if self._on_connect is not None:
+            self._hook_task = _task_id()
+            try:
+                result = self._on_connect()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                _log.exception("the on_connect hook of a reconnecting client raised")
+            finally:
+                self._hook_task = None
+        if self.session.state is _RECONNECTING:
+            self.session.connected()
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def call(self, spec: MethodSpec, method: Any, timeout: Timeout) -> Any:
+        """A unary call, sent again on the next connection when the session
+        says so; its descriptors stay open until it is answered or finally fails."""
+        params, fd_context = encode_params(method, spec)
+        try:
+            return await self._call(spec, params, fd_context, timeout)
+        finally:
+            if fd_context is not None:
+                fd_context.sent()
+
+    async def _call(
+        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: Timeout
+    ) -> Any:
+        session = self.session
+        self.arrive()
+        seconds = self._timeout if timeout is DEFAULT else timeout
+        deadline = None if seconds is None else anyio.current_time() + seconds
+        after = retries = 0
+        request_sent = False
+        ran: bool | None = False
+        while True:
+            try:
+                conn = await self.connection(after, deadline)
+            except _NoConnection:
+                raise session.no_connection(spec, request_sent=request_sent, ran=ran) from None
+            attempt_timeout: Timeout = timeout
+            if after and deadline is not None:
+                attempt_timeout = deadline - anyio.current_time()
+                if attempt_timeout <= 0:
+                    raise timeout_error(spec, seconds or 0.0)
+            slot: CallSlot | None = None
+            try:
+                slot = await conn.writer.start_call(
+                    spec, params, fd_context, attempt_timeout, release_fds=False
+                )
+                if not slot.messages:
+                    await conn.wait(slot)
+            except (ConnectionBrokenError, RPCError) as exc:
+                if not connection_lost(conn.core.broken):
+                    raise
+                cause: BaseException = exc
+                sent = slot is not None and conn.writer.was_written(slot)
+                this_ran: bool | None = None if sent else False
+            else:
+                (kind, envelope, fds), cancel = conn.core.take(slot)
+                if cancel is not None:
+                    conn.writer.cancel_later(cancel)
+                if kind is not _ERROR or not ends_stream_for_restart(envelope):
+                    return final_value(spec, kind, envelope, fds)
+                sent = True
+                this_ran = False if refused_before_running(envelope) else None
+                cause = error_from_envelope(envelope, fds)
+            self.lost(conn)
+            after = conn.generation
+            request_sent = request_sent or sent
+            ran = None if this_ran is None or ran is None else False
+            error = session.after_loss(spec, request_sent=request_sent, ran=ran, retries=retries, cause=cause)
+            if error is not None:
+                raise error
+            retries += 1
+
+    async def notify(self, spec: MethodSpec, method: Any) -> None:
+        params, fd_context = encode_params(method, spec)
+        try:
+            self.arrive()
+            after = 0
+            deadline = None if self._timeout is None else anyio.current_time() + self._timeout
+            while True:
+                try:
+                    conn = await self.connection(after, deadline)
+                except _NoConnection:
+                    raise self.session.no_connection(spec, request_sent=False, ran=False) from None
+                cmsgs, nfds = outgoing_fds(fd_context)
+                try:
+                    await conn.writer.write(conn.core.notification(spec, params, nfds), cmsgs)
+                    return
+                except (ConnectionBrokenError, RPCError):
+                    if not connection_lost(conn.core.broken) or conn.raw.is_send_broken():
+                        raise
+                    after = conn.generation
+        finally:
+            if fd_context is not None:
+                fd_context.sent()
+
+    def stream(
+        self, spec: MethodSpec, method: Any, timeout: Timeout, resume: Any
+    ) -> AsyncSessionStreamCall[Any]:
+        return AsyncSessionStreamCall(
+            self, spec, method, self._timeout if timeout is DEFAULT else timeout, resume
+        )
+
+
+class AsyncSessionStreamCall(AsyncStreamCall[ItemT]):
+    """The items of a stream of a reconnecting :class:`~unixrpc.AsyncClient`
+    (see ``SessionStreamCall``, its twin): with a resume policy it goes on
+    across a lost connection. ``resumes`` and ``gaps`` count the reopenings
+    and those that may have missed or repeated items."""
+
+    def __init__(
+        self, owner: AsyncSession, spec: MethodSpec, method: Any, timeout: float | None, resume: Any
+    ) -> None:
+        super().__init__(owner.current, spec, method, timeout)
+        self._owner = owner
+        self._item_timeout = timeout
+        self._resume = resume
+        self._link: AsyncConnection | None = None
+        self._fd_context: FdContext | None = None
+        self._after = 0
+        self._last: Any = None
+        self._failed_opens = 0
+        self._opened = False
+        self.resumes = 0
+        self.gaps = 0
+
+    async def _open(self, deadline: float | None) -> None:
+        owner = self._owner
+        method = self._method
+        if self._resume is not True and self._resume is not None and self._last is not None:
+            method = self._resume(self._last)
+        params, fd_context = encode_params(method, self._spec)
+        self._release_fds()
+        self._fd_context = fd_context
+        while True:
+            try:
+                conn = await owner.connection(self._after, deadline)
+            except _NoConnection:
+                raise self._no_connection() from None
+            try:
+                self._slot = await conn.writer.start_call(
+                    self._spec, params, fd_context, self._timeout, release_fds=False
+                )
+                self._link = conn
+                return
+            except (ConnectionBrokenError, RPCError):
+                if self._resume is None or not connection_lost(conn.core.broken):
+                    raise
+                self._after = conn.generation
+
+    def _no_connection(self) -> Exception:
+        error = self._owner.session.no_connection(self._spec, request_sent=self._after > 0, ran=None)
+        stream_error = ConnectionBrokenError(
+            f"the stream {self._spec.name} could not be opened again: {error}"
+        )
+        stream_error.__cause__ = error.__cause__
+        return stream_error
+
+    async def __anext__(self) -> ItemT:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            timeout = self._item_timeout
+            deadline = None if timeout is None else anyio.current_time() + timeout
+            try:
+                if self._slot is None:
+                    if not self._opened:
+                        self._owner.arrive()
+                    await self._open(deadline)
+                    if self._opened:
+                        self.resumes += 1
+                        if self._resume is True:
+                            self.gaps += 1
+                    self._opened = True
+                conn, slot = self._link, self._slot
+                assert conn is not None
+                assert slot is not None
+                try:
+                    conn.core.ask_item(slot)
+                    if not slot.messages:
+                        await conn.wait(slot)
+                    message, credit = conn.core.take(slot)
+                except (ConnectionBrokenError, RPCError):
+                    if self._resume is None or not connection_lost(conn.core.broken):
+                        raise
+                    self._interrupted(conn)
+                    continue
+                if credit is not None:
+                    try:
+                        await conn.writer.write(
+                            credit, deadline=slot.deadline, slot=slot, what="credit", lost=message
+                        )
+                    except (ConnectionBrokenError, RPCError):
+                        if self._resume is None or not connection_lost(conn.core.broken):
+                            raise
+                        self._interrupted(conn)
+                        continue
+            except BaseException:
+                self._finish()
+                raise
+            kind, envelope, fds = message
+            if kind is _ITEM:
+                try:
+                    value = item_value(self._spec, envelope, fds)
+                except BaseException:
+                    self._finish()
+                    raise
+                self._last = value
+                self._failed_opens = 0
+                return value  # type: ignore[no-any-return]
+            if kind is _ERROR and self._resume is not None and ends_stream_for_restart(envelope):
+                error_from_envelope(envelope, fds)  # closes its descriptors
+                self._owner.lost(conn)
+                self._interrupted(conn)
+                continue
+            self._finish()
+            stream_end(kind, envelope, fds)
+            raise StopAsyncIteration
+
+    def _interrupted(self, conn: AsyncConnection) -> None:
+        if self._slot is not None:
+            conn.give_up(self._slot)
+        self._slot = None
+        self._after = conn.generation
+        self._failed_opens += 1
+        if self._failed_opens > self._owner.session.policy.max_retries:
+            raise ConnectionBrokenError(
+                f"the stream {self._spec.name} was lost {self._failed_opens} times in a row without an item"
+            )
+
+    def _release_fds(self) -> None:
+        fd_context, self._fd_context = self._fd_context, None
+        if fd_context is not None:
+            fd_context.sent()
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._slot is not None and self._link is not None:
+            self._link.give_up(self._slot)
+        self._slot = None
+        self._release_fds()
+
+    def _close(self) -> None:
+        if not self._done:
+            self._finish()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._close()
+
+    async def __aenter__(self) -> Self:
+        return self
