@@ -6,7 +6,7 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
-from .client import AsyncClient, AsyncStreamCall, Client, StreamCall
+from .client import AsyncClient, AsyncStreamCall, Client, ConnectionState, ReconnectPolicy, StreamCall
 from .daemon import listen_fds, notify
 from .exceptions import (
     AncillaryDataTruncatedError,
@@ -81,6 +81,7 @@ __all__ = [
     "CallOutcomeUnknownError",
     "CallContext",
     "Client",
+    "ConnectionState",
     "InternalError",
     "InvalidParamsError",
     "InvalidResultError",
@@ -90,6 +91,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolViolationError",
     "RPCError",
+    "ReconnectPolicy",
     "RemoteProtocolError",
     "Server",
     "ServerBusyError",

@@ -23,7 +23,7 @@ from .._core import wire
 from .._core.client import CallSlot, ClientCore, Message
 from .._wakeup import Wakeup, wakeup_factory
 from ..ancillary import SocketAncillary
-from ..exceptions import ClientClosedError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, ConnectionBrokenError, StreamProtocolParseError
 from ..transport.async_client import AsyncUnixStreamClient
 from ._async_write import AsyncWriter
 
@@ -92,6 +92,12 @@ class AsyncConnection:
             async with anyio.create_task_group() as task_group:
                 self.writer.start(task_group, self._new_wakeup)
                 task_status.started()
+
+    async def retire(self) -> None:
+        """A reconnecting client moved to a new connection: close this one as
+        lost (a call that raced to it sees it broken, and goes to the new one)."""
+        self._fail(self.core.fail, ConnectionBrokenError("the client moved to a new connection"))
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight raise ClientClosedError. Idempotent."""

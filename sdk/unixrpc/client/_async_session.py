@@ -181,7 +181,7 @@ class AsyncSession:
         self._retired = [c for c in self._retired if c not in idle]
         with anyio.CancelScope(shield=True):
             for done in idle:
-                await done.aclose()
+                await done.retire()
         if self._on_connect is not None:
             self._hook_task = _task_id()
             try:
@@ -221,7 +221,8 @@ class AsyncSession:
             try:
                 conn = await self.connection(after, deadline)
             except _NoConnection:
-                raise session.no_connection(spec, request_sent=request_sent, ran=ran) from None
+                lost = session.no_connection(spec, request_sent=request_sent, ran=ran)
+                raise lost from lost.__cause__
             attempt_timeout: Timeout = timeout
             if after and deadline is not None:
                 attempt_timeout = deadline - anyio.current_time()
@@ -234,7 +235,7 @@ class AsyncSession:
                 )
                 if not slot.messages:
                     await conn.wait(slot)
-            except (ConnectionBrokenError, RPCError) as exc:
+            except (ConnectionError, RPCError) as exc:
                 if not connection_lost(conn.core.broken):
                     raise
                 cause: BaseException = exc
@@ -268,12 +269,13 @@ class AsyncSession:
                 try:
                     conn = await self.connection(after, deadline)
                 except _NoConnection:
-                    raise self.session.no_connection(spec, request_sent=False, ran=False) from None
+                    lost = self.session.no_connection(spec, request_sent=False, ran=False)
+                    raise lost from lost.__cause__
                 cmsgs, nfds = outgoing_fds(fd_context)
                 try:
                     await conn.writer.write(conn.core.notification(spec, params, nfds), cmsgs)
                     return
-                except (ConnectionBrokenError, RPCError):
+                except (ConnectionError, RPCError):
                     if not connection_lost(conn.core.broken) or conn.raw.is_send_broken():
                         raise
                     after = conn.generation
@@ -323,14 +325,15 @@ class AsyncSessionStreamCall(AsyncStreamCall[ItemT]):
             try:
                 conn = await owner.connection(self._after, deadline)
             except _NoConnection:
-                raise self._no_connection() from None
+                lost = self._no_connection()
+                raise lost from lost.__cause__
             try:
                 self._slot = await conn.writer.start_call(
                     self._spec, params, fd_context, self._timeout, release_fds=False
                 )
                 self._link = conn
                 return
-            except (ConnectionBrokenError, RPCError):
+            except (ConnectionError, RPCError):
                 if self._resume is None or not connection_lost(conn.core.broken):
                     raise
                 self._after = conn.generation
@@ -367,7 +370,7 @@ class AsyncSessionStreamCall(AsyncStreamCall[ItemT]):
                     if not slot.messages:
                         await conn.wait(slot)
                     message, credit = conn.core.take(slot)
-                except (ConnectionBrokenError, RPCError):
+                except (ConnectionError, RPCError):
                     if self._resume is None or not connection_lost(conn.core.broken):
                         raise
                     self._interrupted(conn)
@@ -377,7 +380,7 @@ class AsyncSessionStreamCall(AsyncStreamCall[ItemT]):
                         await conn.writer.write(
                             credit, deadline=slot.deadline, slot=slot, what="credit", lost=message
                         )
-                    except (ConnectionBrokenError, RPCError):
+                    except (ConnectionError, RPCError):
                         if self._resume is None or not connection_lost(conn.core.broken):
                             raise
                         self._interrupted(conn)

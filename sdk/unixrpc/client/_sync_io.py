@@ -21,7 +21,7 @@ from .._core import wire
 from .._core.client import CallSlot, ClientCore, Message, Timeout
 from .._core.codec import encode_params
 from ..ancillary import SocketAncillary
-from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
 from ..fds import FdContext
 from ..methods import MethodSpec
 from ..transport.sync_client import UnixStreamClient
@@ -269,6 +269,11 @@ class SyncConnection:
         self.raw.close()
         with self._cond:
             self._cond.notify_all()
+
+    def retire(self) -> None:
+        """A reconnecting client moved to a new connection: close this one as
+        lost (a call that raced to it sees it broken, and goes to the new one)."""
+        self._break(self.core.fail, ConnectionBrokenError("the client moved to a new connection"))
 
     def close(self) -> None:
         """Close the connection: calls in flight in other threads raise

@@ -156,7 +156,7 @@ class SyncSession:
             idle = [c for c in self._retired if c.core.broken is not None or not len(c.core)]
             self._retired = [c for c in self._retired if c not in idle]
         for done in idle:
-            done.close()
+            done.retire()
         if self._on_connect is not None:
             self._hook_thread = threading.get_ident()
             try:
@@ -202,7 +202,8 @@ class SyncSession:
             try:
                 conn = self.connection(after, deadline)
             except _NoConnection:
-                raise session.no_connection(spec, request_sent=request_sent, ran=ran) from None
+                lost = session.no_connection(spec, request_sent=request_sent, ran=ran)
+                raise lost from lost.__cause__
             attempt_timeout: Timeout = timeout
             if after and deadline is not None:  # sent again: what is left of the call's time
                 attempt_timeout = deadline - time.monotonic()
@@ -213,7 +214,7 @@ class SyncSession:
                 slot = conn.start_encoded(spec, params, fd_context, attempt_timeout)
                 sent = True
                 conn.wait(slot)
-            except (ConnectionBrokenError, RPCError) as exc:
+            except (ConnectionError, RPCError) as exc:
                 if not connection_lost(conn.core.broken):
                     raise
                 cause: BaseException = exc
@@ -248,12 +249,13 @@ class SyncSession:
                 try:
                     conn = self.connection(after, deadline)
                 except _NoConnection:
-                    raise self.session.no_connection(spec, request_sent=False, ran=False) from None
+                    lost = self.session.no_connection(spec, request_sent=False, ran=False)
+                    raise lost from lost.__cause__
                 cmsgs, nfds = _outgoing(fd_context)
                 try:
                     conn.send(conn.core.notification(spec, params, nfds), cmsgs, None)
                     return
-                except (ConnectionBrokenError, RPCError):
+                except (ConnectionError, RPCError):
                     if not connection_lost(conn.core.broken) or conn.raw.is_send_broken():
                         raise
                     after = conn.generation
@@ -319,12 +321,13 @@ class SessionStreamCall(StreamCall[ItemT]):
             try:
                 conn = owner.connection(self._after, deadline)
             except _NoConnection:
-                raise self._no_connection() from None
+                lost = self._no_connection()
+                raise lost from lost.__cause__
             try:
                 self._current = conn.start_encoded(self._spec, params, fd_context, self._timeout)
                 self._link = conn
                 return
-            except (ConnectionBrokenError, RPCError):
+            except (ConnectionError, RPCError):
                 if self._resume is None or not connection_lost(conn.core.broken):
                     raise
                 self._after = conn.generation
@@ -356,7 +359,7 @@ class SessionStreamCall(StreamCall[ItemT]):
                     conn.core.ask_item(slot)
                     conn.wait(slot)
                     message, credit = conn.take(slot)
-                except (ConnectionBrokenError, RPCError):
+                except (ConnectionError, RPCError):
                     if self._resume is None or not connection_lost(conn.core.broken):
                         raise
                     self._interrupted(conn)
@@ -364,7 +367,7 @@ class SessionStreamCall(StreamCall[ItemT]):
                 if credit is not None:
                     try:
                         conn.send(credit, None, slot.deadline, slot, "credit", message)
-                    except (ConnectionBrokenError, RPCError):
+                    except (ConnectionError, RPCError):
                         if self._resume is None or not connection_lost(conn.core.broken):
                             raise
                         self._interrupted(conn)
