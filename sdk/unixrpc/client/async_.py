@@ -28,6 +28,7 @@ from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._async_io import AsyncConnection
+from ._async_resume import AsyncSessionStreamCall
 from ._async_session import AsyncSession
 from ._async_stream import AsyncStreamCall
 from ._fds import outgoing_fds
@@ -94,6 +95,7 @@ class AsyncClient:
             )
             return AsyncConnection(raw, core, framing.ancillary_bufsize)
 
+        self._timeout = timeout
         self._conn = connect()
         self._raw = self._conn.raw
         self._session: AsyncSession | None = None
@@ -251,7 +253,8 @@ class AsyncClient:
         """
         spec = spec_of(method, streaming=True)
         if self._session is not None:
-            return self._session.stream(spec, method, timeout, resume or None)
+            seconds = self._timeout if timeout is DEFAULT else timeout
+            return AsyncSessionStreamCall(self._session, spec, method, seconds, resume or None)
         if resume is not False:
             raise ValueError("resume= opens the stream again on a new connection: it needs reconnect=True")
         return AsyncStreamCall(self._conn, spec, method, timeout)

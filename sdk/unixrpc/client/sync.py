@@ -26,6 +26,7 @@ from ..transport.sync_client import UnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._fds import outgoing_fds
 from ._sync_io import SyncConnection, refuse_event_loop
+from ._sync_resume import SessionStreamCall
 from ._sync_session import SyncSession
 from ._sync_stream import StreamCall
 
@@ -102,6 +103,7 @@ class Client:
             )
             return SyncConnection(raw, core, framing.ancillary_bufsize)
 
+        self._timeout = timeout
         self._conn = connect()
         self._raw = self._conn.raw
         self._session: SyncSession | None = None
@@ -258,7 +260,8 @@ class Client:
         refuse_event_loop("stream")
         session = self._session
         if session is not None:
-            return session.stream(spec, method, timeout, resume or None)
+            seconds = self._timeout if timeout is DEFAULT else timeout
+            return SessionStreamCall(session, spec, method, seconds, resume or None)
         if resume is not False:
             raise ValueError("resume= opens the stream again on a new connection: it needs reconnect=True")
         return StreamCall(self._conn, self._conn.start(spec, method, timeout))
