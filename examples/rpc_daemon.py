@@ -35,7 +35,7 @@ class UserNotFound(RPCError, code="users.NotFound"):
     uid: int
 
 
-class GetUser(Method[User], name="users.Get", errors=[UserNotFound]):
+class GetUser(Method[User], name="users.Get", errors=[UserNotFound], idempotent=True):
     """The user with this uid."""
 
     uid: int

@@ -6,11 +6,14 @@ that own it. ``__all__`` is the public API (a test checks it).
 
 from .address import UnixSocketAddress
 from .ancillary import SCMCredentials, SCMRights, SocketAncillary, UnixCredentials
-from .client import AsyncClient, AsyncStreamCall, Client, StreamCall
+from .client import AsyncClient, AsyncStreamCall, Client, ConnectionState, ReconnectPolicy, StreamCall
 from .daemon import listen_fds, notify
 from .exceptions import (
     AncillaryDataTruncatedError,
     CallCancelledError,
+    CallInterruptedError,
+    CallNotRunError,
+    CallOutcomeUnknownError,
     ClientClosedError,
     ConnectError,
     ConnectionBrokenError,
@@ -73,8 +76,12 @@ __all__ = [
     "AsyncClient",
     "AsyncStreamCall",
     "CallCancelledError",
+    "CallInterruptedError",
+    "CallNotRunError",
+    "CallOutcomeUnknownError",
     "CallContext",
     "Client",
+    "ConnectionState",
     "InternalError",
     "InvalidParamsError",
     "InvalidResultError",
@@ -84,6 +91,7 @@ __all__ = [
     "PermissionDeniedError",
     "ProtocolViolationError",
     "RPCError",
+    "ReconnectPolicy",
     "RemoteProtocolError",
     "Server",
     "ServerBusyError",

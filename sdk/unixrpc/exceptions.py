@@ -47,6 +47,9 @@ __all__ = [
     "ServerShuttingDownError",
     "ClientClosedError",
     "ConnectionBrokenError",
+    "CallInterruptedError",
+    "CallNotRunError",
+    "CallOutcomeUnknownError",
     "DeserializeError",
     "FrameTooLargeError",
     "IncrementalDeserializeError",
@@ -116,6 +119,48 @@ class ConnectionBrokenError(Error, ConnectionError):
     a state the client cannot recover from (for example a send that was
     interrupted in the middle of a frame). Every later operation on the same
     client raises this error too; close the client and reconnect."""
+
+
+class CallInterruptedError(ConnectionBrokenError):
+    """A call of a client with ``reconnect=`` on lost its connection before
+    its reply and was not sent again (it is not idempotent, or reconnecting
+    did not succeed within its timeout and the policy's deadline). Raised as
+    one of its two subclasses, which say whether the daemon may have run it:
+    :class:`CallNotRunError` (it did not: safe to send again) and
+    :class:`CallOutcomeUnknownError` (the request reached the daemon; it may
+    or may not have run).
+
+    Attributes:
+        method: the wire name of the method.
+        request_sent: the request was written to the daemon's socket.
+    """
+
+    def __init__(self, message: str, *, method: str = "", request_sent: bool = False) -> None:
+        super().__init__(message)
+        self.method = method
+        self.request_sent = request_sent
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_interrupted, (type(self), str(self), self.method, self.request_sent))
+
+
+class CallNotRunError(CallInterruptedError):
+    """The call never ran: its request was never written, or the daemon
+    refused it with ``ServerShuttingDownError`` before its handler started.
+    Sending it again cannot run it twice."""
+
+
+class CallOutcomeUnknownError(CallInterruptedError):
+    """The request reached the daemon's socket, and the connection broke
+    before the reply: the daemon may have run the call, in full or in part,
+    or not at all. The method is not idempotent, so it was not sent again;
+    check the daemon's state before deciding to."""
+
+
+def _rebuild_interrupted(
+    cls: type[CallInterruptedError], message: str, method: str, request_sent: bool
+) -> CallInterruptedError:
+    return cls(message, method=method, request_sent=request_sent)
 
 
 class AncillaryDataTruncatedError(ConnectionBrokenError):

@@ -166,6 +166,8 @@ def method_entry(
     entry["result"] = {"name": "item" if spec.streaming else "result", "schema": result}
     if spec.streaming:
         entry["x-unixrpc-stream"] = True
+    if spec.idempotent:
+        entry["x-unixrpc-idempotent"] = True
     fds = {}
     param_fds = [
         path

@@ -10,8 +10,9 @@ Owns :class:`Method` and :class:`StreamMethod`, their wire names and the
     class Watch(StreamMethod[Event], name="events.Watch"):   # yields Events
         topic: str
 
-    class GetUser(Method[User], name="users.Get", errors=(UserNotFound,)):
-        uid: int                            # errors: the typed errors it may raise
+    class GetUser(Method[User], name="users.Get", errors=(UserNotFound,), idempotent=True):
+        uid: int                            # errors: the typed errors it may raise;
+                                            # idempotent: safe to send again
 
 Building a method object rejects unknown fields (a typo is caught where it
 is made), but a server validating a request from the wire ignores params the
@@ -63,6 +64,7 @@ class MethodSpec:
         "_trusted_type",
         "codec",
         "errors",
+        "idempotent",
         "method_class",
         "name",
         "name_json",
@@ -77,8 +79,13 @@ class MethodSpec:
         streaming: bool,
         result_type: Any,
         errors: tuple[type[Any], ...] = (),
+        idempotent: bool = False,
     ) -> None:
         self.method_class = method_class
+        #: the method may run twice for one call with the same effect as once:
+        #: a reconnecting client sends it again when its connection broke
+        #: before the reply (docs/rpc.md, "When the daemon restarts")
+        self.idempotent = idempotent
         #: the typed RPCError classes the method declares it may raise (for
         #: interface documents; a handler may still raise any RPCError)
         self.errors = errors
@@ -213,14 +220,24 @@ class _MethodBase(BaseModel):
     __rpc_spec__: ClassVar[MethodSpec]
     __rpc_name__: ClassVar[str | None] = None
     __rpc_errors__: ClassVar[tuple[type[Any], ...]] = ()
+    __rpc_idempotent__: ClassVar[bool] = False
 
     def __init_subclass__(
-        cls, *, name: str | None = None, errors: Iterable[type[Any]] | None = None, **kwargs: Any
+        cls,
+        *,
+        name: str | None = None,
+        errors: Iterable[type[Any]] | None = None,
+        idempotent: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         # An explicit name applies to this class only, not to its subclasses;
-        # declared errors are inherited unless given again.
+        # declared errors and idempotence are inherited unless given again.
         cls.__rpc_name__ = name
+        if idempotent is not None:
+            if not isinstance(idempotent, bool):
+                raise TypeError(f"idempotent= takes True or False, got {idempotent!r}")
+            cls.__rpc_idempotent__ = idempotent
         if errors is not None:
             from .exceptions import RPCError
 
@@ -250,7 +267,9 @@ class _MethodBase(BaseModel):
         if not isinstance(name, str) or not name:
             raise TypeError(f"method name must be a non-empty string, got {name!r}")
         result_type = _find_result_type(cls, origins)
-        cls.__rpc_spec__ = MethodSpec(cls, name, streaming, result_type, cls.__rpc_errors__)
+        cls.__rpc_spec__ = MethodSpec(
+            cls, name, streaming, result_type, cls.__rpc_errors__, cls.__rpc_idempotent__
+        )
 
 
 class Method(_MethodBase, Generic[ResultT]):
@@ -262,6 +281,10 @@ class Method(_MethodBase, Generic[ResultT]):
         name: the wire name (default: the class name).
         errors: the typed :class:`~unixrpc.RPCError` classes the method may
             raise; they appear in its interface document (``unixrpc describe``).
+        idempotent: ``True`` when running the call twice has the effect of
+            running it once (a read, a set-to-value): a client with
+            ``reconnect=`` on sends it again after its connection broke
+            before the reply. Shown in the interface document.
 
     Building an instance with a field the class does not declare raises
     (``extra="forbid"``), but a server ignores params it does not know in a
@@ -271,16 +294,19 @@ class Method(_MethodBase, Generic[ResultT]):
 
     Raises:
         TypeError: (at class creation) an empty name, ``errors`` that are
-            not RPCError subclasses, or a subclass of ``Method`` itself with
-            no type parameter (write ``Method[int]``; ``Method[None]`` for a
-            method that returns nothing).
+            not RPCError subclasses, ``idempotent`` that is not a bool, or
+            a subclass of ``Method`` itself with no type parameter (write
+            ``Method[int]``; ``Method[None]`` for a method that returns
+            nothing).
     """
 
 
 class StreamMethod(_MethodBase, Generic[ItemT]):
     """Base class of a streaming method: the server yields items of the type
     parameter; the client iterates over them with ``client.stream(...)``.
-    Takes the same class keywords (``name``, ``errors``) as :class:`Method`.
+    Takes the same class keywords (``name``, ``errors``, ``idempotent``) as
+    :class:`Method` (an idempotent stream is one a reconnecting client may
+    open again with the same request; see ``resume=`` of ``Client.stream``).
 
     Raises:
         TypeError: (at class creation) as for :class:`Method`; a subclass of

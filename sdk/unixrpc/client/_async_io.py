@@ -16,13 +16,14 @@ import contextlib
 from collections.abc import Callable, Iterable
 
 import anyio
+import anyio.abc
 from anyio.abc import TaskGroup
 
 from .._core import wire
 from .._core.client import CallSlot, ClientCore, Message
 from .._wakeup import Wakeup, wakeup_factory
 from ..ancillary import SocketAncillary
-from ..exceptions import ClientClosedError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, ConnectionBrokenError, StreamProtocolParseError
 from ..transport.async_client import AsyncUnixStreamClient
 from ._async_write import AsyncWriter
 
@@ -50,6 +51,9 @@ class AsyncConnection:
         self._new_wakeup: Callable[[], Wakeup] = anyio.Event  # the backend's own, once entered
         self._ancillary = SocketAncillary()  # used by the reading caller only
         self.writer = AsyncWriter(raw, core, self)
+        self._serve_scope: anyio.CancelScope | None = None  # in a reconnecting client's task group
+        #: which connection of a reconnecting client this is (1: the first)
+        self.generation = 1
 
     async def enter(self) -> None:
         """Connect and start the canceller and flusher tasks.
@@ -68,10 +72,40 @@ class AsyncConnection:
         self._task_group = task_group
         self.writer.start(task_group, self._new_wakeup)
 
+    async def enter_in(self, task_group: TaskGroup) -> None:
+        """Connect, and run the writer's tasks in a task of *task_group* (a
+        reconnecting client's, which outlives this connection) until
+        :meth:`aclose`.
+
+        Raises: what connecting raises."""
+        try:
+            await self.raw.wait_connected()
+        except BaseException:
+            await self.raw.aclose()
+            raise
+        self._new_wakeup = wakeup_factory()
+        await task_group.start(self._serve)
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        with anyio.CancelScope() as scope:
+            self._serve_scope = scope
+            async with anyio.create_task_group() as task_group:
+                self.writer.start(task_group, self._new_wakeup)
+                task_status.started()
+
+    async def retire(self) -> None:
+        """A reconnecting client moved to a new connection: close this one as
+        lost (a call that raced to it sees it broken, and goes to the new one)."""
+        self._fail(self.core.fail, ConnectionBrokenError("the client moved to a new connection"))
+        await self.aclose()
+
     async def aclose(self) -> None:
         """Close the connection; calls in flight raise ClientClosedError. Idempotent."""
         self._fail(self.core.fail, ClientClosedError("client is closed"))
         await self.raw.aclose()
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
+            return
         task_group, self._task_group = self._task_group, None
         if task_group is not None:
             task_group.cancel_scope.cancel()

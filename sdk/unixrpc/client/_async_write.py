@@ -68,6 +68,8 @@ class AsyncWriter:
         # started: a stream never closed would warn when collected)
         self._cancel_send: MemoryObjectSendStream[bytes] | None = None
         self._cancel_receive: MemoryObjectReceiveStream[bytes] | None = None
+        # ids of the requests still queued when the connection ended: never written
+        self._unsent: frozenset[int] = frozenset()
 
     def start(self, task_group: TaskGroup, new_wakeup: Callable[[], Wakeup]) -> None:
         """Start the flusher and the canceller in *task_group*."""
@@ -79,7 +81,9 @@ class AsyncWriter:
 
     def stop(self) -> None:
         """The connection is over: nothing more is written."""
-        self._corked.clear()
+        if self._corked:
+            self._unsent = frozenset(self._corked)
+            self._corked.clear()
         if self._cancel_send is not None:
             self._cancel_send.close()
 
@@ -89,10 +93,23 @@ class AsyncWriter:
         if self._flush_wakeup is None:
             raise RuntimeError("use the client as `async with AsyncClient(...) as client:`")
 
+    def was_written(self, slot: CallSlot) -> bool:
+        """Whether *slot*'s request was written (or started to be), for a
+        call whose connection ended: a request still queued then was not."""
+        return slot.call_id not in self._unsent and slot.call_id not in self._corked
+
     async def start_call(
-        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: Timeout
+        self,
+        spec: MethodSpec,
+        params: bytes,
+        fd_context: FdContext | None,
+        timeout: Timeout,
+        *,
+        release_fds: bool = True,
     ) -> CallSlot:
-        """Open a call and write its request within its deadline."""
+        """Open a call and write its request within its deadline; then
+        release the descriptors of *fd_context* unless told not to (a
+        reconnecting client may send them again)."""
         try:
             if fd_context is None or not fd_context.outgoing:
                 slot, unfinished = self.request_nowait(spec, params, timeout)
@@ -110,7 +127,7 @@ class AsyncWriter:
                 await self._finish_request(slot, data, sent, cmsgs)
             return slot
         finally:
-            if fd_context is not None:
+            if fd_context is not None and release_fds:
                 fd_context.sent()
 
     def request_nowait(

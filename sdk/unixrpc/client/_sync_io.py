@@ -21,7 +21,8 @@ from .._core import wire
 from .._core.client import CallSlot, ClientCore, Message, Timeout
 from .._core.codec import encode_params
 from ..ancillary import SocketAncillary
-from ..exceptions import ClientClosedError, RPCError, StreamProtocolParseError
+from ..exceptions import ClientClosedError, ConnectionBrokenError, RPCError, StreamProtocolParseError
+from ..fds import FdContext
 from ..methods import MethodSpec
 from ..transport.sync_client import UnixStreamClient
 from ._fds import outgoing_fds
@@ -73,6 +74,8 @@ class SyncConnection:
         self._reader_lock = threading.Lock()
         self._cond = threading.Condition(threading.Lock())
         self._waiting = 0
+        #: which connection of a reconnecting client this is (1: the first)
+        self.generation = 1
 
     def take(self, slot: CallSlot) -> tuple[Message, bytes | None]:
         """The next message of *slot* (it has one), and the frame to send first."""
@@ -83,18 +86,26 @@ class SyncConnection:
         """Open a call and write its request, within its deadline."""
         params, fd_context = encode_params(method, spec)
         try:
-            cmsgs, nfds = outgoing_fds(fd_context)
-            with self._lock:
-                slot, data = self.core.request(spec, params, nfds, timeout)
-            try:
-                self.send(data, cmsgs, slot.deadline, slot)
-            except BaseException:
-                with self._lock:
-                    self.core.give_up(slot, request_sent=False)
-                raise
+            return self.start_encoded(spec, params, fd_context, timeout)
         finally:
             if fd_context is not None:
                 fd_context.sent()
+
+    def start_encoded(
+        self, spec: MethodSpec, params: bytes, fd_context: FdContext | None, timeout: Timeout
+    ) -> CallSlot:
+        """Open a call of encoded *params* and write its request, within its
+        deadline. The descriptors of *fd_context* stay open (the caller
+        releases them: a reconnecting client may send them again)."""
+        cmsgs, nfds = outgoing_fds(fd_context)
+        with self._lock:
+            slot, data = self.core.request(spec, params, nfds, timeout)
+        try:
+            self.send(data, cmsgs, slot.deadline, slot)
+        except BaseException:
+            with self._lock:
+                self.core.give_up(slot, request_sent=False)
+            raise
         return slot
 
     def send(
@@ -258,6 +269,11 @@ class SyncConnection:
         self.raw.close()
         with self._cond:
             self._cond.notify_all()
+
+    def retire(self) -> None:
+        """A reconnecting client moved to a new connection: close this one as
+        lost (a call that raced to it sees it broken, and goes to the new one)."""
+        self._break(self.core.fail, ConnectionBrokenError("the client moved to a new connection"))
 
     def close(self) -> None:
         """Close the connection: calls in flight in other threads raise

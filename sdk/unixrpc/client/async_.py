@@ -9,29 +9,28 @@ through ``ClientCore``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 
 from .._core import wire
-from .._core.client import (
-    DEFAULT,
-    DEFAULT_STREAM_WINDOW,
-    CallSlot,
-    ClientConnection,
-    Timeout,
-)
-from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
+from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, ClientConnection, Timeout
+from .._core.client.session import ConnectionState, ReconnectPolicy
+from .._core.codec import encode_params, final_value, spec_of
 from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike
 from ..ancillary import UnixCredentials
-from ..methods import Method, MethodSpec, StreamMethod
+from ..exceptions import ClientClosedError
+from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.async_client import AsyncUnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._async_io import AsyncConnection
+from ._async_resume import AsyncSessionStreamCall
+from ._async_session import AsyncSession
+from ._async_stream import AsyncStreamCall
 from ._fds import outgoing_fds
 
 __all__ = ["AsyncClient", "AsyncStreamCall"]
@@ -57,9 +56,15 @@ class AsyncClient:
             The framework's own scopes (``anyio.fail_after``,
             ``asyncio.timeout``, ``trio.move_on_after``) work as well.
         max_frame_size, max_fds_per_frame, stream_window: as for :class:`Client`.
+        reconnect: as for :class:`Client` (the first connection is made on
+            entering, without retrying).
+        on_connect: with ``reconnect``, called with the client after each
+            reconnection (a plain function or a coroutine function), before
+            the calls waiting for it go on; its own calls go through.
 
     Raises:
-        ValueError: an argument is out of range.
+        ValueError: an argument is out of range; ``reconnect`` for a
+            connected socket, or ``on_connect`` without ``reconnect``.
         (on entering) SocketNotFoundError, SocketRefusedError,
             SocketPermissionError, ConnectError (``OSError`` subclasses).
     """
@@ -72,17 +77,37 @@ class AsyncClient:
         max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         stream_window: int = DEFAULT_STREAM_WINDOW,
+        reconnect: bool | ReconnectPolicy = False,
+        on_connect: Callable[[AsyncClient], object] | None = None,
     ) -> None:
+        policy = ReconnectPolicy.of(reconnect)
+        if policy is not None and not isinstance(address, (str, bytes)) and hasattr(address, "fileno"):
+            raise ValueError("reconnect needs an address to connect to again, not a connected socket")
+        if on_connect is not None and policy is None:
+            raise ValueError("on_connect is called on reconnections: it needs reconnect=True")
         framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        # raises ValueError for the window; the clock is read only in calls, in the loop
-        core = ClientConnection(framing, stream_window, timeout=timeout, clock=anyio.current_time)
-        self._raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
-            address, StreamProtocol(framing), max_recv_size=wire.RECV_SIZE
-        )
-        self._conn = AsyncConnection(self._raw, core, framing.ancillary_bufsize)
+
+        def connect() -> AsyncConnection:
+            # raises ValueError for the window; the clock is read only in calls, in the loop
+            core = ClientConnection(framing, stream_window, timeout=timeout, clock=anyio.current_time)
+            raw: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame] = AsyncUnixStreamClient(
+                address, StreamProtocol(framing), max_recv_size=wire.RECV_SIZE
+            )
+            return AsyncConnection(raw, core, framing.ancillary_bufsize)
+
+        self._timeout = timeout
+        self._conn = connect()
+        self._raw = self._conn.raw
+        self._session: AsyncSession | None = None
+        if policy is not None:
+            hook = None if on_connect is None else (lambda: on_connect(self))
+            self._session = AsyncSession(self._conn, connect, policy, timeout, hook)
 
     async def __aenter__(self) -> Self:
-        await self._conn.enter()
+        if self._session is not None:
+            await self._session.enter()
+        else:
+            await self._conn.enter()
         return self
 
     async def __aexit__(
@@ -92,16 +117,40 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight raise ClientClosedError. Idempotent."""
-        await self._conn.aclose()
+        if self._session is not None:
+            await self._session.aclose()
+        else:
+            await self._conn.aclose()
 
     def __repr__(self) -> str:
-        return f"<AsyncClient {'broken' if self._conn.core.broken else 'open'}>"
+        return f"<AsyncClient {self.state.value}>"
 
     @property
     def raw(self) -> AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame]:
         """The raw packet client underneath (packets are RPC frames), for
-        socket options and peer information; do not read or write on it."""
-        return self._raw
+        socket options and peer information; with ``reconnect``, the current
+        connection's; do not read or write on it."""
+        session = self._session
+        return self._raw if session is None else session.current.raw
+
+    @property
+    def state(self) -> ConnectionState:
+        """As for :attr:`Client.state`."""
+        session = self._session
+        if session is not None:
+            return session.session.state
+        broken = self._conn.core.broken
+        if broken is None:
+            return ConnectionState.CONNECTED
+        if isinstance(broken, ClientClosedError):
+            return ConnectionState.CLOSED
+        return ConnectionState.DISCONNECTED
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the client connected again (0 without ``reconnect``)."""
+        session = self._session
+        return 0 if session is None else session.session.reconnects
 
     def get_peer_credentials(self) -> UnixCredentials:
         """The server process's pid, uid and gid.
@@ -109,7 +158,7 @@ class AsyncClient:
         Raises:
             RuntimeError: not connected yet.
         """
-        return self._raw.get_peer_credentials()
+        return self.raw.get_peer_credentials()
 
     # -- calls --------------------------------------------------------------
 
@@ -135,10 +184,13 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError: the connection is gone
                 (``RemoteProtocolError``: the server broke the protocol).
             RuntimeError: the client was not entered with ``async with``.
+            CallNotRunError, CallOutcomeUnknownError: as for :meth:`Client.call`.
         """
         spec = getattr(type(method), "__rpc_spec__", None)
         if spec is None or spec.method_class is not type(method) or spec.streaming:
             spec = spec_of(method, streaming=False)  # raises the right TypeError
+        if self._session is not None:
+            return await self._session.call(spec, method, timeout)  # type: ignore[no-any-return]
         params, fd_context = encode_params(method, spec)
         conn = self._conn
         if fd_context is None:  # the common case, in this coroutine
@@ -162,6 +214,9 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError: the connection is gone.
         """
         spec = spec_of(method, streaming=False, api="notify")
+        if self._session is not None:
+            await self._session.notify(spec, method)
+            return
         conn = self._conn
         conn.writer.check_usable()
         params, fd_context = encode_params(method, spec)
@@ -172,7 +227,13 @@ class AsyncClient:
             if fd_context is not None:
                 fd_context.sent()
 
-    def stream(self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT) -> AsyncStreamCall[ItemT]:
+    def stream(
+        self,
+        method: StreamMethod[ItemT],
+        *,
+        timeout: Timeout = DEFAULT,
+        resume: bool | Callable[[ItemT], StreamMethod[ItemT]] = False,
+    ) -> AsyncStreamCall[ItemT]:
         """A streaming call: ``async for item in client.stream(Watch()):``.
 
         The request is sent when iteration starts. Breaking out of the loop
@@ -182,13 +243,20 @@ class AsyncClient:
         Args:
             timeout: seconds to wait for each item, and for sending the
                 request (default: the client's; None waits for ever).
+            resume: as for :meth:`Client.stream` (with ``reconnect``).
 
         Raises:
             TypeError: *method* is not a StreamMethod instance.
+            ValueError: ``resume`` without ``reconnect``.
             (while iterating) RPCError, TimeoutError, InvalidResultError,
             ClientClosedError, ConnectionBrokenError.
         """
         spec = spec_of(method, streaming=True)
+        if self._session is not None:
+            seconds = self._timeout if timeout is DEFAULT else timeout
+            return AsyncSessionStreamCall(self._session, spec, method, seconds, resume or None)
+        if resume is not False:
+            raise ValueError("resume= opens the stream again on a new connection: it needs reconnect=True")
         return AsyncStreamCall(self._conn, spec, method, timeout)
 
     async def call_by_name(
@@ -230,71 +298,3 @@ class AsyncClient:
             ClientClosedError, ConnectionBrokenError.
         """
         return self.stream(untyped_stream(method, params, fds), timeout=timeout)
-
-
-class AsyncStreamCall(Generic[ItemT]):
-    """The items of a streaming call, as an async iterator. Iterating raises
-    RPCError (the stream ended with an error), TimeoutError (no item within
-    the timeout), InvalidResultError, ClientClosedError or
-    ConnectionBrokenError."""
-
-    def __init__(self, conn: AsyncConnection, spec: MethodSpec, method: Any, timeout: Timeout) -> None:
-        self._conn = conn
-        self._spec = spec
-        self._method = method
-        self._timeout = timeout
-        self._slot: CallSlot | None = None
-        self._done = False
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ItemT:
-        if self._done:
-            raise StopAsyncIteration
-        conn = self._conn
-        core = conn.core
-        try:
-            slot = self._slot
-            if slot is None:
-                params, fd_context = encode_params(self._method, self._spec)
-                slot = self._slot = await conn.writer.start_call(
-                    self._spec, params, fd_context, self._timeout
-                )
-            core.ask_item(slot)
-            if not slot.messages:
-                await conn.wait(slot)
-            message, credit = core.take(slot)
-        except BaseException:
-            self._done = True
-            raise
-        if credit is not None:  # the item is lost if this fails, and its descriptors closed
-            await conn.writer.write(credit, deadline=slot.deadline, slot=slot, what="credit", lost=message)
-        kind, envelope, fds = message
-        if kind is _ITEM:
-            return item_value(self._spec, envelope, fds)  # type: ignore[no-any-return]
-        self._done = True
-        stream_end(kind, envelope, fds)
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        """Stop the stream; the server cancels its handler. Idempotent."""
-        self._close()
-
-    def _close(self) -> None:
-        if not self._done:
-            self._done = True
-            if self._slot is not None:
-                self._conn.give_up(self._slot)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            self._close()

@@ -8,22 +8,27 @@ protocol rule is the core's (``_core/client/``, through ``ClientCore``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from .._core import wire
-from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, CallSlot, ClientConnection, Timeout
-from .._core.codec import encode_params, final_value, item_value, spec_of, stream_end
+from .._core.client import DEFAULT, DEFAULT_STREAM_WINDOW, ClientConnection, Timeout
+from .._core.client.session import ConnectionState, ReconnectPolicy
+from .._core.codec import encode_params, final_value, spec_of
 from .._core.framing import FrameSerializer
 from ..address import UnixAddressLike
 from ..ancillary import UnixCredentials
+from ..exceptions import ClientClosedError
 from ..methods import Method, StreamMethod
 from ..protocol import StreamProtocol
 from ..transport.sync_client import UnixStreamClient
 from ..untyped import JSONReply, untyped_call, untyped_stream
 from ._fds import outgoing_fds
 from ._sync_io import SyncConnection, refuse_event_loop
+from ._sync_resume import SessionStreamCall
+from ._sync_session import SyncSession
+from ._sync_stream import StreamCall
 
 __all__ = ["DEFAULT", "Client", "StreamCall"]
 
@@ -47,13 +52,25 @@ class Client:
         max_fds_per_frame: the most descriptors a frame may carry (<= 253).
         stream_window: how many stream items the server may send ahead of
             what has been consumed (backpressure).
+        reconnect: ``True`` or a :class:`~unixrpc.ReconnectPolicy`: when the
+            connection is lost (the daemon restarted), connect again with
+            backoff; calls made meanwhile wait (within their timeout); calls
+            in flight are sent again if they never ran or are idempotent,
+            else raise :class:`~unixrpc.CallOutcomeUnknownError`; streams
+            opened with ``resume=`` go on. The first connection is made here,
+            without retrying. See docs/rpc.md, "When the daemon restarts".
+        on_connect: with ``reconnect``, called with the client after each
+            reconnection, before the calls waiting for it go on (its own
+            calls go through: re-authenticate there). An exception it
+            raises is logged and ignored.
 
     Raises:
         SocketNotFoundError, SocketRefusedError, SocketPermissionError: no
             server listens there, or this user may not connect (subclasses of
             ``FileNotFoundError``, ``ConnectionRefusedError``, ``PermissionError``).
         ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
-        ValueError: an argument is out of range.
+        ValueError: an argument is out of range, or ``reconnect`` was asked
+            for a connected socket (there is no address to connect to again).
     """
 
     def __init__(
@@ -65,14 +82,34 @@ class Client:
         max_frame_size: int = wire.DEFAULT_MAX_FRAME_SIZE,
         max_fds_per_frame: int = wire.DEFAULT_MAX_FDS_PER_FRAME,
         stream_window: int = DEFAULT_STREAM_WINDOW,
+        reconnect: bool | ReconnectPolicy = False,
+        on_connect: Callable[[Client], object] | None = None,
     ) -> None:
+        policy = ReconnectPolicy.of(reconnect)
+        if policy is not None and not isinstance(address, (str, bytes)) and hasattr(address, "fileno"):
+            raise ValueError("reconnect needs an address to connect to again, not a connected socket")
+        if on_connect is not None and policy is None:
+            raise ValueError("on_connect is called on reconnections: it needs reconnect=True")
         framing = FrameSerializer(max_frame_size=max_frame_size, max_fds=max_fds_per_frame)
-        # raises ValueError for the window
-        core = ClientConnection(framing, stream_window, timeout=timeout, clock=time.monotonic)
-        self._raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            address, StreamProtocol(framing), connect_timeout=connect_timeout, max_recv_size=wire.RECV_SIZE
-        )
-        self._conn = SyncConnection(self._raw, core, framing.ancillary_bufsize)
+
+        def connect() -> SyncConnection:
+            # raises ValueError for the window
+            core = ClientConnection(framing, stream_window, timeout=timeout, clock=time.monotonic)
+            raw: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
+                address,
+                StreamProtocol(framing),
+                connect_timeout=connect_timeout,
+                max_recv_size=wire.RECV_SIZE,
+            )
+            return SyncConnection(raw, core, framing.ancillary_bufsize)
+
+        self._timeout = timeout
+        self._conn = connect()
+        self._raw = self._conn.raw
+        self._session: SyncSession | None = None
+        if policy is not None:
+            hook = None if on_connect is None else (lambda: on_connect(self))
+            self._session = SyncSession(self._conn, connect, policy, timeout, hook)
 
     def __enter__(self) -> Self:
         return self
@@ -83,14 +120,37 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Client of {self._raw.get_peer_name()} {'closed' if self._raw.is_closed() else 'open'}>"
+        raw = self.raw
+        return f"<Client of {raw.get_peer_name()} {self.state.value}>"
 
     @property
     def raw(self) -> UnixStreamClient[wire.RawFrame, wire.RawFrame]:
-        """The raw packet client underneath (packets are RPC frames). For
-        ``socket`` options and the peer's name; reading or writing frames on
-        it yourself would confuse the calls in flight."""
-        return self._raw
+        """The raw packet client underneath (packets are RPC frames); with
+        ``reconnect``, the current connection's. For ``socket`` options and
+        the peer's name; reading or writing frames on it yourself would
+        confuse the calls in flight."""
+        session = self._session
+        return self._raw if session is None else session.current.raw
+
+    @property
+    def state(self) -> ConnectionState:
+        """``CONNECTED``, ``RECONNECTING``, ``DISCONNECTED`` (reconnecting gave
+        up, or, without ``reconnect``, the connection broke) or ``CLOSED``."""
+        session = self._session
+        if session is not None:
+            return session.session.state
+        broken = self._conn.core.broken
+        if broken is None:
+            return ConnectionState.CONNECTED
+        return (
+            ConnectionState.CLOSED if isinstance(broken, ClientClosedError) else ConnectionState.DISCONNECTED
+        )
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the client connected again (0 without ``reconnect``)."""
+        session = self._session
+        return 0 if session is None else session.session.reconnects
 
     def get_peer_credentials(self) -> UnixCredentials:
         """The server process's pid, uid and gid.
@@ -98,7 +158,7 @@ class Client:
         Raises:
             ClientClosedError: the client is closed.
         """
-        return self._raw.get_peer_credentials()
+        return self.raw.get_peer_credentials()
 
     # -- calls --------------------------------------------------------------
 
@@ -125,9 +185,14 @@ class Client:
                 (``RemoteProtocolError``: the server broke the protocol).
             RuntimeError: this thread is running an event loop (use
                 AsyncClient there, or call from a worker thread).
+            CallNotRunError, CallOutcomeUnknownError: (with ``reconnect``)
+                the connection was lost before the reply and the call was
+                not sent again; they say whether the daemon may have run it.
         """
         spec = spec_of(method, streaming=False)
         refuse_event_loop("call")
+        if self._session is not None:
+            return self._session.call(spec, method, timeout)  # type: ignore[no-any-return]
         conn = self._conn
         slot = conn.start(spec, method, timeout)
         conn.wait(slot)
@@ -146,6 +211,9 @@ class Client:
         """
         spec = spec_of(method, streaming=False, api="notify")
         refuse_event_loop("notify")
+        if self._session is not None:
+            self._session.notify(spec, method)
+            return
         conn = self._conn
         conn.core.check_usable()
         params, fd_context = encode_params(method, spec)
@@ -156,7 +224,13 @@ class Client:
             if fd_context is not None:
                 fd_context.sent()
 
-    def stream(self, method: StreamMethod[ItemT], *, timeout: Timeout = DEFAULT) -> StreamCall[ItemT]:
+    def stream(
+        self,
+        method: StreamMethod[ItemT],
+        *,
+        timeout: Timeout = DEFAULT,
+        resume: bool | Callable[[ItemT], StreamMethod[ItemT]] = False,
+    ) -> StreamCall[ItemT]:
         """Start a streaming call; iterate over the result to get its items.
 
         Leaving the loop early (``break``, an exception, ``close()``) cancels
@@ -166,9 +240,17 @@ class Client:
         Args:
             timeout: seconds to wait for each item, and for sending the
                 request (default: the client's; None waits for ever).
+            resume: (with ``reconnect``) open the stream again on the next
+                connection when its connection is lost or the daemon ends it
+                while shutting down, and go on iterating: ``True`` with the
+                same request (items may be missed or repeated: counted in
+                ``.gaps``), or a function of the last item consumed that
+                returns the request to resume with, e.g. ``lambda last:
+                Watch(since=last.seq)`` (the first request if no item came).
 
         Raises:
             TypeError: *method* is not a StreamMethod instance.
+            ValueError: ``resume`` without ``reconnect``.
             TimeoutError: the request could not be sent within *timeout*.
             ClientClosedError, ConnectionBrokenError: the connection is gone.
             RuntimeError: this thread is running an event loop.
@@ -176,6 +258,12 @@ class Client:
         """
         spec = spec_of(method, streaming=True)
         refuse_event_loop("stream")
+        session = self._session
+        if session is not None:
+            seconds = self._timeout if timeout is DEFAULT else timeout
+            return SessionStreamCall(session, spec, method, seconds, resume or None)
+        if resume is not False:
+            raise ValueError("resume= opens the stream again on a new connection: it needs reconnect=True")
         return StreamCall(self._conn, self._conn.start(spec, method, timeout))
 
     def call_by_name(
@@ -235,61 +323,7 @@ class Client:
     def close(self) -> None:
         """Close the connection. Calls in flight in other threads raise
         ClientClosedError. Idempotent."""
-        self._conn.close()
-
-
-class StreamCall(Generic[ItemT]):
-    """The items of a streaming call, as an iterator. Close it (or leave its
-    ``with`` block, or break out of the loop) to cancel the call.
-
-    Iterating raises RPCError (the stream ended with an error), TimeoutError
-    (no item within the timeout), InvalidResultError, ClientClosedError or
-    ConnectionBrokenError, and RuntimeError when the thread runs an event loop.
-    """
-
-    def __init__(self, conn: SyncConnection, slot: CallSlot) -> None:
-        self._conn = conn
-        self._slot = slot
-        self._done = False
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> ItemT:
-        if self._done:
-            raise StopIteration
-        conn, slot = self._conn, self._slot
-        try:
-            refuse_event_loop("stream")
-            conn.core.ask_item(slot)
-            conn.wait(slot)
-            message, credit = conn.take(slot)
-        except BaseException:
-            self._done = True
-            raise
-        if credit is not None:  # the item is lost if this fails, and its descriptors closed
-            conn.send(credit, None, slot.deadline, slot, "credit", message)
-        kind, envelope, fds = message
-        if kind is _ITEM:
-            return item_value(slot.spec, envelope, fds)  # type: ignore[no-any-return]
-        self._done = True
-        stream_end(kind, envelope, fds)
-        raise StopIteration
-
-    def close(self) -> None:
-        """Stop the stream; the server cancels its handler. Idempotent."""
-        if not self._done:
-            self._done = True
-            self._conn.give_up(self._slot)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if not getattr(self, "_done", True):
-            self.close()
+        if self._session is not None:
+            self._session.close()
+        else:
+            self._conn.close()
