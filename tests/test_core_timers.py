@@ -217,3 +217,20 @@ def test_the_fatal_error_goes_out_after_the_replies_of_calls_read_before_it() ->
     assert replies[0] == {"id": 1, "result": 3}
     assert replies[1]["id"] is None
     assert "over the limit" in replies[1]["error"]["message"]
+
+
+def test_a_stream_stopped_by_its_cancel_ends_with_the_cancels_error() -> None:
+    """A stream whose producer stopped because ``stream_step`` said STOP
+    (cancelled, here by shutdown) before the engine's cancellation reached
+    it: it ends with ``ServerShuttingDownError``, never a normal end, so a
+    client knows to resume (found by the reconnect tests on the anyio engine)."""
+    core, _ = make()
+    call = core.receive_frame(frame(id=1, method="Count", params={"n": 3}, stream=4))
+    assert isinstance(call, ServerCall)
+    (ended,) = core.end_streams()
+    assert ended is call
+    assert core.stream_step(call) == "stop"
+    core.finish(call)  # the generator was closed and the engine reports it ended
+    (reply,) = output(core)
+    assert reply["id"] == 1
+    assert reply["error"]["code"] == "unixrpc.ShuttingDown"

@@ -100,6 +100,11 @@ class CallTable:
                 discard_value(call.handler.spec, value)
             self.release(call)
             return
+        if call.cancel_requested and call.handler.spec.streaming and raised is None:
+            # a stream that stopped because it was cancelled (stream_step said STOP before the
+            # engine's cancellation reached it): it ends with the cancel's error, never a result
+            self.stop(call)
+            return
         if raised is not None:
             self._fail(call, raised)
             return
