@@ -378,6 +378,10 @@ def drop_to_thread_limit(spare: int) -> None:
 
 
 def main() -> None:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1)  # a stuck server process can be asked where it is
     path, backend, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     spare = kwargs.pop("_spare_threads", None)
     server = make_server(backend, **kwargs)

@@ -10,6 +10,7 @@ never leaked; a dict for a model is validated into it). SIGHUP without
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -403,3 +404,26 @@ def test_sighup_without_on_reload_is_logged_and_ignored(
     assert "exited cleanly" in out
     assert "received SIGHUP: ignored (no on_reload hook to run; stop with SIGTERM)" in err
     assert not os.path.exists(path), "the socket file was removed"
+
+
+def test_a_socket_file_that_cannot_be_removed_does_not_stop_the_shutdown(
+    sock_dir: str, server_backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon that dropped its privileges after binding cannot remove its
+    socket file at the end: that is a warning, and the shutdown still runs
+    (before, the ``PermissionError`` skipped it and the threads engine's
+    loop thread hung the process at exit)."""
+    import unixrpc.server.binding as binding
+
+    server = Server()
+    path = os.path.join(sock_dir, "s")
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING, logger="unixrpc.server"):
+
+        def refuse(target: str) -> None:
+            raise PermissionError(13, "Permission denied", target)
+
+        with server.serve_in_thread(path, backend=server_backend):  # returns: the shutdown ran
+            patch.setattr(binding.os, "unlink", refuse)
+    assert any("could not remove the socket file" in r.getMessage() for r in caplog.records)
+    assert server.address is None  # no longer serving
+    os.unlink(path)

@@ -140,7 +140,7 @@ def test_a_thread_that_cannot_be_started_refuses_work_and_the_daemon_goes_on(
             for _ in range(6):
                 sock = raw_connect(path, timeout=30)
                 blockers.append(sock)
-                sock.sendall(frame(encode(id=1, method="Block", params={"tag": "t", "seconds": 1})))
+                sock.sendall(frame(encode(id=1, method="Block", params={"tag": "t", "seconds": 0.3})))
             for sock in blockers:
                 reply = recv_envelope(sock)  # each answered: run once a thread was free, or refused
                 assert reply is not None

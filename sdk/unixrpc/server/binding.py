@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
@@ -73,13 +74,15 @@ class BoundListener:
         path = self.address.as_pathname()
         if path is None or self._identity is None:
             return
+        identity, self._identity = self._identity, None
         try:
             st = os.lstat(path)
-            if (st.st_dev, st.st_ino) == self._identity:
+            if (st.st_dev, st.st_ino) == identity:
                 os.unlink(path)
         except FileNotFoundError:
             pass
-        self._identity = None
+        except OSError as exc:  # (a daemon that dropped its privileges after binding, say)
+            logging.getLogger("unixrpc.server").warning("could not remove the socket file %s: %s", path, exc)
 
 
 def _check_path_is_free(path: str) -> None:
