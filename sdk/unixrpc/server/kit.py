@@ -21,6 +21,7 @@ from ..exceptions import ServerBusyError
 
 __all__ = [
     "LINGER_SECONDS",
+    "grace_elapsed",
     "MAX_LINGERING",
     "connection_limits",
     "peer_hung_up",
@@ -114,3 +115,12 @@ def connection_limits(
         share = max(total // 4, 1) if max_connections is None else total
         per_uid = min(DEFAULT_MAX_CONNECTIONS_PER_UID, share)
     return total, per_uid
+
+
+def grace_elapsed(grace: float, running: list[str]) -> None:
+    """Log the calls a shutdown cancels because its grace is over (each
+    described by the core: method, call id, caller)."""
+    if running:
+        logger.warning(
+            "shutdown grace of %ss elapsed; cancelling %d calls: %s", grace, len(running), "; ".join(running)
+        )

@@ -202,6 +202,13 @@ class ServerConnection:
         """True while the output not yet written is over the bound."""
         return self._out.unsent > self._rules.max_unsent and not self._out.failed
 
+    def describe_calls(self) -> list[str]:
+        """The calls in flight, for the log: method, call id and caller."""
+        pid, uid = self.peer_pid, self.peer_uid
+        return [
+            f"{call.method} (call {call.call_id}) from pid {pid} uid {uid}" for call in self._calls.values()
+        ]
+
     def queued_fds(self) -> int:
         """Descriptors received and not yet taken by their frame."""
         return len(self._fd_queue)

@@ -127,12 +127,8 @@ class Connection(CallRunner, OutputWriter):
             self.core.close()
 
     def describe_calls(self) -> list[str]:
-        """The calls in flight, for the log: method, call id and caller."""
-        peer = self.peer
-        return [
-            f"{call.method} (call {call.call_id}) from pid {peer.pid} uid {peer.uid}"
-            for call in self.core.calls()
-        ]
+        """The calls in flight, for the log (the core's wording)."""
+        return self.core.describe_calls()
 
     def _peer_hung_up(self) -> bool:
         try:

@@ -30,7 +30,7 @@ from ...exceptions import ClientClosedError, ServerBusyError
 from ...transport.async_client import AsyncUnixStreamClient
 from ..binding import BoundListener
 from ..config import ServerConfig
-from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit
+from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, grace_elapsed, raise_fd_limit
 from ..lifecycle import Lifecycle
 from .connection import Connection
 
@@ -152,13 +152,7 @@ class AnyioEngine:
         self._drain_scope = None
         if scope.cancelled_caught:
             running = [line for c in self.connections for line in c.describe_calls()]
-            if running:
-                logger.warning(
-                    "shutdown grace of %ss elapsed; cancelling %d calls: %s",
-                    grace,
-                    len(running),
-                    "; ".join(running),
-                )
+            grace_elapsed(grace, running)
         with anyio.CancelScope(shield=True):
             for connection in list(self.connections):
                 await connection.abort()

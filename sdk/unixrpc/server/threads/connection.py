@@ -586,13 +586,9 @@ class ThreadConnection:
             os.close(self._work_fd)
 
     def describe_calls(self) -> list[str]:
-        """The calls in flight, for the log: method, call id and caller."""
-        peer = self.peer
+        """The calls in flight, for the log (the core's wording)."""
         with self._lock:
-            return [
-                f"{call.method} (call {call.call_id}) from pid {peer.pid} uid {peer.uid}"
-                for call in self.core.calls()
-            ]
+            return self.core.describe_calls()
 
 
 #: calls a connection's core holds waiting for a thread, beyond those running

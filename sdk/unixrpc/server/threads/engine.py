@@ -27,7 +27,14 @@ from ..._ratelog import RateLimitedLog
 from ...peer import read_peer
 from ..binding import BoundListener
 from ..config import ServerConfig
-from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, raise_fd_limit, send_refusal
+from ..kit import (
+    LINGER_SECONDS,
+    MAX_LINGERING,
+    connection_limits,
+    grace_elapsed,
+    raise_fd_limit,
+    send_refusal,
+)
 from ..lifecycle import Lifecycle
 from .connection import LoopThread, ThreadConnection
 
@@ -239,13 +246,7 @@ class ThreadEngine:
             grace = self._grace if self._grace is not None else config.shutdown_grace
             if time.monotonic() >= began + grace:  # a later stop() (a second signal) may have shortened it
                 running = [line for c in connections for line in c.describe_calls()]
-                if running:
-                    logger.warning(
-                        "shutdown grace of %ss elapsed; cancelling %d calls: %s",
-                        grace,
-                        len(running),
-                        "; ".join(running),
-                    )
+                grace_elapsed(grace, running)
                 break
             time.sleep(0.01)
         for connection in connections:
