@@ -362,6 +362,22 @@ def poll_hung_up(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
+def _tasks_of_uid(uid: int) -> int:
+    """Threads of every process whose real uid is *uid* (what RLIMIT_NPROC counts)."""
+    total = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as status:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            total += int(fields.get("Threads", "0"))
+    return total
+
+
 def drop_to_thread_limit(spare: int) -> None:
     """Become uid/gid 65534 and allow this user *spare* more threads than
     the process has now (``RLIMIT_NPROC``, which root is exempt from): the
@@ -373,7 +389,7 @@ def drop_to_thread_limit(spare: int) -> None:
     os.setgroups([])
     os.setresgid(65534, 65534, 65534)
     os.setresuid(65534, 65534, 65534)
-    limit = _proc_status(os.getpid(), "Threads") + spare
+    limit = _tasks_of_uid(65534) + spare  # (the limit counts every task of the user, not only ours)
     resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
 
