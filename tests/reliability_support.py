@@ -73,6 +73,12 @@ class Hold(StreamMethod[int]):
     """A stream that never ends: 0, 1, 2, ... as far as its credit goes."""
 
 
+class Chunks(StreamMethod[str]):
+    """A stream that never ends: items of *size* bytes, as far as its credit goes."""
+
+    size: int
+
+
 def make_server(backend: str = "asyncio", **kwargs: Any) -> Server:
     """The reliability server (what the server process serves). ``Add`` is
     an ``async def`` on an event loop and a plain ``def`` on the threads
@@ -134,6 +140,11 @@ def make_server(backend: str = "asyncio", **kwargs: Any) -> Server:
             with lock:
                 pending[req.tag] -= 1
         return "x" * req.size
+
+    @server.method(Chunks)
+    async def chunks(req: Chunks) -> AsyncIterator[str]:
+        while True:
+            yield "x" * req.size
 
     @server.method(Hold)
     async def hold(req: Hold) -> AsyncIterator[int]:
@@ -395,8 +406,11 @@ def drop_to_thread_limit(spare: int) -> None:
 
 def main() -> None:
     import faulthandler
+    import logging
     import signal
 
+    # RELIABILITY_DEBUG=1: every call in the server's log (server.log())
+    logging.basicConfig(level=logging.DEBUG if os.environ.get("RELIABILITY_DEBUG") else logging.WARNING)
     faulthandler.register(signal.SIGUSR1)  # a stuck server process can be asked where it is
     path, backend, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     spare = kwargs.pop("_spare_threads", None)

@@ -234,3 +234,38 @@ def test_a_stream_stopped_by_its_cancel_ends_with_the_cancels_error() -> None:
     (reply,) = output(core)
     assert reply["id"] == 1
     assert reply["error"]["code"] == "unixrpc.ShuttingDown"
+
+
+def test_a_write_the_peer_does_not_take_within_write_timeout_closes_the_connection() -> None:
+    """The engine waits ``write_timeout`` for a write the socket could not
+    take at once, then reports it: the core closes the connection with the
+    reason (logged, not sent: the peer does not read), drops what is queued
+    and what its calls still produce."""
+    core, rules = make(write_timeout=3.0, max_unsent=64 * KiB)
+    assert core.write_timeout == 3.0
+    count = core.receive_frame(frame(id=1, method="Count", params={"n": 10**6}, stream=16))
+    assert isinstance(count, ServerCall)
+    in_flight = core.take_output()  # (nothing yet) the writer takes what is queued
+    for _ in range(16):
+        assert core.stream_step(count) == ITEM
+        core.item(count, 7)
+    in_flight = core.take_output()
+    assert in_flight
+    assert core.unsent > 0
+    core.item(count, 8)  # queued behind the blocked write
+    closed = core.write_timed_out()  # (logged, rate-limited: the engine tests read the log)
+    assert "did not read its replies for 3.0 s" in closed.reason
+    for chunk in in_flight:  # the engine gives the write up
+        core.written(chunk, ok=False)
+    assert core.closing is not None
+    assert not core.has_output()
+    assert core.unsent == 0
+    core.item(count, 9)  # what a call still produces is dropped
+    assert not core.has_output()
+    assert [call.call_id for call in core.hang_up()] == [1]
+    assert rules.memory.total == 0
+
+
+def test_without_a_write_timeout_the_engine_waits_for_ever() -> None:
+    core, _ = make()
+    assert core.write_timeout == float("inf")

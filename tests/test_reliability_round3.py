@@ -234,6 +234,44 @@ def test_replies_a_peer_does_not_read_are_charged_to_the_budget(path: str, serve
         assert server.alive()
 
 
+# -- item 7: a peer that never reads its replies was never timed out ---------------------------------
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("attack", ["replies", "stream"])
+def test_a_peer_that_never_reads_its_replies_is_closed_after_the_write_timeout(
+    path: str, server_backend: str, attack: str
+) -> None:
+    """Calls whose replies (8 of 1 MiB) or stream items (a window of 64
+    items of 64 KiB) the peer never reads: before, neither
+    ``frame_timeout`` nor ``connection_idle_timeout`` closed it and its
+    unsent output stayed in memory for ever. Now a write the socket cannot
+    take waits ``write_timeout`` for the peer, then the connection is closed
+    and logged, its calls cancelled: the server is back to the descriptors
+    and threads it had, and the peer finds the end of the stream after what
+    the socket held."""
+    with ServerProcess(path, server_backend, write_timeout=1.0) as server:
+        wait_served(path)
+        fds, threads = server.fds(), server.threads()
+        with raw_connect(path) as greedy:
+            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            if attack == "replies":
+                big = b"".join(frame(encode(id=i, method="Big", params={"size": MiB})) for i in range(8))
+                greedy.sendall(big)
+            else:
+                greedy.sendall(frame(encode(id=1, method="Chunks", params={"size": 64 * 1024}, stream=64)))
+            wait_for(lambda: "did not read its replies" in server.log(), 30, "the write timeout")
+            server.wait_fds(fds, 30)
+            wait_for(lambda: server.threads() <= threads, 30, f"server threads back to {threads}")
+            greedy.settimeout(30)
+            received = 0
+            while chunk := greedy.recv(1 << 20):  # what the socket held, then the end
+                received += len(chunk)
+            assert received < 8 * MiB
+        wait_served(path)
+        assert server.alive()
+
+
 def _pending(probe: socket.socket, tag: str) -> int:
     probe.sendall(frame(encode(id=1, method="Pending", params={"tag": tag})))
     reply = recv_envelope(probe)
@@ -318,6 +356,56 @@ def test_a_cancel_behind_more_calls_than_threads_is_answered_at_once(path: str, 
             _release_tag(path, "q")
             ids = sorted(recv_envelope(sock)["id"] for _ in range(31))  # type: ignore[index]
             assert ids == list(range(1, 32))
+        assert server.alive()
+
+
+# -- item 2, second half: threads server wide ---------------------------------------------------------
+
+
+@pytest.mark.server
+def test_threads_are_bounded_server_wide_and_every_connection_is_still_read(
+    path: str, server_backend: str
+) -> None:
+    """Two connections of 16 blocking plain ``def`` calls each, against
+    ``max_threads=4``: before, the threads engine started 16 threads per
+    connection whatever the server ran (one uid's connections could ask for
+    ~263,000). Now the threads beyond each connection's first two come from
+    a server-wide budget (on the anyio engine, ``max_threads`` is its handler
+    pool): the server's threads stay within it, calls beyond it wait (none
+    is refused), each connection is still read (a cancel of a waiting call
+    is answered while the others block), and every call completes once
+    released."""
+    with ServerProcess(path, server_backend, max_threads=4) as server:
+        wait_served(path)
+        wait_for(lambda: server.threads() <= 4, 10, "the server's threads settled")  # (engine's own)
+        base = server.threads()
+        with raw_connect(path, timeout=30) as a, raw_connect(path, timeout=30) as b:
+            for sock, tag in ((a, "a"), (b, "b")):
+                sock.sendall(
+                    b"".join(frame(encode(id=i, method="Block", params={"tag": tag})) for i in range(1, 17))
+                )
+            # threads engine: one runner of its own per connection, plus the budget's 4
+            running = 4 + (2 if server_backend.endswith("threads") else 0)
+            with raw_connect(path) as probe:
+                wait_for(
+                    lambda: _pending(probe, "a") + _pending(probe, "b") == running,
+                    30,
+                    f"{running} calls running",
+                )
+                # each connection (the probe's too): a reader and a runner of its own; the budget's 4
+                most = base + (3 * 2 + 4 if server_backend.endswith("threads") else 4)
+                assert server.threads() <= most, f"{server.threads()} threads, at most {most} expected"
+                b.sendall(frame(encode(cancel=16)))
+                reply = recv_envelope(b)  # answered while every call of b still blocks or waits
+                assert reply is not None
+                assert (reply["id"], reply["error"]["code"]) == (16, "unixrpc.Cancelled")
+                assert _pending(probe, "a") + _pending(probe, "b") == running
+            _release_tag(path, "a")
+            _release_tag(path, "b")
+            assert sorted(recv_envelope(a)["result"] for _ in range(16)) == ["a"] * 16  # type: ignore[index]
+            assert sorted(recv_envelope(b)["result"] for _ in range(15)) == ["b"] * 15  # type: ignore[index]
+        if server_backend.endswith("threads"):
+            assert "max_threads=4" in server.log()
         assert server.alive()
 
 

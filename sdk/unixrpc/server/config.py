@@ -30,6 +30,9 @@ class ServerConfig:
         max_connections, max_connections_per_uid: as given (None: derived
             from the descriptor limit by :func:`.kit.connection_limits`).
         max_threads_per_connection: the threads engine's per-connection cap.
+        max_threads: the threads engine's server-wide budget of threads
+            beyond each connection's first two (the anyio engine's handler
+            pool has the same size, through *handler_threads*).
         shutdown_grace: seconds calls in flight get on shutdown.
         connection_ids: numbers for new connections.
         handler_threads: the pool that runs plain ``def`` handlers (anyio engine).
@@ -44,6 +47,7 @@ class ServerConfig:
     max_connections: int | None
     max_connections_per_uid: int | None
     max_threads_per_connection: int
+    max_threads: int
     shutdown_grace: float
     connection_ids: Iterator[int]
     handler_threads: Callable[[], HandlerThreads]

@@ -84,6 +84,11 @@ class Server:
             connection is closed. None: no limit.
         connection_idle_timeout: close a connection with no call in flight
             that sent nothing for this many seconds (None: never).
+        write_timeout: seconds a write of replies that the socket could not
+            take at once may wait for the peer to read it (one write: the
+            replies queued meanwhile, at most 1 MiB plus one frame);
+            then the peer is taken not to read, and the connection is closed
+            and logged, its unsent replies dropped. None: no limit.
         max_buffered_bytes: the bytes all connections together may hold
             beyond their 64 KiB read buffers (large frames arriving, replies
             the peer has not read); a connection that grows past it is closed.
@@ -103,6 +108,10 @@ class Server:
         shutdown_grace: seconds calls in flight get to finish on shutdown.
         max_threads: threads that run plain ``def`` handlers at once, server
             wide, on the asyncio and trio backends (more calls wait for one).
+            On the threads backend: the threads all connections may have
+            beyond their first two (one reads while one runs a call), server
+            wide; a connection that would need more runs its calls on the
+            threads it has, one after another (reading goes on).
         on_reload: a hook (plain, or returning an awaitable) run on SIGHUP or
             :meth:`reload`, between ``RELOADING=1`` and ``READY=1`` to systemd
             (``Type=notify-reload``): re-read configuration there.
@@ -141,6 +150,7 @@ class Server:
         idle_timeout: float | None = None,
         frame_timeout: float | None = 30.0,
         connection_idle_timeout: float | None = None,
+        write_timeout: float | None = 30.0,
         max_buffered_bytes: int = 256 * 1024 * 1024,
         max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
     ) -> None:
@@ -184,6 +194,7 @@ class Server:
             max_stream_window=max_stream_window,
             frame_timeout=frame_timeout,
             connection_idle_timeout=connection_idle_timeout,
+            write_timeout=write_timeout,
             memory_lock=threading.Lock(),
         )
         self._handler_threads: HandlerThreads | None = None
@@ -198,6 +209,11 @@ class Server:
     def frame_timeout(self) -> float | None:
         """Seconds a peer may take to finish a frame it started (None: no limit)."""
         return self._rules.frame_timeout
+
+    @property
+    def write_timeout(self) -> float | None:
+        """Seconds a blocked write of replies may wait for the peer to read it (None: no limit)."""
+        return self._rules.write_timeout
 
     @property
     def connection_idle_timeout(self) -> float | None:
@@ -338,6 +354,7 @@ class Server:
             max_connections=self.max_connections,
             max_connections_per_uid=self.max_connections_per_uid,
             max_threads_per_connection=self.max_threads_per_connection,
+            max_threads=self.max_threads,
             shutdown_grace=self.shutdown_grace,
             connection_ids=self._connection_ids,
             handler_threads=self._threads,

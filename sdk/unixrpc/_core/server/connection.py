@@ -58,6 +58,7 @@ checks). Engines (``server/``) wait and move bytes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -183,6 +184,13 @@ class ServerConnection:
         return self._out.unsent
 
     @property
+    def write_timeout(self) -> float:
+        """Seconds a write the socket could not take at once may wait for
+        the peer (``inf``: no limit); then :meth:`write_timed_out`."""
+        limit = self._rules.write_timeout
+        return math.inf if limit is None else limit
+
+    @property
     def output_failed(self) -> bool:
         """A write failed: the peer is gone, further output is dropped."""
         return self._out.failed
@@ -262,6 +270,24 @@ class ServerConnection:
         if self._clocks.partial_since is not None:
             return self.fatal(f"a frame was not finished within {self._rules.frame_timeout} s")
         return self.fatal(f"idle for {self._rules.connection_idle_timeout} s", tell_peer=False)
+
+    def write_timed_out(self) -> Close:
+        """A write of replies waited ``write_timeout`` seconds for the peer
+        to read it (the engine waits for it, from the moment the socket would
+        not take the write at once): the peer does not read. The connection
+        closes with the reason (logged; nothing more can be said to a peer
+        that does not read), its output and what its calls still produce is
+        dropped. Also once the connection is closing (its last words wait
+        for a peer that does not read them either). The engine then shuts
+        the socket down, so the connection ends as if the peer hung up: its
+        calls are cancelled (:meth:`hang_up`)."""
+        reason = f"the peer did not read its replies for {self._rules.write_timeout} s"
+        self.fatal(reason, tell_peer=False)
+        self._out.failed = True  # the write in progress is given up: later output is dropped
+        self._out.drop()
+        self._discard_output = True
+        self._charged()
+        return Close(self._closed or reason)
 
     def _charged(self) -> bool:
         """Charge the memory budget for what is held now, in steps of

@@ -125,6 +125,7 @@ class ServerRules:
         "max_unsent",
         "memory",
         "stopping",
+        "write_timeout",
     )
 
     def __init__(
@@ -140,6 +141,7 @@ class ServerRules:
         max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
         frame_timeout: float | None = None,
         connection_idle_timeout: float | None = None,
+        write_timeout: float | None = None,
         memory_lock: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.handlers = handlers
@@ -154,6 +156,9 @@ class ServerRules:
         self.frame_timeout = frame_timeout
         #: seconds a connection with nothing in flight may stay silent (None: no limit)
         self.connection_idle_timeout = connection_idle_timeout
+        #: seconds one write of replies the socket could not take at once may
+        #: wait for the peer to read it (None: no limit)
+        self.write_timeout = write_timeout
         self.stopping = False
         #: what all connections hold beyond their read buffers
         self.memory = MemoryBudget(max_buffered_bytes, memory_lock)

@@ -9,6 +9,7 @@ was queued meanwhile, so frames keep their order.
 from __future__ import annotations
 
 import array
+import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ class OutputWriter:
     core: ServerConnection
     connection_id: int
     _transport: AsyncUnixStreamClient[Any, Any]
+    _sock: socket.socket
     _writing: bool
     _write_done: Wakeup | None
     _new_wakeup: Callable[[], Wakeup]
@@ -79,13 +81,21 @@ class OutputWriter:
         """Write *chunks*, the first begun with *sent* bytes, then whatever
         the core queued meanwhile (shielded: a frame is never cut)."""
         core, transport = self.core, self._transport
+        limit = core.write_timeout
         try:
             with anyio.CancelScope(shield=True):
                 while chunks:
                     for index, chunk in enumerate(chunks):
                         try:
                             data, cmsgs = _wire(chunk)
-                            await transport.finish_send(data, sent, cmsgs)
+                            # (shielded from the call's cancellation, not from the peer that does not read)
+                            with anyio.CancelScope(deadline=anyio.current_time() + limit) as timer:
+                                await transport.finish_send(data, sent, cmsgs)
+                            if timer.cancelled_caught:  # the peer does not read: it goes as if it hung up
+                                reason = core.write_timed_out().reason
+                                with contextlib.suppress(OSError):
+                                    self._sock.shutdown(socket.SHUT_RDWR)
+                                raise TimeoutError(reason)
                         except (ConnectionError, OSError, ValueError) as exc:
                             self._give_up(chunks[index:], exc)
                             return

@@ -103,6 +103,7 @@ class ThreadConnection:
         self._writing = False  # a thread is writing (and writes what is queued meanwhile)
         self._waiting = 0  # threads waiting in epoll for a request (or queued work)
         self._threads = 0
+        self._budgeted = 0  # threads taken from the server's budget (beyond the first two)
         self._spawned = 0
         self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
         # Threads wait in one epoll: the socket, registered one-shot, wakes
@@ -130,7 +131,7 @@ class ThreadConnection:
         request); False if no thread could be started (then :meth:`discard`
         it and refuse the connection)."""
         with self._lock:
-            return self._spawn()
+            return self._spawn() is True
 
     def discard(self) -> None:
         """Free what a connection that never started holds, except its
@@ -143,10 +144,23 @@ class ThreadConnection:
 
     # -- the pool -----------------------------------------------------------------
 
-    def _spawn(self) -> bool:  # lock held
+    def _spawn(self) -> bool | None:  # lock held
         """Start a thread for the connection: False if the system would not
         (``RLIMIT_NPROC``, a cgroup's ``pids.max``, ``TasksMax=``): logged, at
-        a bounded rate, and the daemon goes on."""
+        a bounded rate, and the daemon goes on. None if the connection has
+        its own two threads already and the server's budget of further ones
+        (``max_threads``) is spent: its calls wait for the threads it has."""
+        budgeted = self._threads >= _OWN_THREADS
+        if budgeted:
+            if not self._engine.take_thread():
+                thread_budget_spent(
+                    "connection %d: the server runs max_threads=%d threads beyond its connections' "
+                    "first two: its calls wait for its own threads",
+                    self.connection_id,
+                    self._config.max_threads,
+                )
+                return None
+            self._budgeted += 1
         self._threads += 1
         self._spawned += 1
         name = f"unixrpc-conn{self.connection_id}-{self._spawned}"
@@ -154,9 +168,21 @@ class ThreadConnection:
             threading.Thread(target=self._thread_main, name=name, daemon=True).start()
         except RuntimeError as exc:  # "can't start new thread"
             self._threads -= 1
+            self._give_back()
             thread_start_failed("connection %d: could not start a thread: %s", self.connection_id, exc)
             return False
         return True
+
+    def _give_back(self) -> None:  # lock held
+        """Return to the server's budget what the threads now running no longer use."""
+        if self._budgeted > max(self._threads - _OWN_THREADS, 0):
+            self._budgeted -= 1
+            self._engine.give_thread()
+
+    def _reader_left(self) -> bool:  # lock held
+        """Whether, if this thread takes a queued call, a thread still
+        reads: one waits, or the reading is over, or one can be started."""
+        return bool(self._waiting) or self._reading_over or self._spawn() is True
 
     def _signal_work(self) -> None:  # lock held
         if not self._work_signalled and not self._fds_closed:
@@ -199,7 +225,7 @@ class ThreadConnection:
                         self._running -= 1
                         call = None
                     runq = self._runq
-                    if runq and self._running < self._max_running:
+                    if runq and self._running < self._max_running and self._reader_left():
                         call = runq.popleft()
                         self._running += 1
                         if not runq:
@@ -213,8 +239,7 @@ class ThreadConnection:
                     elif self._reading_over:
                         return
                     else:
-                        if not runq:
-                            self._clear_work()
+                        self._clear_work()  # (queued calls left wait for a thread that ends one)
                         spare = self._waiting > 0  # another thread waits: this one may retire
                         self._waiting += 1
                         deadline = self._read_deadline()
@@ -259,6 +284,7 @@ class ThreadConnection:
     def _thread_done(self) -> None:
         with self._cond:
             self._threads -= 1
+            self._give_back()
             last = self._threads == 0
             self._cond.notify_all()
         if last:
@@ -308,14 +334,15 @@ class ThreadConnection:
                     self._running += 1
                     if mine.engine is None:
                         mine.engine = True  # running: a cancel answers it at once
-                if (
-                    not self._dispatch(1 if mine is not None else 0)
-                    and mine is not None
-                    and not self._waiting
-                ):
-                    # no thread would read while this one runs the call: refuse it instead
+                got = self._dispatch(1 if mine is not None else 0)
+                if got is not True and mine is not None and not self._waiting:
+                    # no thread would read while this one runs the call
                     self._running -= 1
-                    core.finish(mine, raised=_no_thread())
+                    if got is None:  # the budget is spent: it waits for a thread that ends a call
+                        runq.appendleft(mine)
+                        self._clear_work()
+                    else:  # the system refused a thread: refused
+                        core.finish(mine, raised=_no_thread())
                     mine = None
                 self._arm()  # if it may be read now; else the writer or a thread taking a call does
         if core.has_output():
@@ -386,14 +413,17 @@ class ThreadConnection:
             return True
         return False
 
-    def _dispatch(self, taking: int) -> bool:  # lock held
+    def _dispatch(self, taking: int) -> bool | None:  # lock held
         """Get threads for the calls waiting in the queue (waiting ones
         first, then new ones), leaving one waiting for the next request when
         this thread, or one of them, is about to run a call (*taking*).
 
-        False if a thread could not be started: then the queued calls no
-        thread will take are refused ``ServerBusyError``, and the caller
+        False if the system would not start a thread: then the queued calls
+        no thread will take are refused ``ServerBusyError``, and the caller
         refuses the call it was about to run unless a thread is left to read.
+        None if the server's thread budget is spent: the queued calls wait
+        for the connection's threads, and the caller puts the call it was
+        about to run back in the queue unless a thread is left to read.
         """
         runq = self._runq
         extra = min(len(runq), self._max_running - self._running)
@@ -402,7 +432,10 @@ class ThreadConnection:
         elif runq and not extra:
             self._clear_work()  # every thread is busy: the first one free takes it
         for started in range(extra + taking - self._waiting):
-            if not self._spawn():
+            spawned = self._spawn()
+            if spawned is None:
+                return None
+            if not spawned:
                 free = self._waiting + started  # threads that will take a queued call
                 while len(runq) > free:
                     self.core.finish(runq.pop(), raised=_no_thread())
@@ -476,17 +509,23 @@ class ThreadConnection:
         """Write *chunks* (this thread set ``_writing``), then what was
         queued meanwhile, until nothing is left."""
         core, lock, transport = self.core, self._lock, self._transport
+        limit = self._config.rules.write_timeout  # (each write: then the peer is taken not to read)
         while True:
             done = 0
             try:
                 for chunk in chunks:
                     if type(chunk) is bytes:
-                        transport.send_data(chunk)
+                        transport.send_data(chunk, timeout=limit)
                     else:
                         assert isinstance(chunk, FdFrame)
                         fds = array.array("i", chunk.fileno_list()).tobytes()
-                        transport.send_data(chunk.data, [(*_RIGHTS, fds)])
+                        transport.send_data(chunk.data, [(*_RIGHTS, fds)], timeout=limit)
                     done += 1
+            except TimeoutError:  # the peer does not read: it goes as if it hung up
+                with lock:
+                    core.write_timed_out()  # (before the shutdown: a reader would take it for the peer's)
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
             except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a closed FileDescriptor
                 logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
             except BaseException:
@@ -591,6 +630,9 @@ class ThreadConnection:
             return self.core.describe_calls()
 
 
+#: the threads a connection always may have (one reads while one runs a call); more come
+#: from the server's budget (``max_threads``)
+_OWN_THREADS = 2
 #: calls a connection's core holds waiting for a thread, beyond those running
 _QUEUED_CALLS = 16
 #: the bytes of frames read and not yet taken in over which a connection is not read further
@@ -603,6 +645,8 @@ def _bytes_of(frames: deque[wire.RawFrame]) -> int:
 
 #: "could not start a thread", at most 10 lines per 10 s
 thread_start_failed = RateLimitedLog(logger, logging.ERROR, "failed thread starts")
+#: "the thread budget is spent", at most 10 lines per 10 s
+thread_budget_spent = RateLimitedLog(logger, logging.WARNING, "connections short of threads")
 
 
 def _no_thread() -> ServerBusyError:

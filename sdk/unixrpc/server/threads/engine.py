@@ -71,6 +71,9 @@ class ThreadEngine:
         # descriptors queued ahead of their frames, all connections together: a quarter of the table
         config.rules.fd_budget.limit = max(fd_limit // 4, config.rules.max_fds)
         self._admission = Admission(total, per_uid)
+        # threads beyond each connection's first two, all connections together
+        self._spare_threads = config.max_threads
+        self._spare_lock = threading.Lock()
 
     # -- what connections use -------------------------------------------------------
 
@@ -80,6 +83,20 @@ class ThreadEngine:
             if self._loop_thread is None:
                 self._loop_thread = LoopThread()
             return self._loop_thread
+
+    def take_thread(self) -> bool:
+        """Take one thread of the server-wide budget (``max_threads``): False
+        if it is spent (the connection makes do with the threads it has)."""
+        with self._spare_lock:
+            if self._spare_threads <= 0:
+                return False
+            self._spare_threads -= 1
+            return True
+
+    def give_thread(self) -> None:
+        """A thread taken with :meth:`take_thread` ended."""
+        with self._spare_lock:
+            self._spare_threads += 1
 
     def connection_done(self, connection: ThreadConnection) -> None:
         with self.lock:
