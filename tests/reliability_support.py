@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -24,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from unixrpc import Method, Server, StreamMethod
@@ -77,6 +78,13 @@ class Chunks(StreamMethod[str]):
     """A stream that never ends: items of *size* bytes, as far as its credit goes."""
 
     size: int
+
+
+class Ticks(StreamMethod[int]):
+    """A plain ``def`` generator: 0, 1, 2, ... as far as its credit goes;
+    ``Pending(tag)`` counts the generators not yet closed."""
+
+    tag: str
 
 
 def make_server(backend: str = "asyncio", **kwargs: Any) -> Server:
@@ -140,6 +148,16 @@ def make_server(backend: str = "asyncio", **kwargs: Any) -> Server:
             with lock:
                 pending[req.tag] -= 1
         return "x" * req.size
+
+    @server.method(Ticks)
+    def ticks(req: Ticks) -> Iterator[int]:
+        with lock:
+            pending[req.tag] += 1
+        try:
+            yield from itertools.count()
+        finally:
+            with lock:
+                pending[req.tag] -= 1
 
     @server.method(Chunks)
     async def chunks(req: Chunks) -> AsyncIterator[str]:

@@ -409,6 +409,75 @@ def test_threads_are_bounded_server_wide_and_every_connection_is_still_read(
         assert server.alive()
 
 
+@pytest.mark.server
+def test_streams_waiting_for_credit_hold_no_thread(path: str, server_backend: str) -> None:
+    """64 plain ``def`` generator streams on one connection, each with a
+    window of one item, waiting for credit: before, each held a thread on
+    the threads engine (338-477 threads for one connection). Now a stream
+    waiting for credit is parked with no thread and goes on when credit
+    comes; a cancel or the peer leaving closes its generator. With a
+    server-wide budget of 16 threads, all 64 start."""
+    with ServerProcess(path, server_backend, max_threads=16) as server:
+        wait_served(path)
+        base_fds = server.fds()
+        with raw_connect(path, timeout=30) as sock, raw_connect(path) as probe:
+            sock.sendall(
+                b"".join(
+                    frame(encode(id=i, method="Ticks", params={"tag": "t"}, stream=1)) for i in range(1, 65)
+                )
+            )
+            firsts = sorted(recv_envelope(sock)["id"] for _ in range(64))  # type: ignore[index]
+            assert firsts == list(range(1, 65))
+            wait_for(lambda: _pending(probe, "t") == 64, 30, "64 generators open")
+            # (main, accept and loop threads; the two connections' own two; the budget of 16): had
+            # each waiting stream held a thread, the budget would have left 46 of them unstarted
+            most = 3 + 2 * 2 + 16
+            assert server.threads() <= most, f"{server.threads()} threads for 64 waiting streams"
+            sock.sendall(b"".join(frame(encode(credit=i, n=1)) for i in range(1, 65)))
+            seconds = [recv_envelope(sock) for _ in range(64)]
+            assert sorted((reply["id"], reply["item"]) for reply in seconds) == [(i, 1) for i in range(1, 65)]  # type: ignore[index]
+            sock.sendall(b"".join(frame(encode(cancel=i)) for i in range(1, 33)))
+            ended = sorted(recv_envelope(sock)["id"] for _ in range(32))  # type: ignore[index]
+            assert ended == list(range(1, 33))
+            wait_for(lambda: _pending(probe, "t") == 32, 30, "the cancelled streams' generators closed")
+        with raw_connect(path) as probe:
+            wait_for(lambda: _pending(probe, "t") == 0, 30, "every generator closed once the peer left")
+        server.wait_fds(base_fds, 30)
+        assert server.alive()
+
+
+@pytest.mark.server
+def test_idle_connections_hold_no_thread(path: str, server_backend: str) -> None:
+    """100 connections that made a call and then wait: before, each held a
+    thread (two once a call had run beside the reader) on the threads
+    engine, for as long as it stayed open. Now the last thread of an idle
+    connection leaves it to the engine, which watches it with the other idle
+    ones and gives it a thread again when it has something: the server is
+    back to its own threads, and every connection is still served."""
+    with ServerProcess(path, server_backend) as server:
+        wait_served(path)
+        wait_for(lambda: server.threads() <= 4, 30, "the server's threads settled")
+        base, base_fds = server.threads(), server.fds()
+        socks = [raw_connect(path, timeout=30) for _ in range(100)]
+        try:
+            for i, sock in enumerate(socks):
+                sock.sendall(add_request(1, i, 1))
+            assert [recv_envelope(sock)["result"] for sock in socks] == [i + 1 for i in range(100)]  # type: ignore[index]
+            wait_for(
+                lambda: server.threads() <= base,
+                30,
+                f"server threads back to {base} with 100 idle connections",
+            )
+            for i, sock in enumerate(socks):
+                sock.sendall(add_request(2, i, 2))
+            assert [recv_envelope(sock)["result"] for sock in socks] == [i + 2 for i in range(100)]  # type: ignore[index]
+        finally:
+            for sock in socks:
+                sock.close()
+        server.wait_fds(base_fds, 30)
+        assert server.alive()
+
+
 # -- item 10: descriptors sent ahead of their frames pinned the fd table ------------------------------
 
 

@@ -84,7 +84,7 @@ from .clocks import CHARGE_SHIFT, Charge, Clocks
 from .codec import CANCEL, CREDIT, INVALID, REQUEST, WireCodec
 from .encoding import log_call
 from .intake import make_call
-from .outbox import Outbox
+from .outbox import FRAME_OVERHEAD, Outbox
 from .rules import UNKNOWN_PEER, ServerRules
 from .unixrpc import UnixrpcCodec
 
@@ -510,8 +510,8 @@ class ServerConnection:
                 release.abort()
             data = self._codec.frame(body)
             out.frames.append(data)  # (Outbox.put, inlined: the hot path)
-            out.unsent += len(data)
-            out.queued += len(data)
+            out.unsent += len(data) + FRAME_OVERHEAD
+            out.queued += len(data) + FRAME_OVERHEAD
         if (out.unsent >> CHARGE_SHIFT or self._charge.held) and not self._charged() and self._closed is None:
             # (a closing connection's last words go out)
             self._output_over_budget()

@@ -13,7 +13,13 @@ from collections.abc import Callable
 
 from .call import Chunk, FdFrame, ServerCall
 
-__all__ = ["Outbox"]
+__all__ = ["FRAME_OVERHEAD", "Outbox"]
+
+#: what a frame waiting in the queue costs beyond its bytes (its ``bytes`` object's header,
+#: its list slot, the allocator's rounding), counted in ``unsent`` and ``queued`` until a
+#: writer takes it (joined into one chunk): small replies a peer does not read cost about
+#: 3x their bytes, which the memory budget must see
+FRAME_OVERHEAD = 64
 
 
 class Outbox:
@@ -38,8 +44,8 @@ class Outbox:
     def put(self, data: bytes) -> None:
         """Queue a frame without descriptors."""
         self.frames.append(data)
-        self.unsent += len(data)
-        self.queued += len(data)
+        self.unsent += len(data) + FRAME_OVERHEAD
+        self.queued += len(data) + FRAME_OVERHEAD
 
     def put_fds(self, frame: FdFrame) -> None:
         """Queue a frame with descriptors."""
@@ -47,8 +53,8 @@ class Outbox:
         self._has_fds = True
         if frame.owner is not None:
             frame.owner.fd_frames += 1
-        self.unsent += len(frame.data)
-        self.queued += len(frame.data)
+        self.unsent += len(frame.data) + FRAME_OVERHEAD
+        self.queued += len(frame.data) + FRAME_OVERHEAD
 
     def take(self) -> list[Chunk]:
         """What to write now, in order (plain frames joined): write it, then
@@ -58,6 +64,7 @@ class Outbox:
             return out
         self.frames = []
         self.queued = 0
+        self.unsent -= FRAME_OVERHEAD * len(out)  # (what is left: the chunks' bytes)
         if not self._has_fds:
             return [out[0] if len(out) == 1 else b"".join(out)]  # type: ignore[arg-type]
         self._has_fds = False
@@ -103,5 +110,6 @@ class Outbox:
         out, self.frames = self.frames, []
         self._has_fds = False
         self.queued = 0
+        self.unsent -= FRAME_OVERHEAD * len(out)
         for chunk in out:
             self.written(chunk)

@@ -21,14 +21,26 @@ from ..context import CallContext, context_of
 if TYPE_CHECKING:
     from .connection import ThreadConnection
 
-__all__ = ["CallRunner"]
+__all__ = ["CallRunner", "Parked"]
 
 logger = logging.getLogger("unixrpc.server")
 #: how long a cancelled async handler's cleanup is waited for before its descriptors go
 _CLEANUP_WAIT = 30.0
-_DONE = object()  # a generator stream has no more items
 #: what _run_slow returns when the core answered the call itself (authorization refused it)
 _ANSWERED = object()
+#: what _run_slow returns when a stream waits for credit with no thread
+_PARKED = object()
+
+
+class Parked:
+    """``call.engine`` of a stream waiting for credit: its generator, and
+    whether a Grant or cancel queued it to go on already."""
+
+    __slots__ = ("items", "queued")
+
+    def __init__(self, items: Any) -> None:
+        self.items = items
+        self.queued = False
 
 
 class CallRunner:
@@ -43,8 +55,15 @@ class CallRunner:
         return context_of(call, self._conn.peer, self._conn.connection_id, self._conn._config.rules)
 
     def run(self, call: ServerCall) -> None:
-        """Run *call* on this thread, and answer it."""
+        """Run *call* on this thread, and answer it (or go on with a stream
+        that was parked waiting for credit)."""
         handler, core, lock = call.handler, self._conn.core, self._conn._lock
+        parked = call.engine
+        if type(parked) is Parked:  # credit came, or a cancel: the stream goes on (or ends) here
+            call.engine = True
+            if self._stream(call, parked.items) is not _PARKED:
+                self._answer(call, True, None)
+            return
         if call.cancel_requested:  # answered before a thread was free: it never runs
             with lock:
                 core.stop(call)
@@ -68,6 +87,8 @@ class CallRunner:
         if result is _ANSWERED:
             self._conn._flush()
             return
+        if result is _PARKED:  # a stream waits for credit, with no thread: a Grant or cancel resumes it
+            return
         self._answer(call, ok, result)
 
     def _run_slow(self, call: ServerCall) -> Any:
@@ -90,8 +111,7 @@ class CallRunner:
                     return _ANSWERED
         args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
         if handler.spec.streaming:
-            self._run_stream(call, args)
-            return None
+            return self._stream(call, handler.function(*args))
         if handler.is_async:
             return self._await(call, lambda: handler.function(*args))
         return handler.function(*args)
@@ -143,38 +163,57 @@ class CallRunner:
             with self._conn._lock:
                 call.engine = True
 
-    def _run_stream(self, call: ServerCall, args: tuple[Any, ...]) -> None:
-        items = call.handler.function(*args)
-        if call.handler.is_async:
-            done = object()
+    def _stream(self, call: ServerCall, items: Any) -> object:
+        """Produce the items of the stream *call* from its generator *items*
+        while the core says so: None once it ended or must stop (the
+        generator closed), or :data:`_PARKED` when it waits for credit: the
+        generator is kept in ``call.engine`` and the thread goes back to its
+        connection (a stream waiting for its client holds no thread); a
+        Grant or a cancel queues the call again (:meth:`.ThreadConnection.resume`)."""
+        is_async = call.handler.is_async
+        done = object()
 
-            async def next_item() -> Any:
-                return await anext(items, done)
+        async def next_item() -> Any:
+            return await anext(items, done)
 
-            try:
-                while self._room_for_item(call):
-                    item = self._await(call, next_item)
-                    if item is done:
-                        return
-                    self._send_item(call, item)
-            finally:
-                with contextlib.suppress(Exception):
-                    self._conn._engine.loop_thread().start(items.aclose).result()
-            return
+        parked = False
         try:
-            while self._room_for_item(call):
-                item = next(items, _DONE)
-                if item is _DONE:
-                    return
+            while True:
+                room = self._room_for_item(call, items)
+                if room is _PARKED:
+                    parked = True
+                    return _PARKED
+                if not room:
+                    return None
+                item = self._await(call, next_item) if is_async else next(items, done)
+                if item is done:
+                    return None
                 self._send_item(call, item)
         finally:
+            if not parked:
+                self._close_items(items, is_async)
+
+    def close_parked(self, call: ServerCall) -> None:
+        """The connection ends with *call* parked: close its generator."""
+        parked = call.engine
+        if type(parked) is Parked:
+            call.engine = True
+            self._close_items(parked.items, call.handler.is_async)
+
+    def _close_items(self, items: Any, is_async: bool) -> None:
+        if is_async:
+            with contextlib.suppress(Exception):
+                self._conn._engine.loop_thread().start(items.aclose).result()
+        else:
             items.close()
 
-    def _room_for_item(self, call: ServerCall) -> bool:
-        """Wait until the stream *call* may produce its next item (the core's
-        ``stream_step``: credit, and room in the output); False once it must
-        stop. Waiting for credit or for the peer to read is not work: the
-        thread's slot goes to a queued call meanwhile."""
+    def _room_for_item(self, call: ServerCall, items: Any) -> bool | object:
+        """Whether the stream *call* may produce its next item (the core's
+        ``stream_step``): True; False once it must stop; :data:`_PARKED` when
+        it waits for credit: then *items* is parked in ``call.engine``, in
+        the same locked step (a Grant that comes next finds it there).
+        Waiting for the peer to read (bounded by ``write_timeout``) is done
+        here, the thread's slot going to a queued call meanwhile."""
         core, lock = self._conn.core, self._conn._lock
         while True:
             with lock:
@@ -183,11 +222,14 @@ class CallRunner:
                     return True
                 if step == STOP:
                     return False
-                if step == NO_CREDIT or self._conn._writing:
+                if step == NO_CREDIT:
+                    self._conn.park(call, Parked(items))
+                    return _PARKED
+                if self._conn._writing:
                     self._conn._running -= 1
                     self._conn._dispatch(0)
                     try:
-                        self._conn._wait()  # a Grant, a cancel, or the writer done
+                        self._conn._wait()  # the writer done, or a cancel
                     finally:
                         self._conn._running += 1
                     continue

@@ -63,7 +63,7 @@ from ...peer import Peer
 from ...transport.sync_client import UnixStreamClient
 from ..config import ServerConfig
 from ..kit import peer_hung_up
-from .calls import CallRunner
+from .calls import CallRunner, Parked
 from .loop_thread import LoopThread
 
 if TYPE_CHECKING:
@@ -74,8 +74,9 @@ __all__ = ["LoopThread", "ThreadConnection"]
 logger = logging.getLogger("unixrpc.server")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _READ_ONCE = select.EPOLLIN | select.EPOLLONESHOT
-#: a thread idle this long, with another one waiting, ends
-_IDLE_SECONDS = 10.0
+#: a thread idle this long ends if another one waits; the last one then leaves the
+#: connection to the engine's idle watch (an idle connection holds no thread)
+_IDLE_SECONDS = 2.0
 
 
 class ThreadConnection:
@@ -104,6 +105,8 @@ class ThreadConnection:
         self._waiting = 0  # threads waiting in epoll for a request (or queued work)
         self._threads = 0
         self._budgeted = 0  # threads taken from the server's budget (beyond the first two)
+        self._parked = 0  # streams waiting for credit with no thread (not counted as calls held)
+        self._idle = False  # no thread: the engine watches the connection's epoll
         self._spawned = 0
         self._cond_waiters = 0  # threads waiting on the condition (credit, output drain)
         # Threads wait in one epoll: the socket, registered one-shot, wakes
@@ -218,6 +221,7 @@ class ThreadConnection:
     def _thread_main(self) -> None:
         lock, sock_fd, epoll = self._lock, self._sock_fd, self._epoll
         call: ServerCall | None = None
+        idle = False  # this thread left the connection to the engine's idle watch
         try:
             while True:
                 with lock:
@@ -244,10 +248,9 @@ class ThreadConnection:
                         self._waiting += 1
                         deadline = self._read_deadline()
                 if call is None:
-                    timeout = _IDLE_SECONDS if spare else -1.0
+                    timeout = _IDLE_SECONDS
                     if deadline is not None:
-                        left = max(deadline - time.monotonic(), 0.0)
-                        timeout = left if timeout < 0 else min(timeout, left)
+                        timeout = min(timeout, max(deadline - time.monotonic(), 0.0))
                     try:
                         events = epoll.poll(timeout)
                     except ValueError:  # closed by a shutdown that left a handler behind: the end
@@ -273,13 +276,57 @@ class ThreadConnection:
                             self._waiting -= 1
                             if not events and self._waiting and not self._runq:
                                 return  # idle for a while, and not the last one waiting
+                            if not events and not spare and self._go_idle():
+                                idle = True
+                        if idle:  # the connection holds no thread while it is idle
+                            self._engine.idle(self)
+                            return
                         continue
                 self._runner.run(call)
         finally:
             if call is not None:
                 with lock:
                     self._running -= 1
-            self._thread_done()
+            if not idle:
+                self._thread_done()
+
+    def _go_idle(self) -> bool:  # lock held
+        """The last thread of a connection with nothing to do (no call, no
+        output, no frame begun, nothing held back) leaves it to the engine,
+        which watches its epoll with the other idle connections and starts a
+        thread for it when it has something (:meth:`wake`)."""
+        if (
+            self._threads == 1
+            and not self._waiting
+            and not self._runq
+            and not self._inbox
+            and not len(self.core)
+            and not self._writing
+            and not self.core.has_output()
+            and self._armed
+            and not self._reading_over
+            and not self._fds_closed
+            and self._transport.buffered_size() == 0
+            and self._read_deadline() is None
+        ):
+            self._threads = 0
+            self._idle = True
+            return True
+        return False
+
+    def idle_fd(self) -> int:
+        """What the engine polls for an idle connection: its epoll (readable
+        when the socket or the work signal is)."""
+        return self._epoll.fileno()
+
+    def wake(self) -> None:
+        """The engine saw the idle connection's epoll readable (or shuts
+        down): start a thread for it; if the system will not, close it."""
+        with self._lock:
+            self._idle = False
+            started = self._spawn() is True
+        if not started:
+            self._close()
 
     def _thread_done(self) -> None:
         with self._cond:
@@ -365,7 +412,8 @@ class ThreadConnection:
     def _take_in(self, *, everything: bool = False) -> bool:  # lock held
         """Hand the frames read to the core, in order, while the peer reads
         what is queued for it (else the writer takes the rest in later) and
-        the core holds fewer calls than the threads plus ``_QUEUED_CALLS``:
+        the core holds fewer calls than the threads plus ``_QUEUED_CALLS``
+        (streams parked waiting for credit not counted):
         the rest wait in the inbox (turned into calls now, they would only
         be refused), except cancels and credit for calls in flight, which
         are taken at once. Or all of them (*everything*: no more will be read). True if
@@ -374,7 +422,12 @@ class ThreadConnection:
         most = self._config.rules.max_calls_per_connection
         hold = self._max_running + _QUEUED_CALLS  # calls the core holds, running or waiting for a thread
         taking = everything or most <= hold  # (a small max_calls_per_connection: refused beyond it)
-        while inbox and (everything or (core.wants_input() and (taking or len(core) < hold))):
+        turn = _TURN
+        while inbox and (everything or (core.wants_input() and (taking or len(core) - self._parked < hold))):
+            turn -= 1
+            if not turn:  # a flood of frames must not hold the GIL from other connections' threads
+                turn = _TURN
+                time.sleep(0)
             event = core.receive_frame(inbox.popleft())
             if type(event) is ServerCall:
                 self._runq.append(event)
@@ -386,6 +439,10 @@ class ThreadConnection:
             older = len(inbox) - fresh  # (frames of earlier reads were looked at already)
             kept: deque[wire.RawFrame] = deque(itertools.islice(inbox, older))
             for frame in itertools.islice(inbox, older, None):
+                turn -= 1
+                if not turn:
+                    turn = _TURN
+                    time.sleep(0)
                 control = core.receive_control(frame)
                 if control is False:
                     kept.append(frame)
@@ -406,6 +463,7 @@ class ThreadConnection:
         elif type(event) is Cancel:
             self._cancel(event.call)
         elif type(event) is Grant:
+            self._resume(event.call)
             self._notify_all()
         else:
             assert type(event) is Close
@@ -489,9 +547,33 @@ class ThreadConnection:
         future = call.engine
         if isinstance(future, Future):  # awaited on the loop thread: cancelled there
             future.cancel()
-        else:  # not started (None), or running on its thread (True): answered now
+        else:  # not started (None), running on its thread (True) or parked: answered now
             self.core.stop(call, running=future is not None)
-        self._notify_all()  # a stream waiting for credit stops
+            self._resume(call)  # a parked stream: its generator is closed on a thread
+        self._notify_all()  # a stream waiting for the writer stops
+
+    def park(self, call: ServerCall, parked: Parked) -> None:  # lock held
+        """The stream *call* waits for credit with no thread: requests held
+        back while the core held as many calls as threads can run may come
+        in now (a parked stream is not counted)."""
+        call.engine = parked
+        self._parked += 1
+        if self._inbox and not self._reading_over:
+            if self._take_in():
+                self._end_reading()
+            else:
+                self._dispatch(0)
+                self._arm()
+
+    def _resume(self, call: ServerCall) -> None:  # lock held
+        """A stream parked waiting for credit goes on (credit came) or ends
+        (cancelled): queued for a thread, once."""
+        parked = call.engine
+        if type(parked) is Parked and not parked.queued:
+            parked.queued = True
+            self._parked -= 1
+            self._runq.append(call)
+            self._dispatch(0)
 
     # -- writing --------------------------------------------------------------------
 
@@ -606,8 +688,13 @@ class ThreadConnection:
         self._transport.close()
         with self._lock:
             for call in self._runq:  # never got a thread: nothing uses their descriptors
+                self._runner.close_parked(call)
                 self.core.stop(call)
             self._runq.clear()
+            for call in self.core.calls():  # (a stream parked when the connection ended)
+                if type(call.engine) is Parked:
+                    self._runner.close_parked(call)
+                    self.core.stop(call)
             self.core.close()
         self.release_descriptors()
         self._engine.connection_done(self)
@@ -633,6 +720,9 @@ class ThreadConnection:
 #: the threads a connection always may have (one reads while one runs a call); more come
 #: from the server's budget (``max_threads``)
 _OWN_THREADS = 2
+#: frames taken in between two offers of the GIL to other threads (a 64 KiB read holds about
+#: 2,400 cancels: 3-5 ms of Python without one, where CPython switches every 5 ms)
+_TURN = 64
 #: calls a connection's core holds waiting for a thread, beyond those running
 _QUEUED_CALLS = 16
 #: the bytes of frames read and not yet taken in over which a connection is not read further

@@ -71,6 +71,10 @@ class ThreadEngine:
         # descriptors queued ahead of their frames, all connections together: a quarter of the table
         config.rules.fd_budget.limit = max(fd_limit // 4, config.rules.max_fds)
         self._admission = Admission(total, per_uid)
+        # idle connections, with no thread: {their epoll's fd: connection}; those just
+        # left by their last thread wait in _idle_new for the accept loop to poll them
+        self._idle: dict[int, ThreadConnection] = {}
+        self._idle_new: list[ThreadConnection] = []
         # threads beyond each connection's first two, all connections together
         self._spare_threads = config.max_threads
         self._spare_lock = threading.Lock()
@@ -97,6 +101,27 @@ class ThreadEngine:
         """A thread taken with :meth:`take_thread` ended."""
         with self._spare_lock:
             self._spare_threads += 1
+
+    def idle(self, connection: ThreadConnection) -> None:
+        """*connection*'s last thread left it (nothing to do): the accept
+        loop watches it and wakes it when its epoll is readable."""
+        with self.lock:
+            self._idle_new.append(connection)
+        self.wake()
+
+    def _watch_idle(self) -> None:
+        """Poll the connections left idle since the last turn."""
+        with self.lock:
+            fresh, self._idle_new = self._idle_new, []
+        for connection in fresh:
+            fd = connection.idle_fd()
+            self._idle[fd] = connection
+            self._poller.register(fd, select.POLLIN)
+
+    def _wake_idle(self, fd: int) -> None:
+        connection = self._idle.pop(fd)
+        self._poller.unregister(fd)
+        connection.wake()
 
     def connection_done(self, connection: ThreadConnection) -> None:
         with self.lock:
@@ -140,6 +165,8 @@ class ThreadEngine:
                 started()
             lifecycle.started([listener.address for listener in listeners])
             while not self._stop_requested:
+                if self._idle_new:
+                    self._watch_idle()
                 with self.lock:
                     count = len(self._connections)
                 due = lifecycle.tick(count)  # watchdog pings come from this loop: it must not wedge
@@ -156,6 +183,9 @@ class ThreadEngine:
                     if fd == self._wake_r:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 4096)
+                        continue
+                    if fd in self._idle:  # a request, a hang-up: it gets a thread again
+                        self._wake_idle(fd)
                         continue
                     sock = listening.get(fd)
                     if sock is None or self._stop_requested:
@@ -248,6 +278,9 @@ class ThreadEngine:
             self._poller.unregister(fd)
             conn.close()
         self._refused.clear()
+        self._watch_idle()
+        for fd in list(self._idle):  # idle connections end like the others: each on a thread
+            self._wake_idle(fd)
         config = self._config
         config.rules.stopping = True
         with self.lock:
