@@ -169,6 +169,17 @@ async def streams_in_flight(path: str, n: int) -> float:
     return elapsed / (n // IN_FLIGHT * IN_FLIGHT)
 
 
+# (case, reference, target): the ratios issue 18 sets between cases of one run
+TARGETS = [
+    ("Client.call, threads backend, plain def", "Client.call, blocking floor server", "<= 1.3x"),
+    ("Client.call(Add(a=1, b=2)), unixrpc Server", "Client.call, asyncio-streams server", "<= 1.5x"),
+    ("Client.call, unixrpc Server on trio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.0x"),
+    ("AsyncClient.call on asyncio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.15x"),
+    ("AsyncClient.call on trio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.15x"),
+    ("Client.call, threads backend, async def", "Client.call, threads backend, plain def", "<= 2x"),
+]
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else N
     pin_to_one_cpu()
@@ -229,6 +240,10 @@ def main() -> None:
         "  plain def / async def handler on the asyncio Server: "
         f"{paired_ratio(plain_def, async_def):4.2f}x (paired)"
     )
+    print("  issue 18 targets (paired: median over rounds of case / reference in the same round)")
+    for case, reference, target in TARGETS:
+        ratio = paired_ratio(latency_samples[case], latency_samples[reference])
+        print(f"    {case} / {reference}: {ratio:4.2f}x  (target {target})")
     print(f"{IN_FLIGHT} threads sharing one sync Client, median of {REPEATS} rounds")
     reference = next(iter(threads_load.values()))
     for name, samples in threads_load.items():
