@@ -21,12 +21,17 @@ bench_raw.py for why). Cases:
   hand-written asyncio-streams client with request ids against an
   asyncio-streams server.
 
+Where uvloop is installed (``unixrpc[uvloop]``), the asyncio Server and
+AsyncClient on uvloop too, beside plain asyncio.
+
 Run: ``python benchmarks/bench_rpc.py [CALLS]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import itertools
 import os
 import socket
@@ -183,8 +188,11 @@ TARGETS = [
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else N
     pin_to_one_cpu()
+    uvloop = importlib.util.find_spec("uvloop") is not None
+    uv = {"use_uvloop": True}
     with (
         tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp,
+        rpc_peer("unixrpc-uvloop", tmp) if uvloop else contextlib.nullcontext("") as uv_path,
         rpc_peer("floor", tmp) as floor_path,
         rpc_peer("unixrpc", tmp) as rpc_path,
         rpc_peer("streams", tmp) as streams_path,
@@ -208,6 +216,16 @@ def main() -> None:
                 "Client.call, threads backend, plain def": lambda: sync_calls(threads_path, n),
                 "Client.call, threads backend, async def": lambda: sync_calls(threads_async_path, n),
                 "Client.call, asyncio Server, plain def": lambda: sync_calls(def_rpc_path, n),
+                **(
+                    {
+                        "Client.call, asyncio Server on uvloop": lambda: sync_calls(uv_path, n),
+                        "AsyncClient.call on uvloop, Server on uvloop": lambda: anyio.run(
+                            async_calls, uv_path, n, backend="asyncio", backend_options=uv
+                        ),
+                    }
+                    if uvloop
+                    else {}
+                ),
             },
             REPEATS,
         )
@@ -217,6 +235,15 @@ def main() -> None:
                 "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
                 "AsyncClient on asyncio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="asyncio"),
                 "AsyncClient on trio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="trio"),
+                **(
+                    {
+                        "AsyncClient on uvloop, Server on uvloop": lambda: anyio.run(
+                            async_in_flight, uv_path, n, backend="asyncio", backend_options=uv
+                        ),
+                    }
+                    if uvloop
+                    else {}
+                ),
             },
             THROUGHPUT_REPEATS,
         )
