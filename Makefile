@@ -41,11 +41,14 @@ schemas-check: $(STAMP)
 	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json --check
 	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json --check
 
+# bench_callgrind.py: instructions per call of each server engine under valgrind (skipped without
+# valgrind), the figure to compare code changes by on a noisy machine
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_raw.py
 	$(BIN)/python benchmarks/bench_rpc.py
 	$(BIN)/python benchmarks/bench_fds.py
 	$(BIN)/python benchmarks/bench_large.py
+	$(BIN)/python benchmarks/bench_callgrind.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 * ``unixrpc PATH``  -- a unixrpc Server with Add (asyncio backend);
 * ``unixrpc-trio PATH`` -- the same Server under trio;
 * ``unixrpc-def PATH`` -- the asyncio Server with a plain ``def`` Add;
+* ``unixrpc-uvloop PATH`` -- the asyncio Server on uvloop (needs uvloop);
 * ``threads PATH`` -- the Server on the threads backend, plain ``def`` Add;
 * ``threads-async PATH`` -- the threads backend with the ``async def`` Add;
 * ``floor PATH``    -- a plain blocking socket server, thread per connection,
@@ -10,7 +11,10 @@
 * ``streams PATH``  -- the same protocol with hand-written asyncio streams;
 * ``floor-unixrpc PATH``, ``streams-unixrpc PATH`` -- the floor and streams
   servers speaking the unixrpc wire format (6-byte header, no fds), for our
-  clients.
+  clients (they answer ``Echo`` too: the ``data`` param back);
+* ``echo-threads PATH``, ``echo-unixrpc PATH`` -- ``Echo`` (a plain ``def``
+  on the threads backend, an ``async def`` on the asyncio Server), for
+  bench_large.py.
 
 Prints "ready" once listening.
 """
@@ -32,6 +36,27 @@ class Add(Method[int]):
     b: int
 
 
+class Echo(Method[str]):
+    data: str
+
+
+def echo_server(plain: bool) -> Server:
+    server = Server()
+    if plain:
+
+        @server.method(Echo)
+        def echo_plain(req: Echo) -> str:
+            return req.data
+
+    else:
+
+        @server.method(Echo)
+        async def echo(req: Echo) -> str:
+            return req.data
+
+    return server
+
+
 def add_server(plain: bool) -> Server:
     server = Server()
     if plain:
@@ -49,8 +74,8 @@ def add_server(plain: bool) -> Server:
     return server
 
 
-def run_threads(path: str, plain: bool = True) -> None:
-    server = add_server(plain)
+def run_threads(path: str, plain: bool = True, server: Server | None = None) -> None:
+    server = server or add_server(plain)
     import os
     import time
 
@@ -63,8 +88,10 @@ def run_threads(path: str, plain: bool = True) -> None:
     server.serve_forever(path, backend="threads")
 
 
-def run_unixrpc(path: str, backend: str = "asyncio", plain: bool = False) -> None:
-    server = add_server(plain)
+def run_unixrpc(
+    path: str, backend: str = "asyncio", plain: bool = False, server: Server | None = None
+) -> None:
+    server = server or add_server(plain)
 
     async def main() -> None:
         import anyio
@@ -75,6 +102,9 @@ def run_unixrpc(path: str, backend: str = "asyncio", plain: bool = False) -> Non
 
     import anyio
 
+    if backend == "uvloop":  # the documented switch for an embedding program: anyio's option
+        anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+        return
     anyio.run(main, backend=backend)
 
 
@@ -82,11 +112,12 @@ def run_unixrpc_trio(path: str) -> None:
     run_unixrpc(path, "trio")
 
 
-def _answer(body: bytes, pad: bytes = b"") -> bytes:
+def _answer(body: bytes | memoryview, pad: bytes = b"") -> bytes:
     """Answer one Add request; *pad* fills the header past the 4-byte length."""
     request = orjson.loads(body)
     params = request["params"]
-    reply = orjson.dumps({"id": request["id"], "result": params["a"] + params["b"]})
+    result = params["data"] if request["method"] == "Echo" else params["a"] + params["b"]
+    reply = orjson.dumps({"id": request["id"], "result": result})
     return len(reply).to_bytes(4, "big") + pad + reply
 
 
@@ -117,6 +148,42 @@ def _serve_blocking(path: str, pad: bytes) -> None:
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def run_floor_echo(path: str) -> None:
+    """The blocking floor for large calls: our wire, a frame read whole into a
+    buffer kept across frames (no quadratic ``bytes +=``), orjson."""
+
+    def serve(conn: socket.socket) -> None:
+        header = bytearray(6)
+        body = bytearray()
+        with conn:
+            while _read_into(conn, memoryview(header)):
+                size = int.from_bytes(header[:4], "big")
+                if len(body) < size:
+                    body = bytearray(size)
+                view = memoryview(body)[:size]
+                if not _read_into(conn, view):
+                    return
+                conn.sendall(_answer(view, b"\0\0"))
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def _read_into(conn: socket.socket, view: memoryview) -> bool:
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
 
 
 def run_floor(path: str) -> None:
@@ -162,5 +229,9 @@ if __name__ == "__main__":
         "floor": run_floor,
         "streams": run_streams,
         "floor-unixrpc": run_floor_unixrpc,
+        "unixrpc-uvloop": lambda path: run_unixrpc(path, "uvloop"),
+        "floor-echo": run_floor_echo,
+        "echo-threads": lambda path: run_threads(path, server=echo_server(True)),
+        "echo-unixrpc": lambda path: run_unixrpc(path, server=echo_server(False)),
     }
     peers[sys.argv[1]](sys.argv[2])

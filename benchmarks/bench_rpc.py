@@ -21,12 +21,17 @@ bench_raw.py for why). Cases:
   hand-written asyncio-streams client with request ids against an
   asyncio-streams server.
 
+Where uvloop is installed (``unixrpc[uvloop]``), the asyncio Server and
+AsyncClient on uvloop too, beside plain asyncio.
+
 Run: ``python benchmarks/bench_rpc.py [CALLS]``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.util
 import itertools
 import os
 import socket
@@ -169,11 +174,25 @@ async def streams_in_flight(path: str, n: int) -> float:
     return elapsed / (n // IN_FLIGHT * IN_FLIGHT)
 
 
+# (case, reference, target): the ratios issue 18 sets between cases of one run
+TARGETS = [
+    ("Client.call, threads backend, plain def", "Client.call, blocking floor server", "<= 1.3x"),
+    ("Client.call(Add(a=1, b=2)), unixrpc Server", "Client.call, asyncio-streams server", "<= 1.5x"),
+    ("Client.call, unixrpc Server on trio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.0x"),
+    ("AsyncClient.call on asyncio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.15x"),
+    ("AsyncClient.call on trio", "Client.call(Add(a=1, b=2)), unixrpc Server", "<= 1.15x"),
+    ("Client.call, threads backend, async def", "Client.call, threads backend, plain def", "<= 2x"),
+]
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else N
     pin_to_one_cpu()
+    uvloop = importlib.util.find_spec("uvloop") is not None
+    uv = {"use_uvloop": True}
     with (
         tempfile.TemporaryDirectory(prefix="urpc-bench-") as tmp,
+        rpc_peer("unixrpc-uvloop", tmp) if uvloop else contextlib.nullcontext("") as uv_path,
         rpc_peer("floor", tmp) as floor_path,
         rpc_peer("unixrpc", tmp) as rpc_path,
         rpc_peer("streams", tmp) as streams_path,
@@ -197,6 +216,16 @@ def main() -> None:
                 "Client.call, threads backend, plain def": lambda: sync_calls(threads_path, n),
                 "Client.call, threads backend, async def": lambda: sync_calls(threads_async_path, n),
                 "Client.call, asyncio Server, plain def": lambda: sync_calls(def_rpc_path, n),
+                **(
+                    {
+                        "Client.call, asyncio Server on uvloop": lambda: sync_calls(uv_path, n),
+                        "AsyncClient.call on uvloop, Server on uvloop": lambda: anyio.run(
+                            async_calls, uv_path, n, backend="asyncio", backend_options=uv
+                        ),
+                    }
+                    if uvloop
+                    else {}
+                ),
             },
             REPEATS,
         )
@@ -206,6 +235,15 @@ def main() -> None:
                 "asyncio streams + ids (baseline)": lambda: asyncio.run(streams_in_flight(streams_path, n)),
                 "AsyncClient on asyncio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="asyncio"),
                 "AsyncClient on trio": lambda: anyio.run(async_in_flight, rpc_path, n, backend="trio"),
+                **(
+                    {
+                        "AsyncClient on uvloop, Server on uvloop": lambda: anyio.run(
+                            async_in_flight, uv_path, n, backend="asyncio", backend_options=uv
+                        ),
+                    }
+                    if uvloop
+                    else {}
+                ),
             },
             THROUGHPUT_REPEATS,
         )
@@ -229,6 +267,10 @@ def main() -> None:
         "  plain def / async def handler on the asyncio Server: "
         f"{paired_ratio(plain_def, async_def):4.2f}x (paired)"
     )
+    print("  issue 18 targets (paired: median over rounds of case / reference in the same round)")
+    for case, reference, target in TARGETS:
+        ratio = paired_ratio(latency_samples[case], latency_samples[reference])
+        print(f"    {case} / {reference}: {ratio:4.2f}x  (target {target})")
     print(f"{IN_FLIGHT} threads sharing one sync Client, median of {REPEATS} rounds")
     reference = next(iter(threads_load.values()))
     for name, samples in threads_load.items():

@@ -142,20 +142,32 @@ def bound(recv_size: int, extent: int | None) -> int:
 
 
 def receive(
-    stream: bytes, pieces: list[bytes], max_size: int, max_fds: int, recv_size: int, batch: bool
+    stream: bytes,
+    pieces: list[bytes],
+    max_size: int,
+    max_fds: int,
+    recv_size: int,
+    batch: bool,
+    keep: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Feed *pieces* as a transport reads them (into get_buffer views, taking
-    packets after each read), checking the buffer's bounds all along."""
+    packets after each read), checking the buffer's bounds all along. With
+    *keep* (``keep_large``), a buffer grown for an earlier frame may be kept:
+    never larger than the largest frame received so far."""
     serializer = FrameSerializer(max_frame_size=max_size, max_fds=max_fds)
-    receiver = StreamProtocol(serializer).receiver(recv_size)
+    receiver = StreamProtocol(serializer).receiver(recv_size, keep_large=keep)
     events: list[tuple[Any, ...]] = []
+    largest = 0  # the largest frame begun so far (what a kept buffer may be)
     for piece in pieces:
         offset = 0
         while offset < len(piece):
             view = receiver.get_buffer()
             assert 1 <= len(view) <= recv_size
             extent = pending_frame_extent(stream, len(events), max_size, max_fds)
-            assert receiver.allocated_size() <= bound(recv_size, extent), "larger than a read and the frame"
+            largest = max(largest, extent or 0) if keep else 0
+            assert receiver.allocated_size() <= max(bound(recv_size, extent), largest), (
+                "larger than a read and the frame"
+            )
             count = min(len(view), len(piece) - offset)
             view[:count] = piece[offset : offset + count]
             del view
@@ -163,22 +175,23 @@ def receive(
             offset += count
             drain(receiver, events, batch)
             extent = pending_frame_extent(stream, len(events), max_size, max_fds)
-            assert receiver.allocated_size() <= bound(recv_size, extent)
+            largest = max(largest, extent or 0) if keep else 0
+            assert receiver.allocated_size() <= max(bound(recv_size, extent), largest)
             # what is kept is never more than the frame being received
             assert receiver.buffered_size() <= max(extent or 0, HEADER.size - 1)
     return events
 
 
-@given(framing_cases(), st.booleans())
+@given(framing_cases(), st.booleans(), st.booleans())
 def test_any_chunking_gives_the_reference_frames_and_errors(
-    case: tuple[bytes, int, int, int, list[int]], batch: bool
+    case: tuple[bytes, int, int, int, list[int]], batch: bool, keep: bool
 ) -> None:
     stream, max_size, max_fds, recv_size, cuts = case
     expected = reference_decode(stream, max_size, max_fds)
-    assert receive(stream, chunks(stream, cuts), max_size, max_fds, recv_size, batch) == expected
-    assert receive(stream, [stream], max_size, max_fds, recv_size, batch) == expected
+    assert receive(stream, chunks(stream, cuts), max_size, max_fds, recv_size, batch, keep) == expected
+    assert receive(stream, [stream], max_size, max_fds, recv_size, batch, keep) == expected
     one_by_one = [stream[i : i + 1] for i in range(min(len(stream), 1500))]
-    assert receive(stream, one_by_one, max_size, max_fds, recv_size, batch) == reference_decode(
+    assert receive(stream, one_by_one, max_size, max_fds, recv_size, batch, keep) == reference_decode(
         stream[:1500], max_size, max_fds
     )
 

@@ -2,7 +2,9 @@
 the async client (asyncio and trio):
 
 * the receive buffer is sized to the frame being received (never twice the
-  limit) and released once the frame is taken;
+  limit) and released once the frame is taken, or, kept for the next large
+  frame (the clients' default), given back after a run of small frames or
+  an idle while;
 * a closed client is freed at once by reference counting: no reference
   cycle through a saved exception and its traceback keeps it (and its
   buffers) alive until the cyclic garbage collector runs.
@@ -28,6 +30,8 @@ from drivers import ClientDriver, connect
 from unixrpc import ConnectionBrokenError, StreamProtocol
 from unixrpc._core import wire
 from unixrpc._core.framing import FrameSerializer
+from unixrpc.protocol import KEEP_SMALL_RUN
+from unixrpc.transport import async_client, sync_client
 
 #: a body just under the default limit of 16 MiB
 BIG = wire.DEFAULT_MAX_FRAME_SIZE - 1
@@ -59,8 +63,10 @@ def peer_sending(*frames: bytes, then_close: bool) -> Iterator[socket.socket]:
         theirs.close()
 
 
-async def open_client(kind: str, sock: socket.socket) -> ClientDriver:
-    return await connect(kind, sock, StreamProtocol(FrameSerializer()), max_recv_size=wire.RECV_SIZE)
+async def open_client(kind: str, sock: socket.socket, *, keep: bool = False) -> ClientDriver:
+    return await connect(
+        kind, sock, StreamProtocol(FrameSerializer()), max_recv_size=wire.RECV_SIZE, keep_large_buffers=keep
+    )
 
 
 @contextmanager
@@ -133,6 +139,81 @@ async def test_a_frame_just_under_the_limit_costs_its_size_and_is_released(clien
             assert receiver.allocated_size() == wire.RECV_SIZE
         finally:
             await client.close()
+
+
+@pytest.mark.anyio
+async def test_a_kept_buffer_is_reused_then_given_back_after_small_frames(client_kind: str) -> None:
+    """keep_large_buffers (the default): large frames of about one size are
+    all read into one buffer of the first one's size (no fresh pages per
+    frame), never more than the frame; KEEP_SMALL_RUN small frames in a row
+    give it back."""
+    size = 2 * MiB
+    frames = [frame(size), frame(size - 1000), frame(size)] + [frame(10)] * KEEP_SMALL_RUN
+    with peer_sending(*frames, then_close=False) as sock:
+        client = await open_client(client_kind, sock, keep=True)
+        try:
+            receiver = client.client._receiver
+            assert (await client.recv()).body == b"x" * size
+            kept = receiver._buf
+            assert receiver.allocated_size() == size + wire.HEADER_SIZE
+            assert receiver.kept
+            tracemalloc.start()
+            try:
+                for body in (size - 1000, size):
+                    assert len((await client.recv()).body) == body
+                    assert receiver._buf is kept  # the same buffer: nothing allocated for it
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak <= size + MiB, f"peak {peak / MiB:.1f} MiB"  # the packets' bytes, no buffer
+            for _ in range(KEEP_SMALL_RUN - 1):
+                assert (await client.recv()).body == b"x" * 10
+            assert receiver.kept
+            assert receiver.allocated_size() == size + wire.HEADER_SIZE
+            assert (await client.recv()).body == b"x" * 10
+            assert not receiver.kept
+            assert receiver.allocated_size() == wire.RECV_SIZE
+        finally:
+            await client.close()
+
+
+@pytest.mark.anyio
+async def test_a_kept_buffer_is_given_back_when_the_connection_idles(
+    client_kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client waiting for its next frame gives a kept buffer back after
+    KEEP_IDLE_SECONDS of nothing: the peer sends the next frame only once
+    it has (no timing assumed: it waits for the release, however long)."""
+    for module in (sync_client, async_client):
+        monkeypatch.setattr(module, "KEEP_IDLE_SECONDS", 0.01)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    client = await open_client(client_kind, ours, keep=True)
+    receiver = client.client._receiver
+    took_big, released = threading.Event(), threading.Event()
+
+    def send() -> None:
+        theirs.sendall(frame(MiB))
+        took_big.wait()
+        while receiver.kept:  # until the waiting client gives the buffer back
+            if released.wait(0.005):
+                return  # (the test failed)
+        released.set()
+        theirs.sendall(frame(10))
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        assert len((await client.recv()).body) == MiB
+        assert receiver.kept
+        took_big.set()
+        assert (await client.recv()).body == b"x" * 10  # waited: the buffer went back meanwhile
+        assert released.is_set()
+        assert receiver.allocated_size() == wire.RECV_SIZE
+    finally:
+        released.set()
+        thread.join()
+        theirs.close()
+        await client.close()
 
 
 @pytest.mark.anyio

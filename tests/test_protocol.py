@@ -483,3 +483,46 @@ def test_get_buffer_netstring_generator_path() -> None:
     receiver = protocol.receiver(16)
     assert recv_into_loop(receiver, stream, [16, 1, 9]) == packets
     assert receiver.buffered_size() == 0
+
+
+def test_keep_large_buffer_rule() -> None:
+    """keep_large: a grown buffer is kept for the next large frame (no new
+    buffer while frames of at least half its size come), replaced by one of
+    exactly the frame's size for a larger frame, not given back while bytes
+    are pending in it, and given back by release_kept() or a run of
+    KEEP_SMALL_RUN small frames."""
+    from unixrpc._core.framing import FrameSerializer
+    from unixrpc.protocol import KEEP_SMALL_RUN
+
+    recv_size = 64
+    serializer = FrameSerializer()
+    receiver = StreamProtocol(serializer).receiver(recv_size, keep_large=True)
+
+    def take(body: bytes) -> None:
+        receiver.feed(serializer.frame_bytes(body))
+        assert [p.body for p in receiver.next_packets()] == [body]
+
+    take(b"a" * 1000)
+    kept = receiver._buf
+    assert receiver.kept
+    assert receiver.allocated_size() == 1006
+    take(b"b" * 600)  # at least half: kept, the same buffer
+    assert receiver._buf is kept
+    assert receiver.kept
+    take(b"c" * 2000)  # larger: a buffer of exactly its size
+    assert receiver.allocated_size() == 2006
+    assert receiver.kept
+    receiver.feed(serializer.frame_bytes(b"d" * 10)[:3])  # pending bytes: not given back
+    receiver.release_kept()
+    assert receiver.allocated_size() == 2006
+    receiver.feed(serializer.frame_bytes(b"d" * 10)[3:])
+    assert [p.body for p in receiver.next_packets()] == [b"d" * 10]
+    receiver.release_kept()
+    assert not receiver.kept
+    assert receiver.allocated_size() == recv_size
+    take(b"e" * 1000)
+    for i in range(KEEP_SMALL_RUN):
+        assert receiver.kept, i
+        take(b"f" * 10)
+    assert not receiver.kept
+    assert receiver.allocated_size() == recv_size

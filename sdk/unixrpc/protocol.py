@@ -33,6 +33,13 @@ ReceivedT = TypeVar("ReceivedT")
 #: Default size of one socket read, and of the receive buffer's free space.
 DEFAULT_MAX_RECV_SIZE: Final = 64 * 1024
 
+#: A receiver that keeps large buffers (``keep_large=True``) gives its grown
+#: buffer back after this many frames in a row under half its size ...
+KEEP_SMALL_RUN: Final = 16
+#: ... or once the connection was idle this many seconds with nothing
+#: buffered (the transport waits that long, then calls ``release_kept()``).
+KEEP_IDLE_SECONDS: Final = 1.0
+
 
 class NeedData(enum.Enum):
     """Type of :data:`NEED_DATA`."""
@@ -95,13 +102,15 @@ class StreamProtocol(Generic[SentT, ReceivedT]):
             return self._frame_packet(packet)
         return b"".join(self._serializer.incremental_serialize(packet))
 
-    def receiver(self, max_recv_size: int = DEFAULT_MAX_RECV_SIZE) -> PacketReceiver[ReceivedT]:
+    def receiver(
+        self, max_recv_size: int = DEFAULT_MAX_RECV_SIZE, *, keep_large: bool = False
+    ) -> PacketReceiver[ReceivedT]:
         """Return a new receiver for one connection.
 
         Raises:
             ValueError: *max_recv_size* is not positive.
         """
-        return PacketReceiver(self._serializer, max_recv_size)
+        return PacketReceiver(self._serializer, max_recv_size, keep_large=keep_large)
 
 
 class PacketReceiver(Generic[ReceivedT]):
@@ -119,6 +128,15 @@ class PacketReceiver(Generic[ReceivedT]):
     plus one read), which is released as soon as the frame is taken. At
     most ``max_recv_size`` + the largest frame, then; an oversized frame is
     refused from its header and never buffered.
+
+    With *keep_large*, a buffer grown for a frame is kept once the frame is
+    taken, so that the next large frame is read into pages already mapped
+    (a fresh buffer per frame costs a page fault per 4 KiB, and more than
+    the copy). It is given back after :data:`KEEP_SMALL_RUN` frames in a
+    row under half its size, when a larger frame needs a new one, or when
+    the transport calls :meth:`release_kept` (after the connection was idle
+    :data:`KEEP_IDLE_SECONDS`). The bound is the same: ``max_recv_size`` +
+    the largest frame; an idle connection holds it for at most that long.
     """
 
     __slots__ = (
@@ -130,18 +148,25 @@ class PacketReceiver(Generic[ReceivedT]):
         "_framed",
         "_generator",
         "_generator_pending",
+        "_keep",
+        "_kept",
         "_large",
         "_limit",
         "_recv_size",
         "_resyncing",
         "_searched",
         "_serializer",
+        "_small_run",
         "_start",
         "_view",
     )
 
     def __init__(
-        self, serializer: AbstractIncrementalPacketSerializer[Any, ReceivedT], max_recv_size: int
+        self,
+        serializer: AbstractIncrementalPacketSerializer[Any, ReceivedT],
+        max_recv_size: int,
+        *,
+        keep_large: bool = False,
     ) -> None:
         if max_recv_size <= 0:
             raise ValueError(f"max_recv_size must be positive, got {max_recv_size}")
@@ -161,6 +186,9 @@ class PacketReceiver(Generic[ReceivedT]):
         self._resyncing = False  # dropping bytes until serializer.resync() finds a frame
         self._generator: Generator[None, bytes, tuple[ReceivedT, bytes]] | None = None
         self._generator_pending = 0  # bytes handed to an unfinished generator
+        self._keep = keep_large and self._framed is not None
+        self._kept = False  # the buffer is one grown for a large frame, kept for the next
+        self._small_run = 0  # frames in a row under half the kept buffer
 
     @property
     def max_recv_size(self) -> int:
@@ -196,7 +224,7 @@ class PacketReceiver(Generic[ReceivedT]):
         """
         start, end, size = self._start, self._end, self._recv_size
         if start == end:
-            if len(self._buf) != size:
+            if len(self._buf) != size and not self._kept:
                 self._replace(size)
             self._start = self._end = self._searched = start = end = 0
         elif len(self._buf) - end < size:
@@ -259,6 +287,8 @@ class PacketReceiver(Generic[ReceivedT]):
         self._searched = max(self._searched - start, 0)
         self._start, self._end = 0, pending
         self._buf, self._view = buf, view
+        self._kept = False
+        self._small_run = 0
 
     def _release(self) -> None:
         """After a frame was taken from a buffer larger than a read: back to
@@ -268,6 +298,30 @@ class PacketReceiver(Generic[ReceivedT]):
         size = self._recv_size
         if pending == 0 or (pending <= size and len(self._buf) > 2 * size):
             self._replace(size)
+
+    def _taken_from_grown(self, extent: int, count: int = 1) -> None:
+        """With *keep_large*: *count* frames (of *extent* bytes) were taken
+        from a buffer larger than a read. One of at least half the buffer
+        keeps it; :data:`KEEP_SMALL_RUN` smaller ones in a row give it back."""
+        if 2 * extent >= len(self._buf):
+            self._small_run = 0
+        else:
+            self._small_run += count
+            if self._small_run >= KEEP_SMALL_RUN:
+                self._release()
+                return
+        self._kept = True
+
+    @property
+    def kept(self) -> bool:
+        """Whether a buffer grown for an earlier frame is kept (*keep_large*)."""
+        return self._kept
+
+    def release_kept(self) -> None:
+        """Give back a kept buffer now, if no bytes are pending in it (the
+        transport calls this once the connection was idle a while)."""
+        if self._kept and self._start == self._end:
+            self._replace(self._recv_size)
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that *nbytes* were written at the start of the last
@@ -317,7 +371,14 @@ class PacketReceiver(Generic[ReceivedT]):
             return NEED_DATA
         body_start, body_end, self._start = location
         buf = self._buf
-        if len(buf) > self._recv_size:  # grown for a large frame: release it
+        if self._keep and len(buf) > self._recv_size:  # grown: kept for the next large frame
+            # the buffer is reused: the decoder gets a copy, or a view if it copies anyway
+            if framed.copies_frame_body:
+                body = cast(bytearray, self._view[body_start:body_end])
+            else:
+                body = buf[body_start:body_end]
+            self._taken_from_grown(body_end - body_start)
+        elif len(buf) > self._recv_size:  # grown for a large frame: release it
             # a buffer that is exactly this frame is handed over, uncopied
             body = buf if body_start == 0 and body_end == len(buf) else buf[body_start:body_end]
             self._release()
@@ -340,10 +401,14 @@ class PacketReceiver(Generic[ReceivedT]):
         framed = self._framed
         # (a buffer grown for a large frame goes to next_packet, which hands it over uncopied)
         if framed is not None and not (self._discard or self._resyncing or self._end > self._large):
-            packets, self._start = framed.split_frames(self._buf, self._start, self._end)
+            start = self._start
+            packets, self._start = framed.split_frames(self._buf, start, self._end)
             if packets:
                 if len(self._buf) > self._recv_size:
-                    self._release()
+                    if self._keep:  # (one frame: its size; more: each counted as small)
+                        self._taken_from_grown(self._start - start if len(packets) == 1 else 0, len(packets))
+                    else:
+                        self._release()
                 return packets
         packet = self.next_packet()
         return [] if packet is NEED_DATA else [packet]

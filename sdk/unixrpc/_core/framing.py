@@ -59,6 +59,8 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
 
     __slots__ = ("ancillary_bufsize", "max_fds", "max_frame_size")
 
+    copies_frame_body = True  # parse_frame_body copies the body out
+
     def __init__(
         self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE, max_fds: int = DEFAULT_MAX_FDS_PER_FRAME
     ) -> None:

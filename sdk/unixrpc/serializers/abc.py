@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 from ..exceptions import DeserializeError, IncrementalDeserializeError, OversizedFrameError
 
@@ -156,6 +156,11 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
         it for a frame whose size :meth:`frame_extent` cannot tell.
         """
         return None
+
+    #: True if :meth:`parse_frame_body` keeps no reference to *body* (it
+    #: copies what it needs): a receiver that reuses its buffer may then pass
+    #: a ``memoryview`` of it instead of a copy.
+    copies_frame_body: ClassVar[bool] = False
 
     @abstractmethod
     def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import itertools
 import logging
@@ -477,14 +478,17 @@ class Server:
 
         Args:
             backend: ``"asyncio"`` or ``"trio"`` (a new event loop, through
-                anyio), or ``"threads"`` (blocking sockets and threads, no
-                event loop: plain ``def`` handlers run on the thread that read
-                their request; see docs/rpc.md for which to pick).
+                anyio), ``"uvloop"`` (asyncio on uvloop's loop: install
+                ``unixrpc[uvloop]``), or ``"threads"`` (blocking sockets and
+                threads, no event loop: plain ``def`` handlers run on the
+                thread that read their request; see docs/rpc.md for which to
+                pick).
 
         Raises:
             OSError, FileExistsError, SocketActivationError, RuntimeError: as
                 for :meth:`serve`.
             ValueError: an unknown backend.
+            ModuleNotFoundError: ``"uvloop"`` without uvloop installed.
         """
         journal_logging_by_default()
         self._serve_blocking(backend, None, address, listener, listen_name)
@@ -497,8 +501,12 @@ class Server:
         listener: socket.socket | None = None,
         listen_name: str | None = None,
     ) -> None:
-        if backend not in ("asyncio", "trio", "threads"):
-            raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio' or 'threads'")
+        if backend not in ("asyncio", "trio", "threads", "uvloop"):
+            raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio', 'uvloop' or 'threads'")
+        options: dict[str, Any] = {}
+        if backend == "uvloop":
+            importlib.import_module("uvloop")  # raises ModuleNotFoundError before anything starts
+            backend, options = "asyncio", {"use_uvloop": True}
         with signals_shut_down(self):
             if backend == "threads":
                 engine = ThreadEngine(self, self._config())
@@ -519,7 +527,7 @@ class Server:
                         started(address_now)
 
             try:
-                anyio.run(main, backend=backend)
+                anyio.run(main, backend=backend, backend_options=options)
             except BaseExceptionGroup as group:
                 raise unwrap(group) from None
 

@@ -22,7 +22,7 @@ import anyio.lowlevel
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import ClientClosedError, ConnectionBrokenError
-from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, NeedData, StreamProtocol
+from ..protocol import DEFAULT_MAX_RECV_SIZE, KEEP_IDLE_SECONDS, NEED_DATA, NeedData, StreamProtocol
 from ._common import (
     MSG_CMSG_CLOEXEC,
     SocketProxy,
@@ -67,6 +67,11 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         protocol: the :class:`~unixrpc.StreamProtocol` that frames packets.
         max_recv_size: bytes read per ``recv`` call (default 64 KiB).
         pass_credentials: turn on ``SO_PASSCRED``.
+        keep_large_buffers: keep a receive buffer grown for a large frame
+            for the next one (given back after a run of small frames, or
+            after the connection was idle ``KEEP_IDLE_SECONDS``; see
+            :class:`~unixrpc.protocol.PacketReceiver`). False: give it back
+            as soon as the frame is taken.
 
     Raises:
         ValueError: the given socket is not ``AF_UNIX``/``SOCK_STREAM``, or the
@@ -105,10 +110,13 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         *,
         max_recv_size: int | None = None,
         pass_credentials: bool = False,
+        keep_large_buffers: bool = True,
     ) -> None:
         if not isinstance(protocol, StreamProtocol):
             raise TypeError(f"expected a StreamProtocol, got {protocol!r}")
-        self._receiver = protocol.receiver(DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size)
+        self._receiver = protocol.receiver(
+            DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size, keep_large=keep_large_buffers
+        )
         self._address: str | bytes | socket.socket
         if isinstance(address, socket.socket):
             check_connected_socket(address)
@@ -566,6 +574,13 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if watch is None:
             watch = self._read_watch = read_watch(sock)
         if timeout is None:
+            receiver = self._receiver
+            if receiver.kept and not receiver.buffered_size():
+                # a buffer grown for a large frame is kept: given back after an idle while
+                with anyio.move_on_after(KEEP_IDLE_SECONDS):
+                    await watch.wait()
+                    return
+                receiver.release_kept()
             await watch.wait()
             return
         if timeout <= 0:

@@ -23,7 +23,7 @@ from typing import Generic, Self, TypeVar
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import ClientClosedError, ConnectionBrokenError
-from ..protocol import DEFAULT_MAX_RECV_SIZE, NEED_DATA, StreamProtocol
+from ..protocol import DEFAULT_MAX_RECV_SIZE, KEEP_IDLE_SECONDS, NEED_DATA, StreamProtocol
 from ._common import (
     MSG_CMSG_CLOEXEC,
     SocketProxy,
@@ -70,6 +70,11 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             receive buffer's growth step.
         pass_credentials: turn on ``SO_PASSCRED``, so every receive with
             ``ancillary_data`` gets the sender's ``SCMCredentials``.
+        keep_large_buffers: keep a receive buffer grown for a large frame
+            for the next one (given back after a run of small frames, or
+            after the connection was idle ``KEEP_IDLE_SECONDS``; see
+            :class:`~unixrpc.protocol.PacketReceiver`). False: give it back
+            as soon as the frame is taken.
 
     Raises:
         ConnectTimeoutError: ``connect_timeout`` elapsed (a ``TimeoutError``).
@@ -111,10 +116,13 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         connect_timeout: float | None = None,
         max_recv_size: int | None = None,
         pass_credentials: bool = False,
+        keep_large_buffers: bool = True,
     ) -> None:
         if not isinstance(protocol, StreamProtocol):
             raise TypeError(f"expected a StreamProtocol, got {protocol!r}")
-        receiver = protocol.receiver(DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size)
+        receiver = protocol.receiver(
+            DEFAULT_MAX_RECV_SIZE if max_recv_size is None else max_recv_size, keep_large=keep_large_buffers
+        )
         if isinstance(address, socket.socket):
             check_connected_socket(address)
             sock = address
@@ -423,6 +431,8 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             if self._recv_broken is not None:
                 raise copy_error(self._recv_broken)
             flags = 0
+            if receiver.kept and not receiver.buffered_size():
+                self._release_when_idle(deadline)
             if deadline is not None:
                 self._wait_readable(deadline)
                 flags = socket.MSG_DONTWAIT
@@ -529,6 +539,20 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             self._recv_broken = eof_error(receiver.buffered_size())
             return
         receiver.buffer_updated(nbytes)
+
+    def _release_when_idle(self, deadline: float | None) -> None:
+        """A buffer grown for a large frame is kept: wait up to
+        KEEP_IDLE_SECONDS for the next bytes, and give it back if none came."""
+        idle = KEEP_IDLE_SECONDS if deadline is None else min(KEEP_IDLE_SECONDS, deadline - time.monotonic())
+        if idle >= KEEP_IDLE_SECONDS and not self._poll_readable(idle):
+            self._receiver.release_kept()
+
+    def _poll_readable(self, seconds: float) -> bool:
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self._sock.fileno(), select.POLLIN)
+        return bool(poller.poll(max(seconds, 0.0) * 1000.0))
 
     def _wait_readable(self, deadline: float) -> None:
         poller = self._poller

@@ -176,7 +176,7 @@ class AnyioEngine:
     async def _serve_connection(self, conn: socket.socket) -> None:
         config = self._config
         transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
-            conn, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE
+            conn, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE, keep_large_buffers=False
         )
         async with transport:
             try:

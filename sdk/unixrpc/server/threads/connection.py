@@ -88,7 +88,7 @@ class ThreadConnection:
         self._config = config
         self._engine = engine
         self._transport: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            sock, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE
+            sock, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE, keep_large_buffers=False
         )
         self.connection_id = connection_id
         self.peer = peer  # (its pidfd is closed with the connection)
