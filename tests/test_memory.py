@@ -30,7 +30,7 @@ from drivers import ClientDriver, connect
 from unixrpc import ConnectionBrokenError, StreamProtocol
 from unixrpc._core import wire
 from unixrpc._core.framing import FrameSerializer
-from unixrpc.protocol import KEEP_SMALL_RUN
+from unixrpc.protocol import GROWTH, KEEP_SMALL_RUN
 from unixrpc.transport import async_client, sync_client
 
 #: a body just under the default limit of 16 MiB
@@ -129,8 +129,11 @@ async def test_a_frame_just_under_the_limit_costs_its_size_and_is_released(clien
             finally:
                 tracemalloc.stop()
             assert len(packet.body) == BIG
-            # while receiving: the frame's buffer and the packet's bytes, nothing doubled
-            assert peak <= 2 * (BIG + wire.HEADER_SIZE) + MiB, f"peak {peak / MiB:.1f} MiB"
+            # while receiving: the frame's buffer and the packet's bytes, nothing doubled; the
+            # buffer grows with the frame's bytes (GROWTH times what came), and the step
+            # before the last may still be held when the frame is taken
+            most = (2 + 1 / GROWTH) * (BIG + wire.HEADER_SIZE) + MiB
+            assert peak <= most, f"peak {peak / MiB:.1f} MiB"
             # after: the packet, and the buffer back to the read size
             assert current <= BIG + MiB, f"kept {current / MiB:.1f} MiB"
             assert receiver.allocated_size() == wire.RECV_SIZE

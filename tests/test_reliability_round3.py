@@ -478,6 +478,34 @@ def test_idle_connections_hold_no_thread(path: str, server_backend: str) -> None
         assert server.alive()
 
 
+# -- found by the measurements: frames begun, then closed ------------------------------------------
+
+
+@pytest.mark.server
+def test_peers_that_begin_large_frames_and_close_cost_what_they_sent(path: str, server_backend: str) -> None:
+    """40 peers each declare a 16 MiB frame, send 80 KiB of it, and close
+    at once: before, every engine allocated (and zero-filled) the frame's
+    whole buffer for the read that found the end of the stream, outside the
+    budget: +1.4-1.6 GiB for 100 such peers, held seconds later. Now a
+    server's buffer grows with the frame's bytes (at most 4 times what has
+    come), so they cost about what they sent."""
+    with ServerProcess(path, server_backend) as server:
+        wait_served(path)
+        base = server.rss()
+        body = b'{"id":2,"method":"Big","params":{"size":1,"pad":"' + b"x" * (80 * 1024)
+        socks = []
+        for _ in range(40):
+            sock = raw_connect(path)
+            sock.sendall(HEADER.pack(16 * MiB, 0) + body)
+            socks.append(sock)
+        wait_served(path)
+        for sock in socks:
+            sock.close()
+        growth = rss_growth(server, base, samples=10)
+        assert growth < 64 * MiB, f"RSS grew by {growth / MiB:.1f} MiB (40 x 16 MiB would be 640)"
+        assert server.alive()
+
+
 # -- item 10: descriptors sent ahead of their frames pinned the fd table ------------------------------
 
 

@@ -39,6 +39,10 @@ KEEP_SMALL_RUN: Final = 16
 #: ... or once the connection was idle this many seconds with nothing
 #: buffered (the transport waits that long, then calls ``release_kept()``).
 KEEP_IDLE_SECONDS: Final = 1.0
+#: a receiver that does not keep large buffers (a server's: its peers are not trusted)
+#: grows a frame's buffer to at most this many times the bytes of it received so far
+#: (up to the size its header declares)
+GROWTH: Final = 4
 
 
 class NeedData(enum.Enum):
@@ -137,6 +141,10 @@ class PacketReceiver(Generic[ReceivedT]):
     the transport calls :meth:`release_kept` (after the connection was idle
     :data:`KEEP_IDLE_SECONDS`). The bound is the same: ``max_recv_size`` +
     the largest frame; an idle connection holds it for at most that long.
+    Without it (a server's receivers: their peers are not trusted), a
+    frame's buffer grows with the frame's bytes, to at most :data:`GROWTH`
+    times what has arrived of it: a peer that declares a large frame and
+    stalls or closes costs about what it sent.
     """
 
     __slots__ = (
@@ -256,9 +264,11 @@ class PacketReceiver(Generic[ReceivedT]):
             capacity = len(buf)
         else:
             if extent is not None:
-                # to the frame's size at once: growing by steps would cost a copy and
-                # fresh pages per step
-                capacity = extent
+                # to the frame's size (at once when large frames are trusted: steps cost a
+                # copy and fresh pages each); else at most GROWTH times what has come of it:
+                # a peer that declares 16 MiB and sends a read's worth, then stalls or
+                # closes, must not make a server allocate and zero-fill 16 MiB per connection
+                capacity = extent if self._keep else min(extent, max(GROWTH * pending, pending + need))
             elif pending <= size:  # a frame of unknown size: room for one more read
                 capacity = pending + need
             else:  # and more than a read of it: by doubling, up to the largest frame
