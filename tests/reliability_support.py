@@ -294,14 +294,24 @@ def add_request(call_id: int, a: int, b: int) -> bytes:
 
 
 def raw_connect(path: str, timeout: float = 10.0) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    """A connection to *path* (waiting, up to *timeout*, while its listen
+    backlog is full: a connect with a timeout then fails with EAGAIN)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 def send_with_fds(sock: socket.socket, data: bytes, count: int) -> None:
