@@ -107,6 +107,13 @@ class MessageFraming(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
     def max_frame_extent(self) -> int | None:
         return self.max_frame_size + 1
 
+    def resync(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:
+        """Never: the NUL ending an oversized message may be inside its data."""
+        raise OversizedFrameError(
+            f"a varlink message of more than {self.max_frame_size} bytes is over the limit",
+            next_frame_at=None,
+        )
+
     def split_frames(self, buffer: bytes | bytearray, start: int, end: int) -> tuple[list[RawFrame], int]:
         frames: list[RawFrame] = []
         limit = self.max_frame_size

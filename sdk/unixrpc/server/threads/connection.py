@@ -196,14 +196,18 @@ class ThreadConnection:
     def _thread_main(self) -> None:
         lock, sock_fd, epoll = self._lock, self._sock_fd, self._epoll
         call: ServerCall | None = None
+        turn = False  # varlink: messages that waited their turn were taken in (refusals to write)
         try:
             while True:
                 with lock:
                     if call is not None:
                         self._running -= 1
                         call = None
-                        if self._varlink and self._inbox and self._take_in():  # its turn came
-                            self._end_reading()
+                        if self._varlink:  # the turn of the messages held back came
+                            if self._inbox and self._take_in():
+                                self._end_reading()
+                            self._arm()
+                            turn = self.core.has_output()  # (refusals of what was taken in)
                     runq = self._runq
                     if runq and self._running < self._max_running:
                         call = runq.popleft()
@@ -224,6 +228,9 @@ class ThreadConnection:
                         spare = self._waiting > 0  # another thread waits: this one may retire
                         self._waiting += 1
                         deadline = self._read_deadline()
+                if turn:
+                    turn = False
+                    self._flush()
                 if call is None:
                     timeout = _IDLE_SECONDS if spare else -1.0
                     if deadline is not None:
