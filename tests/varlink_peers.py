@@ -59,7 +59,7 @@ def calc_interface() -> type[asyncvarlink.VarlinkInterface]:
             raise NotImplementedError
 
         @asyncvarlink.varlinkmethod(return_parameter="item")
-        def Count(self, *, n: int) -> typing.Iterator[typing.Optional[int]]:
+        def Count(self, *, n: int) -> typing.Iterator[int | None]:
             raise NotImplementedError
 
     return Calc
