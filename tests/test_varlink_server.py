@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -434,3 +435,39 @@ def test_many_connections_leave_nothing_behind(calc: str) -> None:
                 assert client.call(VReadFrom(fd=handle)) == "x"
             assert list(client.stream(VCount(n=3))) == [0, 1, 2]
         time.sleep(0)
+
+
+# -- the unixrpc command -----------------------------------------------------------------------
+
+
+def test_the_command_calls_streams_lists_describes_and_generates(
+    calc: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from unixrpc.cli import main
+
+    where = f"varlink:{calc}"
+    assert main(["call", where, f"{IFACE}.Add", "a=1", "b=2", "--compact"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"result": 3}
+    assert main(["call", where, f"{IFACE}.Divide", '{"a": 1, "b": 0}']) == 1
+    assert json.loads(capsys.readouterr().err)["error"]["data"] == {"dividend": 1}
+    assert main(["call", where, f"{IFACE}.Nope"]) == 4
+    capsys.readouterr()
+    source = tmp_path / "note.txt"
+    source.write_text("pushed")
+    assert main(["call", where, f"{IFACE}.ReadFrom", "fd=0", "--push-fd", str(source)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"result": "pushed"}
+    saved = tmp_path / "saved.txt"
+    assert main(["call", where, f"{IFACE}.Pipe", "note=back", "--save-fd", str(saved)]) == 0
+    capsys.readouterr()
+    assert saved.read_text() == "back"
+    assert main(["stream", where, f"{IFACE}.Count", "n=2"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [{"item": 0}, {"item": 1}]
+    assert main(["list", where]) == 0
+    assert f"{IFACE}.Add" in capsys.readouterr().out.split()
+    assert main(["describe", where, IFACE]) == 0
+    assert "method Add(a: int, b: int) -> (result: int)" in capsys.readouterr().out
+    assert main(["varlink-codegen", where, "--stream", "Count", "-o", str(tmp_path / "calc.py")]) == 0
+    code = (tmp_path / "calc.py").read_text()
+    assert "class Add(Method[int], name='org.example.calc.Add'):" in code
+    assert "StreamMethod" in code
+    assert main(["ping", where]) == 2

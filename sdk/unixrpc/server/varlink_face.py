@@ -37,6 +37,7 @@ __all__ = [
     "ServiceInfo",
     "VarlinkFace",
     "build_face",
+    "interface_description",
     "interface_of",
 ]
 
@@ -101,6 +102,23 @@ def interface_of(server: Server) -> str:
     if server.name is not None and is_interface_name(server.name):
         return server.name
     return DEFAULT_INTERFACE
+
+
+def interface_description(server: Server) -> str:
+    """The varlink IDL of *server*'s interface (what ``GetInterfaceDescription``
+    answers for it; ``unixrpc schema --varlink`` writes it).
+
+    Raises:
+        ValueError: its methods do not map to varlink names (names the two).
+        VarlinkTypeError: a field has no varlink type (names it).
+    """
+    from ..varlink.idl import describe
+
+    handlers = _served(server)
+    interface = interface_of(server)
+    VarlinkNames.build(handlers, interface)  # (refuses two methods with one varlink name)
+    classes = [handler.spec.method_class for handler in handlers.values()]
+    return describe(interface, classes, doc=server.description or "")
 
 
 def _served(server: Server) -> dict[str, Handler]:
