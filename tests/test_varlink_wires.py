@@ -177,3 +177,35 @@ def test_descriptors_reach_the_call_the_read_rule_says() -> None:
     assert os.read(take.request.fd.fileno(), 2) == b"hi"
     core.finish(take, "hi")
     assert core.take_output() == [b'{"parameters":{"result":"hi"}}\0']
+
+
+def test_a_server_whose_wires_or_names_are_ambiguous_serves_unixrpc_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from unixrpc import Server
+    from unixrpc.server.varlink_face import build_face
+
+    class GetA(Method[int], name="a.Get"):
+        pass
+
+    class GetB(Method[int], name="b.Get"):
+        pass
+
+    def make(**options: Any) -> Server:
+        server = Server(name="org.example.calc", **options)
+        server.add_method(GetA, lambda request: 1)
+        server.add_method(GetB, lambda request: 2)
+        return server
+
+    with caplog.at_level("WARNING", logger="unixrpc.server"):
+        assert build_face(make(), wire.DEFAULT_MAX_FRAME_SIZE) is None  # both are org.example.calc.Get
+        assert "both map to the varlink name 'org.example.calc.Get'" in caplog.text
+        assert build_face(Server(), 1 << 31) is None
+        assert "can begin with '{'" in caplog.text
+    with pytest.raises(ValueError, match="both map"):
+        build_face(make(varlink_interface="org.example.calc"), wire.DEFAULT_MAX_FRAME_SIZE)
+    assert build_face(make(varlink=False), wire.DEFAULT_MAX_FRAME_SIZE) is None
+    face = build_face(Server(name="not an interface"), wire.DEFAULT_MAX_FRAME_SIZE)
+    assert face is not None
+    assert face.names.interface == "org.unixrpc.app"
+    assert "org.varlink.service.GetInfo" in face.names.methods

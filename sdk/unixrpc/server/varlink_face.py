@@ -134,12 +134,16 @@ def build_face(server: Server, max_frame_size: int) -> VarlinkFace | None:
     or its methods do not map: logged, and the server speaks unixrpc only).
 
     Raises:
-        ValueError: ``varlink=True`` was asked for explicitly and the names
-            do not map, or the frame limit makes the wires ambiguous.
+        ValueError: a ``varlink_interface`` was given and the names do not
+            map into it.
     """
     if not server.varlink:
         return None
-    check_shared(max_frame_size)
+    try:
+        check_shared(max_frame_size)
+    except ValueError as exc:
+        logger.warning("not serving varlink: %s", exc)
+        return None
     handlers = _served(server)
     interface = interface_of(server)
     try:
