@@ -2,7 +2,7 @@
 
 * ``unixrpc PATH`` -- a unixrpc Server (asyncio engine) with ``Add`` and
   ``Echo``, answering both wires on one socket;
-* ``unixrpc-threads PATH`` -- the same Server on the threads engine;
+* ``unixrpc-threads PATH`` -- the same Server on the threads engine, plain ``def`` handlers;
 * ``python-varlink PATH`` -- python-varlink's ``ThreadingServer`` with the
   same two methods (``org.example.bench``).
 
@@ -36,8 +36,13 @@ class Echo(Method[str], name="org.example.bench.Echo"):
     data: str
 
 
-def unixrpc_server() -> Server:
+def unixrpc_server(plain: bool) -> Server:
+    """*plain*: plain ``def`` handlers (what the threads engine runs in place)."""
     server = Server(name="org.example.bench")
+    if plain:
+        server.add_method(Add, lambda request: request.a + request.b)
+        server.add_method(Echo, lambda request: request.data)
+        return server
 
     @server.method(Add)
     async def add(request: Add) -> int:
@@ -80,8 +85,8 @@ def main() -> None:
     if kind == "python-varlink":
         python_varlink(path)
         return
-    server = unixrpc_server()
     backend = "threads" if kind == "unixrpc-threads" else "asyncio"
+    server = unixrpc_server(plain=backend == "threads")
     with server.serve_in_thread(path, backend=backend):
         print("ready", flush=True)
         threading.Event().wait()  # until killed
