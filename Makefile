@@ -31,15 +31,19 @@ stress: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-# the interface documents of the example daemons (tests/test_interface_documents.py checks they are current)
+# the interface documents (OpenRPC and varlink IDL) of the example daemons (tests/test_interface_documents.py checks they are current)
 schemas: $(STAMP)
 	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json
 	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json
+	$(BIN)/python -m unixrpc schema --varlink examples/rpc_daemon.py:server -o schemas/rpc_daemon.varlink
+	$(BIN)/python -m unixrpc schema --varlink examples/privsep_daemon.py:server -o schemas/privsep_daemon.varlink
 
 # exit 1, saying what changed, when a document in schemas/ is stale (writes nothing)
 schemas-check: $(STAMP)
 	$(BIN)/python -m unixrpc schema examples/rpc_daemon.py:server -o schemas/rpc_daemon.openrpc.json --check
 	$(BIN)/python -m unixrpc schema examples/privsep_daemon.py:server -o schemas/privsep_daemon.openrpc.json --check
+	$(BIN)/python -m unixrpc schema --varlink examples/rpc_daemon.py:server -o schemas/rpc_daemon.varlink --check
+	$(BIN)/python -m unixrpc schema --varlink examples/privsep_daemon.py:server -o schemas/privsep_daemon.varlink --check
 
 # bench_callgrind.py: instructions per call of each server engine under valgrind (skipped without
 # valgrind), the figure to compare code changes by on a noisy machine

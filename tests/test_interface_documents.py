@@ -34,6 +34,26 @@ def test_documents_are_current(name: str, target: str) -> None:
         assert source.read() == result.stdout, f"schemas/{name} is stale: run `make schemas`"
 
 
+@pytest.mark.parametrize(("name", "target"), DOCUMENTS.items())
+def test_varlink_interfaces_are_current_and_parse(name: str, target: str) -> None:
+    """schemas/*.varlink: what the example daemons answer to GetInterfaceDescription."""
+    varlink = pytest.importorskip("varlink", reason="python-varlink is not installed")
+    idl = name.replace(".openrpc.json", ".varlink")
+    result = subprocess.run(
+        [sys.executable, "-m", "unixrpc", "schema", "--varlink", os.path.join(ROOT, target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    with open(os.path.join(ROOT, "schemas", idl), encoding="utf-8") as source:
+        text = source.read()
+    assert text == result.stdout, f"schemas/{idl} is stale: run `make schemas`"
+    assert (
+        varlink.Interface(text).name == text.split("interface ", 1)[1].split()[0]
+    )  # python-varlink's scanner
+
+
 @pytest.mark.parametrize("name", DOCUMENTS)
 def test_documents_have_the_openrpc_shape(name: str) -> None:
     with open(os.path.join(ROOT, "schemas", name), encoding="utf-8") as source:

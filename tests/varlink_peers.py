@@ -35,3 +35,31 @@ def fd_peer() -> asyncvarlink.VarlinkInterface:
             yield from range(n)
 
     return FdPeer()
+
+
+class Piped(typing.TypedDict):
+    fd: asyncvarlink.FileDescriptor
+    note: str
+
+
+def calc_interface() -> type[asyncvarlink.VarlinkInterface]:
+    """The client side of tests/test_varlink_server.py's daemon, for asyncvarlink's proxies."""
+
+    class Calc(asyncvarlink.VarlinkInterface, name="org.example.calc"):
+        @asyncvarlink.varlinkmethod(return_parameter="result")
+        def Add(self, *, a: int, b: int) -> int:
+            raise NotImplementedError
+
+        @asyncvarlink.varlinkmethod(return_parameter="result")
+        def ReadFrom(self, *, fd: asyncvarlink.FileDescriptor) -> str:
+            raise NotImplementedError
+
+        @asyncvarlink.varlinkmethod
+        def Pipe(self, *, note: str) -> Piped:
+            raise NotImplementedError
+
+        @asyncvarlink.varlinkmethod(return_parameter="item")
+        def Count(self, *, n: int) -> typing.Iterator[int | None]:
+            raise NotImplementedError
+
+    return Calc

@@ -23,6 +23,7 @@ from ._calls import run_call, run_stream
 from ._common import DEFAULT_TIMEOUT, EXIT, Exit
 from ._describe import run_describe, run_list, run_ping
 from ._documents import load_server, run_compat, run_schema
+from ._varlink import add_codegen, is_varlink, run_varlink
 
 __all__ = ["EXIT", "build_parser", "load_server", "main", "main_exit"]
 
@@ -43,6 +44,10 @@ examples:
   unixrpc schema mydaemon.py:server -o api.json --check   (exit 1 if api.json is stale)
   unixrpc compat old-api.json new-api.json         (exit 1 on breaking changes)
   unixrpc compat old-api.json /run/app.sock        (or MODULE:ATTR: the daemon as it is now)
+  unixrpc call varlink:/run/app.sock org.example.calc.Add a=1 b=2   (any varlink service)
+  unixrpc describe varlink:/run/systemd/io.systemd.Hostname         (GetInfo and its IDL)
+  unixrpc varlink-codegen io.example.varlink -o methods.py          (Method classes from IDL)
+  unixrpc schema --varlink mydaemon.py:server -o api.varlink        (its varlink IDL)
 
 exit codes:
   0 success   1 error reply (or breaking changes, for compat; stale, for schema --check)   2 usage
@@ -190,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     schema.add_argument(
+        "--varlink", action="store_true", help="its varlink interface (IDL) instead of the OpenRPC document"
+    )
+    schema.add_argument(
         "--check",
         action="store_true",
         help="write nothing; exit 1 (saying what changed) if FILE (-o) is not the current document",
@@ -219,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", action="store_true", help="the changes as a JSON list")
     check.set_defaults(run=run_compat)
+    add_codegen(commands)
     return parser
 
 
@@ -226,6 +235,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``unixrpc`` command; returns its exit code (see :data:`EXIT`)."""
     args = build_parser().parse_args(argv)
     try:
+        if is_varlink(args):
+            if args.command not in ("call", "stream", "describe", "list"):
+                sys.stderr.write(f"unixrpc: {args.command} does not take a varlink address\n")
+                return EXIT["usage"]
+            return run_varlink(args)
         return int(args.run(args))
     except Exit as done:
         return done.code

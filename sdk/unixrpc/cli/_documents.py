@@ -72,7 +72,12 @@ def run_schema(args: argparse.Namespace) -> int:
     """``unixrpc schema``; with ``--check``, exit 1 when ``-o FILE`` is stale."""
     if args.check and not args.output:
         fail("--check compares with the file given by -o FILE: give it", "usage")
-    text = _server_document_text(args.target)
+    if args.varlink:
+        text = _server_idl_text(args.target)
+        if args.check:
+            return _check_idl(args.target, args.output, text)
+    else:
+        text = _server_document_text(args.target)
     if args.check:
         return _check(args.target, args.output, text)
     if args.output:
@@ -81,6 +86,44 @@ def run_schema(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return EXIT["ok"]
+
+
+def _server_idl_text(target: str) -> str:
+    """The varlink IDL of the Server *target* names (``schema --varlink``).
+
+    Raises:
+        Exit: *target* cannot be imported, is not a Server, or has no varlink face (2).
+    """
+    from ..server.server import Server
+    from ..server.varlink_face import interface_description
+
+    try:
+        server = load_server(target)
+    except (ValueError, ImportError, OSError) as exc:
+        fail(str(exc), "usage")
+    if not isinstance(server, Server):
+        fail(f"{target} is not a unixrpc Server", "usage")
+    try:
+        return interface_description(server)
+    except (ValueError, TypeError) as exc:
+        fail(f"{target} has no varlink description: {exc}", "usage")
+
+
+def _check_idl(target: str, path: str, text: str) -> int:
+    """Whether the varlink IDL in *path* is what *target* describes now."""
+    try:
+        with open(path, encoding="utf-8") as source:
+            stored: str | None = source.read()
+    except OSError as exc:
+        stored, why = None, f"cannot read it ({exc.strerror})"
+    if stored == text:
+        return EXIT["ok"]
+    if stored is not None:
+        why = "it differs from the interface of the code"
+    sys.stderr.write(
+        f"unixrpc: {path} is stale: {why}\nregenerate it: unixrpc schema --varlink {target} -o {path}\n"
+    )
+    return EXIT["error"]
 
 
 def _check(target: str, path: str, text: str) -> int:

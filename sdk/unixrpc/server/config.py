@@ -38,6 +38,9 @@ class ServerConfig:
         handler_threads: the pool that runs plain ``def`` handlers (anyio engine).
         has_async_handlers: whether any handler is ``async def`` (the threads
             engine starts its event-loop thread with the server).
+        varlink_protocol: the framing of a connection the core says speaks
+            varlink (``ServerConnection.choose_wire``); None: the server
+            speaks unixrpc only, and the engines look at no first byte.
     """
 
     rules: ServerRules
@@ -52,3 +55,4 @@ class ServerConfig:
     connection_ids: Iterator[int]
     handler_threads: Callable[[], HandlerThreads]
     has_async_handlers: bool
+    varlink_protocol: StreamProtocol[Any, Any] | None = None

@@ -24,6 +24,7 @@ __all__ = [
     "grace_elapsed",
     "MAX_LINGERING",
     "connection_limits",
+    "first_byte",
     "peer_hung_up",
     "raise_fd_limit",
     "refusal_frame",
@@ -124,3 +125,21 @@ def grace_elapsed(grace: float, running: list[str]) -> None:
         logger.warning(
             "shutdown grace of %ss elapsed; cancelling %d calls: %s", grace, len(running), "; ".join(running)
         )
+
+
+#: what :func:`first_byte` says of a connection that ended (or failed) before its first byte
+NO_BYTE: Final = -1
+
+
+def first_byte(sock: socket.socket) -> int | None:
+    """The first byte waiting on *sock*, left in place (``MSG_PEEK``), for
+    the core to choose the connection's wire by; None if nothing came yet;
+    :data:`NO_BYTE` if the connection ended or failed (the read that follows
+    finds out how)."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return NO_BYTE
+    return data[0] if data else NO_BYTE

@@ -28,6 +28,7 @@ import anyio.abc
 from .._core import wire
 from .._core.framing import FrameSerializer
 from .._core.server import DEFAULT_MAX_STREAM_WINDOW, Handler, ServerRules
+from .._core.varlink import is_interface_name
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
@@ -41,6 +42,7 @@ from .policy import Allow, access_table
 from .registration import context_comes_first, missing_method_class
 from .serving import journal_logging_by_default, listeners_for, signals_shut_down, unwrap
 from .threads import ThreadEngine
+from .varlink_face import build_face
 
 __all__ = ["AuthorizeHook", "Server"]
 
@@ -121,6 +123,15 @@ class Server:
         max_threads_per_connection: on the threads backend, the threads of one
             connection that run calls at once (plus one that reads); more
             calls wait for one of them while reading goes on.
+        varlink: answer varlink clients on the same sockets (the wire is
+            chosen per connection by its first byte; docs/varlink.md). False:
+            unixrpc only (varlink bytes are then a protocol error, as before).
+        varlink_interface: the varlink interface of the methods whose names
+            are not qualified varlink names (default: ``name`` if it is an
+            interface name such as ``org.example.calc``, else
+            ``org.unixrpc.app``).
+        varlink_vendor, varlink_url: what ``org.varlink.service.GetInfo``
+            answers beside ``name`` (product) and ``version``.
 
     Raises:
         ValueError: a limit is out of range.
@@ -154,8 +165,17 @@ class Server:
         write_timeout: float | None = 30.0,
         max_buffered_bytes: int = 256 * 1024 * 1024,
         max_stream_window: int = DEFAULT_MAX_STREAM_WINDOW,
+        varlink: bool = True,
+        varlink_interface: str | None = None,
+        varlink_vendor: str = "",
+        varlink_url: str = "",
     ) -> None:
         self.name, self.version, self.description = name, version, description
+        if varlink_interface is not None and not is_interface_name(varlink_interface):
+            raise ValueError(f"varlink_interface {varlink_interface!r} is not a varlink interface name")
+        self.varlink = varlink
+        self.varlink_interface = varlink_interface
+        self.varlink_vendor, self.varlink_url = varlink_vendor, varlink_url
         for limit, value in (
             ("max_connections", max_connections),
             ("max_connections_per_uid", max_connections_per_uid),
@@ -347,6 +367,9 @@ class Server:
 
     def _config(self) -> ServerConfig:
         """What the engines see of this server, frozen now (serve time)."""
+        face = build_face(self, self._framing.max_frame_size)
+        self._rules.varlink = face.names if face is not None else None
+        self._rules.varlink_handlers = face.handlers if face is not None else self._handlers
         return ServerConfig(
             rules=self._rules,
             protocol=self._protocol,
@@ -360,6 +383,7 @@ class Server:
             connection_ids=self._connection_ids,
             handler_threads=self._threads,
             has_async_handlers=any(handler.is_async for handler in self._handlers.values()),
+            varlink_protocol=face.protocol if face is not None else None,
         )
 
     def shutdown(self, grace: float | None = None) -> None:

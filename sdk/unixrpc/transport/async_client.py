@@ -243,6 +243,19 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         """The protocol given at construction."""
         return self._protocol
 
+    def switch_protocol(self, protocol: StreamProtocol[SentT, ReceivedT]) -> None:
+        """Driver interface: split what is received from now on with
+        *protocol* (a server that chooses the wire from a connection's first
+        byte, seen with ``MSG_PEEK``, before reading anything).
+
+        Raises:
+            RuntimeError: bytes were received already.
+        """
+        if self._receiver.buffered_size():
+            raise RuntimeError("can't switch protocols with bytes received")
+        self._receiver = protocol.receiver(self._receiver.max_recv_size)
+        self._protocol = protocol
+
     def buffered_size(self) -> int:
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()
@@ -505,6 +518,16 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if packet is NEED_DATA and self._recv_broken is None and self._read_once(sock, ancillary, bufsize):
             packet = self._receiver.next_packet()
         return packet
+
+    def buffered_packets(self) -> list[ReceivedT]:
+        """Driver interface: every whole packet already buffered, without
+        reading (after :meth:`recv_packets_nowait` returned some, what it
+        left: a bad frame behind them is raised here).
+
+        Raises:
+            StreamProtocolParseError: as :meth:`recv_packet`.
+        """
+        return self._receiver.next_packets()
 
     def recv_packets_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
         """Driver interface. Every whole packet buffered, after one read without waiting if

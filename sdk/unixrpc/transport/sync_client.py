@@ -200,6 +200,19 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         """True once :meth:`close` was called."""
         return self._closed
 
+    def switch_protocol(self, protocol: StreamProtocol[SentT, ReceivedT]) -> None:
+        """Driver interface: split what is received from now on with
+        *protocol* (a server that chooses the wire from a connection's first
+        byte, seen with ``MSG_PEEK``, before reading anything).
+
+        Raises:
+            RuntimeError: bytes were received already.
+        """
+        if self._receiver.buffered_size():
+            raise RuntimeError("can't switch protocols with bytes received")
+        self._receiver = protocol.receiver(self._receiver.max_recv_size)
+        self._protocol = protocol
+
     def buffered_size(self) -> int:
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()

@@ -49,7 +49,7 @@ class CallTable:
     *output_full* says whether a stream must wait for the peer to read;
     *peer* is ``(pid, uid)`` for the log."""
 
-    __slots__ = ("_codec", "_output_full", "_peer", "_queue", "_rules", "calls", "farewell")
+    __slots__ = ("_codec", "_output_full", "_peer", "_queue", "_rules", "calls", "farewell", "turn")
 
     def __init__(
         self,
@@ -68,6 +68,8 @@ class CallTable:
         #: the connection's last words (an error about the connection), queued
         #: after the replies of the calls still in flight when it was closed
         self.farewell: bytes | None = None
+        #: told when the last call in flight of an ordered wire retires (the next may start)
+        self.turn: Callable[[], None] | None = None
 
     def authorized(self, call: ServerCall, verdict: object) -> bool:
         """The authorization hook answered *verdict* for *call* (its return
@@ -228,6 +230,8 @@ class CallTable:
         if self.farewell is not None and not self.calls:
             farewell, self.farewell = self.farewell, None
             self._queue(farewell)
+        if self.turn is not None and not self.calls:
+            self.turn()
 
     @staticmethod
     def release(call: ServerCall) -> None:

@@ -50,6 +50,13 @@ Rules this module owns (docs/protocol.md):
   over it is closed with the reason.
 * Output: no further request is taken while the output queued behind a
   write in progress is over ``max_unsent`` (:meth:`wants_input`).
+* The wire: unixrpc unless the rules serve varlink too and the first byte
+  of the connection says varlink (:meth:`choose_wire`, rule in
+  :mod:`.wires`). On varlink (an ordered wire) calls run one at a time: a
+  message waits while a call is in flight (:meth:`waiting_turn`; the
+  engine is told when the turn comes, :meth:`watch_turns`), and a read's
+  descriptors go to the message :class:`.wires.ReadFds` says
+  (:meth:`frames_read`).
 
 No I/O here: no socket, anyio, trio, asyncio or threading import (a test
 checks). Engines (``server/``) wait and move bytes.
@@ -60,7 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..._ratelog import RateLimitedLog
@@ -87,6 +94,8 @@ from .intake import make_call
 from .outbox import FRAME_OVERHEAD, Outbox
 from .rules import UNKNOWN_PEER, ServerRules
 from .unixrpc import UnixrpcCodec
+from .varlink import VarlinkCodec
+from .wires import UNIXRPC, VARLINK, ReadFds, wire_of
 
 __all__ = ["ServerConnection"]
 
@@ -113,7 +122,9 @@ class ServerConnection:
         "_discard_output",
         "_fd_queue",
         "_fds_held",
+        "_handlers",
         "_out",
+        "_read_fds",
         "_rules",
         "_table",
         "authorized",
@@ -162,6 +173,8 @@ class ServerConnection:
         self._discard_output = False  # closed for its output: what calls still produce is dropped
         self._clocks = Clocks()
         self._charge = Charge(rules.memory)
+        self._handlers = rules.handlers  # the methods this connection's wire serves
+        self._read_fds: ReadFds | None = None  # varlink: which message a read's descriptors belong to
 
     # -- state ------------------------------------------------------------------
 
@@ -305,6 +318,41 @@ class ServerConnection:
             at_once=True,
         )
 
+    # -- the wire -----------------------------------------------------------------
+
+    def choose_wire(self, first: int) -> str:
+        """The connection's first byte is *first* (seen before any frame is
+        taken): the wire it speaks, :data:`.wires.VARLINK` or
+        :data:`.wires.UNIXRPC`; the engine splits what it reads accordingly
+        (NUL-ended messages, :class:`.wires.MessageFraming`, for varlink)."""
+        rules = self._rules
+        if rules.varlink is None or wire_of(first, rules.max_frame_size) != VARLINK:
+            return UNIXRPC
+        codec = VarlinkCodec(rules.varlink, window=rules.max_stream_window)
+        self._codec = self._table._codec = codec
+        self._handlers = rules.varlink_handlers
+        self._read_fds = ReadFds()
+        return VARLINK
+
+    def waiting_turn(self) -> bool:
+        """True while the next message must wait: the wire answers in order
+        and a call is in flight (it runs alone, as sd-varlink's do)."""
+        return bool(self._calls) and self._codec.ordered
+
+    def watch_turns(self, callback: Callable[[], None]) -> None:
+        """Call *callback* (no argument) when the last call in flight of an
+        ordered wire retires, so an engine waiting for the turn wakes up."""
+        self._table.turn = callback
+
+    def frames_read(self, frames: list[wire.RawFrame], partial: bool) -> list[wire.RawFrame]:
+        """Every frame a read completed, and whether a frame is still half
+        read after it: the frames with the descriptors they carry (unixrpc's
+        declare theirs; varlink's are given the read's by :class:`.wires.ReadFds`)."""
+        read_fds = self._read_fds
+        if read_fds is None:
+            return frames
+        return read_fds.assign(frames, partial)
+
     # -- input ------------------------------------------------------------------
 
     def receive_fds(self, fds: Iterable[int]) -> None:
@@ -312,7 +360,12 @@ class ServerConnection:
         if self._closed is not None:
             close_fds(fds)
             return
-        self._fd_queue.push(fds)
+        if self._read_fds is not None:
+            before = len(self._fd_queue)
+            self._fd_queue.push(fds)
+            self._read_fds.took(len(self._fd_queue) - before)
+        else:
+            self._fd_queue.push(fds)
         if not self._recount_fds():  # many connections each holding descriptors for a frame begun
             limit = self._rules.fd_budget.limit
             self.fatal(
@@ -354,9 +407,11 @@ class ServerConnection:
             self._fd_queue.close_all()
             self._recount_fds()
             _warn("connection %d (pid %d): closed: %s", self.connection_id, self.peer_pid, reason)
+            body = b""
             if tell_peer:
                 error = ProtocolViolationError(reason)
                 body = self._codec.error(None, error.code, error.message)
+            if body:  # (varlink has no words about the connection)
                 calls = self._calls
                 if calls and not at_once and not any(call.handler.spec.streaming for call in calls.values()):
                     self._table.farewell = body  # (a stream would wait for credit for ever: not after it)
@@ -369,8 +424,8 @@ class ServerConnection:
         or credit for a call already in flight (an engine whose calls wait
         for threads reads on, so those get through): its event, or None;
         False if it must wait its turn (a request, or anything else)."""
-        if self._closed is not None or frame.nfds:
-            return False
+        if self._closed is not None or frame.nfds or self._codec.ordered:
+            return False  # (an ordered wire has neither cancel nor credit)
         message = self._codec.decode(frame.body)
         if message[0] not in (CANCEL, CREDIT) or message[1] not in self._calls:
             return False
@@ -432,10 +487,10 @@ class ServerConnection:
                 call_id, name, fds, ProtocolViolationError(f"call id {call_id} is already in flight")
             )
             return None
-        handler = rules.handlers.get(name)
+        handler = self._handlers.get(name)
         if handler is None:
             self._refuse(
-                call_id, name, fds, MethodNotFoundError(messages.method_not_found(name, rules.handlers))
+                call_id, name, fds, MethodNotFoundError(messages.method_not_found(name, self._handlers))
             )
             return None
         if rules.access is not None:
@@ -558,7 +613,9 @@ class ServerConnection:
         left = self._table.cut_off()
         if self._closed is None:
             error = ServerShuttingDownError("server is shutting down")
-            self._queue(self._codec.error(None, error.code, error.message))
+            body = self._codec.error(None, error.code, error.message)
+            if body:
+                self._queue(body)
             self._closed = "shutting down"
         return left
 

@@ -125,6 +125,8 @@ class ServerRules:
         "max_unsent",
         "memory",
         "stopping",
+        "varlink",
+        "varlink_handlers",
         "write_timeout",
     )
 
@@ -167,6 +169,11 @@ class ServerRules:
         self.fd_budget = MemoryBudget(1 << 30, memory_lock)
         #: the access policy (set by the server when it starts serving); None: none
         self.access: AccessTable | None = None
+        #: the varlink face (``VarlinkNames``; set by the server when it starts serving):
+        #: None, connections speak unixrpc only
+        self.varlink: Any = None
+        #: the handlers a varlink connection serves: ``handlers`` plus ``org.varlink.service``'s
+        self.varlink_handlers: dict[str, Handler] = handlers
 
 
 class _UnknownPeer:

@@ -34,6 +34,7 @@ import anyio.lowlevel
 
 from ..._core import wire
 from ..._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
+from ..._core.server.wires import VARLINK
 from ..._wakeup import Wakeup, wakeup_factory
 from ...ancillary import SocketAncillary
 from ...exceptions import (
@@ -45,7 +46,7 @@ from ...exceptions import (
 from ...peer import Peer, read_peer
 from ...transport.async_client import AsyncUnixStreamClient
 from ..config import ServerConfig
-from ..kit import peer_hung_up
+from ..kit import NO_BYTE, first_byte, peer_hung_up
 from .calls import CallRunner
 from .handler_threads import outcome_waiter
 from .output import OutputWriter
@@ -98,6 +99,9 @@ class Connection(CallRunner, OutputWriter):
         self._clock = _loop_clock()  # anyio.current_time's clock, without its lookups
         self._partial = False  # a frame is half read (as of the last read)
         self._idle_limit = config.rules.connection_idle_timeout is not None
+        self._choosing = config.varlink_protocol is not None  # the wire waits for the first byte
+        self._varlink = False
+        self._turn: Wakeup | None = None  # the reader waits for the call in flight to end (varlink)
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -167,6 +171,10 @@ class Connection(CallRunner, OutputWriter):
                         return None
                     continue
                 inbox.extend(frames)
+            if self._varlink and core.waiting_turn():  # one call at a time: wait for it to end
+                if not await self._wait_turn():
+                    return None
+                continue
             budget -= 1
             if not budget:  # a busy connection must not starve the others
                 budget = READER_BUDGET
@@ -205,8 +213,12 @@ class Connection(CallRunner, OutputWriter):
         """One read: the frames it completed (maybe none); None if the
         reading is over (the core said why)."""
         transport, core, ancillary = self._transport, self.core, self._ancillary
+        if self._choosing and not self._choose_wire():
+            return []  # nothing came yet
         try:
             frames = transport.recv_packets_nowait(ancillary, self._bufsize)
+            if self._varlink and frames and transport.buffered_size():
+                frames += transport.buffered_packets()  # (the core counts a read's frames)
         except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
             core.read_failed(exc)
             await self._flush()
@@ -221,6 +233,8 @@ class Connection(CallRunner, OutputWriter):
                 ancillary.clear()
         buffered = transport.buffered_size()
         self._partial = buffered > 0
+        if self._varlink:
+            frames = core.frames_read(frames, buffered > 0)  # which frame the read's descriptors ride on
         if frames or buffered:  # bytes came (or a frame is still half read)
             excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
             now = self._clock() if buffered or self._idle_limit else 0.0  # (the time only matters then)
@@ -251,6 +265,39 @@ class Connection(CallRunner, OutputWriter):
             await self._flush()
             return False
         return True
+
+    def _choose_wire(self) -> bool:
+        """Let the core choose the wire from the first byte (left unread):
+        False if none came yet."""
+        first = first_byte(self._sock)
+        if first is None:
+            return False
+        self._choosing = False
+        if first != NO_BYTE and self.core.choose_wire(first) == VARLINK:
+            assert self._config.varlink_protocol is not None
+            self._transport.switch_protocol(self._config.varlink_protocol)
+            self.core.watch_turns(self._turn_came)
+            self._varlink = True
+        return True
+
+    async def _wait_turn(self) -> bool:
+        """Wait, reading no further, until the call in flight has ended (a
+        varlink connection runs one at a time); looks for a hang-up now and
+        then meanwhile: False if the peer is gone (the reading is over)."""
+        while self.core.waiting_turn():
+            wake = self._turn = self._new_wakeup()
+            with anyio.move_on_after(_HANG_UP_POLL):
+                await wake.wait()
+            self._turn = None
+            if self.core.waiting_turn() and self._peer_hung_up():
+                return False
+        return True
+
+    def _turn_came(self) -> None:
+        """The core: the last call in flight has ended."""
+        turn = self._turn
+        if turn is not None:
+            turn.set()
 
     def deadline_changed(self) -> None:
         """A call ended or output was written: if the reader waits, it waits

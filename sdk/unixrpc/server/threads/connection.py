@@ -50,6 +50,7 @@ from ..._core.server import (
     ServerCall,
     ServerConnection,
 )
+from ..._core.server.wires import VARLINK
 from ..._ratelog import RateLimitedLog
 from ...ancillary import SocketAncillary
 from ...exceptions import (
@@ -62,7 +63,7 @@ from ...exceptions import (
 from ...peer import Peer
 from ...transport.sync_client import UnixStreamClient
 from ..config import ServerConfig
-from ..kit import peer_hung_up
+from ..kit import NO_BYTE, first_byte, peer_hung_up
 from .calls import CallRunner, Parked
 from .loop_thread import LoopThread
 
@@ -128,6 +129,8 @@ class ThreadConnection:
         self.finished = threading.Event()
         self._fds_closed = False  # epoll and eventfd closed (by _close, or by a shutdown that left a handler)
         self._runner = CallRunner(self)
+        self._choosing = config.varlink_protocol is not None  # the wire waits for the first byte
+        self._varlink = False  # one call at a time (the core's waiting_turn)
 
     def start(self) -> bool:
         """Start the connection's first thread (it waits for the first
@@ -211,6 +214,7 @@ class ThreadConnection:
             and (not self._inbox or self.core.queued_fds() <= self._config.rules.max_fds)
             and not self._fds_closed
             and self.core.wants_input()
+            and not (self._inbox and self._varlink and self.core.waiting_turn())  # one waits its turn
         ):
             self._armed = True
             try:  # (not contextlib.suppress: this runs once a call)  # noqa: SIM105
@@ -222,12 +226,18 @@ class ThreadConnection:
         lock, sock_fd, epoll = self._lock, self._sock_fd, self._epoll
         call: ServerCall | None = None
         idle = False  # this thread left the connection to the engine's idle watch
+        turn = False  # varlink: messages that waited their turn were taken in (refusals to write)
         try:
             while True:
                 with lock:
                     if call is not None:
                         self._running -= 1
                         call = None
+                        if self._varlink:  # the turn of the messages held back came
+                            if self._inbox and self._take_in():
+                                self._end_reading()
+                            self._arm()
+                            turn = self.core.has_output()  # (refusals of what was taken in)
                     runq = self._runq
                     if runq and self._running < self._max_running and self._reader_left():
                         call = runq.popleft()
@@ -247,6 +257,9 @@ class ThreadConnection:
                         spare = self._waiting > 0  # another thread waits: this one may retire
                         self._waiting += 1
                         deadline = self._read_deadline()
+                if turn:
+                    turn = False
+                    self._flush()
                 if call is None:
                     timeout = _IDLE_SECONDS
                     if deadline is not None:
@@ -341,6 +354,12 @@ class ThreadConnection:
         """Read what the socket has (this thread was woken for it), take it
         in, and re-arm the socket: the call this thread is to run, if any."""
         core, transport, ancillary = self.core, self._transport, self._ancillary
+        if self._choosing and not self._choose_wire():
+            with self._lock:  # nothing came yet: wait again
+                self._waiting -= 1
+                self._armed = False
+                self._arm()
+            return None
         over = False
         failed: BaseException | None = None  # the read failed: what it means is the core's call
         frames: list[wire.RawFrame] = []
@@ -362,6 +381,8 @@ class ThreadConnection:
             if ancillary:
                 core.receive_fds(ancillary.iter_fds())
                 ancillary.clear()
+            if self._varlink:
+                frames = core.frames_read(frames, partial)  # which frame the read's descriptors ride on
             if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
                 over = True  # over the server's memory budget
             if core.closing is not None and failed is None:
@@ -396,6 +417,20 @@ class ThreadConnection:
             self._flush()
         return mine
 
+    def _choose_wire(self) -> bool:
+        """Let the core choose the wire from the first byte (left unread):
+        False if none came yet."""
+        first = first_byte(self._sock)
+        if first is None:
+            return False
+        with self._lock:
+            self._choosing = False
+            if first != NO_BYTE and self.core.choose_wire(first) == VARLINK:
+                assert self._config.varlink_protocol is not None
+                self._transport.switch_protocol(self._config.varlink_protocol)
+                self._varlink = True
+        return True
+
     def _read_deadline(self) -> float | None:  # lock held
         """When a thread waiting for the socket must look at the core's
         timers (frame and idle timeouts are the core's rules)."""
@@ -423,7 +458,11 @@ class ThreadConnection:
         hold = self._max_running + _QUEUED_CALLS  # calls the core holds, running or waiting for a thread
         taking = everything or most <= hold  # (a small max_calls_per_connection: refused beyond it)
         turn = _TURN
-        while inbox and (everything or (core.wants_input() and (taking or len(core) - self._parked < hold))):
+        while (
+            inbox
+            and (everything or (core.wants_input() and (taking or len(core) - self._parked < hold)))
+            and not (self._varlink and core.waiting_turn())  # one call at a time
+        ):
             turn -= 1
             if not turn:  # a flood of frames must not hold the GIL from other connections' threads
                 turn = _TURN
