@@ -200,11 +200,15 @@ def test_a_server_whose_wires_or_names_are_ambiguous_serves_unixrpc_only(
     with caplog.at_level("WARNING", logger="unixrpc.server"):
         assert build_face(make(), wire.DEFAULT_MAX_FRAME_SIZE) is None  # both are org.example.calc.Get
         assert "both map to the varlink name 'org.example.calc.Get'" in caplog.text
-        assert build_face(Server(), 1 << 31) is None
+        server = Server()
+        assert build_face(server, 1 << 31) is not None  # for listeners of varlink alone
         assert "can begin with '{'" in caplog.text
+        assert not server._rules.varlink_shared
     with pytest.raises(ValueError, match="both map"):
         build_face(make(varlink_interface="org.example.calc"), wire.DEFAULT_MAX_FRAME_SIZE)
-    assert build_face(make(varlink=False), wire.DEFAULT_MAX_FRAME_SIZE) is None
+    off = Server(varlink=False)
+    assert build_face(off, wire.DEFAULT_MAX_FRAME_SIZE) is not None  # for listeners of varlink alone
+    assert not off._rules.varlink_shared
     face = build_face(Server(name="not an interface"), wire.DEFAULT_MAX_FRAME_SIZE)
     assert face is not None
     assert face.names.interface == "org.unixrpc.app"

@@ -43,6 +43,8 @@ class BoundListener:
         name: for a socket passed by systemd, its name from ``LISTEN_FDNAMES``
             (``FileDescriptorName=``; ``"unknown"`` when none was given);
             None otherwise.
+        wire: the one wire its connections speak (``"varlink"``, ``"unixrpc"``),
+            or None: both, chosen per connection by its first byte.
     """
 
     def __init__(
@@ -53,15 +55,19 @@ class BoundListener:
         *,
         adopted: bool = False,
         name: str | None = None,
+        wire: str | None = None,
     ) -> None:
         self.socket = sock
         self.address = address
         self.adopted = adopted
         self.name = name
+        self.wire = wire
         self._identity = None if adopted else identity
 
     def __repr__(self) -> str:
         how = f"adopted, name={self.name!r}" if self.adopted else "bound"
+        if self.wire is not None:
+            how += f", {self.wire} only"
         return f"<BoundListener {self.address} fd={self.socket.fileno()} {how}>"
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """What every engine does the same way, written once: noticing that the
-peer hung up, refusing a connection (the frame, and how many refused
-connections may linger at once), and the limits an engine must honour
-while it waits and moves bytes.
+peer hung up, refusing a connection (:class:`Refused`: what the peer is
+told on each wire, and how many refused connections may linger at once),
+and the limits an engine must honour while it waits and moves bytes.
 
 Engines (the anyio engine, the threads engine) import this; it imports
 neither of them, nor :class:`~unixrpc.Server`. Protocol decisions stay in
@@ -14,13 +14,21 @@ import logging
 import resource
 import select
 import socket
-from typing import Final, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .._core import wire
+from .._core.server.wires import UNIXRPC, VARLINK, wire_of
 from ..exceptions import ServerBusyError
+
+if TYPE_CHECKING:
+    from .._core.server import ServerRules
+    from .binding import BoundListener
 
 __all__ = [
     "LINGER_SECONDS",
+    "Refused",
+    "check_listeners",
     "grace_elapsed",
     "MAX_LINGERING",
     "connection_limits",
@@ -28,7 +36,6 @@ __all__ = [
     "peer_hung_up",
     "raise_fd_limit",
     "refusal_frame",
-    "send_refusal",
 ]
 
 #: refused connections kept open at once (each for at most LINGER_SECONDS) so their
@@ -60,21 +67,6 @@ def refusal_frame(refusal: str) -> bytes:
     ``"id": null`` saying why."""
     error = ServerBusyError(refusal)
     return wire.frame(wire.encode_error(None, error.code, error.message))
-
-
-def send_refusal(conn: socket.socket, refusal: str) -> bool:
-    """Tell the peer of *conn* why it is refused and shut down our side,
-    without blocking: True if the connection should now linger (the caller
-    keeps it open up to LINGER_SECONDS, reading and dropping what comes),
-    False if it was closed here."""
-    try:
-        conn.setblocking(False)
-        conn.send(refusal_frame(refusal))
-        conn.shutdown(socket.SHUT_WR)
-    except OSError:
-        conn.close()
-        return False
-    return True
 
 
 logger = logging.getLogger("unixrpc.server")
@@ -143,3 +135,123 @@ def first_byte(sock: socket.socket) -> int | None:
     except OSError:
         return NO_BYTE
     return data[0] if data else NO_BYTE
+
+
+class Refused:
+    """A connection refused at accept (server busy, per-uid limit, no
+    thread), told why in the words of the wire it speaks:
+
+    * a unixrpc peer gets one frame, ``ServerBusyError`` with ``"id":
+      null``, and our side is shut down;
+    * a varlink peer gets nothing: the connection is closed, as sd-varlink
+      closes one over its limits (``validate_connection`` refuses, the
+      accepted descriptor is closed); varlink has no reply that is not the
+      answer to a call.
+
+    On a listener that speaks both wires the peer's first byte says which
+    (peeked, as :meth:`~.._core.server.ServerConnection.choose_wire` does):
+    the refusal waits for it while the connection lingers. A refused
+    connection lingers at most :data:`LINGER_SECONDS` (the engine's clock)
+    and at most :data:`MAX_LINGERING` of them at once, so a refused peer
+    never holds the server: what it sends meanwhile is read and dropped.
+    One that sent nothing by then gets the unixrpc frame before the close.
+    """
+
+    __slots__ = ("_max_frame_size", "_refusal", "_wire", "sock")
+
+    def __init__(
+        self, sock: socket.socket, refusal: str, rules: ServerRules, listener_wire: str | None
+    ) -> None:
+        self.sock = sock
+        self._refusal = refusal
+        self._max_frame_size = rules.max_frame_size
+        if listener_wire is None and (rules.varlink is None or not rules.varlink_shared):
+            listener_wire = UNIXRPC  # its connections can only speak unixrpc
+        self._wire = listener_wire  # None: the first byte will say
+
+    def begin(self) -> bool:
+        """Act on what is known at accept: True if the connection is to
+        linger (the engine then calls :meth:`readable` when it is, and
+        :meth:`expire` after LINGER_SECONDS), False if it is closed."""
+        try:
+            self.sock.setblocking(False)
+        except OSError:
+            self.close()
+            return False
+        return True if self._wire is None else self._decided()
+
+    def at_once(self) -> None:
+        """Refuse it with no lingering (too many linger already): the
+        unixrpc frame if the wire is known to be unixrpc, then the close."""
+        if self._wire is None:
+            first = first_byte(self.sock)
+            if first is not None and first != NO_BYTE:
+                self._wire = wire_of(first, self._max_frame_size)
+        if self._wire == UNIXRPC:
+            self._tell()
+        self.close()
+
+    def readable(self) -> bool:
+        """The socket is readable: True if the connection is done (closed)."""
+        if self._wire is None:
+            first = first_byte(self.sock)
+            if first is None:
+                return False
+            if first == NO_BYTE:
+                self.close()
+                return True
+            self._wire = wire_of(first, self._max_frame_size)
+            if not self._decided():
+                return True
+        try:
+            if self.sock.recv(65536):
+                return False
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            pass
+        self.close()
+        return True
+
+    def expire(self) -> None:
+        """Its time is up: close it (a peer that sent nothing yet gets the
+        unixrpc frame first)."""
+        if self._wire is None:
+            self._wire = UNIXRPC
+            self._tell()
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _decided(self) -> bool:
+        if self._wire == VARLINK:
+            self.close()
+            return False
+        if not self._tell():
+            self.close()
+            return False
+        return True
+
+    def _tell(self) -> bool:
+        try:
+            self.sock.send(refusal_frame(self._refusal))
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return False
+        return True
+
+
+def check_listeners(listeners: Iterable[BoundListener], rules: ServerRules) -> None:
+    """Check that a server can serve every one of *listeners*.
+
+    Raises:
+        ValueError: one speaks varlink only and the server has no varlink
+            face (its method names do not map to varlink names).
+    """
+    for bound in listeners:
+        if bound.wire == VARLINK and rules.varlink is None:
+            raise ValueError(
+                f"cannot serve varlink on {bound.address}: this server's method names do not map to "
+                "varlink names (two map to one name); give them qualified names or a varlink_interface"
+            )

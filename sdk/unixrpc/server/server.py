@@ -398,9 +398,13 @@ class Server:
             engine.stop(self.shutdown_grace if grace is None else grace)
 
     def _listeners(
-        self, address: UnixAddressLike | None, listener: socket.socket | None, listen_name: str | None
+        self,
+        address: UnixAddressLike | None,
+        listener: socket.socket | None,
+        listen_name: str | None,
+        varlink: UnixAddressLike | socket.socket | None = None,
     ) -> list[BoundListener]:
-        return listeners_for(address, listener, listen_name, self.socket_mode, self.socket_group)
+        return listeners_for(address, listener, listen_name, self.socket_mode, self.socket_group, varlink)
 
     def _begin(
         self,
@@ -408,12 +412,13 @@ class Server:
         address: UnixAddressLike | None,
         listener: socket.socket | None,
         listen_name: str | None,
+        varlink: UnixAddressLike | socket.socket | None = None,
     ) -> list[BoundListener]:
         with self._serving_lock:
             if self._engine is not None:
                 raise RuntimeError("this server is already serving")
             self._rules.access = access_table(self.policy, self._allow)  # names looked up now
-            listeners = self._listeners(address, listener, listen_name)
+            listeners = self._listeners(address, listener, listen_name, varlink)
             self._listeners_now, self._engine = listeners, engine
             self._rules.stopping = False
         where = ", ".join(str(bound.address) for bound in listeners)
@@ -444,6 +449,7 @@ class Server:
         *,
         listener: socket.socket | None = None,
         listen_name: str | None = None,
+        varlink: UnixAddressLike | socket.socket | None = None,
         task_status: anyio.abc.TaskStatus[UnixSocketAddress] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until :meth:`shutdown` (graceful) or cancellation (immediate),
@@ -458,6 +464,10 @@ class Server:
                 (the server takes it over and closes it when it stops).
             listen_name: serve the sockets systemd passed under this name
                 (``FileDescriptorName=``).
+            varlink: also serve, for varlink only, this path or abstract name
+                (as *address*) or listening socket (as *listener*). Sockets
+                systemd passed named ``varlink`` speak varlink only; the
+                others both wires (docs/varlink.md, "Separate listeners").
 
         With none of them, every socket systemd passed (socket activation);
         they combine. A socket file the server bound is removed on the way
@@ -476,7 +486,7 @@ class Server:
                 system does not know.
         """
         engine = AnyioEngine(self, self._config())
-        listeners = self._begin(engine, address, listener, listen_name)
+        listeners = self._begin(engine, address, listener, listen_name, varlink)
         try:
             await engine.serve(listeners, task_status)
         except BaseExceptionGroup as group:
@@ -490,13 +500,14 @@ class Server:
         *,
         listener: socket.socket | None = None,
         listen_name: str | None = None,
+        varlink: UnixAddressLike | socket.socket | None = None,
         backend: str = "asyncio",
     ) -> None:
         """Serve until :meth:`shutdown`, or SIGTERM or SIGINT when called in
         the main thread (a second signal cancels what is left at once; SIGHUP
         runs ``on_reload``, or is logged and ignored when there is none), then
         shut down gracefully.
-        Works in any thread. *address*, *listener* and *listen_name* are as
+        Works in any thread. *address*, *listener*, *listen_name* and *varlink* are as
         for :meth:`serve`. Under systemd, when the program configured no
         logging, records go to the journal with their priorities.
 
@@ -515,7 +526,7 @@ class Server:
             ModuleNotFoundError: ``"uvloop"`` without uvloop installed.
         """
         journal_logging_by_default()
-        self._serve_blocking(backend, None, address, listener, listen_name)
+        self._serve_blocking(backend, None, address, listener, listen_name, varlink)
 
     def _serve_blocking(
         self,
@@ -524,6 +535,7 @@ class Server:
         address: UnixAddressLike | None,
         listener: socket.socket | None = None,
         listen_name: str | None = None,
+        varlink: UnixAddressLike | socket.socket | None = None,
     ) -> None:
         if backend not in ("asyncio", "trio", "threads", "uvloop"):
             raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio', 'uvloop' or 'threads'")
@@ -534,7 +546,7 @@ class Server:
         with signals_shut_down(self):
             if backend == "threads":
                 engine = ThreadEngine(self, self._config())
-                listeners = self._begin(engine, address, listener, listen_name)
+                listeners = self._begin(engine, address, listener, listen_name, varlink)
                 try:
                     first = listeners[0].address
                     engine.serve(listeners, None if started is None else lambda: started(first))
@@ -545,7 +557,9 @@ class Server:
             async def main() -> None:
                 async with anyio.create_task_group() as task_group:
                     address_now = await task_group.start(
-                        functools.partial(self.serve, address, listener=listener, listen_name=listen_name)
+                        functools.partial(
+                            self.serve, address, listener=listener, listen_name=listen_name, varlink=varlink
+                        )
                     )
                     if started is not None:
                         started(address_now)
@@ -562,6 +576,7 @@ class Server:
         *,
         listener: socket.socket | None = None,
         listen_name: str | None = None,
+        varlink: UnixAddressLike | socket.socket | None = None,
         backend: str = "threads",
         timeout: float = 30.0,
     ) -> Iterator[UnixSocketAddress]:
@@ -569,7 +584,7 @@ class Server:
         the server listens (yielding the first listener's address) and shuts
         the server down on exit, waiting for the thread. For embedding a
         daemon in another program, and for tests. *address*, *listener* and
-        *listen_name* are as for :meth:`serve`.
+        *listen_name* (and *varlink*) are as for :meth:`serve`.
 
         Raises:
             OSError, FileExistsError, SocketActivationError, RuntimeError,
@@ -588,7 +603,7 @@ class Server:
 
         def run() -> None:
             try:
-                self._serve_blocking(backend, started, address, listener, listen_name)
+                self._serve_blocking(backend, started, address, listener, listen_name, varlink)
             except BaseException as exc:  # handed to the caller
                 failure.append(exc)
             finally:

@@ -12,17 +12,28 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from .._core.server.wires import VARLINK
 from ..address import UnixAddressLike
 from .binding import BoundListener, bind_listener
 
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["journal_logging_by_default", "listeners_for", "signals_shut_down", "unwrap"]
+__all__ = [
+    "VARLINK_FDNAME",
+    "journal_logging_by_default",
+    "listeners_for",
+    "signals_shut_down",
+    "unwrap",
+]
 
 logger = logging.getLogger("unixrpc.server")
+
+
+#: the ``LISTEN_FDNAMES`` name (``FileDescriptorName=``) of activated sockets that speak varlink only
+VARLINK_FDNAME: Final = "varlink"
 
 
 def listeners_for(
@@ -31,29 +42,42 @@ def listeners_for(
     listen_name: str | None,
     mode: int,
     group: int | str | None,
+    varlink: UnixAddressLike | socket.socket | None = None,
 ) -> list[BoundListener]:
     """The sockets to serve: *listener* (handed over), *address* (the
     socket systemd passed for it, else bound here), the sockets systemd
     passed by *listen_name*, or, with none of these, every socket systemd
-    passed. They combine."""
+    passed; and *varlink*, a socket (handed over) or an address (as
+    *address*) that speaks varlink only. They combine. Sockets systemd
+    passed under the name ``varlink`` speak varlink only, the others both
+    wires (chosen per connection by its first byte)."""
     # systemd's side of it (LISTEN_FDS) lives with the daemon plumbing, which imports binding
     from ..daemon.activation import adopt_listener, inherited_listener_at, inherited_listeners
 
     listeners: list[BoundListener] = []
+
+    def at(where: UnixAddressLike) -> BoundListener:
+        inherited = inherited_listener_at(where)
+        return inherited if inherited is not None else bind_listener(where, mode=mode, group=group)
+
     try:
         if listener is not None:
             listeners.append(adopt_listener(listener))
         if address is not None:
-            inherited = inherited_listener_at(address)
-            listeners.append(
-                inherited if inherited is not None else bind_listener(address, mode=mode, group=group)
-            )
+            listeners.append(at(address))
+        if varlink is not None:
+            only = adopt_listener(varlink) if isinstance(varlink, socket.socket) else at(varlink)
+            only.wire = VARLINK
+            listeners.append(only)
         if listen_name is not None or not listeners:
             listeners.extend(inherited_listeners(listen_name))
     except BaseException:
         for taken in listeners:
             taken.close()
         raise
+    for bound in listeners:
+        if bound.name == VARLINK_FDNAME:
+            bound.wire = VARLINK
     return listeners
 
 

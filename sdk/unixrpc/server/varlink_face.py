@@ -130,28 +130,36 @@ def _served(server: Server) -> dict[str, Handler]:
 
 
 def build_face(server: Server, max_frame_size: int) -> VarlinkFace | None:
-    """*server*'s varlink face, or None if it serves none (``varlink=False``,
-    or its methods do not map: logged, and the server speaks unixrpc only).
+    """*server*'s varlink face, or None if its methods do not map (logged,
+    and the server speaks unixrpc only). Sets whether listeners that speak
+    both wires answer varlink (``rules.varlink_shared``): not with
+    ``varlink=False`` (the face then serves only listeners that speak
+    varlink alone: ``serve(varlink=...)``, an activated socket named
+    ``varlink``), nor with frames of 2 GiB or more (:func:`check_shared`).
 
     Raises:
         ValueError: a ``varlink_interface`` was given and the names do not
             map into it.
     """
-    if not server.varlink:
-        return None
-    try:
-        check_shared(max_frame_size)
-    except ValueError as exc:
-        logger.warning("not serving varlink: %s", exc)
-        return None
+    rules = server._rules
+    rules.varlink_shared = server.varlink
+    if server.varlink:
+        try:
+            check_shared(max_frame_size)
+        except ValueError as exc:
+            logger.warning("not serving varlink on shared sockets: %s", exc)
+            rules.varlink_shared = False
     handlers = _served(server)
     interface = interface_of(server)
     try:
         names = VarlinkNames.build(handlers, interface)
     except ValueError as exc:
-        if server.varlink_interface is not None:
+        if server.varlink_interface is not None and server.varlink:
             raise
-        logger.warning("not serving varlink: %s (give the methods qualified names, or varlink=False)", exc)
+        if server.varlink:  # (varlink=False: said when a varlink listener needs it)
+            logger.warning(
+                "not serving varlink: %s (give the methods qualified names, or varlink=False)", exc
+            )
         return None
     service = _service_handlers(server, names, handlers)
     table = dict(server._handlers)

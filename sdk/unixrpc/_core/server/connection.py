@@ -95,7 +95,7 @@ from .outbox import FRAME_OVERHEAD, Outbox
 from .rules import UNKNOWN_PEER, ServerRules
 from .unixrpc import UnixrpcCodec
 from .varlink import VarlinkCodec
-from .wires import UNIXRPC, VARLINK, ReadFds, wire_of
+from .wires import UNIXRPC, VARLINK, ReadFds, pick_wire
 
 __all__ = ["ServerConnection"]
 
@@ -132,6 +132,7 @@ class ServerConnection:
         "end_streams",
         "finish",
         "item",
+        "listener_wire",
         "peer",
         "peer_pid",
         "peer_uid",
@@ -175,6 +176,7 @@ class ServerConnection:
         self._charge = Charge(rules.memory)
         self._handlers = rules.handlers  # the methods this connection's wire serves
         self._read_fds: ReadFds | None = None  # varlink: which message a read's descriptors belong to
+        self.listener_wire: str | None = None  # its listener speaks this wire only (None: both)
 
     # -- state ------------------------------------------------------------------
 
@@ -326,7 +328,10 @@ class ServerConnection:
         :data:`.wires.UNIXRPC`; the engine splits what it reads accordingly
         (NUL-ended messages, :class:`.wires.MessageFraming`, for varlink)."""
         rules = self._rules
-        if rules.varlink is None or wire_of(first, rules.max_frame_size) != VARLINK:
+        chosen = pick_wire(
+            first, rules.max_frame_size, shared=rules.varlink_shared, listener_wire=self.listener_wire
+        )
+        if rules.varlink is None or chosen != VARLINK:
             return UNIXRPC
         codec = VarlinkCodec(rules.varlink, window=rules.max_stream_window)
         self._codec = self._table._codec = codec

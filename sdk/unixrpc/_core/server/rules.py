@@ -127,6 +127,7 @@ class ServerRules:
         "stopping",
         "varlink",
         "varlink_handlers",
+        "varlink_shared",
         "write_timeout",
     )
 
@@ -174,6 +175,9 @@ class ServerRules:
         self.varlink: Any = None
         #: the handlers a varlink connection serves: ``handlers`` plus ``org.varlink.service``'s
         self.varlink_handlers: dict[str, Handler] = handlers
+        #: listeners that speak both wires answer varlink (the first byte says which);
+        #: False: only listeners that speak varlink alone do
+        self.varlink_shared = True
 
 
 class _UnknownPeer:

@@ -42,7 +42,7 @@ from ...exceptions import FrameTooLargeError, OversizedFrameError
 from ...serializers.abc import AbstractFramedPacketSerializer, FrameLocation
 from ..wire import RawFrame
 
-__all__ = ["UNIXRPC", "VARLINK", "MessageFraming", "ReadFds", "check_shared", "wire_of"]
+__all__ = ["UNIXRPC", "VARLINK", "MessageFraming", "ReadFds", "check_shared", "pick_wire", "wire_of"]
 
 #: the wires a connection may speak
 UNIXRPC: Final = "unixrpc"
@@ -60,6 +60,17 @@ def wire_of(first: int, max_frame_size: int) -> str:
     if first in _JSON_STARTS and first << 24 > max_frame_size:
         return VARLINK
     return UNIXRPC
+
+
+def pick_wire(first: int, max_frame_size: int, *, shared: bool, listener_wire: str | None) -> str:
+    """The wire of a connection whose first byte is *first*, accepted on a
+    listener that speaks *listener_wire* only (:data:`VARLINK` or
+    :data:`UNIXRPC`), or both (None): then varlink only if the server
+    shares its sockets between the wires (*shared*) and :func:`wire_of`
+    says so."""
+    if listener_wire is not None:
+        return listener_wire
+    return wire_of(first, max_frame_size) if shared else UNIXRPC
 
 
 def check_shared(max_frame_size: int) -> None:

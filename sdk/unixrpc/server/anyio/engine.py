@@ -26,11 +26,19 @@ from ..._core import wire
 from ..._core.server import Admission
 from ..._ratelog import RateLimitedLog
 from ...address import UnixSocketAddress
-from ...exceptions import ClientClosedError, ServerBusyError
+from ...exceptions import ClientClosedError
 from ...transport.async_client import AsyncUnixStreamClient
 from ..binding import BoundListener
 from ..config import ServerConfig
-from ..kit import LINGER_SECONDS, MAX_LINGERING, connection_limits, grace_elapsed, raise_fd_limit
+from ..kit import (
+    LINGER_SECONDS,
+    MAX_LINGERING,
+    Refused,
+    check_listeners,
+    connection_limits,
+    grace_elapsed,
+    raise_fd_limit,
+)
 from ..lifecycle import Lifecycle
 from .connection import Connection
 
@@ -104,6 +112,7 @@ class AnyioEngine:
     async def serve(
         self, listeners: list[BoundListener], task_status: anyio.abc.TaskStatus[UnixSocketAddress]
     ) -> None:
+        check_listeners(listeners, self._config.rules)
         self._stop_event = anyio.Event()
         enter = self._enter = _threadsafe_entry()
         lifecycle = self.lifecycle = Lifecycle(self._server, lambda: enter(self._poke))
@@ -112,7 +121,7 @@ class AnyioEngine:
         async with anyio.create_task_group() as task_group:
             accept_scopes = [anyio.CancelScope() for _ in listeners]
             for listener, scope in zip(listeners, accept_scopes, strict=True):
-                task_group.start_soon(self._accept_loop, listener.socket, task_group, scope)
+                task_group.start_soon(self._accept_loop, listener, task_group, scope)
             task_group.start_soon(self._housekeeping, lifecycle)
             task_status.started(listeners[0].address)
             lifecycle.started([listener.address for listener in listeners])
@@ -158,8 +167,9 @@ class AnyioEngine:
                 await connection.abort()
 
     async def _accept_loop(
-        self, listener: socket.socket, task_group: anyio.abc.TaskGroup, scope: anyio.CancelScope
+        self, bound: BoundListener, task_group: anyio.abc.TaskGroup, scope: anyio.CancelScope
     ) -> None:
+        listener, only = bound.socket, bound.wire
         with scope:
             while True:
                 await anyio.wait_readable(listener)
@@ -171,9 +181,9 @@ class AnyioEngine:
                     _accept_failed("accept failed: %s", exc)
                     await anyio.sleep(0.1)
                     continue
-                task_group.start_soon(self._serve_connection, conn)
+                task_group.start_soon(self._serve_connection, conn, only)
 
-    async def _serve_connection(self, conn: socket.socket) -> None:
+    async def _serve_connection(self, conn: socket.socket, only: str | None) -> None:
         config = self._config
         transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
             conn, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE, keep_large_buffers=False
@@ -185,24 +195,33 @@ class AnyioEngine:
                 return
             refusal = self._admission.admit(peer.uid, peer.pid)
             if refusal is not None:
-                if self._lingering >= MAX_LINGERING:  # (the kit's cap, as on every engine)
-                    return
-                self._lingering += 1
-                try:
-                    with contextlib.suppress(OSError, ConnectionError):
-                        error = ServerBusyError(refusal)
-                        body = wire.encode_error(None, error.code, error.message)
-                        await transport.send_packet(wire.RawFrame(body))
-                        await transport.send_eof()
-                        with anyio.move_on_after(LINGER_SECONDS):  # let the peer read why before the close
-                            await transport.recv_packet()
-                finally:
-                    self._lingering -= 1
+                await self._refuse(conn, refusal, only)
                 return
             connection = Connection(config, transport, next(config.connection_ids), conn)
+            connection.core.listener_wire = only
             self.connections.add(connection)
             try:
                 await connection.run()
             finally:
                 self.connections.discard(connection)
                 self._admission.release(peer.uid)
+
+    async def _refuse(self, conn: socket.socket, refusal: str, only: str | None) -> None:
+        """Tell the peer why it is refused in its wire's words (``kit.Refused``),
+        keeping the connection open a moment (at most MAX_LINGERING at once)."""
+        refused = Refused(conn, refusal, self._config.rules, only)
+        if self._lingering >= MAX_LINGERING:  # (the kit's cap, as on every engine)
+            refused.at_once()
+            return
+        if not refused.begin():
+            return
+        self._lingering += 1
+        try:
+            with anyio.move_on_after(LINGER_SECONDS):  # let the peer read why before the close
+                while True:
+                    await anyio.wait_readable(conn)
+                    if refused.readable():
+                        return
+            refused.expire()
+        finally:
+            self._lingering -= 1

@@ -30,10 +30,11 @@ from ..config import ServerConfig
 from ..kit import (
     LINGER_SECONDS,
     MAX_LINGERING,
+    Refused,
+    check_listeners,
     connection_limits,
     grace_elapsed,
     raise_fd_limit,
-    send_refusal,
 )
 from ..lifecycle import Lifecycle
 from .connection import LoopThread, ThreadConnection
@@ -61,8 +62,8 @@ class ThreadEngine:
         self._stop_requested = False
         self._poller = select.poll()
         # refused connections kept open a moment, so the peer reads why
-        # instead of a reset: {fd: (socket, when to close it)}
-        self._refused: dict[int, tuple[socket.socket, float]] = {}
+        # instead of a reset: {fd: (refused, when to close it)}
+        self._refused: dict[int, tuple[Refused, float]] = {}
         self._grace: float | None = None  # set by stop()
         self.lifecycle = Lifecycle(server, self.wake)
         total, per_uid = connection_limits(
@@ -154,10 +155,11 @@ class ThreadEngine:
         config, lifecycle = self._config, self.lifecycle
         ids = config.connection_ids
         try:
+            check_listeners(listeners, config.rules)
             if config.has_async_handlers:
                 self.loop_thread()  # started with the server, not by its first async call
             poller = self._poller
-            listening = {listener.socket.fileno(): listener.socket for listener in listeners}
+            listening = {listener.socket.fileno(): listener for listener in listeners}
             for fd in listening:
                 poller.register(fd, select.POLLIN)
             poller.register(self._wake_r, select.POLLIN)
@@ -187,11 +189,11 @@ class ThreadEngine:
                     if fd in self._idle:  # a request, a hang-up: it gets a thread again
                         self._wake_idle(fd)
                         continue
-                    sock = listening.get(fd)
-                    if sock is None or self._stop_requested:
+                    bound = listening.get(fd)
+                    if bound is None or self._stop_requested:
                         continue
                     try:
-                        conn, _ = sock.accept()
+                        conn, _ = bound.socket.accept()
                     except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                         continue
                     except OSError as exc:  # EMFILE and friends: back off instead of spinning
@@ -199,7 +201,7 @@ class ThreadEngine:
                         time.sleep(0.1)
                         continue
                     conn.setblocking(True)
-                    self._admit(conn, next(ids))
+                    self._admit(conn, next(ids), bound.wire)
         finally:
             for listener in listeners:
                 listener.close()
@@ -219,7 +221,7 @@ class ThreadEngine:
                 logger.exception("the on_reload hook raised")
         self.lifecycle.reloaded()
 
-    def _admit(self, conn: socket.socket, connection_id: int) -> None:
+    def _admit(self, conn: socket.socket, connection_id: int, wire: str | None) -> None:
         try:
             peer = read_peer(conn)
         except OSError:
@@ -228,7 +230,7 @@ class ThreadEngine:
         with self.lock:
             refusal = self._admission.admit(peer.uid, peer.pid)
         if refusal is not None:
-            self._refuse(conn, refusal)
+            self._refuse(conn, refusal, wire)
             return
         try:
             connection = ThreadConnection(self._config, self, conn, connection_id, peer)
@@ -238,45 +240,43 @@ class ThreadEngine:
             with self.lock:
                 self._admission.release(peer.uid)
             return
+        connection.core.listener_wire = wire
         with self.lock:
             self._connections.add(connection)
         if not connection.start():  # no thread to serve it: refused, the daemon goes on
             connection.discard()
-            self._refuse(conn, "the server could not start a thread for this connection; try again later")
+            refusal = "the server could not start a thread for this connection; try again later"
+            self._refuse(conn, refusal, wire)
 
-    def _refuse(self, conn: socket.socket, refusal: str) -> None:
-        """Tell the peer why it is refused, and keep the connection open a
-        moment (at most MAX_LINGERING at once) so it reads that instead of a reset."""
-        if not send_refusal(conn, refusal):
-            return
+    def _refuse(self, conn: socket.socket, refusal: str, wire: str | None) -> None:
+        """Tell the peer why it is refused in its wire's words (``kit.Refused``),
+        keeping the connection open a moment (at most MAX_LINGERING at once)."""
+        refused = Refused(conn, refusal, self._config.rules, wire)
         if len(self._refused) >= MAX_LINGERING:
-            conn.close()
+            refused.at_once()
             return
-        self._refused[conn.fileno()] = (conn, time.monotonic() + LINGER_SECONDS)
+        if not refused.begin():
+            return
+        self._refused[conn.fileno()] = (refused, time.monotonic() + LINGER_SECONDS)
         self._poller.register(conn.fileno(), select.POLLIN)
 
     def _linger(self, readable: list[int]) -> None:
-        """Read and drop what refused peers send; close those that hung up
-        or whose time is up."""
+        """Read and drop what refused peers send (the first byte of one on a
+        listener of both wires says how it is refused); close those that
+        hung up or whose time is up."""
         now = time.monotonic()
-        for fd, (conn, when) in list(self._refused.items()):
-            done = when <= now
-            if fd in readable and not done:
-                try:
-                    done = not conn.recv(65536)
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    done = True
-            if done:
-                self._poller.unregister(fd)
-                del self._refused[fd]
-                conn.close()
+        for fd, (refused, when) in list(self._refused.items()):
+            if when <= now:
+                refused.expire()
+            elif fd not in readable or not refused.readable():
+                continue
+            self._poller.unregister(fd)
+            del self._refused[fd]
 
     def _shut_down(self) -> None:
-        for fd, (conn, _) in list(self._refused.items()):
+        for fd, (refused, _) in list(self._refused.items()):
             self._poller.unregister(fd)
-            conn.close()
+            refused.close()
         self._refused.clear()
         self._watch_idle()
         for fd in list(self._idle):  # idle connections end like the others: each on a thread
