@@ -102,9 +102,11 @@ def test_a_refused_varlink_client_sees_the_connection_closed(
         with Client(path) as refused, pytest.raises(ServerBusyError, match="connections"):
             refused.call(Add(a=1, b=2))  # a unixrpc peer still reads why
         assert holder.call(Add(a=2, b=2)) == 4
-    with server.serve_in_thread(path, backend=server_backend):  # (nothing was left lingering)
-        with VarlinkClient(path, timeout=10) as ours:
-            assert ours.call(VAdd(a=1, b=2)) == 3
+    with (
+        server.serve_in_thread(path, backend=server_backend),  # (nothing was left lingering)
+        VarlinkClient(path, timeout=10) as ours,
+    ):
+        assert ours.call(VAdd(a=1, b=2)) == 3
 
 
 # -- listeners that speak varlink alone -------------------------------------------------------
@@ -161,7 +163,7 @@ def test_a_listener_of_varlink_alone_needs_varlink_names(sock_dir: str) -> None:
     server = Server(name=IFACE, varlink=False)
     server.add_method(GetA, lambda request: 1)
     server.add_method(GetB, lambda request: 2)  # both map to org.example.edges.Get
-    with pytest.raises(ValueError, match="cannot serve varlink on .*do not map to varlink names"):
+    with pytest.raises(ValueError, match=r"cannot serve varlink on .*do not map to varlink names"):
         server.serve_forever(os.path.join(sock_dir, "a.sock"), varlink=os.path.join(sock_dir, "v.sock"))
     assert os.listdir(sock_dir) == []
 
