@@ -1,9 +1,11 @@
 """The unixrpc Server speaking varlink, against itself speaking unixrpc and
-against python-varlink's ThreadingServer (issue 17), with the same minimal
+against python-varlink's ThreadingServer and asyncvarlink's server (issue 17), with the same minimal
 clients for every server: a blocking socket that writes one message and
 reads its reply (varlink: JSON + NUL; unixrpc: a 6-byte header + JSON), so
 the figures are the servers'. Two cases: a small call (``Add``) and a
-1 MiB echo. One CPU; medians of interleaved runs; ratios within this run.
+1 MiB echo. Then the clients: unixrpc's VarlinkClient against
+python-varlink's Client, calling the same server (ours, asyncio engine).
+One CPU; medians of interleaved runs; ratios within this run.
 
 Run: python benchmarks/bench_varlink.py [CALLS]
 """
@@ -96,6 +98,25 @@ OURS = (
     "varlink, threads engine",
 )
 THEIRS = "python-varlink ThreadingServer"
+ASYNCVARLINK = "asyncvarlink server"
+CLIENTS = ("unixrpc VarlinkClient", "python-varlink Client")
+
+
+def our_client_calls(path: str, n: int) -> float:
+    import time
+
+    from unixrpc import Method
+    from unixrpc.varlink.client import VarlinkClient
+
+    class Add(Method[int], name="org.example.bench.Add"):
+        a: int
+        b: int
+
+    with VarlinkClient(path) as client:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            assert client.call(Add(a=1, b=2)) == 3
+        return (time.perf_counter() - t0) / n
 
 
 def main() -> None:
@@ -108,16 +129,27 @@ def main() -> None:
         server("unixrpc", tmp) as ours,
         server("unixrpc-threads", tmp) as ours_threads,
         server("python-varlink", tmp) as theirs,
+        server("asyncvarlink", tmp) as asyncvarlink,
     ):
         paths = dict(zip(OURS, (ours, ours, ours_threads, ours_threads), strict=True))
         paths[THEIRS] = theirs
+        paths[ASYNCVARLINK] = asyncvarlink
 
         def case(name: str, count: int, call: tuple[str, dict[str, object], object]) -> Callable[[], float]:
-            client = varlink_calls if "varlink" in name else unixrpc_calls
+            client = varlink_calls if "varlink" in name and "unixrpc wire" not in name else unixrpc_calls
             return lambda: client(paths[name], count, *call)
 
-        small = measure_samples({name: case(name, n, add) for name in (*OURS, THEIRS)}, REPEATS)
-        big = measure_samples({name: case(name, BIG_N, echo) for name in OURS}, REPEATS)
+        small = measure_samples({name: case(name, n, add) for name in (*OURS, THEIRS, ASYNCVARLINK)}, REPEATS)
+        big = measure_samples({name: case(name, BIG_N, echo) for name in (*OURS, ASYNCVARLINK)}, REPEATS)
+        from _varlink_peers import python_varlink_client
+
+        clients = measure_samples(
+            {
+                CLIENTS[0]: lambda: our_client_calls(ours, n),
+                CLIENTS[1]: lambda: python_varlink_client(ours, n),
+            },
+            REPEATS,
+        )
         # python-varlink reads a message one byte at a time (quadratic: about 16 s per MiB here):
         # one call, once
         their_big = case(THEIRS, 1, echo)()
@@ -138,8 +170,14 @@ def main() -> None:
                 faster = their_big / statistics.median(mine)
             print(
                 f"  {label}, {engine} engine: varlink / unixrpc wire {ratio:4.2f}x (paired); "
-                f"python-varlink / ours {faster:7.2f}x"
+                f"python-varlink / ours {faster:7.2f}x; "
+                f"asyncvarlink / ours {paired_ratio(samples[ASYNCVARLINK], mine):5.2f}x (paired)"
             )
+    print("clients, small call to the unixrpc server (varlink, asyncio engine):")
+    for name, values in clients.items():
+        print(f"  {name:<52} {statistics.median(values) * 1e6:12.1f} us")
+    ratio = paired_ratio(clients[CLIENTS[1]], clients[CLIENTS[0]])
+    print(f"  python-varlink Client / unixrpc VarlinkClient {ratio:4.2f}x (paired)")
 
 
 if __name__ == "__main__":
