@@ -1169,9 +1169,19 @@ def _read_frames(sock: socket.socket, count: int, timeout: float) -> list[dict[s
 
 async def test_a_client_may_pipeline_everything_before_reading(anyio_backend: str, sock_dir: str) -> None:
     # more requests than the socket buffers hold, all sent before reading a
-    # reply: the server keeps reading while its replies wait for room
+    # reply: the server keeps reading while its replies wait for room. 8,000
+    # (440 KB of requests, 260 KB of replies: twice a 208 KiB buffer, or more);
+    # 20,000 in make stress
+    await _pipeline_everything_before_reading(sock_dir, 8000)
+
+
+@pytest.mark.stress
+async def test_a_client_may_pipeline_20000_calls_before_reading(anyio_backend: str, sock_dir: str) -> None:
+    await _pipeline_everything_before_reading(sock_dir, 20000)
+
+
+async def _pipeline_everything_before_reading(sock_dir: str, count: int) -> None:
     path = sock_path(sock_dir)
-    count = 20000
     data = b"".join(
         _frame({"id": i, "method": "Add", "params": {"a": i, "b": 1}}) for i in range(1, count + 1)
     )
