@@ -418,17 +418,25 @@ def _tasks_of_uid(uid: int) -> int:
 
 
 def drop_to_thread_limit(spare: int) -> None:
-    """Become uid/gid 65534 and allow this user *spare* more threads than
-    the process has now (``RLIMIT_NPROC``, which root is exempt from): the
-    way ``TasksMax=``, a container's ``pids.max`` or a full pid space make
-    thread starts fail. Done after the socket is bound, as a privsep
-    daemon drops its privileges."""
+    """Become a uid of our own (gid 65534) and allow this user *spare* more
+    threads than the process has now (``RLIMIT_NPROC``, which root is
+    exempt from): the way ``TasksMax=``, a container's ``pids.max`` or a
+    full pid space make thread starts fail. Done after the socket is bound,
+    as a privsep daemon drops its privileges.
+
+    The limit counts every task of the uid, so the uid is one no other
+    process has (100000 + our pid, unique among live processes), not
+    65534: a process of that user started meanwhile (``call_as`` children
+    of test_identity on another ``pytest -n`` worker, this test in another
+    run on the machine) would take the spare threads, and every call
+    would be refused."""
     import resource
 
+    uid = 100_000 + os.getpid()
     os.setgroups([])
     os.setresgid(65534, 65534, 65534)
-    os.setresuid(65534, 65534, 65534)
-    limit = _tasks_of_uid(65534) + spare  # (the limit counts every task of the user, not only ours)
+    os.setresuid(uid, uid, uid)
+    limit = _tasks_of_uid(uid) + spare  # (the limit counts every task of the user, not only ours)
     resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
 
 

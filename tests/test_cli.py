@@ -343,18 +343,54 @@ def test_schema_and_compat(sock_dir: str) -> None:
     assert unixrpc("compat", old, os.path.join(sock_dir, "absent.json")).returncode == 2
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "-0.5", "nan", "inf", "soon"])
-def test_timeout_must_be_a_positive_number(value: str, sock_dir: str) -> None:
-    path = os.path.join(sock_dir, "never.sock")  # parsing fails before any connect
+BAD_TIMEOUTS = ["0", "-1", "-0.5", "nan", "inf", "soon"]
+
+
+def _timeout_args(path: str) -> Iterator[list[str]]:
     for command in ("call", "stream", "describe"):
-        for form in (["--timeout", value], [f"--timeout={value}"]):
-            args = [command, path, *(["M"] if command != "describe" else []), *form]
-            result = unixrpc(*args)
-            assert result.returncode == 2, (args, result.stderr)
-            assert (
-                f"argument --timeout: expected a number of seconds above 0, got {value!r} "
-                "(leave --timeout out for the default)"
-            ) in result.stderr
+        for form in (["--timeout", "{}"], ["--timeout={}"]):
+            yield [command, path, *(["M"] if command != "describe" else []), *form]
+
+
+def _timeout_refused(value: str) -> str:
+    return (
+        f"argument --timeout: expected a number of seconds above 0, got {value!r} "
+        "(leave --timeout out for the default)"
+    )
+
+
+@pytest.mark.parametrize("value", BAD_TIMEOUTS)
+def test_timeout_must_be_a_positive_number(
+    value: str, sock_dir: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command and form, parsed in this process (unixrpc.cli.main, as
+    ``python -m unixrpc`` runs it); one of them as the command itself."""
+    from unixrpc.cli import main
+
+    path = os.path.join(sock_dir, "never.sock")  # parsing fails before any connect
+    for args in _timeout_args(path):
+        args = [arg.format(value) for arg in args]
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2, (args, stderr)
+        assert _timeout_refused(value) in stderr
+    args = [arg.format(value) for arg in next(_timeout_args(path))]
+    result = unixrpc(*args)
+    assert result.returncode == 2, (args, result.stderr)
+    assert _timeout_refused(value) in result.stderr
+
+
+@pytest.mark.stress
+@pytest.mark.parametrize("value", BAD_TIMEOUTS)
+def test_timeout_must_be_a_positive_number_for_the_command(value: str, sock_dir: str) -> None:
+    """The same, every command and form as ``python -m unixrpc`` (36 processes)."""
+    path = os.path.join(sock_dir, "never.sock")
+    for args in _timeout_args(path):
+        args = [arg.format(value) for arg in args]
+        result = unixrpc(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert _timeout_refused(value) in result.stderr
 
 
 def test_stream_timeout_names_the_option(sock_dir: str) -> None:

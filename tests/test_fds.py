@@ -436,10 +436,19 @@ def test_truncated_control_data_fails_the_connection(fd_baseline: None) -> None:
 # -- every failure path closes its descriptors -----------------------------------------------------
 
 
+async def test_no_leak_across_calls_and_failures(client_kind: str, sock_dir: str, fd_baseline: None) -> None:
+    """Every kind of call and failure, 50 times each (``make stress``: 375 to 500 times)."""
+    await _calls_and_failures(client_kind, sock_dir, rounds=400)
+
+
+@pytest.mark.stress
 async def test_no_leak_across_many_calls_and_failures(
     client_kind: str, sock_dir: str, fd_baseline: None
 ) -> None:
-    rounds = 4_000 if client_kind == "sync" else 3_000
+    await _calls_and_failures(client_kind, sock_dir, rounds=4_000 if client_kind == "sync" else 3_000)
+
+
+async def _calls_and_failures(client_kind: str, sock_dir: str, rounds: int) -> None:
     async with rpc(client_kind, sock_dir) as client:
         fd = temp_file(b"data")
         try:

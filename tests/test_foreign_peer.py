@@ -483,7 +483,12 @@ def test_stdlib_client_cancel(server_path: str, events: Events) -> None:
     assert out["cancelled"] == error(1, "unixrpc.Cancelled", "call cancelled by the client")
     assert out["elapsed"] < 5
     assert out["after"] == "<timeout>"
-    assert events.cancelled == ["slow"]
+    if rpc_support.ENGINE == "anyio":
+        assert events.cancelled == ["slow"]  # the handler saw it before the reply was sent
+    else:
+        # the threads engine answers a cancel at once and tells the handler after it, or
+        # not at all when no thread had started the call yet (seen on a loaded machine)
+        wait_for(lambda: events.cancelled == [tag for tag in events.started if tag == "slow"])
 
 
 def test_stdlib_client_cancels_leave_the_workers_usable(server_path: str, events: Events) -> None:

@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -242,25 +242,44 @@ async def test_client_default_timeout(client_kind: str, sock_dir: str) -> None:
 
 
 async def test_async_cancel_scope_reaches_server(anyio_backend: str, sock_dir: str) -> None:
+    # each deadline passes once the handler runs (_once_started), not after a fixed
+    # time: on the threads engine a cancel that comes before a thread started the call
+    # answers it with no handler to tell (as under pytest -n on a loaded machine)
     events = Events()
-    async with rpc("async", sock_dir, events) as client:
-        with anyio.move_on_after(0.1) as scope:
+    async with rpc("async", sock_dir, events) as client, anyio.create_task_group() as tg:
+        with anyio.move_on_after(30) as scope:
+            tg.start_soon(_once_started, events, "scoped", lambda: _pass_deadline(scope))
             await client.call(Sleep(seconds=5, tag="scoped"))
         assert scope.cancelled_caught
         await wait_until(lambda: events.cancelled == ["scoped"])
         if anyio_backend == "asyncio":
             import asyncio
 
+            loop = asyncio.get_running_loop()
+            timeout = asyncio.timeout(30)
+            tg.start_soon(_once_started, events, "asyncio", lambda: timeout.reschedule(loop.time()))
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(0.05):
+                async with timeout:
                     await client.call(Sleep(seconds=5, tag="asyncio"))
         else:
             import trio
 
-            with trio.move_on_after(0.05):
+            with trio.move_on_after(30) as trio_scope:
+                tg.start_soon(_once_started, events, "trio", lambda: _pass_deadline(trio_scope))
                 await client.call(Sleep(seconds=5, tag="trio"))
+            assert trio_scope.cancelled_caught
         await wait_until(lambda: len(events.cancelled) == 2)
         assert await client.call(Add(a=3, b=4)) == 7
+
+
+async def _once_started(events: Events, tag: str, then: Callable[[], object]) -> None:
+    await wait_until(lambda: tag in events.started)
+    then()
+
+
+def _pass_deadline(scope: Any) -> None:
+    """Let the deadline of an anyio or trio cancel scope pass now."""
+    scope.deadline -= 1_000  # was 30 s ahead
 
 
 async def test_cancelled_error_code_exists() -> None:
