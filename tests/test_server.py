@@ -104,7 +104,7 @@ async def running(server: Server, path: str | bytes) -> AsyncIterator[tuple[anyi
 
         def run() -> None:
             try:
-                server._serve_blocking("threads", lambda _: ready.set(), path)
+                server._serving.blocking("threads", lambda _: ready.set(), path)
             except BaseException as exc:
                 failure.append(exc)
             finally:

@@ -1,6 +1,8 @@
-"""Mistakes in declaring a handler that registration catches where they are
-made, with the fix in the message: ``@server.method`` used without its
-method class, and a handler declared ``(context, request)``.
+"""A handler registered for a method (:func:`make_handler`), and the
+mistakes in declaring one that registration catches where they are made,
+with the fix in the message: ``@server.method`` used without its method
+class, a handler of the wrong kind or arity, one declared ``(context,
+request)``, a name already served.
 
 Imports the typed layer and :mod:`.context`; nothing that serves.
 """
@@ -12,10 +14,46 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from .._core.server import Handler
 from ..methods import MethodSpec
 from .context import CallContext
 
-__all__ = ["context_comes_first", "missing_method_class"]
+__all__ = ["context_comes_first", "make_handler", "missing_method_class"]
+
+
+def make_handler(spec: MethodSpec, function: Callable[..., Any], served: dict[str, Handler]) -> Handler:
+    """The handler that serves *spec* with *function*, checked.
+
+    Raises:
+        TypeError: the name is in *served* already, a stream method's
+            handler is not a generator function (or a unary one's is), the
+            handler does not take ``(request)`` or ``(request, context)``,
+            or takes them as ``(context, request)``.
+    """
+    if spec.name in served:
+        raise TypeError(f"method {spec.name!r} is already served by {served[spec.name].function!r}")
+    if spec.streaming:
+        is_async = inspect.isasyncgenfunction(function)
+        if not is_async and not inspect.isgeneratorfunction(function):
+            raise TypeError(f"the handler of stream method {spec.name!r} must be a generator function")
+    else:
+        is_async = inspect.iscoroutinefunction(function)
+        if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
+            raise TypeError(f"{spec.name!r} is not a StreamMethod: its handler must return, not yield")
+    positional = [
+        p
+        for p in inspect.signature(function).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not 1 <= len(positional) <= 2:
+        raise TypeError(f"a handler takes (request) or (request, context), got {function!r}")
+    if len(positional) == 2 and context_comes_first(function, positional, spec):
+        first, second = positional[0].name, positional[1].name
+        raise TypeError(
+            f"the handler {function.__qualname__} of {spec.name!r} takes ({first}, {second}): "
+            f"the request comes first, write ({second}, {first})"
+        )
+    return Handler(spec, function, len(positional) == 2, is_async)
 
 
 def missing_method_class(function: Callable[..., Any]) -> str:

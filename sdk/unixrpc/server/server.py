@@ -1,21 +1,17 @@
 """Server: the daemon side. Declare handlers for method classes, then serve
 them on a Unix socket under asyncio or trio (anyio), or on blocking threads.
 
-Owns registration, the limits and policies every engine applies (handed to
-each connection's protocol object as :class:`.._core.server.ServerRules`),
-and the serving facade: which engine runs, signals, shutdown from anywhere,
-serving in a thread. The engines are :mod:`.anyio_engine` (with
-:mod:`.connection`) and :mod:`.thread_engine` (with
-:mod:`.thread_connection`); binding the socket is :mod:`.binding`.
+Owns the public face: registration (handlers checked by
+:mod:`.registration`), the limits and policies every engine applies (handed
+to each connection's protocol object as :class:`.._core.server.ServerRules`),
+and the serving entry points, which hand to :class:`.serving.Serving`
+(composed: the engine that runs, signals, serving in a thread). The engines
+are :mod:`.anyio` and :mod:`.threads`; binding the socket is :mod:`.binding`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib
-import inspect
-import itertools
 import logging
 import socket
 import threading
@@ -33,16 +29,10 @@ from ..address import UnixAddressLike, UnixSocketAddress
 from ..methods import MethodSpec, method_spec
 from ..protocol import StreamProtocol
 from . import introspection as introspection_methods
-from .anyio import AnyioEngine, HandlerThreads
-from .binding import BoundListener
-from .config import ServerConfig
 from .context import CallContext
-from .lifecycle import served_method_count
-from .policy import Allow, access_table
-from .registration import context_comes_first, missing_method_class
-from .serving import journal_logging_by_default, listeners_for, signals_shut_down, unwrap
-from .threads import ThreadEngine
-from .varlink_face import build_face
+from .policy import Allow
+from .registration import make_handler, missing_method_class
+from .serving import Serving, journal_logging_by_default
 
 __all__ = ["AuthorizeHook", "Server"]
 
@@ -203,7 +193,6 @@ class Server:
         self.max_threads_per_connection = max_threads_per_connection
         self.on_reload = on_reload
         self.idle_timeout = idle_timeout
-        self._thread_engine: ThreadEngine | None = None
         self._handlers: dict[str, Handler] = {}
         self._rules = ServerRules(
             self._handlers,
@@ -218,11 +207,7 @@ class Server:
             write_timeout=write_timeout,
             memory_lock=threading.Lock(),
         )
-        self._handler_threads: HandlerThreads | None = None
-        self._connection_ids = itertools.count(1)
-        self._engine: AnyioEngine | ThreadEngine | None = None
-        self._listeners_now: list[BoundListener] = []
-        self._serving_lock = threading.Lock()
+        self._serving = Serving(self)  # the engine, listeners and entry points of serving
         if introspection:
             introspection_methods.install(self)
 
@@ -299,32 +284,7 @@ class Server:
         self._add(method_spec(method_class), function)
 
     def _add(self, spec: MethodSpec, function: Callable[..., Any]) -> None:
-        if spec.name in self._handlers:
-            raise TypeError(
-                f"method {spec.name!r} is already served by {self._handlers[spec.name].function!r}"
-            )
-        if spec.streaming:
-            is_async = inspect.isasyncgenfunction(function)
-            if not is_async and not inspect.isgeneratorfunction(function):
-                raise TypeError(f"the handler of stream method {spec.name!r} must be a generator function")
-        else:
-            is_async = inspect.iscoroutinefunction(function)
-            if inspect.isasyncgenfunction(function) or inspect.isgeneratorfunction(function):
-                raise TypeError(f"{spec.name!r} is not a StreamMethod: its handler must return, not yield")
-        positional = [
-            p
-            for p in inspect.signature(function).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if not 1 <= len(positional) <= 2:
-            raise TypeError(f"a handler takes (request) or (request, context), got {function!r}")
-        if len(positional) == 2 and context_comes_first(function, positional, spec):
-            first, second = positional[0].name, positional[1].name
-            raise TypeError(
-                f"the handler {function.__qualname__} of {spec.name!r} takes ({first}, {second}): "
-                f"the request comes first, write ({second}, {first})"
-            )
-        self._handlers[spec.name] = Handler(spec, function, len(positional) == 2, is_async)
+        self._handlers[spec.name] = make_handler(spec, function, self._handlers)
 
     @property
     def methods(self) -> dict[str, MethodSpec]:
@@ -347,44 +307,17 @@ class Server:
     @property
     def address(self) -> UnixSocketAddress | None:
         """Where the server listens (its first listener), while it does."""
-        return self._listeners_now[0].address if self._listeners_now else None
+        listeners = self._serving.listeners
+        return listeners[0].address if listeners else None
 
     @property
     def addresses(self) -> list[UnixSocketAddress]:
         """Where the server listens, every listener, while it does."""
-        return [bound.address for bound in self._listeners_now]
+        return [bound.address for bound in self._serving.listeners]
 
     def is_shutting_down(self) -> bool:
         """True once :meth:`shutdown` was called (until the next serve)."""
         return self._rules.stopping
-
-    def _threads(self) -> HandlerThreads:
-        """The threads that run plain ``def`` handlers (started on first use)."""
-        pool = self._handler_threads
-        if pool is None:
-            pool = self._handler_threads = HandlerThreads(self.max_threads)
-        return pool
-
-    def _config(self) -> ServerConfig:
-        """What the engines see of this server, frozen now (serve time)."""
-        face = build_face(self, self._framing.max_frame_size)
-        self._rules.varlink = face.names if face is not None else None
-        self._rules.varlink_handlers = face.handlers if face is not None else self._handlers
-        return ServerConfig(
-            rules=self._rules,
-            protocol=self._protocol,
-            ancillary_bufsize=self._framing.ancillary_bufsize,
-            authorize=self.authorize,
-            max_connections=self.max_connections,
-            max_connections_per_uid=self.max_connections_per_uid,
-            max_threads_per_connection=self.max_threads_per_connection,
-            max_threads=self.max_threads,
-            shutdown_grace=self.shutdown_grace,
-            connection_ids=self._connection_ids,
-            handler_threads=self._threads,
-            has_async_handlers=any(handler.is_async for handler in self._handlers.values()),
-            varlink_protocol=face.protocol if face is not None else None,
-        )
 
     def shutdown(self, grace: float | None = None) -> None:
         """Start a graceful shutdown: stop accepting, refuse new calls, give
@@ -393,55 +326,15 @@ class Server:
         on every backend; calling it again with a shorter grace hurries it
         (``grace=0``: cancel what is left at once). A no-op when not serving."""
         self._rules.stopping = True
-        engine = self._engine
+        engine = self._serving.engine
         if engine is not None:
             engine.stop(self.shutdown_grace if grace is None else grace)
-
-    def _listeners(
-        self,
-        address: UnixAddressLike | None,
-        listener: socket.socket | None,
-        listen_name: str | None,
-        varlink: UnixAddressLike | socket.socket | None = None,
-    ) -> list[BoundListener]:
-        return listeners_for(address, listener, listen_name, self.socket_mode, self.socket_group, varlink)
-
-    def _begin(
-        self,
-        engine: AnyioEngine | ThreadEngine,
-        address: UnixAddressLike | None,
-        listener: socket.socket | None,
-        listen_name: str | None,
-        varlink: UnixAddressLike | socket.socket | None = None,
-    ) -> list[BoundListener]:
-        with self._serving_lock:
-            if self._engine is not None:
-                raise RuntimeError("this server is already serving")
-            self._rules.access = access_table(self.policy, self._allow)  # names looked up now
-            listeners = self._listeners(address, listener, listen_name, varlink)
-            self._listeners_now, self._engine = listeners, engine
-            self._rules.stopping = False
-        where = ", ".join(str(bound.address) for bound in listeners)
-        logger.info("serving %d methods on %s", served_method_count(self), where)  # as STATUS= says
-        return listeners
-
-    def _end(self, listeners: list[BoundListener]) -> None:
-        for listener in listeners:
-            listener.close()
-        with self._serving_lock:
-            self._listeners_now, self._engine = [], None
-            pool, self._handler_threads = self._handler_threads, None
-        if pool is not None:
-            pool.close()
-        logger.info("stopped serving on %s", ", ".join(str(bound.address) for bound in listeners))
 
     def reload(self) -> None:
         """Run the ``on_reload`` hook in the serving loop, with systemd told
         ``RELOADING=1`` then ``READY=1`` (what SIGHUP does in the main
         thread). Safe from any thread. A no-op when not serving."""
-        engine = self._engine
-        if engine is not None and engine.lifecycle is not None:
-            engine.lifecycle.request_reload()
+        self._serving.reload()
 
     async def serve(
         self,
@@ -485,14 +378,7 @@ class Server:
             ValueError: the access policy names a user or group this
                 system does not know.
         """
-        engine = AnyioEngine(self, self._config())
-        listeners = self._begin(engine, address, listener, listen_name, varlink)
-        try:
-            await engine.serve(listeners, task_status)
-        except BaseExceptionGroup as group:
-            raise unwrap(group) from None
-        finally:
-            self._end(listeners)
+        await self._serving.serve(address, listener, listen_name, task_status, varlink)
 
     def serve_forever(
         self,
@@ -526,48 +412,7 @@ class Server:
             ModuleNotFoundError: ``"uvloop"`` without uvloop installed.
         """
         journal_logging_by_default()
-        self._serve_blocking(backend, None, address, listener, listen_name, varlink)
-
-    def _serve_blocking(
-        self,
-        backend: str,
-        started: Callable[[UnixSocketAddress], None] | None,
-        address: UnixAddressLike | None,
-        listener: socket.socket | None = None,
-        listen_name: str | None = None,
-        varlink: UnixAddressLike | socket.socket | None = None,
-    ) -> None:
-        if backend not in ("asyncio", "trio", "threads", "uvloop"):
-            raise ValueError(f"unknown backend {backend!r}: use 'asyncio', 'trio', 'uvloop' or 'threads'")
-        options: dict[str, Any] = {}
-        if backend == "uvloop":
-            importlib.import_module("uvloop")  # raises ModuleNotFoundError before anything starts
-            backend, options = "asyncio", {"use_uvloop": True}
-        with signals_shut_down(self):
-            if backend == "threads":
-                engine = ThreadEngine(self, self._config())
-                listeners = self._begin(engine, address, listener, listen_name, varlink)
-                try:
-                    first = listeners[0].address
-                    engine.serve(listeners, None if started is None else lambda: started(first))
-                finally:
-                    self._end(listeners)
-                return
-
-            async def main() -> None:
-                async with anyio.create_task_group() as task_group:
-                    address_now = await task_group.start(
-                        functools.partial(
-                            self.serve, address, listener=listener, listen_name=listen_name, varlink=varlink
-                        )
-                    )
-                    if started is not None:
-                        started(address_now)
-
-            try:
-                anyio.run(main, backend=backend, backend_options=options)
-            except BaseExceptionGroup as group:
-                raise unwrap(group) from None
+        self._serving.blocking(backend, None, address, listener, listen_name, varlink)
 
     @contextlib.contextmanager
     def serve_in_thread(
@@ -593,36 +438,5 @@ class Server:
             TimeoutError: the server did not start listening in *timeout*
                 seconds (or did not stop in *timeout* seconds on exit).
         """
-        listening = threading.Event()
-        where: list[UnixSocketAddress] = []
-        failure: list[BaseException] = []
-
-        def started(bound: UnixSocketAddress) -> None:
-            where.append(bound)
-            listening.set()
-
-        def run() -> None:
-            try:
-                self._serve_blocking(backend, started, address, listener, listen_name, varlink)
-            except BaseException as exc:  # handed to the caller
-                failure.append(exc)
-            finally:
-                listening.set()
-
-        thread = threading.Thread(target=run, name="unixrpc-server", daemon=True)
-        thread.start()
-        if not listening.wait(timeout):
-            self.shutdown(grace=0)
-            raise TimeoutError(f"the server did not start listening within {timeout} s")
-        if failure:
-            thread.join()
-            raise failure[0]
-        try:
-            yield where[0]
-        finally:
-            self.shutdown()
-            thread.join(timeout + self.shutdown_grace)
-            if thread.is_alive():
-                raise TimeoutError("the server thread did not stop")
-            if failure:
-                raise failure[0]
+        with self._serving.in_thread(backend, address, listener, listen_name, timeout, varlink) as where:
+            yield where

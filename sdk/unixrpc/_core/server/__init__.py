@@ -12,6 +12,8 @@ rules). Split by concept:
   call; the calls in flight and the one way each ends (retirement,
   descriptor release); replies encoded;
 * :mod:`.clocks`: deadlines and the memory charge;
+* :mod:`.reception`: descriptors and frames taken in, routed by kind,
+  requests admitted or refused in order;
 * :mod:`.connection`: the protocol-neutral connection that ties them
   together (admission of requests, timers, budget, hang-up, outbox).
 

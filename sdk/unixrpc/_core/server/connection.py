@@ -7,24 +7,14 @@ Facts go in: bytes and descriptors received (:meth:`~ServerConnection.receive_fd
 :meth:`~ServerConnection.receive_frame`, :meth:`~ServerConnection.received`),
 a failed read, the time (:meth:`~ServerConnection.on_timer`), the peer gone
 (:meth:`~ServerConnection.hang_up`). What the engine must do comes out as
-events (start this call, cancel that one, credit arrived, close). What a
-call did goes in through one door, :meth:`~ServerConnection.finish`, and
+events (start this call, cancel that one, credit arrived, close). What comes
+in is taken by :mod:`.reception` (composed). What a call did goes in
+through one door, :meth:`~ServerConnection.finish`, and
 the bytes to write come out of one outbox, in the order they were produced.
 
 Rules this module owns (docs/protocol.md):
 
-* Routing by kind: a request or a notification starts a call; a cancel
-  reaches the call in flight with that id (or nothing); a credit adds to the
-  window of the stream with that id, never beyond ``max_stream_window``;
-  anything else a client may not send is answered with a protocol error
-  (``"id": null``) and the connection goes on.
-* Refusals, checked in this order: the server is shutting down; too many
-  calls in flight on the connection; a call id already in flight; an unknown
-  method; the access policy denies the peer (:mod:`..access`); a stream
-  method called without a window (or a window sent to a unary method, or
-  one over ``max_stream_window``); params that do not validate. A refused
-  request is answered with its error, a refused notification only logged;
-  the descriptors of a refused frame are closed at once.
+* Routing by kind and refusals in order: see :mod:`.reception`.
 * Answered or fatal: a frame that is not an envelope gets an error and the
   connection goes on; a stream that cannot be trusted any more (an oversized
   frame, too many descriptors, descriptors that never came or came with no
@@ -66,33 +56,27 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable
 
 from ..._ratelog import RateLimitedLog
 from ...exceptions import (
     AncillaryDataTruncatedError,
     InternalError,
-    MethodNotFoundError,
     ProtocolViolationError,
-    RPCError,
-    ServerBusyError,
     ServerShuttingDownError,
     StreamProtocolParseError,
 )
 from ...fds import FdContext
-from .. import messages, wire
+from .. import wire
 from ..access import PeerFacts
-from ..calls import FdQueue, close_fds
-from .call import Cancel, Chunk, Close, Event, FdFrame, Grant, ServerCall
+from ..calls import FdQueue
+from .call import Chunk, Close, FdFrame, ServerCall
 from .calltable import CallTable
 from .clocks import CHARGE_SHIFT, Charge, Clocks
-from .codec import CANCEL, CREDIT, INVALID, REQUEST, WireCodec
-from .encoding import log_call
-from .intake import make_call
+from .codec import WireCodec
 from .outbox import FRAME_OVERHEAD, Outbox
-from .rules import UNKNOWN_PEER, ServerRules
+from .reception import Reception
+from .rules import ServerRules
 from .unixrpc import UnixrpcCodec
 from .varlink import VarlinkCodec
 from .wires import UNIXRPC, VARLINK, ReadFds, pick_wire
@@ -136,7 +120,11 @@ class ServerConnection:
         "peer",
         "peer_pid",
         "peer_uid",
+        "receive_control",
+        "receive_fds",
+        "receive_frame",
         "stop",
+        "stray_fds",
         "stream_step",
     )
 
@@ -170,6 +158,12 @@ class ServerConnection:
         self.stream_step = table.stream_step
         self.item = table.item
         self.end_streams = table.end_streams
+        # what comes in: descriptors and frames (see Reception)
+        reception = Reception(self)
+        self.receive_fds = reception.receive_fds
+        self.stray_fds = reception.stray_fds
+        self.receive_control = reception.receive_control
+        self.receive_frame = reception.receive_frame
         self._closed: str | None = None  # why the connection is closing
         self._discard_output = False  # closed for its output: what calls still produce is dropped
         self._clocks = Clocks()
@@ -358,25 +352,7 @@ class ServerConnection:
             return frames
         return read_fds.assign(frames, partial)
 
-    # -- input ------------------------------------------------------------------
-
-    def receive_fds(self, fds: Iterable[int]) -> None:
-        """Descriptors that arrived with the bytes of a read (ours to close)."""
-        if self._closed is not None:
-            close_fds(fds)
-            return
-        if self._read_fds is not None:
-            before = len(self._fd_queue)
-            self._fd_queue.push(fds)
-            self._read_fds.took(len(self._fd_queue) - before)
-        else:
-            self._fd_queue.push(fds)
-        if not self._recount_fds():  # many connections each holding descriptors for a frame begun
-            limit = self._rules.fd_budget.limit
-            self.fatal(
-                f"the server holds more than {limit} descriptors sent ahead of their frames; try again later",
-                at_once=True,
-            )
+    # -- input (taking descriptors and frames: :mod:`.reception`) ----------------
 
     def _recount_fds(self) -> bool:
         """Charge the server's fd budget for the descriptors queued now:
@@ -387,19 +363,6 @@ class ServerConnection:
         ok = self._rules.fd_budget.charge(self._fds_held, queued)
         self._fds_held = queued
         return ok
-
-    def stray_fds(self, frame_pending: bool) -> Close | None:
-        """Check, with every received frame taken, that no descriptor waits
-        for none (they ride on their frame's first byte)."""
-        queued = len(self._fd_queue)
-        if queued and not frame_pending:
-            return self.fatal(f"{queued} file descriptors came with no frame")
-        if queued > self._rules.max_fds:  # more than the one frame begun may carry
-            limit = self._rules.max_fds
-            return self.fatal(
-                f"{queued} file descriptors queued for one frame (a frame carries at most {limit})"
-            )
-        return None
 
     def fatal(self, reason: str, *, tell_peer: bool = True, at_once: bool = False) -> Close:
         """The stream cannot be trusted any more: no further frame is taken,
@@ -423,105 +386,6 @@ class ServerConnection:
                 else:
                     self._queue(body)
         return Close(reason)
-
-    def receive_control(self, frame: wire.RawFrame) -> Event | bool | None:
-        """Take *frame* ahead of requests read before it, if it is a cancel
-        or credit for a call already in flight (an engine whose calls wait
-        for threads reads on, so those get through): its event, or None;
-        False if it must wait its turn (a request, or anything else)."""
-        if self._closed is not None or frame.nfds or self._codec.ordered:
-            return False  # (an ordered wire has neither cancel nor credit)
-        message = self._codec.decode(frame.body)
-        if message[0] not in (CANCEL, CREDIT) or message[1] not in self._calls:
-            return False
-        return self.receive_frame(frame)
-
-    def receive_frame(self, frame: wire.RawFrame) -> Event | None:
-        """Take one received frame: the event it causes, if any. Errors it
-        causes (refusals, a frame that is no envelope) are queued as output."""
-        if self._closed is not None:
-            return None
-        fds: list[int] = []
-        if frame.nfds:
-            try:
-                fds = self._fd_queue.take(frame.nfds)
-            except ValueError as exc:
-                return self.fatal(str(exc))
-            self._recount_fds()
-        message = self._codec.decode(frame.body)
-        kind = message[0]
-        if kind == REQUEST:
-            return self._request(message[1], message[2], message[3], message[4], fds)
-        close_fds(fds)  # only requests carry descriptors
-        if kind == CANCEL:
-            call = self._calls.get(message[1])
-            if call is None or call.cancel_requested or call.answered:
-                return None  # already answered (or never was): nothing to cancel
-            call.cancel_requested = True
-            return Cancel(call)
-        if kind == CREDIT:
-            call = self._calls.get(message[1])
-            if call is None or call.window is None:
-                return None
-            # outstanding credit never exceeds the window cap: a client within
-            # its window never needs more, and a flood of credit buys nothing
-            call.credit = min(call.credit + message[2], self._rules.max_stream_window)
-            if call.waiting_credit:
-                call.waiting_credit = False
-                return Grant(call)
-            return None
-        assert kind == INVALID
-        self._error(message[1], message[2])
-        return None
-
-    def _request(
-        self, call_id: int | None, name: str, params: Any, window: int | None, fds: list[int]
-    ) -> ServerCall | None:
-        rules = self._rules
-        error: RPCError
-        if rules.stopping:
-            self._refuse(call_id, name, fds, ServerShuttingDownError("server is shutting down"))
-            return None
-        if len(self._calls) >= rules.max_calls_per_connection:
-            limit = rules.max_calls_per_connection
-            error = ServerBusyError(f"too many calls in flight on this connection (limit {limit})")
-            self._refuse(call_id, name, fds, error)
-            return None
-        if call_id is not None and call_id in self._calls:
-            self._refuse(
-                call_id, name, fds, ProtocolViolationError(f"call id {call_id} is already in flight")
-            )
-            return None
-        handler = self._handlers.get(name)
-        if handler is None:
-            self._refuse(
-                call_id, name, fds, MethodNotFoundError(messages.method_not_found(name, self._handlers))
-            )
-            return None
-        if rules.access is not None:
-            denied = rules.access.refusal(name, self.peer or UNKNOWN_PEER)
-            if denied is not None:
-                self._refuse(call_id, name, fds, denied)
-                return None
-        call = make_call(handler, call_id, params, window, fds, rules.max_stream_window)
-        if not isinstance(call, ServerCall):
-            self._refuse(call_id, name, fds, call)
-            return None
-        if _debug():
-            call.started = time.monotonic()
-        self._calls[call.key] = call
-        return call
-
-    def _refuse(self, call_id: int | None, name: str, fds: list[int], error: RPCError) -> None:
-        close_fds(fds)
-        if call_id is not None:
-            self._queue(self._codec.error(call_id, error.code, error.message, error.data))
-        else:
-            logger.info("connection %d: notification %r refused: %s", self.connection_id, name, error)
-        if _debug():  # the one line of a call that reached the server, refused
-            log_call(
-                name, call_id, self.peer_pid, self.peer_uid, f"refused {error.code}: {error.message}", None
-            )
 
     def _error(self, call_id: int | None, message: str) -> None:
         _warn("connection %d (pid %d): %s", self.connection_id, self.peer_pid, message)

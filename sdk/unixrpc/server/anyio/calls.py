@@ -1,31 +1,29 @@
-"""How the anyio engine runs calls (part of :class:`.connection.Connection`).
+"""How the anyio engine runs calls (composed into
+:class:`.connection.Connection`; writes through its :class:`.output.Output`).
 
 A plain async handler is stepped in place by the task that read its
 request; a call that waits is finished by that task after the reading is
 handed on. Authorization, streams and plain ``def`` handlers (on the
-server's :class:`.threadpool.HandlerThreads`) take :meth:`CallRunner._run_call`.
+server's :class:`.handler_threads.HandlerThreads`) take :meth:`CallRunner._run_call`.
 The core decides what every outcome means; this only runs and waits.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
 
 from ..._core.server import ITEM, NO_ROOM, STOP, ServerCall, ServerConnection
-from ..._wakeup import Wakeup
-from ...ancillary import UnixCredentials
 from ...exceptions import CallCancelledError
-from ..config import ServerConfig
 from ..context import CallContext, context_of
 from .tasks import Worker, resume
 
 if TYPE_CHECKING:
-    pass
+    from .connection import Connection
 
 __all__ = ["CallRunner"]
 
@@ -35,25 +33,22 @@ _DONE = object()  # a generator stream has no more items
 class CallRunner:
     """Running calls: the part of a connection between reading and writing."""
 
-    core: ServerConnection
-    peer: UnixCredentials
-    connection_id: int
-    _config: ServerConfig
-    _corking: bool
-    _new_wakeup: Callable[[], Wakeup]
-    _new_waiter: Callable[[], Any]
+    __slots__ = ("_config", "_conn", "_core", "_new_waiter", "_new_wakeup", "_output")
 
-    if TYPE_CHECKING:  # written by OutputWriter, the other half of Connection
-
-        def _flush_nowait(self) -> Awaitable[None] | None: ...
-
-        async def _flush(self) -> None: ...
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+        self._core = connection.core
+        self._config = connection._config
+        self._output = connection._output
+        self._new_wakeup = connection._new_wakeup
+        self._new_waiter = connection._new_waiter
 
     def _context(self, call: ServerCall) -> CallContext:
         """What a handler or the authorization hook is told about *call*."""
-        return context_of(call, self.peer, self.connection_id, self._config.rules)
+        conn = self._conn
+        return context_of(call, conn.peer, conn.connection_id, self._config.rules)
 
-    def _step(self, call: ServerCall) -> Awaitable[None] | None:
+    def step(self, call: ServerCall) -> Awaitable[None] | None:
         """Run *call* in place until it is answered or first waits: None once
         it is answered, else what finishes it, to await in this task.
 
@@ -75,28 +70,28 @@ class CallRunner:
         try:
             yielded = coro.send(None)
         except StopIteration as stop:
-            self.core.finish(call, stop.value)
+            self._core.finish(call, stop.value)
         except Exception as exc:
-            self.core.finish(call, raised=exc)
+            self._core.finish(call, raised=exc)
         else:
             return self._finish_call(call, coro, yielded)
-        return None if self._corking else self._flush_nowait()
+        return None if self._conn._corking else self._output.flush_nowait()
 
     async def _finish_call(self, call: ServerCall, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        """Finish a handler :meth:`_step` left waiting, and answer it."""
+        """Finish a handler :meth:`step` left waiting, and answer it."""
         try:
             result = await resume(coro, yielded)
         except Exception as exc:
-            self.core.finish(call, raised=exc)
+            self._core.finish(call, raised=exc)
         else:
-            self.core.finish(call, result)
-        await self._flush()
+            self._core.finish(call, result)
+        await self._output.flush()
 
     async def _run_call(self, call: ServerCall) -> None:
         """Run one call inside its worker's scope: authorization, streams and
         threaded handlers included. A cancel propagates out of here (the
         worker answers it); anything else is answered here."""
-        handler, core = call.handler, self.core
+        handler, core = call.handler, self._core
         try:
             hook = self._config.authorize
             if hook is not None:
@@ -108,7 +103,7 @@ class CallRunner:
                 except Exception as exc:
                     verdict = exc
                 if not core.authorized(call, verdict):  # answered: denied, or the hook failed
-                    await self._flush()
+                    await self._output.flush()
                     return
             args = (call.request, self._context(call)) if handler.wants_context else (call.request,)
             if handler.spec.streaming:
@@ -122,8 +117,8 @@ class CallRunner:
             core.finish(call, raised=exc)
         else:
             core.finish(call, result)
-        if not self._corking:
-            await self._flush()
+        if not self._conn._corking:
+            await self._output.flush()
 
     async def _in_thread(
         self, call: ServerCall, function: Any, args: tuple[Any, ...], *, always: bool = False
@@ -134,7 +129,7 @@ class CallRunner:
         cancelled while it waits for a free thread never runs, unless
         *always* (cleanup)."""
         waiter = self._new_waiter()
-        core = self.core
+        core = self._core
         waiter.late = lambda outcome: _finish_late(core, call, outcome)  # an abandoned call's outcome
         job, job_args = (function, args) if always else (_unless_answered, (call, function, args))
         self._config.handler_threads().submit(job, job_args, waiter.settle_threadsafe)
@@ -161,8 +156,8 @@ class CallRunner:
                     except StopAsyncIteration:
                         break
                     self._send_item(call, item)
-                    if not self._corking:
-                        await self._flush()
+                    if not self._conn._corking:
+                        await self._output.flush()
             finally:
                 with anyio.CancelScope(shield=True):
                     await items.aclose()
@@ -174,8 +169,8 @@ class CallRunner:
                 if item is _DONE:
                     break
                 self._send_item(call, item)
-                if not self._corking:
-                    await self._flush()
+                if not self._conn._corking:
+                    await self._output.flush()
         finally:
             if not stepper.close_later():  # else a step still runs: its thread closes it
                 with anyio.CancelScope(shield=True):
@@ -187,7 +182,7 @@ class CallRunner:
         False once it must stop. The loop runs between items even when the
         producer never awaits."""
         await anyio.lowlevel.checkpoint()  # a cancel between items stops the stream
-        core = self.core
+        core = self._core
         worker: Worker = call.engine
         while True:
             step = core.stream_step(call)
@@ -196,7 +191,7 @@ class CallRunner:
             if step == STOP:
                 return False
             if step == NO_ROOM:
-                await self._flush()  # the peer reads, or the write fails
+                await self._output.flush()  # the peer reads, or the write fails
                 continue
             wake = worker.credit = self._new_wakeup()
             try:
@@ -205,7 +200,7 @@ class CallRunner:
                 worker.credit = None
 
     def _send_item(self, call: ServerCall, item: Any) -> None:
-        self.core.item(call, item)  # InternalError: the stream fails with it
+        self._core.item(call, item)  # InternalError: the stream fails with it
 
 
 def _finish_late(core: ServerConnection, call: ServerCall, outcome: tuple[bool, Any]) -> None:

@@ -1,6 +1,8 @@
 """The anyio engine's side of one connection: it waits and moves bytes for
 the connection's protocol object (:class:`.._core.server.ServerConnection`),
-which decides everything else.
+which decides everything else. This class holds the connection's state, the
+reader's loop and its pool of tasks; composed parts work on that state:
+reading (:mod:`.intake`), running calls (:mod:`.calls`), writing (:mod:`.output`).
 
 How calls run: the task that reads a request runs it at once, in place. A
 call that completes without waiting (most do) costs no task switch. A call
@@ -9,7 +11,7 @@ that waits hands the reading on to another task of the connection's pool
 call never holds back the next request; the hand-over happens at the call's
 first suspension, observed by stepping its coroutine once, so cancel scopes
 and anything else bound to the task stay valid. Plain ``def`` handlers run
-in the server's :class:`.threadpool.HandlerThreads`.
+in the server's :class:`.handler_threads.HandlerThreads`.
 
 How replies leave: the core queues them; while the reader still has
 requests in hand it lets them pile up (one ``send`` for a batch), otherwise
@@ -20,40 +22,33 @@ also writes what was queued meanwhile, so frames keep their order.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 
 from ..._core import wire
 from ..._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
-from ..._core.server.wires import VARLINK
 from ..._wakeup import Wakeup, wakeup_factory
 from ...ancillary import SocketAncillary
 from ...exceptions import (
-    AncillaryDataTruncatedError,
     ClientClosedError,
-    ConnectionBrokenError,
-    StreamProtocolParseError,
 )
 from ...peer import Peer, read_peer
 from ...transport.async_client import AsyncUnixStreamClient
 from ..config import ServerConfig
-from ..kit import NO_BYTE, first_byte, peer_hung_up
+from ..kit import peer_hung_up
 from .calls import CallRunner
 from .handler_threads import outcome_waiter
-from .output import OutputWriter
+from .intake import Intake, loop_clock
+from .output import Output
 from .tasks import READER_BUDGET, Worker
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["Connection"]
 
@@ -63,8 +58,9 @@ _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 _HANG_UP_POLL = 0.2
 
 
-class Connection(CallRunner, OutputWriter):
-    """Serves one accepted connection until it ends."""
+class Connection:
+    """Serves one accepted connection until it ends (composed with a
+    :class:`.calls.CallRunner` and an :class:`.output.Output`)."""
 
     def __init__(
         self,
@@ -88,20 +84,20 @@ class Connection(CallRunner, OutputWriter):
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ancillary = SocketAncillary()  # the reader's
-        self._bufsize = config.ancillary_bufsize
         self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken (whoever reads takes them)
         self._corking = False  # the reader has more requests in hand: let replies pile up
-        self._writing = False  # a task is finishing a short write (and writes what follows)
-        self._write_done: Wakeup | None = None  # set when it is done
         self._reading_over = anyio.Event()
         self._wait_scope: anyio.CancelScope | None = None  # the reader's wait for data, with a deadline
         self._waiting_plain = False  # the reader waits for data with no deadline
-        self._clock = _loop_clock()  # anyio.current_time's clock, without its lookups
+        self._clock = loop_clock()  # anyio.current_time's clock, without its lookups
         self._partial = False  # a frame is half read (as of the last read)
         self._idle_limit = config.rules.connection_idle_timeout is not None
         self._choosing = config.varlink_protocol is not None  # the wire waits for the first byte
         self._varlink = False
         self._turn: Wakeup | None = None  # the reader waits for the call in flight to end (varlink)
+        self._output = Output(self)
+        self._runner = CallRunner(self)
+        self._intake = Intake(self)
 
     async def run(self) -> None:
         """Read and dispatch until the peer leaves or the stream breaks.
@@ -150,24 +146,25 @@ class Connection(CallRunner, OutputWriter):
         reader's turn (READER_BUDGET), calls or not, so a flood of cancels,
         credit or junk cannot starve other connections."""
         transport, core, inbox = self._transport, self.core, self._inbox
+        output, step, intake = self._output, self._runner.step, self._intake
         budget = READER_BUDGET
         while True:
             if not inbox or not core.wants_input():
                 if not core.wants_input() or core.stray_fds(transport.buffered_size() > 0) is not None:
-                    await self._flush()  # the peer does not read: wait for it before taking more
+                    await output.flush()  # the peer does not read: wait for it before taking more
                     if core.closing is not None:
                         return None
                     continue
-                frames = await self._receive()
+                frames = await intake.receive()
                 if frames is None:
                     return None
                 if not frames:
                     if core.has_output():  # nothing more in hand: the queued replies go now
-                        pending = self._flush_nowait()
+                        pending = output.flush_nowait()
                         if pending is not None:  # the peer is slow to read: never stop reading for it
                             self._pass_reading()
                             return pending
-                    if not await self._wait_for_data():
+                    if not await intake.wait_for_data():
                         return None
                     continue
                 inbox.extend(frames)
@@ -178,7 +175,7 @@ class Connection(CallRunner, OutputWriter):
             budget -= 1
             if not budget:  # a busy connection must not starve the others
                 budget = READER_BUDGET
-                pending = self._flush_nowait()
+                pending = output.flush_nowait()
                 if pending is not None:
                     self._pass_reading()
                     return pending
@@ -191,7 +188,7 @@ class Connection(CallRunner, OutputWriter):
                 worker.current = event
                 self._corking = bool(inbox) or transport.buffered_size() > 0
                 try:
-                    blocked = self._step(event)
+                    blocked = step(event)
                 finally:
                     self._corking = False
                 if blocked is not None:
@@ -206,79 +203,8 @@ class Connection(CallRunner, OutputWriter):
                     waiting.set()
             else:
                 assert type(event) is Close
-                await self._flush()
+                await output.flush()
                 return None
-
-    async def _receive(self) -> list[wire.RawFrame] | None:
-        """One read: the frames it completed (maybe none); None if the
-        reading is over (the core said why)."""
-        transport, core, ancillary = self._transport, self.core, self._ancillary
-        if self._choosing and not self._choose_wire():
-            return []  # nothing came yet
-        try:
-            frames = transport.recv_packets_nowait(ancillary, self._bufsize)
-            if self._varlink and frames and transport.buffered_size():
-                frames += transport.buffered_packets()  # (the core counts a read's frames)
-        except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
-            core.read_failed(exc)
-            await self._flush()
-            return None
-        except (ConnectionBrokenError, ClientClosedError) as exc:
-            core.read_failed(exc)
-            await self._flush()
-            return None
-        finally:
-            if ancillary:
-                core.receive_fds(ancillary.iter_fds())
-                ancillary.clear()
-        buffered = transport.buffered_size()
-        self._partial = buffered > 0
-        if self._varlink:
-            frames = core.frames_read(frames, buffered > 0)  # which frame the read's descriptors ride on
-        if frames or buffered:  # bytes came (or a frame is still half read)
-            excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
-            now = self._clock() if buffered or self._idle_limit else 0.0  # (the time only matters then)
-            if core.received(now, partial=buffered > 0, receive_buffer=excess) is not None:
-                await self._flush()  # over the server's memory budget
-                return None
-        return frames
-
-    async def _wait_for_data(self) -> bool:
-        """Wait for the socket, or for the core's next deadline: False if
-        the core closed the connection when it passed."""
-        core = self.core
-        if not self._partial and not self._idle_limit:  # (the common case: no deadline, no scope)
-            self._waiting_plain = True
-            try:
-                await self._transport.wait_for_data()
-            finally:
-                self._waiting_plain = False
-            return True
-        deadline = core.next_deadline(self._clock())
-        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
-            self._wait_scope = scope  # moved by deadline_changed() when a call ends meanwhile
-            try:
-                await self._transport.wait_for_data()
-            finally:
-                self._wait_scope = None
-        if scope.cancelled_caught and core.on_timer(self._clock()) is not None:
-            await self._flush()
-            return False
-        return True
-
-    def _choose_wire(self) -> bool:
-        """Let the core choose the wire from the first byte (left unread):
-        False if none came yet."""
-        first = first_byte(self._sock)
-        if first is None:
-            return False
-        self._choosing = False
-        if first != NO_BYTE and self.core.choose_wire(first) == VARLINK:
-            assert self._config.varlink_protocol is not None
-            self._transport.switch_protocol(self._config.varlink_protocol)
-            self.core.watch_turns(self._turn_came)
-            self._varlink = True
-        return True
 
     async def _wait_turn(self) -> bool:
         """Wait, reading no further, until the call in flight has ended (a
@@ -353,7 +279,7 @@ class Connection(CallRunner, OutputWriter):
             in_thread, worker.in_thread = worker.in_thread, False
             if call is not None:
                 self.core.stop(call, running=in_thread)  # running: released when the thread returns
-                await self._flush()
+                await self._output.flush()
             if self._reading_done:
                 return
             await self._park(worker)
@@ -364,7 +290,7 @@ class Connection(CallRunner, OutputWriter):
         while True:
             blocked = await self._read(worker)
             if blocked is None:  # the reading is over: tell run()
-                await self._flush()
+                await self._output.flush()
                 self._reading_done = True
                 self._reading_over.set()
                 return
@@ -387,7 +313,7 @@ class Connection(CallRunner, OutputWriter):
 
     def busy(self) -> bool:
         """Calls in flight, or replies not yet written: a graceful shutdown waits."""
-        return self.core.busy() or self._writing
+        return self.core.busy() or self._output.writing
 
     def end_streams(self) -> None:
         """Shutdown began: end the streams now (they would never end)."""
@@ -400,20 +326,9 @@ class Connection(CallRunner, OutputWriter):
         then close the transport (sends blocked on a peer that does not read
         fail) and cancel the calls."""
         left = self.core.cut_off()
-        if not self._writing:
-            self._flush_nowait()  # a short write is not finished: the connection closes
+        if not self._output.writing:
+            self._output.flush_nowait()  # a short write is not finished: the connection closes
         self.peer._close()
         await self._transport.aclose()
         for call in left:
             self._cancel(call)
-
-
-def _loop_clock() -> Callable[[], float]:
-    """The running loop's clock, the one anyio's deadlines use
-    (``anyio.current_time``), looked up once per connection."""
-    try:
-        return asyncio.get_running_loop().time
-    except RuntimeError:  # not asyncio: trio
-        import trio
-
-        return trio.current_time

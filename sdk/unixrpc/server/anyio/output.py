@@ -1,5 +1,6 @@
-"""How the anyio engine writes what the core queued (part of
-:class:`.connection.Connection`): while the reader still has requests in
+"""How the anyio engine writes what the core queued (composed into
+:class:`.connection.Connection`, which it tells when its deadline may have
+moved): while the reader still has requests in
 hand replies pile up (one ``send`` for a batch); otherwise whoever produced
 output writes it at once. A short write is finished by the task that began
 it, shielded (a frame is never cut in half), and that task also writes what
@@ -12,55 +13,58 @@ import array
 import contextlib
 import logging
 import socket
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import anyio
 
-from ..._core.server import Chunk, FdFrame, ServerConnection
+from ..._core.server import Chunk, FdFrame
 from ..._wakeup import Wakeup
-from ...transport.async_client import AsyncUnixStreamClient
 
-__all__ = ["OutputWriter"]
+if TYPE_CHECKING:
+    from .connection import Connection
+
+__all__ = ["Output"]
 
 logger = logging.getLogger("unixrpc.server")
 _RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
-class OutputWriter:
-    """Writing: the part of a connection that empties the core's outbox."""
+class Output:
+    """Writing: empties the core's outbox of one connection (see the module docstring)."""
 
-    core: ServerConnection
-    connection_id: int
-    _transport: AsyncUnixStreamClient[Any, Any]
-    _sock: socket.socket
-    _writing: bool
-    _write_done: Wakeup | None
-    _new_wakeup: Callable[[], Wakeup]
-    _wait_scope: anyio.CancelScope | None
-    _waiting_plain: bool
-    deadline_changed: Callable[[], None]
+    __slots__ = ("_conn", "_core", "_new_wakeup", "_sock", "_transport", "_write_done", "writing")
 
-    async def _flush(self) -> None:
+    def __init__(self, connection: Connection) -> None:
+        self._conn = connection
+        self._core = connection.core
+        self._transport = connection._transport
+        self._sock = connection._sock
+        self._new_wakeup = connection._new_wakeup
+        #: a task is finishing a short write (and writes what follows)
+        self.writing = False
+        self._write_done: Wakeup | None = None  # set when it is done
+
+    async def flush(self) -> None:
         """Write what the core has queued, waiting for room if need be (and
         for a task finishing a short write to be done)."""
-        if self._writing:
+        if self.writing:
             done = self._write_done
             if done is None:  # (a trio.Event has no truth value)
                 done = self._write_done = self._new_wakeup()
             await done.wait()
-        pending = self._flush_nowait()
+        pending = self.flush_nowait()
         if pending is not None:
             await pending
 
-    def _flush_nowait(self) -> Awaitable[None] | None:
+    def flush_nowait(self) -> Awaitable[None] | None:
         """Write what the core has queued as far as the socket takes it now:
         None when all of it went (or a task finishing a short write will
         write it), else what finishes the write (await it before this task
         writes anything else)."""
-        if self._writing:
+        if self.writing:
             return None
-        core = self.core
+        core = self._core
         chunks = core.take_output()
         for index, chunk in enumerate(chunks):
             try:
@@ -70,17 +74,19 @@ class OutputWriter:
                 self._give_up(chunks[index:], exc)
                 return None
             if sent != len(data):
-                self._writing = True
+                self.writing = True
                 return self._finish_writes(chunks[index:], sent)
             core.written(chunk)
-        if chunks and (self._wait_scope is not None or self._waiting_plain):
-            self.deadline_changed()
+        if chunks:
+            conn = self._conn
+            if conn._wait_scope is not None or conn._waiting_plain:
+                conn.deadline_changed()
         return None
 
     async def _finish_writes(self, chunks: list[Chunk], sent: int | None) -> None:
         """Write *chunks*, the first begun with *sent* bytes, then whatever
         the core queued meanwhile (shielded: a frame is never cut)."""
-        core, transport = self.core, self._transport
+        core, transport = self._core, self._transport
         limit = core.write_timeout
         try:
             with anyio.CancelScope(shield=True):
@@ -103,17 +109,18 @@ class OutputWriter:
                         core.written(chunk)
                     chunks = core.take_output()
         finally:
-            self._writing = False
+            self.writing = False
             done, self._write_done = self._write_done, None
             if done is not None:
                 done.set()
-            if self._wait_scope is not None or self._waiting_plain:
-                self.deadline_changed()
+            conn = self._conn
+            if conn._wait_scope is not None or conn._waiting_plain:
+                conn.deadline_changed()
 
     def _give_up(self, chunks: list[Chunk], exc: BaseException) -> None:
-        logger.debug("connection %d: replies not sent: %s", self.connection_id, exc)
+        logger.debug("connection %d: replies not sent: %s", self._conn.connection_id, exc)
         for chunk in chunks:
-            self.core.written(chunk, ok=False)
+            self._core.written(chunk, ok=False)
 
 
 def _fd_bytes(fds: list[int]) -> bytes:

@@ -67,7 +67,7 @@ class CallRunner:
         if call.cancel_requested:  # answered before a thread was free: it never runs
             with lock:
                 core.stop(call)
-            self._conn._flush()
+            self._conn._writer.flush()
             return
         ok = True
         try:
@@ -80,12 +80,12 @@ class CallRunner:
         except FutureCancelledError:  # an async handler, cancelled on the loop
             with lock:
                 core.stop(call)
-            self._conn._flush()
+            self._conn._writer.flush()
             return
         except Exception as exc:
             ok, result = False, exc
         if result is _ANSWERED:
-            self._conn._flush()
+            self._conn._writer.flush()
             return
         if result is _PARKED:  # a stream waits for credit, with no thread: a Grant or cancel resumes it
             return
@@ -129,7 +129,7 @@ class CallRunner:
                 return
             self._conn._writing = True
             chunks = core.take_output()
-        self._conn._write(chunks)
+        self._conn._writer.write(chunks)
 
     def _await(self, call: ServerCall, make: Callable[[], Awaitable[Any]]) -> Any:
         """Run an awaitable on the loop thread and wait for it here; a cancel
@@ -227,15 +227,15 @@ class CallRunner:
                     return _PARKED
                 if self._conn._writing:
                     self._conn._running -= 1
-                    self._conn._dispatch(0)
+                    self._conn._pool.dispatch(0)
                     try:
                         self._conn._wait()  # the writer done, or a cancel
                     finally:
                         self._conn._running += 1
                     continue
-            self._conn._flush()  # no room and nobody writes: write it here (until the peer reads)
+            self._conn._writer.flush()  # no room and nobody writes: write it here (until the peer reads)
 
     def _send_item(self, call: ServerCall, item: Any) -> None:
         with self._conn._lock:
             self._conn.core.item(call, item)  # InternalError: the stream fails with it
-        self._conn._flush()
+        self._conn._writer.flush()
