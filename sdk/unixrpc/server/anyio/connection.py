@@ -268,6 +268,9 @@ class Connection:
             except BaseException:  # the connection is going away under the call
                 lost, worker.current = worker.current, None
                 if lost is not None:
+                    # nothing more goes out (a shielded writer would send it "Cancelled", as
+                    # if its client had cancelled it): the peer finds the connection closed
+                    self.core.close()
                     self.core.stop(lost, running=worker.in_thread)
                 raise
             if not scope.cancel_called:
