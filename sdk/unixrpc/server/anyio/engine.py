@@ -38,7 +38,7 @@ from ..kit import (
     raise_fd_limit,
 )
 from ..lifecycle import Lifecycle
-from ..sockio import ServerSocket
+from ..sockio import LoopServerSocket
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ class AnyioEngine:
             finally:
                 conn.close()
             return
-        io = ServerSocket(conn, config.protocol, config.ancillary_bufsize)
+        io = LoopServerSocket(conn, config.protocol, config.ancillary_bufsize)
         try:
             connection = Connection(config, io, next(config.connection_ids), peer)
             connection.core.listener_wire = only
