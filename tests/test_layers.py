@@ -15,7 +15,7 @@ SDK = Path(__file__).resolve().parent.parent / "sdk" / "unixrpc"
 #: what the sans-IO core must never import: it never waits or touches a socket
 IO_MODULES = {"socket", "select", "selectors", "anyio", "trio", "asyncio", "threading", "sniffio"}
 #: library-internal packages every layer may use (the core and its helpers)
-SHARED_PRIVATE = {"_core", "_wakeup", "_ratelog"}
+SHARED_PRIVATE = {"_core", "_wakeup", "_ratelog", "_readwatch"}
 
 
 def _modules(under: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import pytest
 from conftest import open_fds
 from drivers import lp_frame, lp_json
 from unixrpc import AsyncUnixStreamClient, ClientClosedError
-from unixrpc.transport._readwatch import ReadWatch, _AsyncioReadWatch, read_watch
+from unixrpc._readwatch import ReadWatch, _AsyncioReadWatch, read_watch
 
 
 @pytest.fixture

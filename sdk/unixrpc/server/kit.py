@@ -1,7 +1,9 @@
 """What every engine does the same way, written once: noticing that the
 peer hung up, refusing a connection (:class:`Refused`: what the peer is
 told on each wire, and how many refused connections may linger at once),
-and the limits an engine must honour while it waits and moves bytes.
+the limits an engine must honour while it waits and moves bytes, and when
+a shutdown stops waiting for busy connections (:func:`drain`). A
+connection's socket I/O is :mod:`.sockio`'s.
 
 Engines (the anyio engine, the threads engine) import this; it imports
 neither of them, nor :class:`~unixrpc.Server`. Protocol decisions stay in
@@ -28,7 +30,10 @@ if TYPE_CHECKING:
 __all__ = [
     "LINGER_SECONDS",
     "Refused",
+    "DRAIN_POLL",
+    "Draining",
     "check_listeners",
+    "drain",
     "grace_elapsed",
     "MAX_LINGERING",
     "connection_limits",
@@ -117,6 +122,40 @@ def grace_elapsed(grace: float, running: list[str]) -> None:
         logger.warning(
             "shutdown grace of %ss elapsed; cancelling %d calls: %s", grace, len(running), "; ".join(running)
         )
+
+
+#: how often a shutdown looks whether its connections are done
+DRAIN_POLL: Final = 0.01
+
+
+class Draining(Protocol):
+    """What the shutdown drain asks of an engine's connection."""
+
+    def busy(self) -> bool:
+        """Calls in flight, or replies not yet written."""
+        ...
+
+    def describe_calls(self) -> list[str]:
+        """The calls in flight, for the log (the core's wording)."""
+        ...
+
+
+def drain(began: float, now: float, grace: float, connections: Iterable[Draining]) -> float | None:
+    """The shutdown drain, one rule for every engine. Once accepting has
+    stopped and the streams were ended, a shutdown waits while any
+    connection is busy, at most *grace* seconds from *began* (the engine
+    passes the grace as it is *now*: a later, shorter one hurries it).
+
+    Returns how long to wait before asking again, or None when the drain is
+    over: nothing is busy, or the grace passed (the calls left are logged).
+    The engine then aborts every connection (``cut_off`` in the core)."""
+    connections = list(connections)
+    if not any(connection.busy() for connection in connections):
+        return None
+    if now >= began + grace:
+        grace_elapsed(grace, [line for connection in connections for line in connection.describe_calls()])
+        return None
+    return min(DRAIN_POLL, began + grace - now)
 
 
 #: what :func:`first_byte` says of a connection that ended (or failed) before its first byte

@@ -19,6 +19,7 @@ from typing import Generic, Self, TypeVar
 import anyio
 import anyio.lowlevel
 
+from .._readwatch import ReadWatch, read_watch
 from ..address import UnixAddressLike, UnixSocketAddress
 from ..ancillary import SocketAncillary, UnixCredentials
 from ..exceptions import ClientClosedError, ConnectionBrokenError
@@ -39,7 +40,6 @@ from ._common import (
     resolve_ancillary_bufsize,
     send_error_is_mapped,
 )
-from ._readwatch import ReadWatch, read_watch
 
 _Socket = socket.socket
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)

@@ -22,7 +22,6 @@ also writes what was queued meanwhile, so frames keep their order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import socket
@@ -36,14 +35,10 @@ import anyio.lowlevel
 from ..._core import wire
 from ..._core.server import Cancel, Close, Grant, ServerCall, ServerConnection
 from ..._wakeup import Wakeup, wakeup_factory
-from ...ancillary import SocketAncillary
-from ...exceptions import (
-    ClientClosedError,
-)
-from ...peer import Peer, read_peer
-from ...transport.async_client import AsyncUnixStreamClient
+from ...peer import Peer
 from ..config import ServerConfig
 from ..kit import peer_hung_up
+from ..sockio import ServerSocket
 from .calls import CallRunner
 from .handler_threads import outcome_waiter
 from .intake import Intake, loop_clock
@@ -53,7 +48,6 @@ from .tasks import READER_BUDGET, Worker
 __all__ = ["Connection"]
 
 logger = logging.getLogger("unixrpc.server")
-_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 #: seconds between looks for a hang-up once the read side has ended with calls in flight
 _HANG_UP_POLL = 0.2
 
@@ -65,15 +59,14 @@ class Connection:
     def __init__(
         self,
         config: ServerConfig,
-        transport: AsyncUnixStreamClient[wire.RawFrame, wire.RawFrame],
+        io: ServerSocket,
         connection_id: int,
-        sock: socket.socket,
+        peer: Peer,
     ) -> None:
         self._config = config
-        self._sock = sock  # (the transport's, for a shutdown that ends the reader's wait)
-        self._transport = transport
+        self._io = io  # the socket: reads, writes, waits, the close
         self.connection_id = connection_id
-        self.peer: Peer = read_peer(transport.socket)
+        self.peer = peer  # (its pidfd is closed with the connection)
         self.core = ServerConnection(
             config.rules, connection_id, self.peer.pid, self.peer.uid, peer=self.peer
         )
@@ -83,7 +76,6 @@ class Connection:
         self._new_waiter = outcome_waiter()
         self._new_scope: type[anyio.CancelScope] = type(anyio.CancelScope())
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._ancillary = SocketAncillary()  # the reader's
         self._inbox: deque[wire.RawFrame] = deque()  # frames read, not yet taken (whoever reads takes them)
         self._corking = False  # the reader has more requests in hand: let replies pile up
         self._reading_over = anyio.Event()
@@ -131,10 +123,7 @@ class Connection:
         return self.core.describe_calls()
 
     def _peer_hung_up(self) -> bool:
-        try:
-            return peer_hung_up(self._transport.socket)
-        except (RuntimeError, ClientClosedError):
-            return True
+        return peer_hung_up(self._io.sock)
 
     # -- reading --------------------------------------------------------------
 
@@ -145,12 +134,12 @@ class Connection:
         once the reading is over. Every frame taken counts against the
         reader's turn (READER_BUDGET), calls or not, so a flood of cancels,
         credit or junk cannot starve other connections."""
-        transport, core, inbox = self._transport, self.core, self._inbox
+        io, core, inbox = self._io, self.core, self._inbox
         output, step, intake = self._output, self._runner.step, self._intake
         budget = READER_BUDGET
         while True:
             if not inbox or not core.wants_input():
-                if not core.wants_input() or core.stray_fds(transport.buffered_size() > 0) is not None:
+                if not core.wants_input() or core.stray_fds(io.buffered_size() > 0) is not None:
                     await output.flush()  # the peer does not read: wait for it before taking more
                     if core.closing is not None:
                         return None
@@ -186,7 +175,7 @@ class Connection:
             if type(event) is ServerCall:
                 event.engine = worker
                 worker.current = event
-                self._corking = bool(inbox) or transport.buffered_size() > 0
+                self._corking = bool(inbox) or io.buffered_size() > 0
                 try:
                     blocked = step(event)
                 finally:
@@ -232,8 +221,7 @@ class Connection:
         scope = self._wait_scope
         if self._waiting_plain and self.core.closing is not None:
             # the core closed it (its output went over the budget): end the reader's wait
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RD)
+            self._io.shutdown(socket.SHUT_RD)
             return
         if scope is not None:
             if self.core.closing is not None:  # the core closed it: the reader stops waiting
@@ -326,12 +314,13 @@ class Connection:
     async def abort(self) -> None:
         """The grace period is over: answer what is left ``ShuttingDown``
         and tell the peer, as far as the socket takes it without waiting;
-        then close the transport (sends blocked on a peer that does not read
-        fail) and cancel the calls."""
+        then close the socket (a write blocked on a peer that does not read
+        fails; it is let give up) and cancel the calls."""
         left = self.core.cut_off()
         if not self._output.writing:
             self._output.flush_nowait()  # a short write is not finished: the connection closes
         self.peer._close()
-        await self._transport.aclose()
+        self._io.close()
+        await self._output.wait_idle()
         for call in left:
             self._cancel(call)

@@ -17,17 +17,15 @@ import logging
 import math
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
-from ..._core import wire
 from ..._core.server import Admission
 from ..._ratelog import RateLimitedLog
 from ...address import UnixSocketAddress
-from ...exceptions import ClientClosedError
-from ...transport.async_client import AsyncUnixStreamClient
+from ...peer import read_peer
 from ..binding import BoundListener
 from ..config import ServerConfig
 from ..kit import (
@@ -36,10 +34,11 @@ from ..kit import (
     Refused,
     check_listeners,
     connection_limits,
-    grace_elapsed,
+    drain,
     raise_fd_limit,
 )
 from ..lifecycle import Lifecycle
+from ..sockio import LoopServerSocket
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ class AnyioEngine:
         self._stop_event: anyio.Event | None = None
         self._enter: Callable[[Callable[[], None]], object] | None = None
         self._grace: float | None = None  # set by stop()
-        self._drain_scope: anyio.CancelScope | None = None
         self.lifecycle: Lifecycle | None = None
         total, per_uid = connection_limits(
             config.max_connections, config.max_connections_per_uid, 1, fd_limit := raise_fd_limit()
@@ -105,9 +103,6 @@ class AnyioEngine:
             self._stop_event.set()
             for connection in self.connections:  # streams would never end by themselves
                 connection.end_streams()
-        scope, grace = self._drain_scope, self._grace
-        if scope is not None and grace is not None:
-            scope.deadline = min(scope.deadline, anyio.current_time() + grace)
 
     async def serve(
         self, listeners: list[BoundListener], task_status: anyio.abc.TaskStatus[UnixSocketAddress]
@@ -153,15 +148,14 @@ class AnyioEngine:
                 lifecycle.reloaded()
 
     async def _drain(self) -> None:
-        grace = self._grace if self._grace is not None else self._config.shutdown_grace
-        with anyio.CancelScope(deadline=anyio.current_time() + grace if grace > 0 else -math.inf) as scope:
-            self._drain_scope = scope
-            while any(connection.busy() for connection in self.connections):
-                await anyio.sleep(0.01)
-        self._drain_scope = None
-        if scope.cancelled_caught:
-            running = [line for c in self.connections for line in c.describe_calls()]
-            grace_elapsed(grace, running)
+        began, config = anyio.current_time(), self._config
+        while True:
+            # (a later stop(), a second signal, may have shortened the grace)
+            grace = self._grace if self._grace is not None else config.shutdown_grace
+            pause = drain(began, anyio.current_time(), grace, self.connections)
+            if pause is None:
+                break
+            await anyio.sleep(pause)
         with anyio.CancelScope(shield=True):
             for connection in list(self.connections):
                 await connection.abort()
@@ -185,19 +179,23 @@ class AnyioEngine:
 
     async def _serve_connection(self, conn: socket.socket, only: str | None) -> None:
         config = self._config
-        transport: AsyncUnixStreamClient[Any, Any] = AsyncUnixStreamClient(
-            conn, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE, keep_large_buffers=False
-        )
-        async with transport:
+        try:
+            conn.setblocking(False)
+            peer = read_peer(conn)
+        except OSError:
+            conn.close()
+            return
+        refusal = self._admission.admit(peer.uid, peer.pid)
+        if refusal is not None:
+            peer._close()
             try:
-                peer = transport.get_peer_credentials()
-            except (OSError, ClientClosedError):
-                return
-            refusal = self._admission.admit(peer.uid, peer.pid)
-            if refusal is not None:
                 await self._refuse(conn, refusal, only)
-                return
-            connection = Connection(config, transport, next(config.connection_ids), conn)
+            finally:
+                conn.close()
+            return
+        io = LoopServerSocket(conn, config.protocol, config.ancillary_bufsize)
+        try:
+            connection = Connection(config, io, next(config.connection_ids), peer)
             connection.core.listener_wire = only
             self.connections.add(connection)
             try:
@@ -205,6 +203,9 @@ class AnyioEngine:
             finally:
                 self.connections.discard(connection)
                 self._admission.release(peer.uid)
+        finally:
+            peer._close()  # (before the socket closes; idempotent)
+            io.close()
 
     async def _refuse(self, conn: socket.socket, refusal: str, only: str | None) -> None:
         """Tell the peer why it is refused in its wire's words (``kit.Refused``),

@@ -17,12 +17,7 @@ import anyio
 
 from ..._core import wire
 from ..._core.server.wires import VARLINK
-from ...exceptions import (
-    AncillaryDataTruncatedError,
-    ClientClosedError,
-    ConnectionBrokenError,
-    StreamProtocolParseError,
-)
+from ...exceptions import StreamProtocolParseError
 from ..kit import NO_BYTE, first_byte
 
 if TYPE_CHECKING:
@@ -34,44 +29,39 @@ __all__ = ["Intake", "loop_clock"]
 class Intake:
     """Reads one connection (see the module docstring)."""
 
-    __slots__ = ("_ancillary", "_bufsize", "_conn", "_core", "_output", "_transport")
+    __slots__ = ("_conn", "_core", "_io", "_output")
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
         self._core = connection.core
-        self._transport = connection._transport
-        self._ancillary = connection._ancillary  # the reader's
-        self._bufsize = connection._config.ancillary_bufsize
+        self._io = connection._io
         self._output = connection._output
 
     async def receive(self) -> list[wire.RawFrame] | None:
         """One read: the frames it completed (maybe none); None if the
         reading is over (the core said why)."""
-        conn, transport, core, ancillary = self._conn, self._transport, self._core, self._ancillary
+        conn, io, core = self._conn, self._io, self._core
         if conn._choosing and not self.choose_wire():
             return []  # nothing came yet
         try:
-            frames = transport.recv_packets_nowait(ancillary, self._bufsize)
-            if conn._varlink and frames and transport.buffered_size():
-                frames += transport.buffered_packets()  # (the core counts a read's frames)
-        except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
-            core.read_failed(exc)
-            await self._output.flush()
-            return None
-        except (ConnectionBrokenError, ClientClosedError) as exc:
+            frames = io.receive()
+            if conn._varlink and frames and io.buffered_size():
+                frames += io.buffered_frames()  # (the core counts a read's frames)
+        except (StreamProtocolParseError, OSError) as exc:  # (a bad frame, MSG_CTRUNC, the end)
             core.read_failed(exc)
             await self._output.flush()
             return None
         finally:
-            if ancillary:
-                core.receive_fds(ancillary.iter_fds())
-                ancillary.clear()
-        buffered = transport.buffered_size()
+            received = io.fds
+            if received:
+                io.fds = []
+                core.receive_fds(received)
+        buffered = io.buffered_size()
         conn._partial = buffered > 0
         if conn._varlink:
             frames = core.frames_read(frames, buffered > 0)  # which frame the read's descriptors ride on
         if frames or buffered:  # bytes came (or a frame is still half read)
-            excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
+            excess = max(io.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
             now = conn._clock() if buffered or conn._idle_limit else 0.0  # (the time only matters then)
             if core.received(now, partial=buffered > 0, receive_buffer=excess) is not None:
                 await self._output.flush()  # over the server's memory budget
@@ -85,7 +75,7 @@ class Intake:
         if not conn._partial and not conn._idle_limit:  # (the common case: no deadline, no scope)
             conn._waiting_plain = True
             try:
-                await self._transport.wait_for_data()
+                await self._io.wait_readable()
             finally:
                 conn._waiting_plain = False
             return True
@@ -93,7 +83,7 @@ class Intake:
         with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as scope:
             conn._wait_scope = scope  # moved by deadline_changed() when a call ends meanwhile
             try:
-                await self._transport.wait_for_data()
+                await self._io.wait_readable()
             finally:
                 conn._wait_scope = None
         if scope.cancelled_caught and core.on_timer(conn._clock()) is not None:
@@ -105,13 +95,13 @@ class Intake:
         """Let the core choose the wire from the first byte (left unread):
         False if none came yet."""
         conn = self._conn
-        first = first_byte(conn._sock)
+        first = first_byte(self._io.sock)
         if first is None:
             return False
         conn._choosing = False
         if first != NO_BYTE and self._core.choose_wire(first) == VARLINK:
             assert conn._config.varlink_protocol is not None
-            self._transport.switch_protocol(conn._config.varlink_protocol)
+            self._io.switch_protocol(conn._config.varlink_protocol)
             self._core.watch_turns(conn._turn_came)
             conn._varlink = True
         return True

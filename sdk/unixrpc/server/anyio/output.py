@@ -9,10 +9,7 @@ was queued meanwhile, so frames keep their order.
 
 from __future__ import annotations
 
-import array
-import contextlib
 import logging
-import socket
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
@@ -27,19 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["Output"]
 
 logger = logging.getLogger("unixrpc.server")
-_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
 class Output:
     """Writing: empties the core's outbox of one connection (see the module docstring)."""
 
-    __slots__ = ("_conn", "_core", "_new_wakeup", "_sock", "_transport", "_write_done", "writing")
+    __slots__ = ("_conn", "_core", "_io", "_new_wakeup", "_write_done", "writing")
 
     def __init__(self, connection: Connection) -> None:
         self._conn = connection
         self._core = connection.core
-        self._transport = connection._transport
-        self._sock = connection._sock
+        self._io = connection._io
         self._new_wakeup = connection._new_wakeup
         #: a task is finishing a short write (and writes what follows)
         self.writing = False
@@ -57,6 +52,15 @@ class Output:
         if pending is not None:
             await pending
 
+    async def wait_idle(self) -> None:
+        """Wait for a task finishing a short write to be done (it gives up
+        at once on a closed socket)."""
+        if self.writing:
+            done = self._write_done
+            if done is None:
+                done = self._write_done = self._new_wakeup()
+            await done.wait()
+
     def flush_nowait(self) -> Awaitable[None] | None:
         """Write what the core has queued as far as the socket takes it now:
         None when all of it went (or a task finishing a short write will
@@ -64,12 +68,12 @@ class Output:
         writes anything else)."""
         if self.writing:
             return None
-        core = self._core
+        core, io = self._core, self._io
         chunks = core.take_output()
         for index, chunk in enumerate(chunks):
             try:
-                data, cmsgs = _wire(chunk)
-                sent = self._transport.try_send(data, cmsgs)
+                data, fds = _wire(chunk)
+                sent = io.send(data, 0, fds)
             except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a closed FileDescriptor
                 self._give_up(chunks[index:], exc)
                 return None
@@ -83,24 +87,30 @@ class Output:
                 conn.deadline_changed()
         return None
 
-    async def _finish_writes(self, chunks: list[Chunk], sent: int | None) -> None:
+    async def _finish_writes(self, chunks: list[Chunk], sent: int) -> None:
         """Write *chunks*, the first begun with *sent* bytes, then whatever
         the core queued meanwhile (shielded: a frame is never cut)."""
-        core, transport = self._core, self._transport
+        core, io = self._core, self._io
         limit = core.write_timeout
         try:
             with anyio.CancelScope(shield=True):
                 while chunks:
                     for index, chunk in enumerate(chunks):
                         try:
-                            data, cmsgs = _wire(chunk)
+                            data, fds = _wire(chunk)
+                            total = len(data)
                             # (shielded from the call's cancellation, not from the peer that does not read)
                             with anyio.CancelScope(deadline=anyio.current_time() + limit) as timer:
-                                await transport.finish_send(data, sent, cmsgs)
+                                while True:
+                                    sent = io.send(data, sent, fds)
+                                    if sent >= total:
+                                        break
+                                    await io.wait_writable()
                             if timer.cancelled_caught:  # the peer does not read: it goes as if it hung up
+                                if sent:
+                                    io.cut("a send timed out in the middle of a frame")
                                 reason = core.write_timed_out().reason
-                                with contextlib.suppress(OSError):
-                                    self._sock.shutdown(socket.SHUT_RDWR)
+                                io.shutdown()
                                 raise TimeoutError(reason)
                         except (ConnectionError, OSError, ValueError) as exc:
                             self._give_up(chunks[index:], exc)
@@ -123,12 +133,8 @@ class Output:
             self._core.written(chunk, ok=False)
 
 
-def _fd_bytes(fds: list[int]) -> bytes:
-    return array.array("i", fds).tobytes()
-
-
-def _wire(chunk: Chunk) -> tuple[bytes, list[tuple[int, int, bytes]] | None]:
-    """The bytes of *chunk* and the control message carrying its descriptors.
+def _wire(chunk: Chunk) -> tuple[bytes, list[int] | None]:
+    """The bytes of *chunk* and the descriptors that go with its first byte.
 
     Raises:
         ValueError: a descriptor of the frame was closed before it was sent.
@@ -136,4 +142,4 @@ def _wire(chunk: Chunk) -> tuple[bytes, list[tuple[int, int, bytes]] | None]:
     if type(chunk) is bytes:
         return chunk, None
     assert isinstance(chunk, FdFrame)
-    return chunk.data, [(*_RIGHTS, _fd_bytes(chunk.fileno_list()))]
+    return chunk.data, chunk.fileno_list()

@@ -31,11 +31,10 @@ from typing import Any
 
 from ..._core import wire
 from ..._core.server import ServerCall, ServerConnection
-from ...ancillary import SocketAncillary
 from ...peer import Peer
-from ...transport.sync_client import UnixStreamClient
 from ..config import ServerConfig
 from ..kit import peer_hung_up
+from ..sockio import ServerSocket
 from .calls import CallRunner, Parked
 from .intake import READ_ONCE, Intake
 from .loop_thread import LoopThread
@@ -53,9 +52,7 @@ class ThreadConnection:
     ) -> None:
         self._config = config
         self._engine = engine
-        self._transport: UnixStreamClient[wire.RawFrame, wire.RawFrame] = UnixStreamClient(
-            sock, config.protocol, max_recv_size=wire.SERVER_RECV_SIZE, keep_large_buffers=False
-        )
+        self._io = ServerSocket(sock, config.protocol, config.ancillary_bufsize)
         self.connection_id = connection_id
         self.peer = peer  # (its pidfd is closed with the connection)
         self.core = ServerConnection(
@@ -89,8 +86,6 @@ class ThreadConnection:
         self._armed = True
         self._running = 0  # threads running a call
         self._max_running = config.max_threads_per_connection
-        self._ancillary = SocketAncillary()
-        self._bufsize = config.ancillary_bufsize
         self.finished = threading.Event()
         self._fds_closed = False  # epoll and eventfd closed (by _close, or by a shutdown that left a handler)
         self._intake = Intake(self)
@@ -250,10 +245,10 @@ class ThreadConnection:
             chunks = [] if self._writing else self.core.take_output()
         with contextlib.suppress(OSError):
             for chunk in chunks:
-                if type(chunk) is bytes:
-                    self._sock.send(chunk, socket.MSG_DONTWAIT)
+                if type(chunk) is bytes and self._io.send(chunk, 0, None) < len(chunk):
+                    break  # (what follows a cut frame would be garbage)
         self.peer._close()  # its pidfd, before the socket closes
-        self._transport.close()  # no reply gets out any more
+        self._io.close(wait=True)  # no reply gets out any more
         with self._cond:
             for chunk in chunks:
                 self.core.written(chunk, ok=False)
@@ -265,7 +260,7 @@ class ThreadConnection:
 
     def _close(self) -> None:
         self.peer._close()  # its pidfd, before the socket closes
-        self._transport.close()
+        self._io.close(wait=True)
         with self._lock:
             for call in self._runq:  # never got a thread: nothing uses their descriptors
                 self._runner.close_parked(call)

@@ -33,7 +33,7 @@ from ..kit import (
     Refused,
     check_listeners,
     connection_limits,
-    grace_elapsed,
+    drain,
     raise_fd_limit,
 )
 from ..lifecycle import Lifecycle
@@ -291,14 +291,12 @@ class ThreadEngine:
         while True:
             with self.lock:
                 connections = list(self._connections)
-            if not any(c.busy() for c in connections):
-                break
+            # (a later stop(), a second signal, may have shortened the grace)
             grace = self._grace if self._grace is not None else config.shutdown_grace
-            if time.monotonic() >= began + grace:  # a later stop() (a second signal) may have shortened it
-                running = [line for c in connections for line in c.describe_calls()]
-                grace_elapsed(grace, running)
+            pause = drain(began, time.monotonic(), grace, connections)
+            if pause is None:
                 break
-            time.sleep(0.01)
+            time.sleep(pause)
         for connection in connections:
             connection.abort()
         # the threads the abort woke end at once; a handler that does not return is

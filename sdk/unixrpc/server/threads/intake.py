@@ -17,12 +17,7 @@ from typing import TYPE_CHECKING
 from ..._core import wire
 from ..._core.server import Cancel, Close, Grant, ServerCall
 from ..._core.server.wires import VARLINK
-from ...exceptions import (
-    AncillaryDataTruncatedError,
-    ClientClosedError,
-    ConnectionBrokenError,
-    StreamProtocolParseError,
-)
+from ...exceptions import StreamProtocolParseError
 from ..kit import NO_BYTE, first_byte
 from .pool import no_thread
 
@@ -80,7 +75,7 @@ class Intake:
         """Read what the socket has (this thread was woken for it), take it
         in, and re-arm the socket: the call this thread is to run, if any."""
         conn = self._conn
-        core, transport, ancillary = conn.core, conn._transport, conn._ancillary
+        core, io = conn.core, conn._io
         if conn._choosing and not self.choose_wire():
             with conn._lock:  # nothing came yet: wait again
                 conn._waiting -= 1
@@ -91,23 +86,22 @@ class Intake:
         failed: BaseException | None = None  # the read failed: what it means is the core's call
         frames: list[wire.RawFrame] = []
         try:
-            frames = transport.recv_packets_nowait(ancillary, conn._bufsize)
-            if frames and transport.buffered_size() >= wire.HEADER_SIZE:
-                frames += transport.buffered_packets()  # a bad frame behind them: raised now
-        except (StreamProtocolParseError, AncillaryDataTruncatedError) as exc:
-            failed = exc
-        except (ConnectionBrokenError, ClientClosedError, OSError, TimeoutError) as exc:
+            frames = io.receive()
+            if frames and io.buffered_size() >= wire.HEADER_SIZE:
+                frames += io.buffered_frames()  # a bad frame behind them: raised now
+        except (StreamProtocolParseError, OSError) as exc:  # (a bad frame, MSG_CTRUNC, the end)
             failed = exc
         mine: ServerCall | None = None
         now = time.monotonic()
-        partial = transport.buffered_size() > 0
-        excess = max(transport.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
+        partial = io.buffered_size() > 0
+        excess = max(io.receive_buffer_size() - wire.SERVER_RECV_SIZE, 0)
         with conn._lock:
             conn._waiting -= 1
             conn._armed = False
-            if ancillary:
-                core.receive_fds(ancillary.iter_fds())
-                ancillary.clear()
+            received = io.fds
+            if received:
+                io.fds = []
+                core.receive_fds(received)
             if conn._varlink:
                 frames = core.frames_read(frames, partial)  # which frame the read's descriptors ride on
             if core.received(now, partial=partial, receive_buffer=excess) is not None and failed is None:
@@ -155,7 +149,7 @@ class Intake:
             conn._choosing = False
             if first != NO_BYTE and conn.core.choose_wire(first) == VARLINK:
                 assert conn._config.varlink_protocol is not None
-                conn._transport.switch_protocol(conn._config.varlink_protocol)
+                conn._io.switch_protocol(conn._config.varlink_protocol)
                 conn._varlink = True
         return True
 
@@ -222,7 +216,7 @@ class Intake:
             conn._inbox = kept
         if everything:
             return False
-        return not conn._inbox and core.stray_fds(conn._transport.buffered_size() > 0) is not None
+        return not conn._inbox and core.stray_fds(conn._io.buffered_size() > 0) is not None
 
     def on_event(self, event: object) -> bool:  # lock held
         """Act on what a frame caused: True if the reading is over."""

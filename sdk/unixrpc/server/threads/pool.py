@@ -219,7 +219,7 @@ class Pool:
             and conn._armed
             and not conn._reading_over
             and not conn._fds_closed
-            and conn._transport.buffered_size() == 0
+            and conn._io.buffered_size() == 0
             and conn._intake.read_deadline() is None
         ):
             conn._threads = 0

@@ -7,10 +7,7 @@ gone, and frames held back while it did not read are taken in after.
 
 from __future__ import annotations
 
-import array
-import contextlib
 import logging
-import socket
 from typing import TYPE_CHECKING
 
 from ..._core.server import Chunk, FdFrame
@@ -21,7 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["Writer"]
 
 logger = logging.getLogger("unixrpc.server")
-_RIGHTS = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
 class Writer:
@@ -47,24 +43,22 @@ class Writer:
         """Write *chunks* (this thread set ``_writing``), then what was
         queued meanwhile, until nothing is left."""
         conn = self._conn
-        core, lock, transport = conn.core, conn._lock, conn._transport
+        core, lock, io = conn.core, conn._lock, conn._io
         limit = conn._config.rules.write_timeout  # (each write: then the peer is taken not to read)
         while True:
             done = 0
             try:
                 for chunk in chunks:
                     if type(chunk) is bytes:
-                        transport.send_data(chunk, timeout=limit)
+                        io.send_within(chunk, None, limit)
                     else:
                         assert isinstance(chunk, FdFrame)
-                        fds = array.array("i", chunk.fileno_list()).tobytes()
-                        transport.send_data(chunk.data, [(*_RIGHTS, fds)], timeout=limit)
+                        io.send_within(chunk.data, chunk.fileno_list(), limit)
                     done += 1
             except TimeoutError:  # the peer does not read: it goes as if it hung up
                 with lock:
                     core.write_timed_out()  # (before the shutdown: a reader would take it for the peer's)
-                with contextlib.suppress(OSError):
-                    conn._sock.shutdown(socket.SHUT_RDWR)
+                io.shutdown()
             except (ConnectionError, OSError, ValueError) as exc:  # ValueError: a closed FileDescriptor
                 logger.debug("connection %d: replies not sent: %s", conn.connection_id, exc)
             except BaseException:

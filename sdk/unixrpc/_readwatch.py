@@ -13,7 +13,8 @@ unregisters on the second (the reader is busy elsewhere); the next wait
 registers again. On trio, ``trio.lowlevel.wait_readable`` is already what
 trio offers, and anyio's call is used as is.
 
-Rules: one task waits at a time (the transport's receive lock sees to it);
+Rules: one task waits at a time (the async transport's receive lock, or the
+server engine's single reader, sees to it);
 :meth:`ReadWatch.stop` runs before the socket is closed, so the selector never
 holds a closed descriptor. Never imports the RPC layers.
 """
