@@ -248,7 +248,7 @@ class AsyncConnection:
                 try:
                     if lone and not raw.buffered_size():  # nothing to read yet: wait first
                         lone = False
-                        frames = [await raw.recv_packet_after_empty(ancillary, bufsize)]
+                        frames = await raw.recv_packets_after_wait(ancillary, bufsize)
                     else:
                         frames = raw.recv_packets_nowait(ancillary, bufsize)
                     if not frames:

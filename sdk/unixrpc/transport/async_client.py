@@ -552,6 +552,35 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         self._recv_lock.acquire_nowait()
         return await self._recv_holding_lock(ancillary, bufsize, found_empty=self._recv_broken is None)
 
+    async def recv_packets_after_wait(
+        self, ancillary: SocketAncillary | None, bufsize: int
+    ) -> list[ReceivedT]:
+        """Driver interface. Wait for the socket to be readable, then read
+        once and return every whole packet (at least one: reads and waits on
+        until one is whole), for a caller that found nothing buffered and
+        knows nothing can be in the socket yet (a lone request was just
+        written), with no task receiving. One coroutine: this is each wait
+        of a sequential caller. Errors as :meth:`recv_packet`."""
+        lock = self._recv_lock
+        lock.acquire_nowait()
+        try:
+            if self._recv_broken is None:
+                watch = self._read_watch
+                if watch is not None and not self._receiver.kept:
+                    self._connected_socket()
+                    await watch.wait()
+                else:
+                    await self._wait_readable(self._connected_socket(), None)
+                if self._read_once(self._connected_socket(), ancillary, bufsize):
+                    packets = self._receiver.next_packets()
+                    if packets:
+                        return packets
+            return [await self._recv_locked(ancillary, bufsize, None)]
+        finally:
+            lock.release()
+            if self._closed and self._sock is not None:
+                self._close_socket(self._sock)
+
     async def _recv_holding_lock(
         self, ancillary: SocketAncillary | None, bufsize: int, *, found_empty: bool
     ) -> ReceivedT:
