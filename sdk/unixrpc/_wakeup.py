@@ -32,13 +32,17 @@ class Wakeup(Protocol):
     def wait(self) -> Awaitable[Any]: ...
 
 
+_Future = asyncio.Future
+
+
 class _FutureWakeup:
     """asyncio: a future the waiter awaits directly."""
 
     __slots__ = ("_future",)
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._future: asyncio.Future[None] = loop.create_future()
+        # the C future's constructor, where loop.create_future() is a Python frame around it
+        self._future: asyncio.Future[None] = _Future(loop=loop)
 
     def set(self) -> None:
         future = self._future

@@ -29,6 +29,9 @@ import anyio
 __all__ = ["ReadWatch", "read_watch"]
 
 
+_Future = asyncio.Future
+
+
 class ReadWatch:
     """Waits for one socket to become readable (the anyio fallback; trio)."""
 
@@ -77,7 +80,7 @@ class _AsyncioReadWatch(ReadWatch):
         if self._idle_turns < 0:
             self._loop.add_reader(self._fd, self._readable)
         self._idle_turns = 0
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = _Future(loop=self._loop)  # loop.create_future() is a Python frame around it
         try:
             await waiter
         finally:
