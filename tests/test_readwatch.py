@@ -143,3 +143,35 @@ async def test_transport_unregisters_before_closing(anyio_backend: str) -> None:
                 assert await reuse.recv_packet() == "and after a wait"
             await reuse.aclose()
     assert open_fds() <= before
+
+
+@pytest.mark.anyio
+async def test_receive_lock_first_come_and_cancelled_waiter(anyio_backend: str) -> None:
+    """Readers queued on the transport's receive lock get packets in arrival
+    order; one cancelled while queued leaves its place to the next."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with b:
+        client = AsyncUnixStreamClient(a, lp_json())
+        async with client:
+            got: list[tuple[str, object]] = []
+            doomed = anyio.CancelScope()
+
+            async def reader(name: str, scope: anyio.CancelScope | None = None) -> None:
+                with scope or anyio.CancelScope():
+                    got.append((name, await client.recv_packet()))
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    for name, scope in (
+                        ("first", None),
+                        ("second", doomed),
+                        ("third", None),
+                        ("fourth", None),
+                    ):
+                        tg.start_soon(reader, name, scope)
+                        await anyio.wait_all_tasks_blocked()
+                    doomed.cancel()
+                    await anyio.wait_all_tasks_blocked()
+                    b.sendall(lp_frame(1) + lp_frame(2) + lp_frame(3))
+            assert got == [("first", 1), ("third", 2), ("fourth", 3)]
+            assert not client._recv_lock.locked()

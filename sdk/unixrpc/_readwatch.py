@@ -11,7 +11,8 @@ readable socket nobody waits on would wake the loop on every turn: the watch
 tolerates one such turn (the reader was woken and is about to read) and
 unregisters on the second (the reader is busy elsewhere); the next wait
 registers again. On trio, ``trio.lowlevel.wait_readable`` is already what
-trio offers, and anyio's call is used as is.
+trio offers: it is called directly (anyio's call looks the backend up on
+every wait first), with anyio's exceptions as anyio raises them.
 
 Rules: one task waits at a time (the async transport's receive lock, or the
 server engine's single reader, sees to it);
@@ -27,6 +28,9 @@ import socket
 import anyio
 
 __all__ = ["ReadWatch", "read_watch"]
+
+
+_Future = asyncio.Future
 
 
 class ReadWatch:
@@ -77,7 +81,7 @@ class _AsyncioReadWatch(ReadWatch):
         if self._idle_turns < 0:
             self._loop.add_reader(self._fd, self._readable)
         self._idle_turns = 0
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = _Future(loop=self._loop)  # loop.create_future() is a Python frame around it
         try:
             await waiter
         finally:
@@ -90,11 +94,41 @@ class _AsyncioReadWatch(ReadWatch):
             self._loop.remove_reader(self._fd)
 
 
+class _TrioReadWatch(ReadWatch):
+    """trio: ``trio.lowlevel.wait_readable`` without anyio's dispatch (made
+    inside trio only)."""
+
+    __slots__ = ("_trio",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        import trio
+
+        self._trio = trio
+
+    async def wait(self) -> None:
+        trio = self._trio
+        try:
+            await trio.lowlevel.wait_readable(self._sock)
+        except trio.ClosedResourceError as exc:
+            raise anyio.ClosedResourceError().with_traceback(exc.__traceback__) from None
+        except trio.BusyResourceError:
+            raise anyio.BusyResourceError("reading from") from None
+
+
 def read_watch(sock: socket.socket) -> ReadWatch:
     """The watch for *sock* under the running event loop (call it in the
     loop that will wait on it)."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:  # trio
+    except RuntimeError:
+        pass
+    else:
+        return _AsyncioReadWatch(sock, loop)
+    try:
+        import trio
+
+        trio.lowlevel.current_task()
+    except (ImportError, RuntimeError):  # pragma: no cover - anyio runs on asyncio or trio
         return ReadWatch(sock)
-    return _AsyncioReadWatch(sock, loop)
+    return _TrioReadWatch(sock)

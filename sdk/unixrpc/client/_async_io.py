@@ -150,12 +150,18 @@ class AsyncConnection:
         except (StreamProtocolParseError, ConnectionError):
             return
 
-    async def wait(self, slot: CallSlot) -> None:
+    async def wait(self, slot: CallSlot, *, lone: bool = False) -> None:
         """Wait for a message of *slot*, until its deadline. If no task is
         reading, read for everyone (no reader task: the caller reads its own
         reply); else wait to be handed a message, or the reader role.
         Cancelled or timed out, the call is given up and the server told
-        (one coroutine, not two: this is on every call's path)."""
+        (one coroutine, not two: this is on every call's path).
+
+        *lone*: *slot*'s request was just written with no other call in
+        flight, so its reply cannot be in yet: the first read waits for the
+        socket to be readable instead of trying first (a read that finds
+        nothing is a syscall and an exception; the wait returns at once if
+        the reply is in after all)."""
         core = self.core
         deadline = slot.deadline
         try:
@@ -166,7 +172,7 @@ class AsyncConnection:
                     if not self._reading:
                         self._reading = True
                         try:
-                            await self._read_until(slot)
+                            await self._read_until(slot, lone)
                         finally:
                             self._reading = False
                             self._pass_reading()
@@ -230,7 +236,7 @@ class AsyncConnection:
             return None
         return cancel
 
-    async def _read_until(self, slot: CallSlot) -> None:
+    async def _read_until(self, slot: CallSlot, lone: bool = False) -> None:
         """Read frames and hand them to the core until *slot* has one, then
         the frames already in hand too (without waiting): each one left
         would cost another caller a turn at reading. Cancelling it loses
@@ -240,7 +246,11 @@ class AsyncConnection:
         try:
             while True:
                 try:
-                    frames = raw.recv_packets_nowait(ancillary, bufsize)
+                    if lone and not raw.buffered_size():  # nothing to read yet: wait first
+                        lone = False
+                        frames = await raw.recv_packets_after_wait(ancillary, bufsize)
+                    else:
+                        frames = raw.recv_packets_nowait(ancillary, bufsize)
                     if not frames:
                         if slot.messages:
                             return

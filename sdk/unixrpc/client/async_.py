@@ -200,7 +200,7 @@ class AsyncClient:
         else:
             slot = await conn.writer.start_call(spec, params, fd_context, timeout)
         if not slot.messages:
-            await conn.wait(slot)
+            await conn.wait(slot, lone=len(conn.core) == 1)
         (kind, envelope, fds), cancel = conn.core.take(slot)
         if cancel is not None:  # an item for this unary call: the server erred, the call is given up
             conn.writer.cancel_later(cancel)

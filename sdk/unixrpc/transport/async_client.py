@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
+from collections import deque
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Generic, Self, TypeVar
@@ -50,6 +51,58 @@ SentT = TypeVar("SentT")
 ReceivedT = TypeVar("ReceivedT")
 
 _CONNECT_RETRY_MAX = 0.05
+
+
+class _ReceiveLock:
+    """The receive lock: ``anyio.Lock(fast_acquire=True)`` as this client
+    uses it (first come, first served; taking a free lock is no checkpoint),
+    without the owner-task lookup anyio's does on each acquire and release
+    (on asyncio before 3.12 each is a ``getpid`` syscall, and a sequential
+    caller takes this lock on every reply it waits for). It is released by
+    the task that took it; ownership passes straight to the next waiter."""
+
+    __slots__ = ("_held", "_waiters")
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        """Raises: anyio.WouldBlock if held."""
+        if self._held:
+            raise anyio.WouldBlock
+        self._held = True
+
+    async def acquire(self) -> None:
+        if not self._held:
+            self._held = True
+            return
+        event = anyio.Event()
+        self._waiters.append(event)
+        try:
+            await event.wait()
+        except BaseException:
+            if event.is_set():  # handed the lock as this task was cancelled: pass it on
+                self.release()
+            else:
+                self._waiters.remove(event)
+            raise
+
+    def release(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            waiters.popleft().set()  # stays held, by the waiter now
+        else:
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
@@ -128,7 +181,7 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         self._sock: socket.socket | None = None
         self._connect_lock = anyio.Lock()
         self._send_lock = anyio.Lock(fast_acquire=True)
-        self._recv_lock = anyio.Lock(fast_acquire=True)
+        self._recv_lock = _ReceiveLock()
         self._closed = False
         self._eof_sent = False
         self._send_broken: ConnectionBrokenError | None = None
@@ -498,6 +551,35 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         await in between): wait for data before reading again."""
         self._recv_lock.acquire_nowait()
         return await self._recv_holding_lock(ancillary, bufsize, found_empty=self._recv_broken is None)
+
+    async def recv_packets_after_wait(
+        self, ancillary: SocketAncillary | None, bufsize: int
+    ) -> list[ReceivedT]:
+        """Driver interface. Wait for the socket to be readable, then read
+        once and return every whole packet (at least one: reads and waits on
+        until one is whole), for a caller that found nothing buffered and
+        knows nothing can be in the socket yet (a lone request was just
+        written), with no task receiving. One coroutine: this is each wait
+        of a sequential caller. Errors as :meth:`recv_packet`."""
+        lock = self._recv_lock
+        lock.acquire_nowait()
+        try:
+            if self._recv_broken is None:
+                watch = self._read_watch
+                if watch is not None and not self._receiver.kept:
+                    self._connected_socket()
+                    await watch.wait()
+                else:
+                    await self._wait_readable(self._connected_socket(), None)
+                if self._read_once(self._connected_socket(), ancillary, bufsize):
+                    packets = self._receiver.next_packets()
+                    if packets:
+                        return packets
+            return [await self._recv_locked(ancillary, bufsize, None)]
+        finally:
+            lock.release()
+            if self._closed and self._sock is not None:
+                self._close_socket(self._sock)
 
     async def _recv_holding_lock(
         self, ancillary: SocketAncillary | None, bufsize: int, *, found_empty: bool
