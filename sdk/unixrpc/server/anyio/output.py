@@ -45,7 +45,7 @@ class Output:
         for a task finishing a short write to be done)."""
         if self.writing:
             done = self._write_done
-            if done is None:  # (a trio.Event has no truth value)
+            if done is None:
                 done = self._write_done = self._new_wakeup()
             await done.wait()
         pending = self.flush_nowait()
