@@ -296,27 +296,9 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         """The protocol given at construction."""
         return self._protocol
 
-    def switch_protocol(self, protocol: StreamProtocol[SentT, ReceivedT]) -> None:
-        """Driver interface: split what is received from now on with
-        *protocol* (a server that chooses the wire from a connection's first
-        byte, seen with ``MSG_PEEK``, before reading anything).
-
-        Raises:
-            RuntimeError: bytes were received already.
-        """
-        if self._receiver.buffered_size():
-            raise RuntimeError("can't switch protocols with bytes received")
-        self._receiver = protocol.receiver(self._receiver.max_recv_size)
-        self._protocol = protocol
-
     def buffered_size(self) -> int:
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()
-
-    def receive_buffer_size(self) -> int:
-        """Driver interface: bytes of receive buffer held now (the read size
-        between frames, up to a large frame's size while it arrives)."""
-        return self._receiver.allocated_size()
 
     def is_closing(self) -> bool:
         """True once :meth:`aclose` was called."""
@@ -527,25 +509,6 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
             return packet
         return await self.recv_packet_after_empty(ancillary_data, bufsize)
 
-    async def wait_for_data(self) -> None:
-        """Driver interface: wait until the socket has something to read (or
-        an end), right after :meth:`recv_packets_nowait` found nothing; the
-        caller then reads with :meth:`recv_packets_nowait` again. Lets the
-        server look at every read (budgets, timeouts) while a large frame
-        arrives.
-
-        Raises:
-            ClientClosedError: the client was closed.
-        """
-        self._recv_lock.acquire_nowait()
-        try:
-            if self._recv_broken is None:
-                await self._wait_readable(self._connected_socket(), None)
-        finally:
-            self._recv_lock.release()
-            if self._closed and self._sock is not None:
-                self._close_socket(self._sock)
-
     async def recv_packet_after_empty(self, ancillary: SocketAncillary | None, bufsize: int) -> ReceivedT:
         """Driver interface. recv_packet() right after :meth:`_recv_nowait` found nothing (no
         await in between): wait for data before reading again."""
@@ -600,16 +563,6 @@ class AsyncUnixStreamClient(Generic[SentT, ReceivedT]):
         if packet is NEED_DATA and self._recv_broken is None and self._read_once(sock, ancillary, bufsize):
             packet = self._receiver.next_packet()
         return packet
-
-    def buffered_packets(self) -> list[ReceivedT]:
-        """Driver interface: every whole packet already buffered, without
-        reading (after :meth:`recv_packets_nowait` returned some, what it
-        left: a bad frame behind them is raised here).
-
-        Raises:
-            StreamProtocolParseError: as :meth:`recv_packet`.
-        """
-        return self._receiver.next_packets()
 
     def recv_packets_nowait(self, ancillary: SocketAncillary | None, bufsize: int) -> list[ReceivedT]:
         """Driver interface. Every whole packet buffered, after one read without waiting if

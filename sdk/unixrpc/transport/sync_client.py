@@ -200,27 +200,9 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
         """True once :meth:`close` was called."""
         return self._closed
 
-    def switch_protocol(self, protocol: StreamProtocol[SentT, ReceivedT]) -> None:
-        """Driver interface: split what is received from now on with
-        *protocol* (a server that chooses the wire from a connection's first
-        byte, seen with ``MSG_PEEK``, before reading anything).
-
-        Raises:
-            RuntimeError: bytes were received already.
-        """
-        if self._receiver.buffered_size():
-            raise RuntimeError("can't switch protocols with bytes received")
-        self._receiver = protocol.receiver(self._receiver.max_recv_size)
-        self._protocol = protocol
-
     def buffered_size(self) -> int:
         """Bytes received but not yet returned as packets."""
         return self._receiver.buffered_size()
-
-    def receive_buffer_size(self) -> int:
-        """Driver interface: bytes of receive buffer held now (the read size
-        between frames, up to a large frame's size while it arrives)."""
-        return self._receiver.allocated_size()
 
     def get_peer_name(self) -> UnixSocketAddress:
         """The address the client is connected to."""
@@ -507,17 +489,6 @@ class UnixStreamClient(Generic[SentT, ReceivedT]):
             self._recv_lock.release()
             if self._closed:
                 self._close_socket_if_idle()
-
-    def buffered_packets(self) -> list[ReceivedT]:
-        """Driver interface: every whole packet already buffered, without
-        reading (after :meth:`recv_packets_nowait` returned some, what it
-        left: a bad frame behind them is raised here).
-
-        Raises:
-            StreamProtocolParseError: as :meth:`recv_packet`.
-        """
-        with self._recv_lock:
-            return self._receiver.next_packets()
 
     def _read_once(self, ancillary: SocketAncillary | None, bufsize: int) -> None:
         """One read that does not wait, into the receive buffer (lock held)."""
