@@ -19,7 +19,7 @@ from unixrpc._core import wire
 from unixrpc._core.framing import FrameSerializer
 from unixrpc.exceptions import AncillaryDataTruncatedError, ConnectionBrokenError
 from unixrpc.protocol import StreamProtocol
-from unixrpc.server.kit import DRAIN_POLL, drain
+from unixrpc.server.kit import DRAIN_POLL, Shutdown, drain
 from unixrpc.server.sockio import ServerSocket
 
 
@@ -134,12 +134,16 @@ def test_send_within_times_out(pair: tuple[ServerSocket, socket.socket]) -> None
 class _Conn:
     def __init__(self, busy: bool) -> None:
         self._busy = busy
+        self.streams_ended = 0
 
     def busy(self) -> bool:
         return self._busy
 
     def describe_calls(self) -> list[str]:
         return ["Slow (id 1)"] if self._busy else []
+
+    def end_streams(self) -> None:
+        self.streams_ended += 1
 
 
 def test_the_drain_waits_while_busy_within_the_grace(caplog: pytest.LogCaptureFixture) -> None:
@@ -150,3 +154,32 @@ def test_the_drain_waits_while_busy_within_the_grace(caplog: pytest.LogCaptureFi
     assert drain(0.0, 1.0, 1.0, [_Conn(True)]) is None  # the grace passed: over, and said
     assert "cancelling 1 calls: Slow (id 1)" in caplog.text
     assert drain(0.0, 0.0, 0.0, [_Conn(True)]) is None  # no grace: over at once
+
+
+def test_the_shutdown_sequence_grace_hurried_streams_ended_once() -> None:
+    """kit.Shutdown, what both engines run: the first request starts it, a
+    shorter grace hurries it, a longer one is ignored, no grace means the
+    server's; begin() ends each stream once and starts the grace's clock."""
+    shutdown = Shutdown(default_grace=10.0)
+    assert not shutdown.requested
+    assert shutdown.request(5.0) is True
+    assert shutdown.request(8.0) is False
+    assert shutdown.grace == 5.0
+    assert shutdown.request(2.0) is False
+    assert shutdown.grace == 2.0
+    busy, idle = _Conn(True), _Conn(False)
+    shutdown.begin(100.0, [busy, idle])
+    assert (busy.streams_ended, idle.streams_ended) == (1, 1)
+    assert shutdown.pause(101.0, [busy, idle]) == DRAIN_POLL
+    assert shutdown.pause(102.0, [busy, idle]) is None  # 2 s of grace from 100.0
+    assert shutdown.pause(100.5, [idle]) is None  # nothing busy: over at once
+    assert Shutdown(3.0).request() is True
+
+
+def test_a_shutdown_not_asked_a_grace_takes_the_servers() -> None:
+    shutdown = Shutdown(default_grace=3.0)
+    shutdown.request()
+    assert shutdown.grace == 3.0
+    shutdown.begin(0.0, [])
+    assert shutdown.pause(2.9, [_Conn(True)]) == DRAIN_POLL
+    assert shutdown.pause(3.0, [_Conn(True)]) is None

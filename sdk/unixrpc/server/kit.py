@@ -2,7 +2,7 @@
 peer hung up, refusing a connection (:class:`Refused`: what the peer is
 told on each wire, and how many refused connections may linger at once),
 the limits an engine must honour while it waits and moves bytes, and when
-a shutdown stops waiting for busy connections (:func:`drain`). A
+the shutdown sequence (:class:`Shutdown`, :func:`drain`). A
 connection's socket I/O is :mod:`.sockio`'s.
 
 Engines (the anyio engine, the threads engine) import this; it imports
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LINGER_SECONDS",
     "Refused",
+    "Shutdown",
     "DRAIN_POLL",
     "Draining",
     "check_listeners",
@@ -129,7 +130,7 @@ DRAIN_POLL: Final = 0.01
 
 
 class Draining(Protocol):
-    """What the shutdown drain asks of an engine's connection."""
+    """What the shutdown asks of an engine's connection."""
 
     def busy(self) -> bool:
         """Calls in flight, or replies not yet written."""
@@ -137,6 +138,10 @@ class Draining(Protocol):
 
     def describe_calls(self) -> list[str]:
         """The calls in flight, for the log (the core's wording)."""
+        ...
+
+    def end_streams(self) -> None:
+        """Tell the streams in flight to end (they would never end by themselves)."""
         ...
 
 
@@ -156,6 +161,61 @@ def drain(began: float, now: float, grace: float, connections: Iterable[Draining
         grace_elapsed(grace, [line for connection in connections for line in connection.describe_calls()])
         return None
     return min(DRAIN_POLL, began + grace - now)
+
+
+class Shutdown:
+    """The shutdown sequence, the same on every engine:
+
+    1. :meth:`request` (from any thread or a signal handler, through the
+       engine's ``stop``): the first request starts it; a later one with a
+       shorter grace hurries it, a longer one changes nothing.
+    2. The engine stops accepting and closes its listeners, then calls
+       :meth:`begin`: every stream in flight is told to end.
+    3. The engine waits :meth:`pause` seconds while it is not None (calls in
+       flight and unsent replies, at most the grace; :func:`drain`).
+    4. The engine aborts every connection that is left (the core's
+       ``cut_off``) and ends its own threads or tasks.
+
+    Args:
+        default_grace: the server's ``shutdown_grace``, for a shutdown
+            requested without one.
+    """
+
+    __slots__ = ("_began", "_default", "grace")
+
+    def __init__(self, default_grace: float) -> None:
+        self._default = default_grace
+        #: the grace asked for (None: no shutdown requested yet)
+        self.grace: float | None = None
+        self._began = 0.0
+
+    @property
+    def requested(self) -> bool:
+        """A shutdown was requested."""
+        return self.grace is not None
+
+    def request(self, grace: float | None = None) -> bool:
+        """Ask for a shutdown with *grace* seconds for calls in flight
+        (None: the server's ``shutdown_grace``). Returns True for the
+        request that started it."""
+        if grace is None:
+            grace = self._default
+        first = self.grace is None
+        if self.grace is None or grace < self.grace:
+            self.grace = grace
+        return first
+
+    def begin(self, now: float, connections: Iterable[Draining]) -> None:
+        """Accepting has stopped: tell the streams in flight to end, and
+        start the grace's clock at *now*."""
+        self._began = now
+        for connection in connections:
+            connection.end_streams()
+
+    def pause(self, now: float, connections: Iterable[Draining]) -> float | None:
+        """How long to wait before asking again, or None: abort what is left."""
+        grace = self.grace if self.grace is not None else self._default
+        return drain(self._began, now, grace, connections)
 
 
 #: what :func:`first_byte` says of a connection that ended (or failed) before its first byte

@@ -32,9 +32,9 @@ from ..kit import (
     LINGER_SECONDS,
     MAX_LINGERING,
     Refused,
+    Shutdown,
     check_listeners,
     connection_limits,
-    drain,
     raise_fd_limit,
 )
 from ..lifecycle import Lifecycle
@@ -71,7 +71,7 @@ class AnyioEngine:
         self.connections: set[Connection] = set()
         self._stop_event: anyio.Event | None = None
         self._enter: Callable[[Callable[[], None]], object] | None = None
-        self._grace: float | None = None  # set by stop()
+        self._shutdown = Shutdown(config.shutdown_grace)
         self.lifecycle: Lifecycle | None = None
         total, per_uid = connection_limits(
             config.max_connections, config.max_connections_per_uid, 1, fd_limit := raise_fd_limit()
@@ -85,8 +85,7 @@ class AnyioEngine:
     def stop(self, grace: float) -> None:
         """Begin a shutdown with *grace* seconds for calls in flight (a
         shorter grace given later hurries a shutdown in progress)."""
-        if self._grace is None or grace < self._grace:
-            self._grace = grace
+        self._shutdown.request(grace)
         if self.lifecycle is not None:
             self.lifecycle.stopping()
         enter = self._enter
@@ -101,8 +100,6 @@ class AnyioEngine:
     def _on_stop(self) -> None:  # in the loop
         if self._stop_event is not None:
             self._stop_event.set()
-            for connection in self.connections:  # streams would never end by themselves
-                connection.end_streams()
 
     async def serve(
         self, listeners: list[BoundListener], task_status: anyio.abc.TaskStatus[UnixSocketAddress]
@@ -111,7 +108,7 @@ class AnyioEngine:
         self._stop_event = anyio.Event()
         enter = self._enter = _threadsafe_entry()
         lifecycle = self.lifecycle = Lifecycle(self._server, lambda: enter(self._poke))
-        if self._grace is not None:  # stopped before it began
+        if self._shutdown.requested:  # stopped before it began
             self._stop_event.set()
         async with anyio.create_task_group() as task_group:
             accept_scopes = [anyio.CancelScope() for _ in listeners]
@@ -148,13 +145,10 @@ class AnyioEngine:
                 lifecycle.reloaded()
 
     async def _drain(self) -> None:
-        began, config = anyio.current_time(), self._config
-        while True:
-            # (a later stop(), a second signal, may have shortened the grace)
-            grace = self._grace if self._grace is not None else config.shutdown_grace
-            pause = drain(began, anyio.current_time(), grace, self.connections)
-            if pause is None:
-                break
+        shutdown = self._shutdown
+        shutdown.begin(anyio.current_time(), self.connections)
+        # (a later stop(), a second signal, may shorten the grace meanwhile)
+        while (pause := shutdown.pause(anyio.current_time(), self.connections)) is not None:
             await anyio.sleep(pause)
         with anyio.CancelScope(shield=True):
             for connection in list(self.connections):

@@ -31,9 +31,9 @@ from ..kit import (
     LINGER_SECONDS,
     MAX_LINGERING,
     Refused,
+    Shutdown,
     check_listeners,
     connection_limits,
-    drain,
     raise_fd_limit,
 )
 from ..lifecycle import Lifecycle
@@ -59,12 +59,11 @@ class ThreadEngine:
         self._connections: set[ThreadConnection] = set()
         self._loop_thread: LoopThread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stop_requested = False
         self._poller = select.poll()
         # refused connections kept open a moment, so the peer reads why
         # instead of a reset: {fd: (refused, when to close it)}
         self._refused: dict[int, tuple[Refused, float]] = {}
-        self._grace: float | None = None  # set by stop()
+        self._shutdown = Shutdown(config.shutdown_grace)
         self.lifecycle = Lifecycle(server, self.wake)
         total, per_uid = connection_limits(
             config.max_connections, config.max_connections_per_uid, 3, fd_limit := raise_fd_limit()
@@ -143,10 +142,8 @@ class ThreadEngine:
         """Ask the accept loop to shut down, giving calls in flight *grace*
         seconds (from any thread or a signal handler; a shorter grace given
         later hurries a shutdown in progress)."""
-        if self._grace is None or grace < self._grace:
-            self._grace = grace
+        self._shutdown.request(grace)
         self.lifecycle.stopping()
-        self._stop_requested = True
         self.wake()
 
     def serve(self, listeners: list[BoundListener], started: Callable[[], None] | None = None) -> None:
@@ -166,7 +163,7 @@ class ThreadEngine:
             if started is not None:
                 started()
             lifecycle.started([listener.address for listener in listeners])
-            while not self._stop_requested:
+            while not self._shutdown.requested:
                 if self._idle_new:
                     self._watch_idle()
                 with self.lock:
@@ -190,7 +187,7 @@ class ThreadEngine:
                         self._wake_idle(fd)
                         continue
                     bound = listening.get(fd)
-                    if bound is None or self._stop_requested:
+                    if bound is None or self._shutdown.requested:
                         continue
                     try:
                         conn, _ = bound.socket.accept()
@@ -285,18 +282,13 @@ class ThreadEngine:
         config.rules.stopping = True
         with self.lock:
             connections = list(self._connections)
-        for connection in connections:  # streams would never end by themselves
-            connection.end_streams()
-        began = time.monotonic()
-        while True:
+        shutdown = self._shutdown
+        shutdown.begin(time.monotonic(), connections)
+        # (a later stop(), a second signal, may shorten the grace meanwhile)
+        while (pause := shutdown.pause(time.monotonic(), connections)) is not None:
+            time.sleep(pause)
             with self.lock:
                 connections = list(self._connections)
-            # (a later stop(), a second signal, may have shortened the grace)
-            grace = self._grace if self._grace is not None else config.shutdown_grace
-            pause = drain(began, time.monotonic(), grace, connections)
-            if pause is None:
-                break
-            time.sleep(pause)
         for connection in connections:
             connection.abort()
         # the threads the abort woke end at once; a handler that does not return is
