@@ -45,7 +45,7 @@ from .._core import wire
 from .._readwatch import ReadWatch, read_watch
 from ..ancillary import SCMRights, close_fds_in, parse_cmsgs
 from ..exceptions import AncillaryDataTruncatedError, ClientClosedError, ConnectionBrokenError
-from ..protocol import StreamProtocol
+from ..protocol import PacketReceiver, StreamProtocol
 
 __all__ = ["LoopServerSocket", "ServerSocket"]
 
@@ -144,19 +144,23 @@ class ServerSocket:
             if self._closed:
                 raise ClientClosedError("the connection was closed")
             self._users += 1
+        try:
+            return self._read(receiver)
+        finally:
+            self._leave()
+
+    def _read(self, receiver: PacketReceiver[Any]) -> list[Any]:
+        """One read that does not wait into *receiver*'s buffer, and the
+        frames it completed (the caller counts itself a user)."""
         buffer = receiver.get_buffer()
         try:
             nbytes, ancdata, flags, _ = self.sock.recvmsg_into([buffer], self._ancbufsize, _RECV_FLAGS)
         except BlockingIOError:
-            return frames
+            return []
         except ConnectionResetError:
             raise ConnectionBrokenError("peer reset the connection") from None
         finally:
             del buffer
-            with self._lock:
-                self._users -= 1
-                if self._closed and not self._users:
-                    self._last_user_left()
         if ancdata or flags & _MSG_CTRUNC:
             self._ancillary(ancdata, flags)
         if not nbytes:
@@ -178,25 +182,6 @@ class ServerSocket:
             if isinstance(message, SCMRights):
                 self.fds.extend(message.fds)
 
-    async def wait_readable(self) -> None:
-        """anyio: wait until the socket has something to read (or an end);
-        at once if it was closed. On asyncio the socket stays registered
-        with the loop between waits (:mod:`.._readwatch`)."""
-        watch = self._watch
-        if watch is None:
-            watch = self._watch = read_watch(self.sock)
-        with self._lock:
-            if self._closed:
-                return
-            self._users += 1
-        try:
-            await watch.wait()
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._closed and not self._users:
-                    self._last_user_left()
-
     # -- writing ------------------------------------------------------------------
 
     def send(self, data: bytes, sent: int, fds: list[int] | None) -> int:
@@ -210,9 +195,17 @@ class ServerSocket:
                 connection is broken.
         """
         with self._lock:
-            if self._broken is not None:
-                raise ConnectionBrokenError(f"connection is broken: {self._broken}")
             self._users += 1
+        try:
+            return self._send_now(data, sent, fds)
+        finally:
+            self._leave()
+
+    def _send_now(self, data: bytes, sent: int, fds: list[int] | None) -> int:
+        """:meth:`send` without counting itself a user (the caller does, or
+        cannot overlap a close)."""
+        if self._broken is not None:
+            raise ConnectionBrokenError(f"connection is broken: {self._broken}")
         try:
             if sent:
                 return sent + self.sock.send(memoryview(data)[sent:], _SEND_FLAGS)
@@ -227,26 +220,10 @@ class ServerSocket:
             if exc.errno in _GONE:
                 raise ConnectionBrokenError(f"peer closed the connection ({exc.strerror})") from None
             raise
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._closed and not self._users:
-                    self._last_user_left()
 
     def cut(self, why: str) -> None:
         """A frame was left half written (its writer gave up): nothing more is sent."""
         self._broken = why
-
-    async def wait_writable(self) -> None:
-        """anyio: wait until the socket takes more (or fails); at once if closed."""
-        with self._lock:
-            if self._closed:
-                return
-            self._users += 1
-        try:
-            await anyio.wait_writable(self.sock)
-        finally:
-            self._leave()
 
     def send_within(self, data: bytes, fds: list[int] | None, timeout: float | None) -> None:
         """A thread: write the whole frame *data*, *fds* on its first byte,
@@ -341,41 +318,14 @@ class LoopServerSocket(ServerSocket):
             return frames
         if self._closed:
             raise ClientClosedError("the connection was closed")
-        buffer = receiver.get_buffer()
-        try:
-            nbytes, ancdata, flags, _ = self.sock.recvmsg_into([buffer], self._ancbufsize, _RECV_FLAGS)
-        except BlockingIOError:
-            return frames
-        except ConnectionResetError:
-            raise ConnectionBrokenError("peer reset the connection") from None
-        finally:
-            del buffer
-        if ancdata or flags & _MSG_CTRUNC:
-            self._ancillary(ancdata, flags)
-        if not nbytes:
-            raise ConnectionBrokenError("peer closed the connection")
-        receiver.buffer_updated(nbytes)
-        return receiver.next_packets()
+        return self._read(receiver)
 
-    def send(self, data: bytes, sent: int, fds: list[int] | None) -> int:
-        if self._broken is not None:
-            raise ConnectionBrokenError(f"connection is broken: {self._broken}")
-        try:
-            if sent:
-                return sent + self.sock.send(memoryview(data)[sent:], _SEND_FLAGS)
-            if fds:
-                return self.sock.sendmsg([data], [(*_RIGHTS, _fd_bytes(fds))], _SEND_FLAGS)
-            return self.sock.send(data, _SEND_FLAGS)
-        except BlockingIOError:
-            return sent
-        except OSError as exc:
-            if sent or exc.errno not in _NOTHING_SENT or not fds:
-                self._broken = f"send failed: {exc}"
-            if exc.errno in _GONE:
-                raise ConnectionBrokenError(f"peer closed the connection ({exc.strerror})") from None
-            raise
+    send = ServerSocket._send_now
 
     async def wait_readable(self) -> None:
+        """Wait until the socket has something to read (or an end); at once
+        if it was closed. On asyncio the socket stays registered with the
+        loop between waits (:mod:`.._readwatch`)."""
         watch = self._watch
         if watch is None:
             watch = self._watch = read_watch(self.sock)
@@ -385,6 +335,19 @@ class LoopServerSocket(ServerSocket):
         try:
             await watch.wait()
         finally:
-            self._users -= 1
-            if self._closed and not self._users:
-                self._close_now()
+            self._leave_loop()
+
+    async def wait_writable(self) -> None:
+        """Wait until the socket takes more (or fails); at once if closed."""
+        if self._closed:
+            return
+        self._users += 1
+        try:
+            await anyio.wait_writable(self.sock)
+        finally:
+            self._leave_loop()
+
+    def _leave_loop(self) -> None:
+        self._users -= 1
+        if self._closed and not self._users:
+            self._close_now()

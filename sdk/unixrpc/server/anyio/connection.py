@@ -38,7 +38,7 @@ from ..._wakeup import Wakeup, wakeup_factory
 from ...peer import Peer
 from ..config import ServerConfig
 from ..kit import peer_hung_up
-from ..sockio import ServerSocket
+from ..sockio import LoopServerSocket
 from .calls import CallRunner
 from .handler_threads import outcome_waiter
 from .intake import Intake, loop_clock
@@ -59,7 +59,7 @@ class Connection:
     def __init__(
         self,
         config: ServerConfig,
-        io: ServerSocket,
+        io: LoopServerSocket,
         connection_id: int,
         peer: Peer,
     ) -> None:
