@@ -42,6 +42,7 @@ SERVERS = [
     ("floor-unixrpc", "blocking floor server, our wire (untyped)", None),
     ("streams-unixrpc", "asyncio-streams server, our wire (untyped)", None),
     ("threads", "threads engine, plain def", "floor-unixrpc"),
+    ("threads-async", "threads engine, async def (loop thread)", "threads"),
     ("unixrpc", "asyncio Server, async def", "streams-unixrpc"),
     ("unixrpc-trio", "trio Server, async def", "streams-unixrpc"),
 ]

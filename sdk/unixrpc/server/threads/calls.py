@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelledError
 from typing import TYPE_CHECKING, Any
@@ -139,24 +138,17 @@ class CallRunner:
             concurrent.futures.CancelledError: it was cancelled.
         """
         loop = self._conn._engine.loop_thread()
-        ended = threading.Event()
-
-        async def run() -> Any:
-            try:
-                return await make()
-            finally:
-                ended.set()
-
         with self._conn._lock:
             if call.cancel_requested:
                 raise FutureCancelledError
-            future = call.engine = loop.start(run)
+            future, ended = loop.start_call(make)
+            call.engine = future
         try:
             return future.result()
         except FutureCancelledError:
             # the future says cancelled at once; the coroutine may still run its
             # cleanup on the loop, with the request's descriptors: wait for it
-            if not ended.wait(_CLEANUP_WAIT) and future.running():
+            if not ended.acquire(timeout=_CLEANUP_WAIT):
                 logger.warning("a cancelled handler of %s still runs after %ss", call.method, _CLEANUP_WAIT)
             raise
         finally:

@@ -1,0 +1,107 @@
+"""The threads engine's event-loop thread (``server/threads/loop_thread.py``):
+how an ``async def`` handler's coroutine is handed over, cancelled and
+waited for, with real threads and a real asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+
+import pytest
+
+from unixrpc.server.threads.loop_thread import THREAD_NAME, LoopThread
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.close()
+
+
+def _block_the_loop(loop: LoopThread) -> threading.Event:
+    """Hold the loop in a callback until the returned event is set."""
+    go, blocked = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        blocked.set()
+        go.wait(10)  # blocks the loop on purpose
+
+    loop.start(hold)
+    assert blocked.wait(10)
+    return go
+
+
+def test_a_result_and_an_exception_come_back(loop_thread: LoopThread) -> None:
+    async def add() -> int:
+        await asyncio.sleep(0)
+        return 3
+
+    async def fail() -> int:
+        raise ValueError("bad")
+
+    future, ended = loop_thread.start_call(add)
+    assert future.result(10) == 3
+    assert ended.acquire(timeout=10)
+    future, ended = loop_thread.start_call(fail)
+    with pytest.raises(ValueError, match="bad"):
+        future.result(10)
+    assert ended.acquire(timeout=10)
+
+
+def test_cancelled_before_it_began_nothing_runs_and_the_end_is_said(loop_thread: LoopThread) -> None:
+    ran: list[str] = []
+
+    async def handler() -> None:
+        ran.append("ran")
+
+    go = _block_the_loop(loop_thread)
+    future, ended = loop_thread.start_call(handler)
+    assert future.cancel()
+    go.set()
+    with pytest.raises(CancelledError):
+        future.result(10)
+    assert ended.acquire(timeout=10), "a call cancelled before it began must not leave its waiter hanging"
+    assert ran == []
+
+
+def test_a_running_call_cancelled_finishes_its_cleanup_before_the_end(loop_thread: LoopThread) -> None:
+    started, steps = threading.Event(), []
+
+    async def handler() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.01)  # cleanup that awaits
+            steps.append("cleaned up")
+
+    future, ended = loop_thread.start_call(handler)
+    assert started.wait(10)
+    assert future.cancel()
+    with pytest.raises(CancelledError):
+        future.result(10)
+    assert ended.acquire(timeout=10)
+    assert steps == ["cleaned up"]
+
+
+def test_close_cancels_what_runs_and_ends_the_thread() -> None:
+    loop = LoopThread()
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    future, ended = loop.start_call(forever)
+    assert started.wait(10)
+    assert [t.name for t in threading.enumerate()].count(THREAD_NAME) == 1
+    loop.close()
+    assert ended.acquire(timeout=10)
+    assert future.cancelled()
+    assert THREAD_NAME not in [t.name for t in threading.enumerate()]
+    with pytest.raises(RuntimeError, match="stopped"):
+        loop.start_call(forever)
+    loop.close()  # idempotent
