@@ -33,7 +33,6 @@ from unixrpc import (
     ServerBusyError,
     StreamMethod,
 )
-from unixrpc.server.threads.loop_thread import THREAD_NAME
 
 pytestmark = pytest.mark.server  # every test here runs on every engine
 
@@ -123,66 +122,6 @@ def test_a_call_cancelled_while_waiting_for_a_thread_never_runs(sock_dir: str) -
     finally:
         gate.set()
     assert ran == ["first", "third"], "the cancelled call ran once a thread was free"
-
-
-def test_the_threads_engine_starts_no_event_loop_thread(sock_dir: str) -> None:
-    server = Server()  # introspection on: its handlers are plain def
-
-    @server.method(Hold)
-    def hold(request: Hold) -> str:
-        return request.tag
-
-    path = os.path.join(sock_dir, "s")
-    with server.serve_in_thread(path, backend="threads"), Client(path) as client:
-        assert client.call(Hold(tag="x")) == "x"
-        assert client.call_by_name("unixrpc.Ping", {}).value is not None
-        names = [thread.name for thread in threading.enumerate()]
-    assert THREAD_NAME not in names, names
-    assert not any("portal" in name for name in names), names
-
-
-def test_async_handlers_on_the_threads_engine_share_one_loop_thread_that_ends_with_the_server(
-    sock_dir: str,
-) -> None:
-    """``async def`` handlers on the threads engine run on one event-loop
-    thread, started with the server and gone after it stops, even when a
-    handler was still awaiting at shutdown (cancelled there)."""
-    server = Server(shutdown_grace=0.2)
-    started = threading.Event()
-
-    @server.method(Hold)
-    async def hold(request: Hold) -> str:
-        import anyio
-
-        if request.tag == "forever":
-            started.set()
-            await anyio.sleep(3600)
-        return request.tag
-
-    path = os.path.join(sock_dir, "s")
-    before = threading.active_count()
-    outcome: list[BaseException | str] = []
-
-    def call_forever(client: Client) -> None:
-        try:
-            outcome.append(client.call(Hold(tag="forever")))
-        except Exception as exc:  # the shutdown's cancel, or the connection's end
-            outcome.append(exc)
-
-    with server.serve_in_thread(path, backend="threads"), Client(path) as client:
-        assert [client.call(Hold(tag=str(n))) for n in range(20)] == [str(n) for n in range(20)]
-        assert [t.name for t in threading.enumerate()].count(THREAD_NAME) == 1
-        caller = threading.Thread(target=call_forever, args=(client,))
-        caller.start()
-        assert started.wait(10)
-        server.shutdown()
-        caller.join(30)
-        assert not caller.is_alive()
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], Exception), outcome
-    names = [t.name for t in threading.enumerate()]
-    assert THREAD_NAME not in names, names
-    assert threading.active_count() <= before, names
 
 
 def test_cancelled_error_is_what_the_waiting_client_sees(sock_dir: str) -> None:

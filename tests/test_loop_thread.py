@@ -5,13 +5,19 @@ waited for, with real threads and a real asyncio loop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 
 import pytest
 
+from unixrpc import Client, Method, Server
 from unixrpc.server.threads.loop_thread import THREAD_NAME, LoopThread
+
+
+class Hold(Method[str]):
+    tag: str
 
 
 @pytest.fixture
@@ -105,3 +111,63 @@ def test_close_cancels_what_runs_and_ends_the_thread() -> None:
     with pytest.raises(RuntimeError, match="stopped"):
         loop.start_call(forever)
     loop.close()  # idempotent
+
+
+def test_the_threads_engine_starts_no_event_loop_thread(sock_dir: str) -> None:
+    server = Server()  # introspection on: its handlers are plain def
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    with server.serve_in_thread(path, backend="threads"), Client(path) as client:
+        assert client.call(Hold(tag="x")) == "x"
+        assert client.call_by_name("unixrpc.Ping", {}).value is not None
+        names = [thread.name for thread in threading.enumerate()]
+    assert THREAD_NAME not in names, names
+    assert not any("portal" in name for name in names), names
+
+
+def test_async_handlers_on_the_threads_engine_share_one_loop_thread_that_ends_with_the_server(
+    sock_dir: str,
+) -> None:
+    """``async def`` handlers on the threads engine run on one event-loop
+    thread, started with the server and gone after it stops, even when a
+    handler was still awaiting at shutdown (cancelled there)."""
+    server = Server(shutdown_grace=0.2)
+    started = threading.Event()
+
+    @server.method(Hold)
+    async def hold(request: Hold) -> str:
+        import anyio
+
+        if request.tag == "forever":
+            started.set()
+            await anyio.sleep(3600)
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    before = threading.active_count()
+    outcome: list[BaseException | str] = []
+
+    def call_forever(client: Client) -> None:
+        try:
+            outcome.append(client.call(Hold(tag="forever")))
+        except Exception as exc:  # the shutdown's cancel, or the connection's end
+            outcome.append(exc)
+
+    with server.serve_in_thread(path, backend="threads"), Client(path) as client:
+        assert [client.call(Hold(tag=str(n))) for n in range(20)] == [str(n) for n in range(20)]
+        assert [t.name for t in threading.enumerate()].count(THREAD_NAME) == 1
+        caller = threading.Thread(target=call_forever, args=(client,))
+        caller.start()
+        assert started.wait(10)
+        server.shutdown()
+        caller.join(30)
+        assert not caller.is_alive()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], Exception), outcome
+    names = [t.name for t in threading.enumerate()]
+    assert THREAD_NAME not in names, names
+    assert threading.active_count() <= before, names
