@@ -42,7 +42,7 @@ logger = logging.getLogger("unixrpc.server")
 def served_method_count(server: Server) -> int:
     """How many methods *server* serves, as the log and ``STATUS=`` say it:
     the daemon's own, without the library's ``unixrpc.*`` ones."""
-    return sum(1 for name in server._handlers if not name.startswith("unixrpc."))
+    return sum(1 for name in server.methods if not name.startswith("unixrpc."))
 
 
 def serving_status(server: Server, addresses: Sequence[UnixSocketAddress]) -> str:
@@ -143,7 +143,7 @@ class Lifecycle:
                 self._next_ping = now + self._watchdog
             waits.append(self._next_ping - now)
         idle_timeout = self._server.idle_timeout
-        if idle_timeout is not None and not self._server._rules.stopping:
+        if idle_timeout is not None and not self._server.is_shutting_down():
             if connections:
                 self._idle_since = None
                 waits.append(idle_timeout)
