@@ -259,8 +259,8 @@ class ThreadConnection:
             self._cond.notify_all()
 
     def _close(self) -> None:
-        self.peer._close()  # its pidfd, before the socket closes
-        self._io.close(wait=True)
+        # the core lets go first (memory charge, queued descriptors), then the socket
+        # closes: a peer that sees the close finds the server's budgets already freed
         with self._lock:
             for call in self._runq:  # never got a thread: nothing uses their descriptors
                 self._runner.close_parked(call)
@@ -271,6 +271,8 @@ class ThreadConnection:
                     self._runner.close_parked(call)
                     self.core.stop(call)
             self.core.close()
+        self.peer._close()  # its pidfd, before the socket closes
+        self._io.close(wait=True)
         self.release_descriptors()
         self._engine.connection_done(self)
         self.finished.set()
