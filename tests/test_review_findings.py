@@ -1,0 +1,145 @@
+"""Defects found in review of the threads engine's loop thread (85bdcbb and
+around it), each shown with real sockets, threads and the real asyncio loop.
+These tests fail on main as reviewed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from conftest import open_fds
+from unixrpc import Client, Method, Server, StreamMethod
+from unixrpc.server.threads.loop_thread import THREAD_NAME
+
+
+class Hold(Method[str]):
+    tag: str
+
+
+class Ticks(StreamMethod[int]):
+    pass
+
+
+def _loop_threads() -> int:
+    return [thread.name for thread in threading.enumerate()].count(THREAD_NAME)
+
+
+def test_an_async_handler_raising_system_exit_does_not_take_down_the_other_async_calls(
+    sock_dir: str,
+) -> None:
+    """``sys.exit()`` in one ``async def`` handler (threads engine): ``_call``
+    re-raises SystemExit, asyncio lets it out of ``run_forever``, and the
+    shared loop thread dies. Then another async call in flight is never
+    answered (its client times out), every later async call fails with
+    ``RuntimeError: Event loop is closed``, and the server's shutdown raises
+    it too (``LoopThread.close`` -> ``run_coroutine_threadsafe`` on a closed
+    loop), before the engine closed its wake pipe."""
+    server = Server(shutdown_grace=0.2)
+    slow_started = threading.Event()
+
+    @server.method(Hold)
+    async def hold(request: Hold) -> str:
+        if request.tag == "exit":
+            raise SystemExit(3)
+        if request.tag == "slow":
+            slow_started.set()
+            await asyncio.sleep(0.5)
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    outcome: list[object] = []
+
+    def slow() -> None:
+        with Client(path, timeout=5) as other:
+            try:
+                outcome.append(other.call(Hold(tag="slow")))
+            except Exception as exc:
+                outcome.append(exc)
+
+    serving = server.serve_in_thread(path, backend="threads")
+    serving.__enter__()
+    shutdown_error: BaseException | None = None
+    try:
+        caller = threading.Thread(target=slow)
+        caller.start()
+        assert slow_started.wait(10)
+        with Client(path, timeout=5) as client, pytest.raises(Exception):
+            client.call(Hold(tag="exit"))  # (an error is fine; what follows is the point)
+        caller.join(30)
+        later: object
+        with Client(path, timeout=5) as client:
+            try:
+                later = client.call(Hold(tag="later"))
+            except Exception as exc:
+                later = exc
+    finally:
+        try:
+            serving.__exit__(None, None, None)
+        except BaseException as exc:  # noqa: BLE001
+            shutdown_error = exc
+    assert outcome == ["slow"], f"a call in flight on the shared loop was lost: {outcome}"
+    assert later == "later", f"async calls after it fail: {later!r}"
+    assert shutdown_error is None, f"the server's shutdown raised {shutdown_error!r}"
+
+
+def test_the_loop_thread_is_not_started_again_after_the_shutdown_closed_it(sock_dir: str) -> None:
+    """The engine forgets its loop thread at shutdown (``_loop_thread = None``)
+    while connection threads may still run (a plain handler that outlives
+    the 0.25 s join is left behind). When such a connection then ends, it
+    closes the async generator of a stream it still holds through
+    ``engine.loop_thread()``, which starts a new event-loop thread that
+    nothing ever closes: a thread and its loop's descriptors leak for good."""
+    server = Server(shutdown_grace=0, max_threads_per_connection=1)
+    in_slow, generator_closed = threading.Event(), threading.Event()
+
+    @server.method(Ticks)
+    async def ticks(request: Ticks) -> AsyncIterator[int]:
+        try:
+            for n in range(1000):
+                yield n
+        finally:
+            generator_closed.set()
+
+    @server.method(Hold)
+    def hold(request: Hold) -> str:
+        in_slow.set()
+        time.sleep(1.0)  # returns after the shutdown's 0.25 s join
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    before_fds = open_fds()
+    serving = server.serve_in_thread(path, backend="threads")
+    serving.__enter__()
+    client = Client(path, timeout=5, stream_window=1)
+    try:
+        stream = client.stream(Ticks())
+        items = iter(stream)  # (kept: a dropped iterator cancels the stream)
+        assert next(items) == 0
+        time.sleep(0.2)  # the stream parks, waiting for credit
+
+        def slow() -> None:
+            try:
+                client.call(Hold(tag="x"))
+            except Exception:  # noqa: BLE001 - cancelled by the shutdown
+                pass
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        assert in_slow.wait(10)
+    finally:
+        serving.__exit__(None, None, None)
+    assert _loop_threads() == 0
+    caller.join(10)
+    assert generator_closed.wait(10)
+    time.sleep(1.5)  # the plain handler returns, its connection ends
+    del items, stream
+    client.close()
+    leaked_threads = _loop_threads()
+    leaked_fds = open_fds() - before_fds
+    assert leaked_threads == 0, "an event-loop thread was started after the shutdown, and never ends"
+    assert not leaked_fds, f"leaked descriptors: {sorted(leaked_fds)}"
