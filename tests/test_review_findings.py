@@ -212,3 +212,33 @@ def test_an_async_handler_raising_system_exit_does_not_take_down_the_other_async
     assert outcome == ["slow"], f"a call in flight on the shared loop was lost: {outcome}"
     assert later == "later", f"async calls after it fail: {later!r}"
     assert shutdown_error is None, f"the server's shutdown raised {shutdown_error}"
+
+
+@pytest.mark.parametrize("backend", ["threads", "asyncio", "trio"])
+def test_a_cancel_does_not_break_into_an_async_handlers_shielded_scope(sock_dir: str, backend: str) -> None:
+    """The threads engine now cancels an ``async def`` handler with a bare
+    ``task.cancel()`` (85bdcbb): asyncio delivers it inside an
+    ``anyio.CancelScope(shield=True)`` too, so a handler's shielded cleanup
+    or critical section is cut short by a client's cancel (or shutdown).
+    The anyio engine, and the threads engine before 85bdcbb (the anyio
+    portal cancelled through a cancel scope), honour the shield."""
+    import anyio
+
+    server = Server()
+    inside, finished = threading.Event(), threading.Event()
+
+    @server.method(Hold)
+    async def hold(request: Hold) -> str:
+        with anyio.CancelScope(shield=True):
+            inside.set()
+            await anyio.sleep(0.5)  # must not be interrupted
+            finished.set()
+        return request.tag
+
+    path = os.path.join(sock_dir, "s")
+    with server.serve_in_thread(path, backend=backend), Client(path, timeout=0.2) as client:
+        with pytest.raises(TimeoutError):
+            client.call(Hold(tag="x"))  # gives up: a cancel goes to the server
+        assert inside.is_set()
+        finished.wait(3)
+    assert finished.is_set(), "the cancel broke into the handler's shielded scope"
