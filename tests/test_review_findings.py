@@ -154,6 +154,60 @@ def test_a_failed_handler_leaves_no_cycle_holding_its_request_on_the_threads_eng
     assert found == [], f"a failed call's request is kept by a reference cycle: {found}"
 
 
+_SYSTEM_EXIT_SCRIPT = """
+import asyncio, os, sys, threading
+from unixrpc import Client, Method, Server
+
+class Hold(Method[str]):
+    tag: str
+
+server = Server(shutdown_grace=0.2)
+slow_started = threading.Event()
+
+@server.method(Hold)
+async def hold(request: Hold) -> str:
+    if request.tag == "exit":
+        raise SystemExit(3)
+    if request.tag == "slow":
+        slow_started.set()
+        await asyncio.sleep(0.5)
+    return request.tag
+
+path = sys.argv[1]
+outcome = []
+
+def slow():
+    with Client(path, timeout=5) as other:
+        try:
+            outcome.append(other.call(Hold(tag="slow")))
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+serving = server.serve_in_thread(path, backend="threads")
+serving.__enter__()
+caller = threading.Thread(target=slow)
+caller.start()
+assert slow_started.wait(10)
+with Client(path, timeout=5) as client:
+    try:
+        client.call(Hold(tag="exit"))
+    except Exception:
+        pass
+caller.join(30)
+with Client(path, timeout=5) as client:
+    try:
+        later = client.call(Hold(tag="later"))
+    except Exception as exc:
+        later = type(exc).__name__ + ": " + str(exc)
+try:
+    serving.__exit__(None, None, None)
+    stopped = "ok"
+except BaseException as exc:
+    stopped = repr(exc)
+print(repr((outcome, later, stopped)))
+"""
+
+
 def test_an_async_handler_raising_system_exit_does_not_take_down_the_other_async_calls(
     sock_dir: str,
 ) -> None:
@@ -163,55 +217,22 @@ def test_an_async_handler_raising_system_exit_does_not_take_down_the_other_async
     answered (its client times out), every later async call fails with
     ``RuntimeError: Event loop is closed``, and the server's shutdown raises
     it too (``LoopThread.close`` -> ``run_coroutine_threadsafe`` on a closed
-    loop), before the engine closed its wake pipe."""
-    server = Server(shutdown_grace=0.2)
-    slow_started = threading.Event()
-
-    @server.method(Hold)
-    async def hold(request: Hold) -> str:
-        if request.tag == "exit":
-            raise SystemExit(3)
-        if request.tag == "slow":
-            slow_started.set()
-            await asyncio.sleep(0.5)
-        return request.tag
+    loop), before the engine closed its wake pipe. (Run in a child process:
+    it leaves a dead loop and a stuck connection thread behind.)"""
+    import ast
+    import subprocess
+    import sys
 
     path = os.path.join(sock_dir, "s")
-    outcome: list[object] = []
-
-    def slow() -> None:
-        with Client(path, timeout=5) as other:
-            try:
-                outcome.append(other.call(Hold(tag="slow")))
-            except Exception as exc:
-                outcome.append(exc)
-
-    serving = server.serve_in_thread(path, backend="threads")
-    serving.__enter__()
-    shutdown_error: str | None = None
-    try:
-        caller = threading.Thread(target=slow)
-        caller.start()
-        assert slow_started.wait(10)
-        with Client(path, timeout=5) as client, pytest.raises(Exception):
-            client.call(Hold(tag="exit"))  # (an error is fine; what follows is the point)
-        caller.join(30)
-        later: object
-        with Client(path, timeout=5) as client:
-            try:
-                later = client.call(Hold(tag="later"))
-            except Exception as exc:
-                later = exc
-    finally:
-        try:
-            serving.__exit__(None, None, None)
-        except BaseException as exc:  # noqa: BLE001
-            shutdown_error = repr(exc)
-            del exc
-        gc.collect()  # (its never-awaited coroutine is reported here, not in the next test)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run(
+        [sys.executable, "-c", _SYSTEM_EXIT_SCRIPT, path], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome, later, stopped = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert outcome == ["slow"], f"a call in flight on the shared loop was lost: {outcome}"
-    assert later == "later", f"async calls after it fail: {later!r}"
-    assert shutdown_error is None, f"the server's shutdown raised {shutdown_error}"
+    assert later == "later", f"async calls after it fail: {later}"
+    assert stopped == "ok", f"the server's shutdown raised {stopped}"
 
 
 @pytest.mark.parametrize("backend", ["threads", "asyncio", "trio"])
