@@ -123,7 +123,10 @@ class CallRunner:
             if ok:
                 core.finish(call, value)
             else:
-                core.finish(call, raised=value)
+                core.finish(call, raised=value)  # (logged there, with its traceback)
+                # its traceback holds the frames it went through, whose locals hold it
+                # (run's result, the futures of _await and _call): no cycle keeps the call
+                value.__traceback__ = None
             if self._conn._writing or not core.has_output():
                 return
             self._conn._writing = True

@@ -58,6 +58,7 @@ class ThreadEngine:
         self.lock = threading.Lock()
         self._connections: set[ThreadConnection] = set()
         self._loop_thread: LoopThread | None = None
+        self._loop_closed = False  # shut down: a late connection thread must not start another
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._poller = select.poll()
         # refused connections kept open a moment, so the peer reads why
@@ -82,9 +83,16 @@ class ThreadEngine:
     # -- what connections use -------------------------------------------------------
 
     def loop_thread(self) -> LoopThread:
-        """The event-loop thread for ``async def`` handlers (started on first use)."""
+        """The event-loop thread for ``async def`` handlers (started on first use).
+
+        Raises:
+            RuntimeError: the server has shut down (a connection thread left
+                behind must not start a loop thread that nothing would close).
+        """
         with self.lock:
             if self._loop_thread is None:
+                if self._loop_closed:
+                    raise RuntimeError("the threads engine's event-loop thread has stopped")
                 self._loop_thread = LoopThread()
             return self._loop_thread
 
@@ -304,6 +312,7 @@ class ThreadEngine:
                 connection.release_descriptors()
         with self.lock:
             loop, self._loop_thread = self._loop_thread, None
+            self._loop_closed = True
         if loop is not None:
             loop.close()
         wake_r, wake_w = self._wake_r, self._wake_w
