@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
 
+import anyio
 import pytest
 
 from unixrpc import Client, Method, Server
@@ -81,7 +82,10 @@ def test_a_running_call_cancelled_finishes_its_cleanup_before_the_end(loop_threa
         try:
             await asyncio.sleep(3600)
         finally:
-            await asyncio.sleep(0.01)  # cleanup that awaits
+            # cleanup that awaits: shielded, as anyio's cancellation is level-triggered
+            # (an unshielded await in a cancelled scope is cancelled again, as on the anyio engine)
+            with anyio.CancelScope(shield=True):
+                await asyncio.sleep(0.01)
             steps.append("cleaned up")
 
     future, ended = loop_thread.start_call(handler)
