@@ -8,7 +8,6 @@ means; this only runs and waits.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelledError
@@ -197,8 +196,12 @@ class CallRunner:
 
     def _close_items(self, items: Any, is_async: bool) -> None:
         if is_async:
-            with contextlib.suppress(Exception):
-                self._conn._engine.loop_thread().start(items.aclose).result()
+            try:  # bounded: the caller may hold the connection's lock
+                self._conn._engine.loop_thread().start(items.aclose).result(_CLEANUP_WAIT)
+            except TimeoutError:
+                logger.warning("an async stream still closes after %ss; left behind", _CLEANUP_WAIT)
+            except Exception:  # its own error on closing, or the loop thread has stopped
+                pass
         else:
             items.close()
 
