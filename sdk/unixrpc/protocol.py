@@ -381,12 +381,10 @@ class PacketReceiver(Generic[ReceivedT]):
             return NEED_DATA
         body_start, body_end, self._start = location
         buf = self._buf
+        body: bytes | bytearray | memoryview
         if self._keep and len(buf) > self._recv_size:  # grown: kept for the next large frame
             # the buffer is reused: the decoder gets a copy, or a view if it copies anyway
-            if framed.copies_frame_body:
-                body = cast(bytearray, self._view[body_start:body_end])
-            else:
-                body = buf[body_start:body_end]
+            body = self._view[body_start:body_end] if framed.copies_frame_body else buf[body_start:body_end]
             self._taken_from_grown(body_end - body_start)
         elif len(buf) > self._recv_size:  # grown for a large frame: release it
             # a buffer that is exactly this frame is handed over, uncopied

@@ -147,5 +147,5 @@ class FrameSerializer(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
             start = body_end
         return frames, start
 
-    def parse_frame_body(self, body: bytes | bytearray) -> RawFrame:
+    def parse_frame_body(self, body: bytes | bytearray | memoryview) -> RawFrame:
         return RawFrame(bytes(memoryview(body)[HEADER_SIZE:]), HEADER.unpack_from(body)[1])

@@ -63,7 +63,7 @@ class LineFramedSerializer(
     def max_frame_extent(self) -> int | None:
         return self.max_frame_size + 1  # a line's end is unknown until seen: only the limit bounds it
 
-    def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
+    def parse_frame_body(self, body: bytes | bytearray | memoryview) -> ReceivedT:
         return self.deserialize(body)  # type: ignore[arg-type]
 
     def resync(self, buffer: bytes | bytearray, start: int, end: int) -> int | None:

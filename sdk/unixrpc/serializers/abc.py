@@ -163,7 +163,7 @@ class AbstractFramedPacketSerializer(AbstractIncrementalPacketSerializer[SentT, 
     copies_frame_body: ClassVar[bool] = False
 
     @abstractmethod
-    def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
+    def parse_frame_body(self, body: bytes | bytearray | memoryview) -> ReceivedT:
         """Decode the body of one frame (as delimited by :meth:`locate_frame`).
 
         Raises:

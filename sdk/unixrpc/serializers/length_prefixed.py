@@ -97,5 +97,5 @@ class LengthPrefixedSerializer(AbstractFramedPacketSerializer[SentT, ReceivedT],
     def max_frame_extent(self) -> int | None:
         return _HEADER_SIZE + self.max_frame_size
 
-    def parse_frame_body(self, body: bytes | bytearray) -> ReceivedT:
+    def parse_frame_body(self, body: bytes | bytearray | memoryview) -> ReceivedT:
         return self._loads(body)  # type: ignore[arg-type]

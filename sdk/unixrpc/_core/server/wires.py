@@ -137,7 +137,7 @@ class MessageFraming(AbstractFramedPacketSerializer[RawFrame, RawFrame]):
             start = nul + 1
         return frames, start
 
-    def parse_frame_body(self, body: bytes | bytearray) -> RawFrame:
+    def parse_frame_body(self, body: bytes | bytearray | memoryview) -> RawFrame:
         return RawFrame(bytes(body))
 
 
