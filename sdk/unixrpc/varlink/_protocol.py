@@ -23,6 +23,7 @@ from .._core.varlink import (
 )
 from ..exceptions import (
     AncillaryDataTruncatedError,
+    ClientClosedError,
     ConnectionBrokenError,
     InvalidParamsError,
     MethodNotFoundError,
@@ -74,6 +75,29 @@ def error_from_reply(name: str, parameters: Any, fds: list[int]) -> RPCError:
     finally:
         if context is not None:
             context.finish()
+
+
+#: what one reply of a stream is (:meth:`_Protocol.stream_reply`)
+ITEM, LAST_ITEM, END = 0, 1, 2
+
+#: why the connection is closed: a call timed out, was cancelled, or a stream was left
+TIMED_OUT = (
+    "a varlink call timed out: the connection was closed (varlink has no cancel), "
+    "and the calls queued behind it failed"
+)
+CANCELLED = (
+    "a varlink call was cancelled: the connection was closed (varlink has no cancel), "
+    "and the calls queued behind it failed"
+)
+STREAM_LEFT = "a varlink stream was left before its end: the connection was closed (varlink has no cancel)"
+
+
+def send_failed(exc: OSError) -> ConnectionBrokenError:
+    return ConnectionBrokenError(f"sending to the varlink service failed: {exc}")
+
+
+def read_failed(exc: OSError) -> ConnectionBrokenError:
+    return ConnectionBrokenError(f"reading from the varlink service failed: {exc}")
 
 
 class _Pending:
@@ -153,6 +177,80 @@ class _Protocol:
         head.replies.append((params, str(error) if error is not None else None, fds))
         head.done = head.final = True
         self.pending.popleft()
+
+    # -- the rules both shells follow, apart from how they wait and lock --------------
+
+    @staticmethod
+    def prepare(
+        name: str, params: bytes, fds: FdContext | list[int] | None, *, more: bool, oneway: bool
+    ) -> tuple[bytes, list[int]]:
+        """A call's message and the descriptors sent with its first byte.
+
+        Raises:
+            ValueError: more descriptors than one message may carry.
+        """
+        outgoing = (fds if isinstance(fds, list) else [h.fileno() for h in fds.outgoing]) if fds else []
+        _check_fds(outgoing)
+        return _Protocol.encode(name, params, more=more, oneway=oneway), outgoing
+
+    def expect(self, closed: bool, *, more: bool, oneway: bool, expects_fds: bool) -> _Pending | None:
+        """Before a call is sent (send lock held): its place in the reply
+        queue (None for a oneway call).
+
+        Raises:
+            ClientClosedError: the client is closed.
+            ConnectionBrokenError (or what broke it): the connection is broken.
+        """
+        if closed:
+            raise ClientClosedError("the varlink client is closed")
+        if self.broken is not None:
+            raise _copy(self.broken)
+        if oneway:
+            return None
+        pending = _Pending(more, expects_fds)
+        self.pending.append(pending)
+        return pending
+
+    def next_reply(self, pending: _Pending) -> tuple[Any, str | None, list[int]] | None:
+        """*pending*'s next reply if one was filed, else None (read more).
+
+        Raises:
+            ConnectionBrokenError (or what broke it): none will come.
+        """
+        if pending.replies:
+            return pending.replies.popleft()
+        if pending.done:
+            raise _copy(self.broken or ConnectionBrokenError("the varlink connection broke"))
+        return None
+
+    def read_done(self, data: bytes, fds: list[int]) -> BaseException | None:
+        """A read returned *data* and *fds*: file them; the error to break the
+        connection with, if it must break (the peer closed it, or broke the
+        protocol)."""
+        if not data:
+            return ConnectionBrokenError("the varlink service closed the connection")
+        try:
+            self.received(data, fds)
+        except ConnectionBrokenError as exc:
+            return exc
+        return None
+
+    @staticmethod
+    def stream_reply(pending: _Pending, reply: Any, error: str | None, fds: list[int]) -> int:
+        """What one reply of a stream is: ``ITEM``, ``LAST_ITEM``, or
+        ``END`` (a final reply with no item: its *fds* are closed).
+
+        Raises:
+            RPCError: the reply is an error (the stream is over).
+        """
+        if error is not None:
+            raise error_from_reply(error, reply, fds)
+        if not pending.last_taken:
+            return ITEM
+        if _is_end(reply):
+            _close(fds)
+            return END
+        return LAST_ITEM
 
     def break_with(self, error: BaseException) -> None:
         """The connection is broken: every pending call fails with *error*."""

@@ -19,20 +19,24 @@ from ..fds import FdContext
 from ..methods import Method, StreamMethod, method_spec
 from ._protocol import (
     _READ_SIZE,
+    CANCELLED,
+    END,
+    LAST_ITEM,
+    STREAM_LEFT,
+    TIMED_OUT,
     T,
     VarlinkReply,
-    _check_fds,
-    _close,
     _copy,
     _decode,
     _encode_params,
     _fds_cmsg,
-    _is_end,
     _Pending,
     _Protocol,
     _recv,
     _untyped,
     error_from_reply,
+    read_failed,
+    send_failed,
 )
 
 __all__ = ["AsyncVarlinkClient"]
@@ -163,12 +167,6 @@ class AsyncVarlinkClient:
     def _timeout(self, timeout: float | EllipsisType | None) -> float | None:
         return self.timeout if timeout is ... else timeout
 
-    def _raise_if_broken(self) -> None:
-        if self._closed:
-            raise ClientClosedError("the varlink client is closed")
-        if self._protocol.broken is not None:
-            raise _copy(self._protocol.broken)
-
     def _break(self, error: BaseException) -> None:
         self._protocol.break_with(error)
         if self._sock is not None:
@@ -185,23 +183,20 @@ class AsyncVarlinkClient:
         oneway: bool = False,
         expects_fds: bool = False,
     ) -> _Pending | None:
-        outgoing = (fds if isinstance(fds, list) else [h.fileno() for h in fds.outgoing]) if fds else []
         try:
-            _check_fds(outgoing)
-            data = _Protocol.encode(name, params, more=more, oneway=oneway)
+            data, outgoing = _Protocol.prepare(name, params, fds, more=more, oneway=oneway)
             sock = self._socket()
             async with self._send_lock:
-                self._raise_if_broken()
-                pending = None if oneway else _Pending(more, expects_fds)
-                if pending is not None:
-                    self._protocol.pending.append(pending)
+                pending = self._protocol.expect(
+                    self._closed, more=more, oneway=oneway, expects_fds=expects_fds
+                )
                 try:
                     await self._send(sock, data, outgoing)
                 except BaseException as exc:
                     if not isinstance(exc, OSError):  # cancelled mid-message: the stream is unusable
                         self._break(ConnectionBrokenError("a varlink call was cancelled while it was sent"))
                         raise
-                    self._break(ConnectionBrokenError(f"sending to the varlink service failed: {exc}"))
+                    self._break(send_failed(exc))
                     raise _copy(self._protocol.broken) from exc  # type: ignore[arg-type]
             return pending
         finally:
@@ -225,32 +220,19 @@ class AsyncVarlinkClient:
         try:
             with anyio.fail_after(timeout):
                 while True:
-                    if pending.replies:
-                        return pending.replies.popleft()
-                    if pending.done:
-                        raise _copy(
-                            self._protocol.broken or ConnectionBrokenError("the varlink connection broke")
-                        )
+                    reply = self._protocol.next_reply(pending)
+                    if reply is not None:
+                        return reply
                     async with self._read_lock:
                         if pending.replies or pending.done:
                             continue
                         await self._read()
         except TimeoutError:
-            self._break(
-                ConnectionBrokenError(
-                    "a varlink call timed out: the connection was closed (varlink has no cancel), "
-                    "and the calls queued behind it failed"
-                )
-            )
+            self._break(ConnectionBrokenError(TIMED_OUT))
             raise TimeoutError("the varlink call timed out; its connection was closed") from None
         except anyio.get_cancelled_exc_class():
             if not pending.done:
-                self._break(
-                    ConnectionBrokenError(
-                        "a varlink call was cancelled: the connection was closed (varlink has no "
-                        "cancel), and the calls queued behind it failed"
-                    )
-                )
+                self._break(ConnectionBrokenError(CANCELLED))
             raise
 
     async def _read(self) -> None:
@@ -263,15 +245,11 @@ class AsyncVarlinkClient:
                 await anyio.wait_readable(sock)
                 continue
             except OSError as exc:
-                self._break(ConnectionBrokenError(f"reading from the varlink service failed: {exc}"))
+                self._break(read_failed(exc))
                 return
-            if not data:
-                self._break(ConnectionBrokenError("the varlink service closed the connection"))
-                return
-            try:
-                protocol.received(data, fds)
-            except ConnectionBrokenError as exc:
-                self._break(exc)
+            broken = protocol.read_done(data, fds)
+            if broken is not None:
+                self._break(broken)
             return
 
     async def _items(
@@ -281,23 +259,14 @@ class AsyncVarlinkClient:
         try:
             while True:
                 reply, error, received = await self._next(pending, self._timeout(timeout))
-                if error is not None:
-                    finished = True
-                    raise error_from_reply(error, reply, received)
-                last = pending.last_taken
-                if last and _is_end(reply):
-                    finished = True
-                    _close(received)
+                finished = True  # (until it is an item)
+                kind = _Protocol.stream_reply(pending, reply, error, received)
+                if kind == END:
                     return
+                finished = kind == LAST_ITEM
                 yield reply, received
-                if last:
-                    finished = True
+                if finished:
                     return
         finally:
             if not finished and not pending.done:
-                self._break(
-                    ConnectionBrokenError(
-                        "a varlink stream was left before its end: the connection was closed "
-                        "(varlink has no cancel)"
-                    )
-                )
+                self._break(ConnectionBrokenError(STREAM_LEFT))

@@ -52,20 +52,23 @@ from ..methods import Method, StreamMethod, method_spec
 from ._protocol import (
     _FOREVER,
     _READ_SIZE,
+    END,
+    LAST_ITEM,
+    STREAM_LEFT,
+    TIMED_OUT,
     T,
     VarlinkReply,
-    _check_fds,
-    _close,
     _copy,
     _decode,
     _encode_params,
     _fds_cmsg,
-    _is_end,
     _Pending,
     _Protocol,
     _recv,
     _untyped,
     error_from_reply,
+    read_failed,
+    send_failed,
 )
 from .async_client import AsyncVarlinkClient
 
@@ -243,32 +246,23 @@ class VarlinkClient:
         expects_fds: bool = False,
         raw: bool = False,
     ) -> _Pending | None:
-        outgoing = (fds if isinstance(fds, list) else [h.fileno() for h in fds.outgoing]) if fds else []
         try:
-            _check_fds(outgoing)
-            data = _Protocol.encode(name, params, more=more, oneway=oneway)
+            data, outgoing = _Protocol.prepare(name, params, fds, more=more, oneway=oneway)
             with self._send_lock:
-                self._raise_if_broken()
-                pending = None if oneway else _Pending(more, expects_fds)
-                if pending is not None:
-                    self._protocol.pending.append(pending)
+                pending = self._protocol.expect(
+                    self._closed, more=more, oneway=oneway, expects_fds=expects_fds
+                )
                 try:
                     sent = self._wsock.sendmsg([data], _fds_cmsg(outgoing))
                     if sent < len(data):
                         self._wsock.sendall(data[sent:])
                 except OSError as exc:
-                    self._break(ConnectionBrokenError(f"sending to the varlink service failed: {exc}"))
+                    self._break(send_failed(exc))
                     raise _copy(self._protocol.broken) from exc  # type: ignore[arg-type]
             return pending
         finally:
             if isinstance(fds, FdContext):
                 fds.sent()
-
-    def _raise_if_broken(self) -> None:
-        if self._closed:
-            raise ClientClosedError("the varlink client is closed")
-        if self._protocol.broken is not None:
-            raise _copy(self._protocol.broken)
 
     def _break(self, error: BaseException) -> None:
         self._protocol.break_with(error)
@@ -278,10 +272,9 @@ class VarlinkClient:
     def _next(self, pending: _Pending, deadline: float | None) -> tuple[Any, str | None, list[int]]:
         """The next reply of *pending*, reading (and filing) what arrives until it comes."""
         while True:
-            if pending.replies:
-                return pending.replies.popleft()
-            if pending.done:
-                raise _copy(self._protocol.broken or ConnectionBrokenError("the varlink connection broke"))
+            reply = self._protocol.next_reply(pending)
+            if reply is not None:
+                return reply
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 self._timed_out()
@@ -295,12 +288,8 @@ class VarlinkClient:
                 self._read_lock.release()
 
     def _timed_out(self) -> None:
-        error = ConnectionBrokenError(
-            "a varlink call timed out: the connection was closed (varlink has no cancel), "
-            "and the calls queued behind it failed"
-        )
         with self._send_lock:
-            self._break(error)
+            self._break(ConnectionBrokenError(TIMED_OUT))
         raise TimeoutError("the varlink call timed out; its connection was closed")
 
     def _read(self, timeout: float | None) -> None:
@@ -314,41 +303,27 @@ class VarlinkClient:
             self._timed_out()
         except OSError as exc:
             with self._send_lock:
-                self._break(ConnectionBrokenError(f"reading from the varlink service failed: {exc}"))
+                self._break(read_failed(exc))
             return
-        if not data:
+        broken = protocol.read_done(data, fds)
+        if broken is not None:
             with self._send_lock:
-                self._break(ConnectionBrokenError("the varlink service closed the connection"))
-            return
-        try:
-            protocol.received(data, fds)
-        except ConnectionBrokenError as exc:
-            with self._send_lock:
-                self._break(exc)
+                self._break(broken)
 
     def _items(self, pending: _Pending, timeout: float | EllipsisType | None, decode: Any) -> Iterator[Any]:
         finished = False
         try:
             while True:
                 reply, error, received = self._next(pending, self._deadline(timeout))
-                if error is not None:
-                    finished = True
-                    raise error_from_reply(error, reply, received)
-                last = pending.last_taken
-                if last and _is_end(reply):
-                    finished = True
-                    _close(received)
+                finished = True  # (until it is an item)
+                kind = _Protocol.stream_reply(pending, reply, error, received)
+                if kind == END:
                     return
+                finished = kind == LAST_ITEM
                 yield decode(reply, received)
-                if last:
-                    finished = True
+                if finished:
                     return
         finally:
             if not finished and not pending.done:
                 with self._send_lock:
-                    self._break(
-                        ConnectionBrokenError(
-                            "a varlink stream was left before its end: the connection was closed "
-                            "(varlink has no cancel)"
-                        )
-                    )
+                    self._break(ConnectionBrokenError(STREAM_LEFT))
