@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import logging
 import os
 import threading
@@ -263,3 +264,74 @@ def test_a_cancel_does_not_break_into_an_async_handlers_shielded_scope(sock_dir:
         assert inside.is_set()
         finished.wait(3)
     assert finished.is_set(), "the cancel broke into the handler's shielded scope"
+
+
+class Gate(Method[str]):
+    pass
+
+
+class Mark(Method[str]):
+    pass
+
+
+def test_an_async_authorize_hook_cancelled_before_it_began_is_closed(sock_dir: str) -> None:
+    """An ``authorize`` hook that returns a coroutine is awaited on the loop
+    thread. When its call is cancelled before that began (the cancel came
+    while the hook's plain part ran), the coroutine never runs: it must be
+    closed, not left to warn "never awaited" when collected (an error under
+    ``-W error``) and to hold what it refers to until then."""
+    entered, release = threading.Event(), threading.Event()
+    made: list[object] = []
+    ran: list[str] = []
+
+    async def allowed() -> bool:
+        ran.append("hook")
+        return True
+
+    def authorize(context: object, request: object) -> object:
+        if not isinstance(request, Gate):
+            return True
+        entered.set()
+        assert release.wait(10)
+        coroutine = allowed()
+        made.append(coroutine)
+        return coroutine
+
+    server = Server(authorize=authorize)
+
+    @server.method(Gate)
+    def gate(request: Gate) -> str:
+        ran.append("handler")
+        return "gate"
+
+    @server.method(Mark)
+    def mark(request: Mark) -> str:
+        return "mark"
+
+    path = os.path.join(sock_dir, "s")
+    with server.serve_in_thread(path, backend="threads"), Client(path, timeout=10) as client:
+        outcome: list[BaseException] = []
+
+        def gated() -> None:
+            try:
+                client.call(Gate(), timeout=0.2)  # times out in the hook: the client sends a cancel
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=gated)
+        caller.start()
+        assert entered.wait(10)
+        caller.join(10)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], TimeoutError), outcome
+        # the server takes a connection's frames in order: once Mark is answered, Gate's
+        # cancel was taken in, before the hook returned its coroutine
+        assert client.call(Mark()) == "mark"
+        release.set()
+        for _ in range(1000):  # the call's thread closes the coroutine once the hook returned
+            if made and inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED:  # type: ignore[arg-type]
+                break
+            time.sleep(0.01)
+    assert made, "the hook never returned its coroutine"
+    assert inspect.getcoroutinestate(made[0]) == inspect.CORO_CLOSED  # type: ignore[arg-type]
+    assert ran == []  # neither the hook's body nor the handler ran

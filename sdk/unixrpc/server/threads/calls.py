@@ -8,6 +8,7 @@ means; this only runs and waits.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import CancelledError as FutureCancelledError
@@ -95,12 +96,18 @@ class CallRunner:
         hook = self._conn._config.authorize
         if hook is not None:
             verdict: object
+            pending: Awaitable[Any] | None = None
             try:
                 verdict = hook(self._context(call), call.request)
                 if isinstance(verdict, Awaitable):
                     pending = verdict
                     verdict = self._await(call, lambda: pending)
             except FutureCancelledError:
+                # cancelled before the loop began it: close the coroutine the hook made
+                # (never awaited, it would warn when collected, and hold what it refers to)
+                coroutine = pending if inspect.iscoroutine(pending) else None
+                if coroutine is not None and inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                    coroutine.close()
                 raise
             except Exception as exc:
                 verdict = exc
