@@ -497,3 +497,25 @@ def test_generated_idl_is_read_by_python_varlink() -> None:
     assert {"Add", "Where", "Count", "Echo", "Remember", "Divide", "DivisionByZero", "Point"} - {
         "Point"
     } <= set(interface.members)
+
+
+def test_a_read_with_no_time_left_is_a_timeout_not_a_broken_read(sock_dir: str) -> None:
+    """A caller that gets the read lock just as its deadline passes reads
+    with 0 s left: that must be the call's TimeoutError, not the
+    non-blocking socket's ``EAGAIN`` taken for a failed read."""
+    path = os.path.join(sock_dir, "silent")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    try:
+        with VarlinkClient(path, timeout=5) as client:
+            peer, _ = listener.accept()
+            try:
+                with pytest.raises(TimeoutError):
+                    client._read(0.0)
+                with pytest.raises(ConnectionBrokenError, match="timed out"):  # the connection is closed
+                    client.call_by_name("org.example.Next", {})
+            finally:
+                peer.close()
+    finally:
+        listener.close()

@@ -187,7 +187,7 @@ class VarlinkClient:
         descriptors *fds* (sent, not closed; refer to them by index).
         *expect_fds*: the reply may carry descriptors. None for *oneway*."""
         data = orjson.dumps(parameters or {})
-        pending = self._submit(name, data, list(fds or ()), oneway=oneway, expects_fds=expect_fds, raw=True)
+        pending = self._submit(name, data, list(fds or ()), oneway=oneway, expects_fds=expect_fds)
         if pending is None:
             return None
         reply, error, received = self._next(pending, self._deadline(timeout))
@@ -205,7 +205,7 @@ class VarlinkClient:
     ) -> Iterator[VarlinkReply]:
         """Call *name* with ``more``: its replies, untyped."""
         data = orjson.dumps(parameters or {})
-        pending = self._submit(name, data, [], more=True, expects_fds=expect_fds, raw=True)
+        pending = self._submit(name, data, [], more=True, expects_fds=expect_fds)
         assert pending is not None
         return self._items(pending, timeout, _untyped)
 
@@ -244,7 +244,6 @@ class VarlinkClient:
         more: bool = False,
         oneway: bool = False,
         expects_fds: bool = False,
-        raw: bool = False,
     ) -> _Pending | None:
         try:
             data, outgoing = _Protocol.prepare(name, params, fds, more=more, oneway=oneway)
@@ -296,6 +295,8 @@ class VarlinkClient:
         protocol = self._protocol
         if protocol.broken is not None:
             return
+        if timeout is not None and timeout <= 0:  # (a 0 s socket timeout is non-blocking: no wait at all)
+            self._timed_out()
         self._sock.settimeout(_FOREVER if timeout is None else timeout)
         try:
             data, fds = _recv(self._sock, protocol.peek_mode, _READ_SIZE)
